@@ -1,0 +1,3 @@
+"""smtpfw: a declarative, rules-driven SMTP firewall."""
+
+__version__ = "0.1.0"

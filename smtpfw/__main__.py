@@ -1,0 +1,3 @@
+from smtpfw.cli import main
+
+raise SystemExit(main())

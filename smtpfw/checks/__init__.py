@@ -1,0 +1,1 @@
+"""Checks that gather facts for the rules: lists (in-memory tables) and DNS."""
