@@ -1,0 +1,412 @@
+"""Production DNS lookups: DNSBL, RHSBL, PTR (FCrDNS) and "resolvable".
+
+One ``Resolver`` per process: its cache and in-flight table are shared by all
+SMTP sessions, so a burst of connections from one IP costs one query.  A
+``DnsSession`` runs one SMTP session's lookups concurrently under an overall
+time budget, so a slow DNS server delays a session by at most that budget.
+
+Nothing here raises on DNS trouble: every problem becomes a ``failed`` answer
+which the rules decide about (tempfail, ignore, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from typing import Iterable
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+from .dnsresult import DnsAnswer, Lookup, LookupKind, failed
+
+log = logging.getLogger("smtpfw.dns")
+
+FAILURE_TTL = 5.0        # short, so a dead server is not hammered but recovers
+LOG_INTERVAL = 60.0      # one warning per (zone, error) per interval
+MAX_PTR_NAMES = 10       # forward-confirm at most this many PTR names
+BUDGET_EXCEEDED = "dns budget exceeded"
+
+_LOOPBACK_NET = ipaddress.ip_network("127.0.0.0/8")
+_ERROR_NET = ipaddress.ip_network("127.255.255.0/24")   # Spamhaus error codes
+
+_A, _AAAA, _TXT = dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.TXT
+_MX, _PTR = dns.rdatatype.MX, dns.rdatatype.PTR
+
+
+class _Failure(Exception):
+    """A lookup cannot give a usable answer; the text ends up in DnsAnswer.error."""
+
+
+class Resolver:
+    """Caching, coalescing asynchronous resolver for the four Lookup kinds."""
+
+    def __init__(
+        self,
+        nameservers: list[tuple[str, int]] | None = None,
+        timeout: float = 2.0,
+        cache_size: int = 10000,
+        min_ttl: float = 0,
+        max_ttl: float = 3600,
+        negative_ttl: float = 300,
+    ) -> None:
+        if nameservers is None:
+            try:
+                res = dns.asyncresolver.Resolver(configure=True)
+            except dns.resolver.NoResolverConfiguration:
+                log.warning("no usable /etc/resolv.conf, using 127.0.0.1")
+                res = dns.asyncresolver.Resolver(configure=False)
+                res.nameservers = ["127.0.0.1"]
+        else:
+            res = dns.asyncresolver.Resolver(configure=False)
+            res.nameservers = [dns.nameserver.Do53Nameserver(a, p) for a, p in nameservers]
+        # The whole query may take `timeout`; split it over the servers so a
+        # dead first server still leaves time for the others (one round only).
+        res.lifetime = timeout
+        res.timeout = timeout / max(1, len(res.nameservers))
+        res.cache = None          # we cache final answers ourselves
+        res.search = []
+        self._res = res
+        self.timeout = timeout
+        self.cache_size = cache_size
+        self.min_ttl = min_ttl
+        self.max_ttl = max_ttl
+        self.negative_ttl = negative_ttl
+        self._cache: OrderedDict[Lookup, tuple[float, DnsAnswer]] = OrderedDict()
+        self._inflight: dict[Lookup, asyncio.Task[DnsAnswer]] = {}
+        self._logged: dict[tuple[str, str], float] = {}
+
+    # -- public -------------------------------------------------------------
+
+    def cached(self, lookup: Lookup) -> DnsAnswer | None:
+        """The cached answer, if fresh; synchronous so hot paths need no task."""
+        entry = self._cache.get(lookup)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del self._cache[lookup]
+            return None
+        self._cache.move_to_end(lookup)
+        return entry[1]
+
+    def submit(self, lookup: Lookup) -> asyncio.Future[DnsAnswer]:
+        """Start ``lookup`` or join the identical one already in flight.
+
+        The returned task never fails; do not cancel it (it is shared), await
+        it through ``asyncio.shield``/``asyncio.wait`` instead.  Must be called
+        with a running event loop.
+        """
+        loop = asyncio.get_running_loop()
+        hit = self.cached(lookup)
+        if hit is not None:
+            fut: asyncio.Future[DnsAnswer] = loop.create_future()
+            fut.set_result(hit)
+            return fut
+        task = self._inflight.get(lookup)
+        if task is None or task.get_loop() is not loop:
+            task = loop.create_task(self._run(lookup))
+            self._inflight[lookup] = task
+            task.add_done_callback(lambda t, k=lookup: self._done(k, t))
+        return task
+
+    async def lookup(self, lookup: Lookup) -> DnsAnswer:
+        """Answer ``lookup``; never raises except CancelledError."""
+        hit = self.cached(lookup)
+        if hit is not None:
+            return hit
+        return await asyncio.shield(self.submit(lookup))
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    # -- internals ----------------------------------------------------------
+
+    def _done(self, lookup: Lookup, task: asyncio.Task) -> None:
+        if self._inflight.get(lookup) is task:
+            del self._inflight[lookup]
+
+    async def _run(self, lookup: Lookup) -> DnsAnswer:
+        try:
+            answer, ttl = await self._resolve(lookup)
+        except asyncio.CancelledError:
+            raise
+        except _Failure as e:
+            answer, ttl = failed(str(e)), FAILURE_TTL
+        except Exception as e:  # a bug or an odd dnspython error: still an answer
+            answer, ttl = failed(_short_error(e)), FAILURE_TTL
+        if answer.failed:
+            self._warn(lookup, answer.error)
+            ttl = FAILURE_TTL
+        self._store(lookup, answer, ttl)
+        return answer
+
+    def _store(self, lookup: Lookup, answer: DnsAnswer, ttl: float) -> None:
+        if not answer.failed:
+            ttl = min(max(ttl, self.min_ttl), self.max_ttl)
+        if ttl <= 0 or self.cache_size <= 0:
+            return
+        self._cache[lookup] = (time.monotonic() + ttl, answer)
+        self._cache.move_to_end(lookup)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _warn(self, lookup: Lookup, error: str) -> None:
+        key = (lookup.zone or lookup.kind.value, error)
+        now = time.monotonic()
+        last = self._logged.get(key)
+        if last is not None and now - last < LOG_INTERVAL:
+            return
+        if len(self._logged) > 1000:
+            self._logged.clear()
+        self._logged[key] = now
+        where = f" in {lookup.zone}" if lookup.zone else ""
+        log.warning("dns %s lookup of %s%s failed: %s (further such failures "
+                    "silenced for %ds)", lookup.kind.value, lookup.name, where,
+                    error, LOG_INTERVAL)
+
+    async def _query(self, qname: dns.name.Name, rdtype) -> tuple[str, object, float]:
+        """One query: ("ok", rrset, ttl) | ("nxdomain"|"nodata", None, neg_ttl).
+
+        Raises _Failure for timeouts, SERVFAIL, REFUSED, network errors.
+        """
+        try:
+            ans = await self._res.resolve(qname, rdtype, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN as e:
+            resp = e.responses().get(qname) if hasattr(e, "responses") else None
+            return "nxdomain", None, self._neg_ttl(resp)
+        except dns.resolver.LifetimeTimeout:
+            raise _Failure("timeout") from None
+        except dns.exception.Timeout:
+            raise _Failure("timeout") from None
+        except dns.resolver.NoNameservers as e:
+            raise _Failure(_nameserver_error(e)) from None
+        except dns.resolver.YXDOMAIN:
+            raise _Failure("YXDOMAIN") from None
+        except dns.exception.DNSException as e:
+            raise _Failure(_short_error(e)) from None
+        except OSError as e:
+            raise _Failure(_short_error(e)) from None
+        if ans.rrset is None:
+            return "nodata", None, self._neg_ttl(ans.response)
+        return "ok", ans.rrset, ans.rrset.ttl
+
+    def _neg_ttl(self, response: dns.message.Message | None) -> float:
+        """negative_ttl, lowered to the zone's SOA minimum when it says so."""
+        ttl = self.negative_ttl
+        if response is not None:
+            for rrset in response.authority:
+                if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                    ttl = min(ttl, rrset.ttl, rrset[0].minimum)
+        return ttl
+
+    async def _resolve(self, lookup: Lookup) -> tuple[DnsAnswer, float]:
+        kind = lookup.kind
+        if kind is LookupKind.DNSBL:
+            ip = _parse_ip(lookup.name)
+            rev = ip.reverse_pointer.rsplit(".", 2)[0]   # drop in-addr.arpa / ip6.arpa
+            return await self._list_query(_make_name(rev, lookup.zone))
+        if kind is LookupKind.RHSBL:
+            return await self._list_query(_make_name(_domain(lookup.name), lookup.zone))
+        if kind is LookupKind.PTR:
+            return await self._ptr(_parse_ip(lookup.name))
+        if kind is LookupKind.RESOLVABLE:
+            return await self._resolvable(_make_name(_domain(lookup.name)))
+        raise _Failure(f"unknown lookup kind {kind}")
+
+    async def _list_query(self, qname: dns.name.Name) -> tuple[DnsAnswer, float]:
+        status, rrset, ttl = await self._query(qname, _A)
+        if status != "ok":
+            return DnsAnswer("clear"), ttl
+        codes = sorted({r.address for r in rrset}, key=ipaddress.ip_address)
+        for code in codes:
+            addr = ipaddress.ip_address(code)
+            if addr not in _LOOPBACK_NET:
+                raise _Failure(f"answer {code} outside 127.0.0.0/8")
+            if addr in _ERROR_NET:
+                raise _Failure(f"answer {code} is not a listing (error code)")
+        txt = ""
+        try:
+            tstatus, trrset, tttl = await self._query(qname, _TXT)
+        except _Failure:
+            tstatus = ""
+        if tstatus == "ok":
+            txt = " ".join(
+                b"".join(r.strings).decode("utf-8", "replace") for r in trrset)
+            ttl = min(ttl, tttl)
+        return DnsAnswer("listed", codes=tuple(codes), txt=txt), ttl
+
+    async def _ptr(self, ip) -> tuple[DnsAnswer, float]:
+        status, rrset, ttl = await self._query(dns.reversename.from_address(str(ip)), _PTR)
+        if status != "ok":
+            return DnsAnswer("none"), ttl
+        names = sorted({r.target.to_text(omit_final_dot=True).lower() for r in rrset})
+        if not names:
+            return DnsAnswer("none"), ttl
+        rdtype = _A if ip.version == 4 else _AAAA
+        checked = [dns.name.from_text(n) for n in names[:MAX_PTR_NAMES]]
+        results = await asyncio.gather(
+            *(self._query(n, rdtype) for n in checked), return_exceptions=True)
+        confirmed = False
+        uncertain = False
+        for res in results:
+            if isinstance(res, BaseException):
+                if isinstance(res, asyncio.CancelledError):
+                    raise res
+                uncertain = True
+                continue
+            fstatus, frrset, _ = res
+            if fstatus == "ok" and any(
+                    ipaddress.ip_address(r.address) == ip for r in frrset):
+                confirmed = True
+        if not confirmed and uncertain:
+            ttl = FAILURE_TTL   # maybe confirmed once DNS recovers
+        return DnsAnswer("found", names=tuple(names), confirmed=confirmed), ttl
+
+    async def _resolvable(self, qname: dns.name.Name) -> tuple[DnsAnswer, float]:
+        status, rrset, ttl = await self._query(qname, _MX)
+        if status == "nxdomain":
+            return DnsAnswer("no"), ttl
+        if status == "ok":
+            if all(r.exchange == dns.name.root for r in rrset):
+                return DnsAnswer("nullmx"), ttl
+            return DnsAnswer("yes"), ttl
+        a, aaaa = await asyncio.gather(
+            self._query(qname, _A), self._query(qname, _AAAA), return_exceptions=True)
+        oks = [r for r in (a, aaaa) if not isinstance(r, BaseException) and r[0] == "ok"]
+        if oks:
+            return DnsAnswer("yes"), min(r[2] for r in oks)
+        for r in (a, aaaa):
+            if isinstance(r, asyncio.CancelledError):
+                raise r
+            if isinstance(r, BaseException):
+                raise _Failure(str(r) if isinstance(r, _Failure) else _short_error(r))
+        return DnsAnswer("no"), min(ttl, a[2], aaaa[2])
+
+
+class DnsSession:
+    """One SMTP session's lookups, run concurrently under one time budget.
+
+    The budget starts at construction (connection time), so the total DNS
+    delay a client can cause is bounded however many stages ask for lookups.
+    """
+
+    __slots__ = ("_resolver", "_deadline", "_answers", "_pending")
+
+    def __init__(self, resolver: Resolver, budget: float = 10.0) -> None:
+        self._resolver = resolver
+        self._deadline = time.monotonic() + budget
+        self._answers: dict[Lookup, DnsAnswer] = {}
+        self._pending: dict[Lookup, asyncio.Future[DnsAnswer]] = {}
+
+    @property
+    def answers(self) -> dict[Lookup, DnsAnswer]:
+        """Everything answered so far, as the rules saw it (for recording)."""
+        self._collect()
+        return dict(self._answers)
+
+    def start(self, lookups: Iterable[Lookup]) -> None:
+        """Begin lookups early (e.g. at connect) so they overlap the dialogue."""
+        answers, pending, resolver = self._answers, self._pending, self._resolver
+        for lk in lookups:
+            if lk in answers or lk in pending:
+                continue
+            hit = resolver.cached(lk)
+            if hit is not None:
+                answers[lk] = hit
+            else:
+                pending[lk] = resolver.submit(lk)
+
+    async def results(self, lookups: Iterable[Lookup]) -> dict[Lookup, DnsAnswer]:
+        """Answers for ``lookups``; whatever misses the deadline is failed."""
+        lookups = list(lookups)
+        self.start(lookups)
+        answers = self._answers
+        waiting = {self._pending[lk] for lk in lookups if lk not in answers}
+        if waiting:
+            timeout = self._deadline - time.monotonic()
+            if timeout > 0:
+                await asyncio.wait(waiting, timeout=timeout)
+            self._collect()
+            for lk in lookups:
+                if lk not in answers:
+                    # Fixed now so the record matches what the rules saw; the
+                    # shared query goes on and fills the cache for later.
+                    answers[lk] = failed(BUDGET_EXCEEDED)
+                    self._pending.pop(lk, None)
+        return {lk: answers[lk] for lk in lookups}
+
+    def close(self) -> None:
+        """Forget pending lookups.
+
+        Their queries are shared with other sessions and bounded by the
+        resolver timeout, so they finish and fill the cache rather than being
+        cancelled under the other awaiters.
+        """
+        self._pending.clear()
+
+    def _collect(self) -> None:
+        done = [lk for lk, f in self._pending.items() if f.done()]
+        for lk in done:
+            fut = self._pending.pop(lk)
+            if fut.cancelled():
+                self._answers[lk] = failed("cancelled")
+            else:
+                self._answers[lk] = fut.result()
+
+
+# -- helpers ----------------------------------------------------------------
+
+def _parse_ip(text: str):
+    try:
+        ip = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        raise _Failure("invalid IP") from None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped   # ::ffff:a.b.c.d is an IPv4 client
+    return ip
+
+
+def _domain(text: str) -> str:
+    name = text.strip().rstrip(".").lower()
+    if not name or any(c.isspace() or c in "\\\"()" for c in name):
+        raise _Failure("invalid domain")
+    return name
+
+
+def _make_name(name: str, zone: str = "") -> dns.name.Name:
+    zone = zone.strip().strip(".").lower()
+    text = f"{name}.{zone}." if zone else f"{name}."
+    try:
+        return dns.name.from_text(text)
+    except (dns.exception.DNSException, UnicodeError, ValueError):
+        raise _Failure("invalid domain") from None
+
+
+def _nameserver_error(e: dns.resolver.NoNameservers) -> str:
+    errors = e.kwargs.get("errors") or []
+    for _server, _tcp, _port, err, response in errors:
+        if response is not None:
+            return dns.rcode.to_text(response.rcode())
+        if isinstance(err, str):
+            return err
+        if isinstance(err, dns.exception.Timeout):
+            return "timeout"
+        if err is not None:
+            return _short_error(err)
+    return "no nameservers"
+
+
+def _short_error(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return type(e).__name__
