@@ -1,0 +1,581 @@
+"""Relay each message to a downstream MTA over SMTP, without spooling.
+
+Like qpsmtpd's ``smtp-forward`` / Haraka's ``queue/smtp_forward``: the client
+is kept waiting at the end of DATA while the message is relayed, and it is
+answered with the downstream's verdict.  So the firewall never owns a queue:
+either the downstream took the message (250) or the client still has it.
+
+Result mapping (``ForwardDelivery.deliver``):
+
+* every RCPT accepted and the final reply 2xx -> 250 2.0.0 + downstream text.
+  That final 250 is *final*: nothing afterwards (pooling, RSET, QUIT, a
+  dropped connection) can turn it into a failure, or the client would retry
+  and the mail would arrive twice.
+* a 4xx anywhere, a timeout, a refused/dropped connection, a malformed reply
+  -> 451 with enhanced code 4.4.1 (no answer / connection refused), 4.4.2
+  (connection dropped) or 4.3.0 (anything else), and a text naming the
+  downstream problem.
+* a 5xx at MAIL, at DATA or after the data -> passed through: downstream's
+  code and enhanced code (554 / 5.0.0 when it gave none / an odd code).
+* recipients: if all are refused with 5xx, the first 5xx is passed on; if all
+  are refused and some with 4xx, 451.  If *some* recipients are refused (4xx
+  or 5xx) while others are accepted, the message is **not sent at all** (the
+  transaction is RSET, or the connection dropped when a pipelined DATA was
+  already answered 354) and the answer is 451 4.3.0 "downstream refused some
+  recipients".  The front end answers DATA once for all recipients, so it can
+  neither report per-recipient results nor deliver to a subset without the
+  retry delivering twice to the others; a tempfail makes the client retry the
+  whole message, which is the only choice that neither loses nor duplicates
+  mail.  (The front end is expected to check recipients with the same
+  policy as the downstream, so this is rare.)
+* a timeout waiting for the reply after the data (or a connection lost at
+  that point) is reported as 451: the downstream may nevertheless have taken
+  the message, so the client's retry may deliver a duplicate.  That is the
+  classic SMTP duplicate window (RFC 1047) and is the safe side of it.
+
+Connections: up to ``pool_size`` idle connections are kept and reused
+(LIFO) for later messages; after a completed transaction a new MAIL is legal,
+after an aborted one RSET is sent first.  Idle connections older than
+``idle_timeout`` (30 s) are closed lazily.  When a *reused* connection turns
+out to be dead before any message content was sent (EOF/reset while sending
+MAIL or reading its reply, or a 421 to MAIL), the message is retried once on
+a brand-new connection: nothing can have been delivered.
+
+PIPELINING (RFC 2920) is used when advertised: MAIL, all RCPTs and DATA go in
+one write and the replies are read in order; else commands go in lockstep.
+Each step (connect, greeting, EHLO, a command group, the data, the final
+reply) has its own ``timeout``.  The number of concurrent downstream
+connections is not capped: it follows the number of concurrent deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections import deque
+
+from smtpfw.delivery.message import DeliveryResult, Message
+
+log = logging.getLogger("smtpfw.delivery.forward")
+
+_MAX_REPLY_LINES = 200
+_STREAM_LIMIT = 1 << 16
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
+
+# MAIL parameter -> the EHLO keyword that must be advertised to pass it on.
+_PARAM_EXTENSION = {
+    "BODY": "8BITMIME",
+    "SMTPUTF8": "SMTPUTF8",
+    "RET": "DSN",
+    "ENVID": "DSN",
+}
+_DROPPED_PARAMS = {"SIZE", "AUTH"}   # SIZE recomputed; AUTH= meaningless here
+
+
+# --------------------------------------------------------------------------
+# Wire helpers
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """RFC 5321 4.5.2 transparency, plus the terminating ``.CRLF``.
+
+    ``data`` should end with CRLF (one is added when it does not).  Every
+    ``"."`` that starts a line gets another ``"."``.  A bare LF is treated as
+    a line end too ("\\n." is stuffed), so a malformed message can never make
+    a downstream that accepts bare LF see an early end of data (SMTP
+    smuggling); for well-formed CRLF data this is the standard stuffing.
+    """
+    out = data.replace(b"\n.", b"\n..")
+    if out[:1] == b".":
+        out = b"." + out
+    if out and not out.endswith(b"\r\n"):
+        out += b"\r\n"
+    return out + b".\r\n"
+
+
+class _Reply:
+    __slots__ = ("code", "lines")
+
+    def __init__(self, code: int, lines: list[str]) -> None:
+        self.code = code
+        self.lines = lines
+
+    @property
+    def enhanced(self) -> str | None:
+        m = _ENHANCED.match(self.lines[0]) if self.lines else None
+        if m and int(m.group(1)) == self.code // 100:
+            return f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+        return None
+
+    @property
+    def text(self) -> str:
+        """The reply text, enhanced codes stripped, lines joined by spaces."""
+        parts = []
+        for line in self.lines:
+            m = _ENHANCED.match(line)
+            if m and int(m.group(1)) == self.code // 100:
+                line = line[m.end():]
+            line = line.strip()
+            if line:
+                parts.append(line)
+        return " ".join(parts)
+
+    def __str__(self) -> str:
+        enh = self.enhanced
+        text = self.text
+        return f"{self.code} {enh} {text}".strip() if enh else f"{self.code} {text}".strip()
+
+
+class _DownstreamError(Exception):
+    """A failure whose result is already decided; the connection is dead."""
+
+    def __init__(self, result: DeliveryResult) -> None:
+        super().__init__(result.text)
+        self.result = result
+
+
+class _Stale(Exception):
+    """A reused connection was found dead before any content was sent."""
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "ext", "uses", "last_used", "dead")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.ext: dict[str, str] = {}
+        self.uses = 0
+        self.last_used = 0.0
+        self.dead = False
+
+    def usable(self) -> bool:
+        return not (self.dead or self.writer.is_closing() or self.reader.at_eof()
+                    or self.reader.exception() is not None)
+
+    def close(self, quit: bool = False) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        try:
+            if quit and not self.writer.is_closing():
+                self.writer.write(b"QUIT\r\n")
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - closing a broken socket
+            pass
+
+
+# --------------------------------------------------------------------------
+
+
+class ForwardDelivery:
+    """Forward messages to ``host:port`` over SMTP.  See the module docstring
+    for the result mapping and the pooling/retry rules."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 30.0,
+        pool_size: int = 8,
+        helo_name: str | None = None,
+        *,
+        idle_timeout: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.port = int(port)
+        self.timeout = float(timeout)
+        self.pool_size = max(0, int(pool_size))
+        self.idle_timeout = float(idle_timeout)
+        name = helo_name or socket.gethostname() or "localhost"
+        if any(c in name for c in "\r\n \t"):
+            raise ValueError(f"bad helo_name {name!r}")
+        self.helo_name = name
+        self._idle: deque[_Conn] = deque()
+        self._closed = False
+        self._where = f"{host}:{port}"
+
+    def __repr__(self) -> str:
+        return f"ForwardDelivery({self.host!r}, {self.port})"
+
+    # -- public -------------------------------------------------------------
+
+    async def deliver(self, msg: Message) -> DeliveryResult:
+        try:
+            return await self._deliver(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - deliver() must never raise
+            log.exception("forwarding to %s failed", self._where)
+            return DeliveryResult(451, "4.3.0", "internal error forwarding to downstream; try again later")
+
+    async def close(self) -> None:
+        self._closed = True
+        conns = list(self._idle)
+        self._idle.clear()
+        for conn in conns:
+            conn.close(quit=True)
+        waits = [c.writer.wait_closed() for c in conns]
+        if waits:
+            try:
+                async with asyncio.timeout(2.0):
+                    await asyncio.gather(*waits, return_exceptions=True)
+            except TimeoutError:
+                pass
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    # -- transaction driver -------------------------------------------------
+
+    async def _deliver(self, msg: Message) -> DeliveryResult:
+        bad = _check_envelope(msg)
+        if bad is not None:
+            return bad
+        payload = dot_stuff(msg.data)
+        sender = _addr(msg.sender)
+        rcpts = [_addr(r) for r in msg.recipients]
+        smtputf8_needed = not (sender.isascii() and all(r.isascii() for r in rcpts))
+
+        for attempt in (0, 1):
+            conn = self._take_idle() if attempt == 0 else None
+            try:
+                if conn is None:
+                    conn = await self._connect()
+                result, keep = await self._transaction(
+                    conn, msg, sender, rcpts, payload, smtputf8_needed)
+            except _Stale:
+                log.info("pooled connection to %s was stale; retrying on a new one", self._where)
+                conn.close()
+                continue
+            except _DownstreamError as exc:
+                if conn is not None:
+                    conn.close()
+                log.warning("forward to %s: %s", self._where, exc.result.text)
+                return exc.result
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            if keep:
+                self._release(conn)
+            else:
+                conn.close()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _transaction(self, conn: _Conn, msg: Message, sender: str,
+                           rcpts: list[str], payload: bytes,
+                           smtputf8_needed: bool) -> tuple[DeliveryResult, bool]:
+        """Run one mail transaction on ``conn``; returns (result, keep conn).
+
+        Raises ``_DownstreamError`` (connection unusable) or ``_Stale``.
+        """
+        ext = conn.ext
+        if smtputf8_needed and "SMTPUTF8" not in ext:
+            return DeliveryResult(
+                554, "5.6.7",
+                "downstream does not support SMTPUTF8; cannot relay non-ASCII addresses"), True
+
+        params = _mail_params(msg, ext)
+        enc = _encode
+        mail_cmd = b"MAIL FROM:<" + enc(sender) + b">" + params + b"\r\n"
+        rcpt_cmds = [b"RCPT TO:<" + enc(r) + b">\r\n" for r in rcpts]
+        reused = conn.uses > 0
+
+        if "PIPELINING" in ext:
+            # One write for MAIL, every RCPT and DATA; replies in order.
+            mail = await self._mail_step(conn, b"".join((mail_cmd, *rcpt_cmds, b"DATA\r\n")), reused)
+            if mail.code == 421:
+                return _tempfail(mail, "MAIL", self._where), False
+            replies = await self._read_replies(conn, len(rcpts) + 1, "RCPT/DATA")
+            rcpt_replies, data = replies[:-1], replies[-1]
+            failure = _envelope_failure(mail, rcpt_replies, self._where)
+            if failure is not None:
+                if data.code == 354:
+                    # DATA was accepted but we must not send the message:
+                    # drop the connection so the downstream discards it
+                    # ("." would deliver an empty message).
+                    return failure, False
+                if any(r.code == 421 for r in replies):
+                    return failure, False
+                return failure, await self._rset(conn)
+        else:
+            mail = await self._mail_step(conn, mail_cmd, reused)
+            if mail.code // 100 != 2:
+                return _reply_failure(mail, "MAIL", self._where), mail.code != 421 and await self._rset(conn)
+            rcpt_replies = []
+            for cmd in rcpt_cmds:
+                reply = await self._command(conn, cmd, "RCPT")
+                if reply.code == 421:
+                    return _tempfail(reply, "RCPT", self._where), False
+                rcpt_replies.append(reply)
+            failure = _envelope_failure(mail, rcpt_replies, self._where)
+            if failure is not None:
+                return failure, await self._rset(conn)
+            data = await self._command(conn, b"DATA\r\n", "DATA")
+
+        if data.code != 354:
+            if data.code // 100 in (2, 3):      # 2xx to DATA: protocol error
+                return _protocol_failure(data, "DATA", self._where), False
+            return _reply_failure(data, "DATA", self._where), data.code != 421 and await self._rset(conn)
+
+        # Message content.  From here on nothing is retried.
+        final = await self._command(conn, payload, "end of DATA")
+        if final.code // 100 == 2:
+            # FINAL: the downstream owns the message now.
+            return DeliveryResult(250, "2.0.0", final.text or "Message accepted by downstream"), True
+        if final.code // 100 not in (4, 5):
+            return _protocol_failure(final, "end of DATA", self._where), False
+        # A failed DATA ends the transaction: a new MAIL is legal.
+        return _reply_failure(final, "end of DATA", self._where), final.code != 421
+
+    # -- steps ----------------------------------------------------------------
+
+    async def _mail_step(self, conn: _Conn, data: bytes, reused: bool) -> _Reply:
+        """Send MAIL (maybe with the pipelined rest) and read MAIL's reply.
+        On a reused connection, death here means a stale pooled connection."""
+        try:
+            reply = await self._command(conn, data, "MAIL")
+        except _DownstreamError as exc:
+            if reused and exc.result.enhanced == "4.4.2":
+                raise _Stale() from exc
+            raise
+        if reused and reply.code == 421:
+            raise _Stale()
+        return reply
+
+    async def _command(self, conn: _Conn, data: bytes, stage: str) -> _Reply:
+        """Write ``data`` and read one reply, within one ``timeout``."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn.writer.write(data)
+                await conn.writer.drain()
+                return await self._reply(conn, stage)
+        except TimeoutError:
+            raise self._no_answer(stage) from None
+        except (ConnectionError, OSError, RuntimeError) as exc:
+            raise self._dropped(stage, exc) from None
+
+    async def _read_replies(self, conn: _Conn, count: int, stage: str) -> list[_Reply]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return [await self._reply(conn, stage) for _ in range(count)]
+        except TimeoutError:
+            raise self._no_answer(stage) from None
+        except (ConnectionError, OSError) as exc:
+            raise self._dropped(stage, exc) from None
+
+    async def _reply(self, conn: _Conn, stage: str) -> _Reply:
+        """Read one (possibly multi-line) reply.  Caller handles timeouts."""
+        reader = conn.reader
+        lines: list[str] = []
+        code = 0
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:      # line longer than the stream limit
+                raise self._malformed(stage, b"<over-long line>") from None
+            if not line.endswith(b"\n"):
+                raise self._dropped(stage, None)
+            head = line[:3]
+            sep = line[3:4]
+            if len(head) != 3 or not head.isdigit() or sep not in (b" ", b"-", b"\r", b"\n"):
+                raise self._malformed(stage, line)
+            if not lines:
+                code = int(head)
+                if code < 200 or code > 599:
+                    raise self._malformed(stage, line)
+            lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace").replace("\r", " "))
+            if sep != b"-":
+                return _Reply(code, lines)
+            if len(lines) >= _MAX_REPLY_LINES:
+                raise self._malformed(stage, b"<too many reply lines>")
+
+    async def _rset(self, conn: _Conn) -> bool:
+        """RSET after an aborted transaction; True if the connection is
+        still good for another one.  Never raises (except cancellation)."""
+        try:
+            reply = await self._command(conn, b"RSET\r\n", "RSET")
+        except _DownstreamError:
+            return False
+        return reply.code // 100 == 2
+
+    # -- connections ----------------------------------------------------------
+
+    def _take_idle(self) -> _Conn | None:
+        idle = self._idle
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        limit = now - self.idle_timeout
+        while idle and idle[0].last_used < limit:     # oldest first
+            idle.popleft().close(quit=True)
+        while idle:
+            conn = idle.pop()                          # most recent
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
+
+    def _release(self, conn: _Conn) -> None:
+        conn.uses += 1
+        if self._closed or len(self._idle) >= self.pool_size or not conn.usable():
+            conn.close(quit=True)
+            return
+        conn.last_used = asyncio.get_running_loop().time()
+        self._idle.append(conn)
+
+    async def _connect(self) -> _Conn:
+        where = self._where
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.port, limit=_STREAM_LIMIT)
+        except TimeoutError:
+            raise _DownstreamError(DeliveryResult(
+                451, "4.4.1", f"downstream {where} unavailable: connect timed out")) from None
+        except ConnectionRefusedError:
+            raise _DownstreamError(DeliveryResult(
+                451, "4.4.1", f"downstream {where} unavailable: connection refused")) from None
+        except OSError as exc:
+            raise _DownstreamError(DeliveryResult(
+                451, "4.4.1", f"downstream {where} unavailable: {exc.strerror or exc}")) from None
+        conn = _Conn(reader, writer)
+        try:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    greeting = await self._reply(conn, "greeting")
+            except TimeoutError:
+                raise self._no_answer("greeting") from None
+            except (ConnectionError, OSError) as exc:
+                raise self._dropped("greeting", exc) from None
+            if greeting.code != 220:
+                raise _DownstreamError(DeliveryResult(
+                    451, "4.3.0", f"downstream {where} refused the session: {greeting}"))
+            ehlo = await self._command(conn, b"EHLO " + self.helo_name.encode() + b"\r\n", "EHLO")
+            if ehlo.code // 100 == 2:
+                conn.ext = _parse_ehlo(ehlo)
+            elif ehlo.code // 100 == 5 and ehlo.code != 554:
+                helo = await self._command(conn, b"HELO " + self.helo_name.encode() + b"\r\n", "HELO")
+                if helo.code // 100 != 2:
+                    raise _DownstreamError(DeliveryResult(
+                        451, "4.3.0", f"downstream {where} refused HELO: {helo}"))
+            else:
+                raise _DownstreamError(DeliveryResult(
+                    451, "4.3.0", f"downstream {where} refused EHLO: {ehlo}"))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- errors -----------------------------------------------------------------
+
+    def _no_answer(self, stage: str) -> _DownstreamError:
+        return _DownstreamError(DeliveryResult(
+            451, "4.4.1",
+            f"no answer from downstream {self._where} within {self.timeout:g}s at {stage}"))
+
+    def _dropped(self, stage: str, exc: BaseException | None) -> _DownstreamError:
+        why = f" ({exc.strerror or exc})" if isinstance(exc, OSError) else ""
+        return _DownstreamError(DeliveryResult(
+            451, "4.4.2", f"downstream {self._where} dropped the connection at {stage}{why}"))
+
+    def _malformed(self, stage: str, line: bytes) -> _DownstreamError:
+        shown = line[:80].decode("ascii", "backslashreplace").rstrip("\r\n")
+        return _DownstreamError(DeliveryResult(
+            451, "4.3.0", f"malformed reply from downstream {self._where} at {stage}: {shown!r}"))
+
+
+# --------------------------------------------------------------------------
+# Pure helpers
+
+
+def _addr(address: str) -> str:
+    if len(address) >= 2 and address[0] == "<" and address[-1] == ">":
+        return address[1:-1]
+    return address
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _check_envelope(msg: Message) -> DeliveryResult | None:
+    if not msg.recipients:
+        return DeliveryResult(554, "5.5.1", "no valid recipients")
+    for address in (msg.sender, *msg.recipients):
+        if any(c in address for c in "\r\n\0"):
+            return DeliveryResult(553, "5.1.3", "invalid address")
+    for opt in msg.mail_options:
+        if any(c in opt for c in "\r\n\0 "):
+            return DeliveryResult(555, "5.5.4", "invalid MAIL parameter")
+    return None
+
+
+def _parse_ehlo(reply: _Reply) -> dict[str, str]:
+    ext: dict[str, str] = {}
+    for line in reply.lines[1:]:
+        keyword, _, rest = line.strip().partition(" ")
+        if keyword:
+            ext[keyword.upper()] = rest.strip()
+    return ext
+
+
+def _mail_params(msg: Message, ext: dict[str, str]) -> bytes:
+    params = []
+    for opt in msg.mail_options:
+        key, eq, value = opt.partition("=")
+        key = key.upper()
+        if key in _DROPPED_PARAMS:
+            continue
+        if key == "BODY" and value.upper() not in ("7BIT", "8BITMIME"):
+            continue          # BINARYMIME needs BDAT, which we do not speak
+        if _PARAM_EXTENSION.get(key, key) in ext:
+            params.append(f" {key}{eq}{value}".encode("utf-8", "surrogateescape"))
+    if "SIZE" in ext:
+        params.append(b" SIZE=%d" % len(msg.data))
+    return b"".join(params)
+
+
+def _tempfail(reply: _Reply, stage: str, where: str) -> DeliveryResult:
+    return DeliveryResult(451, "4.3.0", f"downstream {where} tempfailed {stage}: {reply}")
+
+
+def _protocol_failure(reply: _Reply, stage: str, where: str) -> DeliveryResult:
+    return DeliveryResult(451, "4.3.0", f"unexpected reply from downstream {where} at {stage}: {reply}")
+
+
+def _reply_failure(reply: _Reply, stage: str, where: str) -> DeliveryResult:
+    """Map a non-success reply: 4xx -> 451, 5xx -> passed through."""
+    klass = reply.code // 100
+    if klass == 4:
+        return _tempfail(reply, stage, where)
+    if klass == 5:
+        return DeliveryResult(reply.code, reply.enhanced or "5.0.0",
+                              reply.text or f"rejected by downstream at {stage}")
+    return _protocol_failure(reply, stage, where)
+
+
+def _envelope_failure(mail: _Reply, rcpts: list[_Reply], where: str) -> DeliveryResult | None:
+    """None when MAIL and every RCPT were accepted, else the result."""
+    if mail.code // 100 != 2:
+        return _reply_failure(mail, "MAIL", where)
+    refused = [r for r in rcpts if r.code // 100 != 2]
+    if not refused:
+        return None
+    if len(refused) < len(rcpts):
+        return DeliveryResult(
+            451, "4.3.0",
+            f"downstream refused some recipients ({len(refused)} of {len(rcpts)}, "
+            f"first: {refused[0]}); nothing delivered, try again later")
+    # All refused: a 5xx only if every refusal is permanent.
+    if all(r.code // 100 == 5 for r in refused):
+        return _reply_failure(refused[0], "RCPT", where)
+    first_temp = next((r for r in refused if r.code // 100 != 5), refused[0])
+    if first_temp.code // 100 == 4:
+        return _tempfail(first_temp, "RCPT", where)
+    return _protocol_failure(first_temp, "RCPT", where)

@@ -1,0 +1,240 @@
+"""Frozen AST nodes.  Every node carries the ``Span`` it came from, so the
+compiler, lint, trace and dry-run can point at the exact source text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from smtpfw.diagnostics import Span
+
+
+# ---- values -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A literal.  ``kind`` is "string", "number", "address" or "boolean"."""
+
+    kind: str
+    value: object
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class InlineList:
+    items: tuple[Value, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ListRef:
+    name: str
+    span: Span
+
+
+SetRef = Union[InlineList, ListRef, Value]
+
+
+@dataclass(frozen=True, slots=True)
+class CodeFilter:
+    """Accepted DNSBL return codes: exact addresses, ranges and bitmasks."""
+
+    exact: tuple[str, ...]
+    ranges: tuple[tuple[str, str], ...]
+    masks: tuple[int, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneRef:
+    name: str | None          # a declared zone
+    kind: str | None          # or an inline zone: "dnsbl"/"rhsbl" + domain
+    domain: str | None
+    span: Span
+
+
+# ---- conditions -------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    field: Field
+    op: str                   # "=", "!=", "<", "<=", ">", ">="
+    value: Value
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """field in set / field within set (domain or subdomain of)."""
+
+    field: Field
+    target: SetRef
+    within: bool
+    negated: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    field: Field
+    kind: str                 # "regex" or "glob"
+    pattern: Value
+    negated: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    field: Field
+    zone: ZoneRef
+    codes: CodeFilter | None
+    negated: bool
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class LookupFailed:
+    field: Field
+    zone: ZoneRef
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Tagged:
+    tag: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Truthy:
+    field: Field
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    operand: "Condition"
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    operands: tuple["Condition", ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    operands: tuple["Condition", ...]
+    span: Span
+
+
+Condition = Union[Compare, Member, Pattern, Listed, LookupFailed, Tagged, Truthy, Not, And, Or]
+
+
+# ---- actions and rules ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int | None
+    enhanced: str | None
+    text: str | None
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """``kind`` is accept, reject, tempfail, disconnect (terminal) or tag,
+    log, warn, add_header, run (not terminal)."""
+
+    kind: str
+    span: Span
+    reply: Reply | None = None
+    arg: str | None = None        # tag name, log text, plugin name, header name
+    arg2: str | None = None       # header value
+    arg_span: Span | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_ACTIONS
+
+
+TERMINAL_ACTIONS = frozenset({"accept", "reject", "tempfail", "disconnect"})
+ACTIONS = ("accept", "reject", "tempfail", "disconnect", "tag", "log", "warn",
+           "add_header", "run")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    rule_id: str
+    label_given: bool
+    hook: str
+    action: Action
+    condition: Condition | None
+    monitor: bool
+    span: Span
+
+
+# ---- declarations -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ListDecl:
+    name: str
+    file: str | None              # path as written
+    items: InlineList | None
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneDecl:
+    name: str
+    kind: str                     # "dnsbl" or "rhsbl"
+    domain: str
+    codes: CodeFilter | None
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class PluginDecl:
+    name: str
+    target: str                   # "package.module:Class"
+    args: tuple[tuple[str, object], ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class OptionDecl:
+    name: str
+    value: Value
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class HookHeader:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    path: str
+    span: Span
+
+
+Statement = Union[Rule, ListDecl, ZoneDecl, PluginDecl, OptionDecl, HookHeader, Include]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    path: str
+    statements: tuple[Statement, ...]

@@ -1,0 +1,692 @@
+"""AST -> compiled hook chain: the one definition of what a ruleset means.
+
+``compile_ruleset`` is called by serve (load and reload), lint, test,
+dry-run and trace.  It reads every file it needs (rules, includes, lists)
+once, so evaluating a session does no parsing and no file I/O.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from smtpfw.checks.dnsresult import Lookup, LookupKind
+from smtpfw.checks.lists import Entry, build_matcher, read_list_file
+from smtpfw.diagnostics import Diagnostic, Span, did_you_mean, has_errors
+from smtpfw.engine import CompiledRule, Ruleset
+from smtpfw.lang import ast
+from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, INT, IP, LIST,
+                                STRING, FieldSpec, lookup_field)
+from smtpfw.lang.parser import HOOKS, parse
+from smtpfw.session import SessionState
+from smtpfw.verdict import Outcome, Stage
+
+OPTIONS = {
+    "mode": ("string", ("enforce", "monitor")),
+    "delay_reject": ("boolean", ()),
+    "reply_rule_id": ("boolean", ()),
+}
+MAX_INCLUDE_DEPTH = 16
+
+_OUTCOMES = {"accept": Outcome.ACCEPT, "reject": Outcome.REJECT,
+             "tempfail": Outcome.TEMPFAIL, "disconnect": Outcome.DISCONNECT}
+# Actions a hook can take: disconnect happens after the client has gone.
+_HOOK_ACTIONS = {
+    "disconnect": {"tag", "log", "warn", "run"},
+    "data": set(ast.ACTIONS),
+    "queue": set(ast.ACTIONS) - {"add_header"},
+}
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass
+class Program:
+    """Everything read from disk for one ruleset, before compiling."""
+
+    root: str
+    rules: list[ast.Rule] = field(default_factory=list)
+    lists: dict[str, tuple[ast.ListDecl, str]] = field(default_factory=dict)   # name -> (decl, base dir)
+    zones: dict[str, ast.ZoneDecl] = field(default_factory=dict)
+    plugins: dict[str, ast.PluginDecl] = field(default_factory=dict)
+    options: dict[str, ast.OptionDecl] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def load_program(path: str | os.PathLike, text: str | None = None) -> tuple[Program, list[Diagnostic]]:
+    """Read a ruleset and its includes, and collect its declarations."""
+    prog = Program(root=str(path))
+    diags: list[Diagnostic] = []
+    _load_file(prog, str(path), text, diags, stack=[])
+    return prog, diags
+
+
+def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: list[str],
+               include_span: Span | None = None) -> None:
+    real = os.path.realpath(path)
+    if real in stack:
+        diags.append(Diagnostic("E003", f"{path} includes itself (through {' -> '.join(stack)})",
+                                include_span, help="remove the include that closes the loop"))
+        return
+    if len(stack) >= MAX_INCLUDE_DEPTH:
+        diags.append(Diagnostic("E003", f"includes nested deeper than {MAX_INCLUDE_DEPTH}", include_span))
+        return
+    if text is None:
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as err:
+            code = "E003" if include_span else "E001"
+            diags.append(Diagnostic(code, f"cannot read {path}: {err.strerror or err}", include_span))
+            return
+        text = raw.decode("utf-8", errors="replace")
+    prog.sources[path] = text
+    prog.files.append(path)
+    tree, parse_diags = parse(text, path)
+    diags.extend(parse_diags)
+    if tree is None:
+        return
+    base = os.path.dirname(path)
+    for st in tree.statements:
+        if isinstance(st, ast.Include):
+            _load_file(prog, os.path.join(base, st.path), None, diags, stack + [real], st.span)
+        elif isinstance(st, ast.Rule):
+            prog.rules.append(st)
+        elif isinstance(st, ast.ListDecl):
+            _declare(prog.lists, st.name, (st, base), st.name_span, "list", diags)
+        elif isinstance(st, ast.ZoneDecl):
+            _declare(prog.zones, st.name, st, st.name_span, "zone", diags)
+        elif isinstance(st, ast.PluginDecl):
+            _declare(prog.plugins, st.name, st, st.name_span, "plugin", diags)
+        elif isinstance(st, ast.OptionDecl):
+            prog.options[st.name] = st
+
+
+def _declare(table: dict, name: str, value, span: Span, what: str, diags: list) -> None:
+    if name in table:
+        first = table[name][0] if isinstance(table[name], tuple) else table[name]
+        diags.append(Diagnostic("E107", f"{what} `{name}` is declared twice (first at {first.span})", span,
+                                help=f"rename one of them or remove the duplicate"))
+        return
+    table[name] = value
+
+
+def compile_ruleset(path: str | os.PathLike, text: str | None = None,
+                    load_plugins: bool = True) -> tuple[Ruleset | None, list[Diagnostic]]:
+    """Compile a ruleset file.  Returns (None, diagnostics) if any error."""
+    try:
+        prog, diags = load_program(path, text)
+        ruleset = _Compiler(prog, diags, load_plugins).compile()
+    except RecursionError:
+        return None, [Diagnostic("E002", "rules nested too deeply", Span.point(str(path), 1, 1))]
+    diags = _dedupe(diags)
+    if has_errors(diags):
+        return None, diags
+    return ruleset, diags
+
+
+def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
+    seen, out = set(), []
+    for d in diags:
+        key = (d.code, d.message, d.span)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return sorted(out, key=Diagnostic.sort_key)
+
+
+class _Compiler:
+    def __init__(self, prog: Program, diags: list[Diagnostic], load_plugins: bool):
+        self.prog = prog
+        self.diags = diags
+        self.load_plugins = load_plugins
+        self.list_entries: dict[str, list[Entry] | None] = {}
+        self.matchers: dict[tuple, Callable | None] = {}
+        self.plugin_objects: dict[str, object] = {}
+        self.plugin_fields: dict[str, FieldSpec] = {}
+        self.dns_needs: dict[Stage, dict] = {}
+        self.dns_starts: dict[Stage, dict] = {}
+        self.used_lists: set[str] = set()
+        self.used_zones: set[str] = set()
+        self.used_plugins: set[str] = set()
+        self.version_parts: list[bytes] = []
+
+    def error(self, code: str, message: str, span: Span | None, help: str | None = None) -> None:
+        self.diags.append(Diagnostic(code, message, span, help=help))
+
+    # ---- top level ----------------------------------------------------------
+
+    def compile(self) -> Ruleset:
+        options = self._options()
+        self._plugins()
+        rules: list[CompiledRule] = []
+        ids: dict[str, ast.Rule] = {}
+        for rule in self.prog.rules:
+            if rule.label_given:
+                if rule.rule_id in ids:
+                    self.error("E107", f"rule id `{rule.rule_id}` is used twice (first at {ids[rule.rule_id].span})",
+                               rule.span, help="give each rule its own id")
+                ids[rule.rule_id] = rule
+            if rule.hook not in HOOKS:
+                continue
+            compiled = self._rule(rule, options)
+            if compiled is not None:
+                rules.append(compiled)
+        hooks = {stage: tuple(r for r in rules if r.stage is stage) for stage in Stage}
+        for path in self.prog.files:
+            self.version_parts.insert(0, self.prog.sources[path].encode("utf-8", "replace"))
+        version = hashlib.sha256(b"\0".join(self.version_parts)).hexdigest()[:12]
+        return Ruleset(
+            version=version,
+            hooks=hooks,
+            options=options,
+            dns_needs={s: tuple(v.values()) for s, v in self.dns_needs.items()},
+            dns_starts={s: tuple(v.values()) for s, v in self.dns_starts.items()},
+            plugins=self.plugin_objects,
+            sources=dict(self.prog.sources),
+            rules=tuple(rules),
+        )
+
+    def _options(self) -> dict[str, object]:
+        out: dict[str, object] = {"mode": "enforce", "delay_reject": False, "reply_rule_id": False}
+        for name, decl in self.prog.options.items():
+            if name not in OPTIONS:
+                guess = did_you_mean(name, OPTIONS)
+                self.error("E106", f"unknown option `{name}`", decl.span,
+                           help=(f"did you mean `{guess}`? " if guess else "") + "options are: " + ", ".join(OPTIONS))
+                continue
+            kind, choices = OPTIONS[name]
+            v = decl.value
+            if v.kind != kind or (choices and v.value not in choices):
+                want = " or ".join(f'"{c}"' for c in choices) if choices else "yes or no"
+                self.error("E106", f"option `{name}` takes {want}, not {v.text}", v.span)
+                continue
+            out[name] = v.value
+        return out
+
+    def _plugins(self) -> None:
+        from smtpfw.plugins import PluginError, load_plugin
+
+        for name, decl in self.prog.plugins.items():
+            if not self.load_plugins:
+                continue
+            try:
+                obj = load_plugin(decl.target, dict(decl.args))
+            except PluginError as err:
+                self.error("E801", f"plugin `{name}`: {err}", decl.span,
+                           help="a plugin is named as \"package.module:ClassName\"")
+                continue
+            self.plugin_objects[name] = obj
+            for fname, ftype in getattr(obj, "fields", {}).items():
+                full = f"{name}.{fname}"
+                self.plugin_fields[full] = FieldSpec(
+                    full, ftype, Stage.CONNECT,
+                    lambda s, k=full: s.plugin_fields.get(k, 0 if ftype == INT else ""),
+                    f"set by plugin {name}")
+
+    # ---- rules --------------------------------------------------------------
+
+    def _rule(self, rule: ast.Rule, options: dict) -> CompiledRule | None:
+        stage = Stage(rule.hook)
+        action = rule.action
+        allowed = _HOOK_ACTIONS.get(rule.hook, set(ast.ACTIONS) - {"add_header"})
+        ok = True
+        if action.kind not in allowed:
+            where = "at data" if action.kind == "add_header" else f"in `on {rule.hook}:`"
+            self.error("E203", f"`{action.kind}` cannot be used {where}", action.span,
+                       help="add_header works only in `on data:`" if action.kind == "add_header"
+                       else "the client has gone by the disconnect hook: only tag, log, warn and run work there")
+            ok = False
+        leaves: list = []
+        listings: list = []
+        test = None
+        if rule.condition is not None:
+            test = self._cond(rule.condition, stage, leaves, listings)
+            if test is None:
+                ok = False
+        code = enhanced = None
+        render_text = render_arg = None
+        outcome = _OUTCOMES.get(action.kind)
+        if action.reply is not None:
+            code, enhanced = self._reply_codes(action.kind, action.reply)
+            if action.reply.text is not None:
+                text = action.reply.text
+                if options.get("reply_rule_id"):
+                    text += f" ({rule.rule_id})"
+                render_text = self._template(text, action.reply.span, stage, listings, rule.rule_id)
+                if render_text is None:
+                    ok = False
+        if action.kind in ("log", "warn", "add_header"):
+            value = action.arg2 if action.kind == "add_header" else action.arg
+            render_arg = self._template(value or "", action.arg_span, stage, listings, rule.rule_id)
+            if render_arg is None:
+                ok = False
+            if action.kind == "add_header" and not re.fullmatch(r"[!-9;-~]+", action.arg or ""):
+                self.error("E202", f"`{action.arg}` is not a valid header name", action.arg_span)
+                ok = False
+        if action.kind == "run":
+            self.used_plugins.add(action.arg)
+            if action.arg not in self.prog.plugins:
+                guess = did_you_mean(action.arg, self.prog.plugins)
+                self.error("E105", f"unknown plugin `{action.arg}`", action.arg_span,
+                           help=f"did you mean `{guess}`?" if guess else
+                           "declare it first: plugin NAME = \"package.module:Class\"")
+                ok = False
+        if not ok:
+            return None
+        return CompiledRule(
+            rule_id=rule.rule_id, stage=stage, kind=action.kind, outcome=outcome, test=test,
+            code=code, enhanced=enhanced, render_text=render_text, render_arg=render_arg,
+            arg=action.arg, monitor=rule.monitor, node=rule, leaves=tuple(leaves))
+
+    def _reply_codes(self, kind: str, reply: ast.Reply) -> tuple[int | None, str | None]:
+        code, enhanced = reply.code, reply.enhanced
+        want = {"reject": "5", "tempfail": "4", "disconnect": "45", "accept": "2"}.get(kind, "")
+        if code is not None:
+            if not (200 <= code <= 599) or str(code)[0] not in want:
+                fix = {"reject": "a 5xx code such as 550 or 554", "tempfail": "a 4xx code such as 450 or 451",
+                       "disconnect": "421 (or a 5xx code)"}.get(kind, "")
+                other = {"4": "tempfail", "5": "reject"}.get(str(code)[0])
+                self.error("E501", f"`{kind} {code}`: {code} does not fit `{kind}`", reply.span,
+                           help=f"use {fix}" + (f", or write `{other}` if {code} is what you mean" if other and other != kind else ""))
+                return None, None
+        if enhanced is not None:
+            klass = enhanced.split(".")[0]
+            parts = [int(p) for p in enhanced.split(".")]
+            if parts[1] > 999 or parts[2] > 999:
+                self.error("E502", f"enhanced status code {enhanced} is malformed", reply.span,
+                           help="write class.subject.detail, e.g. 5.7.1 (RFC 3463)")
+            elif code is not None and str(code)[0] != klass:
+                self.error("E502", f"enhanced status code {enhanced} contradicts reply code {code}", reply.span,
+                           help=f"use {str(code)[0]}.{parts[1]}.{parts[2]}")
+            elif code is None and klass not in want:
+                self.error("E502", f"enhanced status code {enhanced} does not fit `{kind}`", reply.span,
+                           help=f"a {kind} takes a {want[0]}.x.x code")
+        return code, enhanced
+
+    def _template(self, text: str, span: Span | None, stage: Stage, listings: list,
+                  rule_id: str) -> Callable[[SessionState], str] | None:
+        """Compile "{placeholder}" text; unknown or not-yet-known fields are errors."""
+        parts: list = []
+        pos = 0
+        ok = True
+        escaped = text.replace("{{", "\0").replace("}}", "\1")
+        for m in _PLACEHOLDER.finditer(escaped):
+            parts.append(escaped[pos:m.start()].replace("\0", "{").replace("\1", "}"))
+            pos = m.end()
+            name = m.group(1).strip()
+            getter = self._placeholder(name, span, stage, listings, rule_id)
+            if getter is None:
+                ok = False
+            parts.append(getter)
+        parts.append(escaped[pos:].replace("\0", "{").replace("\1", "}"))
+        if not ok:
+            return None
+        parts = [p for p in parts if p != ""]
+        if all(isinstance(p, str) for p in parts):
+            constant = "".join(parts)
+            return lambda s: constant
+
+        def render(s: SessionState, parts=tuple(parts)) -> str:
+            return "".join(p if isinstance(p, str) else _safe_text(p(s)) for p in parts)
+        return render
+
+    def _placeholder(self, name: str, span, stage: Stage, listings: list, rule_id: str):
+        if name == "rule":
+            return lambda s: rule_id
+        if name == "session":
+            return lambda s: s.session_id
+        if name in EXTRA_PLACEHOLDERS:
+            kind, _, attr = name.partition(".")
+            mine = [(make, zone) for (k, make, zone) in listings if k == kind]
+            if not mine:
+                self.error("E503", f"{{{name}}} needs a `listed in` {kind} test in the same rule", span,
+                           help=f"add `... listed in <{kind} zone>` to this rule's condition")
+                return None
+
+            def listing(s, mine=tuple(mine), attr=attr):
+                for make, zone in mine:
+                    lk = make(s)
+                    a = s.dns.get(lk) if lk is not None else None
+                    if a is not None and a.status == "listed":
+                        return {"zone": zone, "code": ",".join(a.codes), "txt": a.txt}[attr]
+                return ""
+            return listing
+        spec = lookup_field(name, self.plugin_fields)
+        if spec is None:
+            guess = did_you_mean(name, list(FIELDS) + list(EXTRA_PLACEHOLDERS) + list(self.plugin_fields))
+            self.error("E503", f"unknown placeholder {{{name}}}", span,
+                       help=f"did you mean {{{guess}}}?" if guess else "placeholders are field names, e.g. {client.ip}")
+            return None
+        if not self._available(spec, stage, span):
+            return None
+        if spec.lookup is not None:
+            self._need_lookup(spec.name, spec.lookup, spec.stage, stage)
+        return spec.get
+
+    # ---- conditions ---------------------------------------------------------
+
+    def _field(self, f: ast.Field, stage: Stage) -> FieldSpec | None:
+        spec = lookup_field(f.name, self.plugin_fields)
+        if spec is None:
+            cands = list(FIELDS) + list(self.plugin_fields)
+            guess = did_you_mean(f.name, cands)
+            if f.name in self.prog.lists:
+                hint = f"`{f.name}` is a list: write `<field> in {f.name}`"
+            else:
+                hint = (f"did you mean `{guess}`?" if guess else
+                        "fields are e.g. client.ip, helo, sender, sender.domain, rcpt, rcpt.domain")
+            self.error("E102", f"unknown field `{f.name}`", f.span, help=hint)
+            return None
+        if not self._available(spec, stage, f.span):
+            return None
+        if spec.lookup is not None:
+            self._need_lookup(spec.name, spec.lookup, spec.stage, stage)
+        return spec
+
+    def _available(self, spec: FieldSpec, stage: Stage, span) -> bool:
+        if spec.stage.order > stage.order:
+            self.error("E201", f"`{spec.name}` is not known yet in `on {stage.value}:`", span,
+                       help=f"`{spec.name}` is known from `on {spec.stage.value}:` on; move the rule there")
+            return False
+        return True
+
+    def _need_lookup(self, key: str, make, input_stage: Stage, stage: Stage) -> None:
+        self.dns_needs.setdefault(stage, {})[key] = make
+        self.dns_starts.setdefault(input_stage, {})[key] = make
+
+    def _cond(self, node, stage: Stage, leaves: list, listings: list):
+        if isinstance(node, ast.And):
+            tests = [self._cond(n, stage, leaves, listings) for n in node.operands]
+            if any(t is None for t in tests):
+                return None
+            return _all(tests)
+        if isinstance(node, ast.Or):
+            tests = [self._cond(n, stage, leaves, listings) for n in node.operands]
+            if any(t is None for t in tests):
+                return None
+            return _any(tests)
+        if isinstance(node, ast.Not):
+            inner = self._cond(node.operand, stage, leaves, listings)
+            return None if inner is None else (lambda s, t=inner: not t(s))
+        test = self._leaf(node, stage, listings)
+        if test is not None:
+            leaves.append((node, test))
+        return test
+
+    def _leaf(self, node, stage: Stage, listings: list):
+        if isinstance(node, ast.Tagged):
+            tag = node.tag
+            return lambda s: tag in s.tags
+        spec = self._field(node.field, stage)
+        if spec is None:
+            return None
+        get = spec.get
+        if isinstance(node, ast.Truthy):
+            if spec.type == LIST:
+                return lambda s: bool(get(s))
+            if spec.type != BOOL:
+                self.error("E202", f"`{spec.name}` is a {spec.type}, not yes/no", node.span,
+                           help=f"compare it, e.g. `{spec.name} = \"...\"` or `{spec.name} in <list>`")
+                return None
+            return lambda s: bool(get(s))
+        if isinstance(node, ast.Compare):
+            return self._compare(spec, node)
+        if isinstance(node, ast.Member):
+            return self._member(spec, node)
+        if isinstance(node, ast.Pattern):
+            return self._pattern(spec, node)
+        if isinstance(node, (ast.Listed, ast.LookupFailed)):
+            return self._listed(spec, node, stage, listings)
+        raise AssertionError(f"unknown condition node {node!r}")
+
+    def _compare(self, spec: FieldSpec, node: ast.Compare):
+        v, op, get = node.value, node.op, spec.get
+        if op in ("<", "<=", ">", ">="):
+            if spec.type != INT or v.kind != "number":
+                self.error("E202", f"`{op}` compares numbers, but `{spec.name}` is a {spec.type}", node.span,
+                           help="use = or != for text; numeric fields are e.g. message.size, rcpt.count")
+                return None
+            n = v.value
+            return {"<": lambda s: get(s) < n, "<=": lambda s: get(s) <= n,
+                    ">": lambda s: get(s) > n, ">=": lambda s: get(s) >= n}[op]
+        value = self._coerce(spec, v)
+        if value is _BAD:
+            return None
+        if spec.type == LIST:
+            return (lambda s: value in get(s)) if op == "=" else (lambda s: value not in get(s))
+        return (lambda s: get(s) == value) if op == "=" else (lambda s: get(s) != value)
+
+    def _coerce(self, spec: FieldSpec, v: ast.Value):
+        t = spec.type
+        if t == INT:
+            if v.kind != "number":
+                self.error("E202", f"`{spec.name}` is a number; {v.text} is not", v.span)
+                return _BAD
+            return v.value
+        if t == BOOL:
+            if v.kind != "boolean":
+                self.error("E202", f"`{spec.name}` is yes or no; {v.text} is not", v.span,
+                           help=f"write `{spec.name}` or `not {spec.name}`")
+                return _BAD
+            return v.value
+        if t == IP:
+            try:
+                return str(ipaddress.ip_address(str(v.value)))
+            except ValueError:
+                self.error("E202", f"{v.text} is not an IP address", v.span,
+                           help="to test a network, write `client.ip in 10.0.0.0/8`" if "/" in str(v.value) else None)
+                return _BAD
+        if v.kind != "string" and not (v.kind == "address" and t in (STRING, DOMAIN)):
+            self.error("E202", f"`{spec.name}` is {t} text; write the value in quotes", v.span)
+            return _BAD
+        text = str(v.value)
+        if spec.choices and text not in spec.choices:
+            guess = did_you_mean(text, spec.choices)
+            self.error("E202", f"`{spec.name}` is one of {', '.join(spec.choices)}; not \"{text}\"", v.span,
+                       help=f"did you mean \"{guess}\"?" if guess else None)
+            return _BAD
+        if t in (DOMAIN, ADDRESS, LIST):
+            return text.lower().rstrip(".") if t == DOMAIN else text.lower()
+        return text if spec.choices else text.lower() if spec.name.startswith("header.") is False else text
+
+    def _member(self, spec: FieldSpec, node: ast.Member):
+        if node.within and spec.type != DOMAIN:
+            self.error("E202", f"`within` tests domains; `{spec.name}` is a {spec.type}", node.span,
+                       help="use a domain field such as sender.domain or rcpt.domain")
+            return None
+        if spec.type == BOOL:
+            self.error("E202", f"`{spec.name}` is yes or no; it cannot be `in` a list", node.span)
+            return None
+        element_type = ADDRESS if spec.type == LIST else spec.type
+        matcher = self._matcher(node.target, element_type, node.within)
+        if matcher is None:
+            return None
+        get = spec.get
+        if spec.type == LIST:
+            test = lambda s: any(matcher(x) for x in get(s))
+        elif spec.type == STRING and not spec.name.startswith("header."):
+            test = lambda s: matcher(get(s))
+        elif spec.type == STRING:
+            test = lambda s: matcher(get(s).lower())
+        else:
+            test = lambda s: matcher(get(s))
+        return (lambda s: not test(s)) if node.negated else test
+
+    def _matcher(self, target, ftype: str, within: bool):
+        if isinstance(target, ast.ListRef):
+            name = target.name
+            self.used_lists.add(name)
+            if name not in self.prog.lists:
+                guess = did_you_mean(name, self.prog.lists)
+                self.error("E103", f"unknown list `{name}`", target.span,
+                           help=f"did you mean `{guess}`?" if guess else
+                           f"declare it: list {name} = file \"lists/{name}\"")
+                return None
+            key = (name, ftype, within)
+            if key not in self.matchers:
+                entries = self._list_entries(name)
+                if entries is None:
+                    self.matchers[key] = None
+                else:
+                    m, diags = build_matcher(entries, ftype, within)
+                    self.diags.extend(diags)
+                    self.matchers[key] = m
+            return self.matchers[key]
+        if isinstance(target, ast.InlineList):
+            entries = [Entry(str(v.value), v.span) for v in target.items]
+        else:
+            entries = [Entry(str(target.value), target.span)]
+        m, diags = build_matcher(entries, ftype, within)
+        self.diags.extend(diags)
+        return None if any(d.code == "E302" for d in diags) else m
+
+    def _list_entries(self, name: str) -> list[Entry] | None:
+        if name in self.list_entries:
+            return self.list_entries[name]
+        decl, base = self.prog.lists[name]
+        if decl.items is not None:
+            entries = [Entry(str(v.value), v.span) for v in decl.items.items]
+        else:
+            path = os.path.join(base, decl.file)
+            entries, diags = read_list_file(path, _shown(path))
+            for d in diags:
+                self.error(d.code, d.message, decl.span,
+                           help=f"the path is relative to the rule file's folder ({base or '.'})")
+            if entries is not None:
+                try:
+                    self.version_parts.append(Path(path).read_bytes())
+                except OSError:
+                    pass
+        self.list_entries[name] = entries
+        return entries
+
+    def _pattern(self, spec: FieldSpec, node: ast.Pattern):
+        if spec.type in (BOOL, LIST, INT):
+            self.error("E202", f"`{node.kind}` tests text; `{spec.name}` is a {spec.type}", node.span)
+            return None
+        source = str(node.pattern.value)
+        if node.kind == "glob":
+            source = fnmatch.translate(source)
+        try:
+            rx = re.compile(source, re.IGNORECASE)
+        except re.error as err:
+            self.error("E401", f"invalid regular expression: {err.msg}", node.pattern.span,
+                       help="regular expressions use Python syntax; escape . as \\\\. inside quotes")
+            return None
+        search = rx.search if node.kind == "regex" else rx.match
+        get = spec.get
+        if node.negated:
+            return lambda s: search(str(get(s))) is None
+        return lambda s: search(str(get(s))) is not None
+
+    def _listed(self, spec: FieldSpec, node, stage: Stage, listings: list):
+        zref = node.zone
+        if zref.name is not None:
+            self.used_zones.add(zref.name)
+            decl = self.prog.zones.get(zref.name)
+            if decl is None:
+                guess = did_you_mean(zref.name, self.prog.zones)
+                self.error("E104", f"unknown zone `{zref.name}`", zref.span,
+                           help=f"did you mean `{guess}`?" if guess else
+                           f"declare it: zone {zref.name} = dnsbl \"zone.example\"")
+                return None
+            kind, domain, zone_codes = decl.kind, decl.domain, decl.codes
+        else:
+            kind, domain, zone_codes = zref.kind, zref.domain, None
+        want = IP if kind == "dnsbl" else DOMAIN
+        if spec.type != want:
+            hint = ("a dnsbl zone is looked up by IP: use client.ip" if kind == "dnsbl"
+                    else "an rhsbl zone is looked up by domain: use sender.domain, helo or rcpt.domain")
+            self.error("E202", f"`{spec.name}` is a {spec.type}; a {kind} zone needs a{'n IP' if want == IP else ' domain'}",
+                       node.field.span, help=hint)
+            return None
+        lk_kind = LookupKind.DNSBL if kind == "dnsbl" else LookupKind.RHSBL
+        get = spec.get
+
+        def make(s, get=get, lk_kind=lk_kind, domain=domain):
+            value = get(s)
+            return Lookup(lk_kind, value, domain) if value else None
+
+        self._need_lookup(f"{kind}:{domain}:{spec.name}", make, spec.stage, stage)
+        if isinstance(node, ast.LookupFailed):
+            def failed(s):
+                lk = make(s)
+                a = s.dns.get(lk) if lk is not None else None
+                return lk is not None and (a is None or a.status == "failed")
+            return failed
+        codes_ok = _code_filter([f for f in (zone_codes, node.codes) if f is not None])
+        listings.append((kind, make, domain))
+
+        def listed(s):
+            lk = make(s)
+            if lk is None:
+                return False
+            a = s.dns.get(lk)
+            return a is not None and a.status == "listed" and codes_ok(a.codes)
+        if node.negated:
+            return lambda s: not listed(s)
+        return listed
+
+
+class _Bad:
+    pass
+
+
+_BAD = _Bad()
+
+
+def _all(tests):
+    if len(tests) == 2:
+        a, b = tests
+        return lambda s: a(s) and b(s)
+    return lambda s: all(t(s) for t in tests)
+
+
+def _any(tests):
+    if len(tests) == 2:
+        a, b = tests
+        return lambda s: a(s) or b(s)
+    return lambda s: any(t(s) for t in tests)
+
+
+def _code_filter(filters: list[ast.CodeFilter]):
+    """A test over a listing's A records: every filter must accept some code."""
+    if not filters:
+        return lambda codes: True
+
+    def accepts(f: ast.CodeFilter, code: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(code)
+        except ValueError:
+            return False
+        if code in f.exact:
+            return True
+        for lo, hi in f.ranges:
+            if ipaddress.ip_address(lo) <= ip <= ipaddress.ip_address(hi):
+                return True
+        last = int(ip) & 0xFF
+        return any(last & m for m in f.masks)
+
+    return lambda codes: all(any(accepts(f, c) for c in codes) for f in filters)
+
+
+def _safe_text(value) -> str:
+    """Values go into SMTP replies and logs: no line breaks, printable."""
+    text = "" if value is None else str(value)
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:400]
+
+
+def _shown(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+        return rel if not rel.startswith("../../..") else path
+    except ValueError:
+        return path

@@ -1,0 +1,126 @@
+"""The fields rules can test: name, type, the hook from which each is known,
+and how to read it from ``SessionState``.
+
+One table, used by the compiler (getters, availability), lint (unknown
+fields, did-you-mean) and docs/rules.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from smtpfw.checks.dnsresult import Lookup, LookupKind
+from smtpfw.session import SessionState
+from smtpfw.verdict import Stage
+
+# Field types.  Equality on domain/address is case-insensitive.
+IP, DOMAIN, ADDRESS, STRING, INT, BOOL, LIST = "ip", "domain", "address", "string", "int", "bool", "list"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str
+    stage: Stage                       # first hook where the value is known
+    get: Callable[[SessionState], object]
+    doc: str
+    lookup: Callable[[SessionState], Lookup | None] | None = None  # DNS it needs
+    choices: tuple[str, ...] = ()
+
+
+def _ptr_lookup(s: SessionState) -> Lookup:
+    return Lookup(LookupKind.PTR, s.client_ip)
+
+
+def _resolvable_lookup(s: SessionState) -> Lookup | None:
+    return Lookup(LookupKind.RESOLVABLE, s.sender_domain) if s.sender_domain else None
+
+
+def _ptr(s: SessionState):
+    return s.dns.get(_ptr_lookup(s))
+
+
+def _rdns(s: SessionState) -> str:
+    a = _ptr(s)
+    return a.names[0] if a is not None and a.names else ""
+
+
+def _ptr_status(s: SessionState) -> str:
+    a = _ptr(s)
+    return a.status if a is not None else "failed"
+
+
+def _fcrdns(s: SessionState) -> bool:
+    a = _ptr(s)
+    return bool(a is not None and a.confirmed)
+
+
+def _resolvable(s: SessionState) -> str:
+    if not s.sender_domain:
+        return "no" if s.sender else "yes"   # <> has no domain: nothing to resolve
+    a = s.dns.get(_resolvable_lookup(s))
+    return a.status if a is not None else "failed"
+
+
+C, H, M, R, D = Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA
+
+FIELDS: dict[str, FieldSpec] = {
+    f.name: f
+    for f in [
+        FieldSpec("listener.address", IP, C, lambda s: s.listener_address, "address the client connected to"),
+        FieldSpec("listener.port", INT, C, lambda s: s.listener_port, "port the client connected to (25, 587, ...)"),
+        FieldSpec("listener.name", STRING, C, lambda s: s.listener_name, "name of the listener in the config"),
+        FieldSpec("client.ip", IP, C, lambda s: s.client_ip, "the client's IP address"),
+        FieldSpec("client.port", INT, C, lambda s: s.client_port, "the client's source port"),
+        FieldSpec("client.rdns", DOMAIN, C, _rdns, "first PTR name of the client IP, \"\" if none", _ptr_lookup),
+        FieldSpec("client.ptr", STRING, C, _ptr_status, "PTR lookup result: found, none or failed",
+                  _ptr_lookup, ("found", "none", "failed")),
+        FieldSpec("client.fcrdns", BOOL, C, _fcrdns, "a PTR name resolves back to the client IP", _ptr_lookup),
+        FieldSpec("helo", DOMAIN, H, lambda s: s.helo_lower, "the HELO/EHLO name"),
+        FieldSpec("esmtp", BOOL, H, lambda s: s.esmtp, "the client said EHLO (not HELO)"),
+        FieldSpec("tls", BOOL, H, lambda s: s.tls, "the session is encrypted (STARTTLS)"),
+        FieldSpec("auth", BOOL, M, lambda s: s.auth, "the client authenticated (SMTP AUTH)"),
+        FieldSpec("auth.user", STRING, M, lambda s: s.auth_user, "the authenticated user name"),
+        FieldSpec("sender", ADDRESS, M, lambda s: s.sender_lower, "MAIL FROM address (\"\" for <>)"),
+        FieldSpec("sender.local", STRING, M, lambda s: s.sender_local, "local part of the sender"),
+        FieldSpec("sender.domain", DOMAIN, M, lambda s: s.sender_domain, "domain of the sender"),
+        FieldSpec("sender.null", BOOL, M, lambda s: s.sender == "", "the sender is the null sender <>"),
+        FieldSpec("sender.resolvable", STRING, M, _resolvable,
+                  "sender domain has MX or A/AAAA: yes, no, nullmx or failed",
+                  _resolvable_lookup, ("yes", "no", "nullmx", "failed")),
+        FieldSpec("mail.size", INT, M, lambda s: s.mail_size, "SIZE= declared at MAIL FROM (0 if none)"),
+        FieldSpec("rcpt", ADDRESS, R, lambda s: s.rcpt_lower, "the recipient being decided"),
+        FieldSpec("rcpt.local", STRING, R, lambda s: s.rcpt_local, "local part of the recipient"),
+        FieldSpec("rcpt.domain", DOMAIN, R, lambda s: s.rcpt_domain, "domain of the recipient"),
+        FieldSpec("rcpts", LIST, R, lambda s: s.rcpts, "recipients accepted so far in this message"),
+        FieldSpec("rcpt.count", INT, R, lambda s: len(s.rcpts), "number of recipients accepted so far"),
+        FieldSpec("rcpt.rejected", INT, R, lambda s: s.rcpt_rejected, "number of recipients refused so far"),
+        FieldSpec("message.size", INT, D, lambda s: s.message_size, "size of the message in bytes"),
+    ]
+}
+
+HEADER_PREFIX = "header."
+
+
+def header_field(name: str) -> FieldSpec:
+    key = name[len(HEADER_PREFIX):].lower()
+    return FieldSpec(name, STRING, D, lambda s, k=key: s.headers.get(k, ""),
+                     f"first value of the {key} header")
+
+
+def lookup_field(name: str, plugin_fields: dict[str, FieldSpec] | None = None) -> FieldSpec | None:
+    """The spec for a field name, including header.* and plugin fields."""
+    spec = FIELDS.get(name)
+    if spec is not None:
+        return spec
+    if name.startswith(HEADER_PREFIX) and len(name) > len(HEADER_PREFIX):
+        return header_field(name)
+    if plugin_fields:
+        return plugin_fields.get(name)
+    return None
+
+
+# Placeholders allowed in reply and log text, beyond the field names.
+LISTING_PLACEHOLDERS = ("dnsbl.zone", "dnsbl.code", "dnsbl.txt", "rhsbl.zone", "rhsbl.code", "rhsbl.txt")
+EXTRA_PLACEHOLDERS = ("rule", "session") + LISTING_PLACEHOLDERS

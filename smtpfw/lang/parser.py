@@ -1,0 +1,505 @@
+"""Rule text -> AST, with syntax errors a non-programmer can act on.
+
+The lark tree never leaves this module.  Every syntax error becomes one
+``Diagnostic`` that says where, what was found, what was expected in words,
+and, for a misspelt keyword, what was probably meant.
+"""
+
+from __future__ import annotations
+
+import ast as pyast
+import dataclasses
+import functools
+
+import lark
+from lark import Token, Transformer, v_args
+
+from smtpfw import paths
+from smtpfw.diagnostics import Diagnostic, Span, did_you_mean
+from smtpfw.lang import ast
+
+MAX_SOURCE_BYTES = 16 * 1024 * 1024
+MAX_NESTING = 200
+
+HOOKS = ("connect", "helo", "mail", "rcpt", "data", "queue", "disconnect")
+STATEMENT_KEYWORDS = ("on", "list", "zone", "plugin", "option", "include")
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    return lark.Lark(
+        paths.grammar_file().read_text(encoding="utf-8"),
+        parser="lalr",
+        lexer="basic",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def parse(text: str, filename: str) -> tuple[ast.SourceFile | None, list[Diagnostic]]:
+    """Parse one rule file.  Never raises: problems come back as diagnostics."""
+    if len(text) > MAX_SOURCE_BYTES:
+        return None, [Diagnostic("E001", f"rule file is larger than {MAX_SOURCE_BYTES // 2**20} MiB",
+                                 Span.point(filename, 1, 1))]
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        return None, [Diagnostic("E002", "the file contains a NUL byte: is it a binary file?",
+                                 Span.point(filename, line, 1),
+                                 help="rule files are plain UTF-8 text")]
+    if _nesting_depth(text) > MAX_NESTING:
+        return None, [Diagnostic("E002", f"parentheses nested more than {MAX_NESTING} deep",
+                                 Span.point(filename, 1, 1),
+                                 help="split the condition into several rules or use tags")]
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedInput as err:
+        return None, [_syntax_diagnostic(err, text, filename)]
+    try:
+        statements = _ToAst(filename).transform(tree)
+    except lark.exceptions.VisitError as err:
+        inner = err.orig_exc
+        if isinstance(inner, _AstError):
+            return None, [inner.diagnostic]
+        return None, [Diagnostic("E002", f"cannot read this rule: {inner}", Span.point(filename, 1, 1))]
+    except RecursionError:
+        return None, [Diagnostic("E002", "rule nested too deeply", Span.point(filename, 1, 1))]
+    return _assign_hooks(filename, statements)
+
+
+def _nesting_depth(text: str) -> int:
+    depth = best = 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+            best = max(best, depth)
+        elif ch == ")":
+            depth = max(depth - 1, 0)
+    return best
+
+
+def _assign_hooks(filename, statements) -> tuple[ast.SourceFile, list[Diagnostic]]:
+    """Rules belong to the most recent `on <hook>:` header."""
+    diags: list[Diagnostic] = []
+    out: list[ast.Statement] = []
+    hook: str | None = None
+    for st in statements:
+        if isinstance(st, ast.HookHeader):
+            hook = st.name
+            if st.name not in HOOKS:
+                guess = did_you_mean(st.name, HOOKS)
+                diags.append(Diagnostic(
+                    "E101", f"unknown hook `{st.name}`", st.span,
+                    help=(f"did you mean `{guess}`? " if guess else "")
+                    + "hooks are: " + ", ".join(HOOKS)))
+        elif isinstance(st, ast.Rule):
+            if hook is None:
+                diags.append(Diagnostic(
+                    "E108", "this rule is not inside a hook", st.span,
+                    help="put `on connect:`, `on helo:`, `on mail:`, `on rcpt:` or `on data:` before it"))
+                continue
+            rule_id = st.rule_id if st.label_given else f"{_basename(filename)}:{st.span.line}"
+            st = dataclasses.replace(st, hook=hook, rule_id=rule_id)
+        out.append(st)
+    return ast.SourceFile(filename, tuple(out)), diags
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+# ---- tree -> AST ------------------------------------------------------------
+
+class _AstError(Exception):
+    def __init__(self, diagnostic: Diagnostic):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
+def _unquote(token: Token) -> str:
+    text = str(token)
+    try:
+        value = pyast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text[1:-1]
+    return value if isinstance(value, str) else text[1:-1]
+
+
+def _drop_eq(items):
+    return [i for i in items if not (isinstance(i, Token) and i.type == "EQ")]
+
+
+def _number(text: str) -> int:
+    mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+    return int(text[:-1] if mult > 1 else text) * mult
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    def __init__(self, filename: str):
+        super().__init__(visit_tokens=False)
+        self.filename = filename
+
+    # spans
+    def _span(self, meta) -> Span:
+        if getattr(meta, "empty", False):
+            return Span.point(self.filename, 1, 1)
+        return Span(self.filename, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tspan(self, tok: Token) -> Span:
+        return Span(self.filename, tok.line, tok.column, tok.end_line, tok.end_column)
+
+    def start(self, meta, items):
+        return items
+
+    # declarations
+    def include(self, meta, items):
+        return ast.Include(_unquote(items[0]), self._span(meta))
+
+    def list_file(self, meta, items):
+        return ("file", _unquote(items[0]))
+
+    def list_decl(self, meta, items):
+        items = _drop_eq(items)
+        name, source = items
+        span = self._span(meta)
+        if isinstance(source, ast.InlineList):
+            return ast.ListDecl(str(name), None, source, span, self._tspan(name))
+        return ast.ListDecl(str(name), source[1], None, span, self._tspan(name))
+
+    def zone_decl(self, meta, items):
+        items = _drop_eq(items)
+        name, kind, domain, codes = items
+        return ast.ZoneDecl(str(name), str(kind), _unquote(domain).lower().rstrip("."), codes,
+                            self._span(meta), self._tspan(name))
+
+    def mask(self, meta, items):
+        return ("mask", _number(str(items[0])))
+
+    def code_filter(self, meta, items):
+        exact, ranges, masks = [], [], []
+        for it in items:
+            if isinstance(it, tuple):
+                masks.append(it[1])
+            elif it.type == "CODE_RANGE":
+                lo, hi = str(it).split("-")
+                ranges.append((lo, hi))
+            elif it.type == "STRING":
+                exact.append(_unquote(it))
+            else:
+                exact.append(str(it))
+        return ast.CodeFilter(tuple(exact), tuple(ranges), tuple(masks), self._span(meta))
+
+    def plugin_decl(self, meta, items):
+        items = _drop_eq(items)
+        name, target, args = items
+        return ast.PluginDecl(str(name), _unquote(target), tuple(args or ()), self._span(meta),
+                              self._tspan(name))
+
+    def plugin_args(self, meta, items):
+        return [it for it in items if it is not None]
+
+    def plugin_arg(self, meta, items):
+        items = _drop_eq(items)
+        return (str(items[0]), items[1].value)
+
+    def option(self, meta, items):
+        items = _drop_eq(items)
+        return ast.OptionDecl(str(items[0]), items[1], self._span(meta))
+
+    def hook(self, meta, items):
+        return ast.HookHeader(str(items[0]), self._tspan(items[0]))
+
+    # rules
+    def label(self, meta, items):
+        return items[0]
+
+    def rule(self, meta, items):
+        label, monitor, action, condition = items
+        return ast.Rule(
+            rule_id=str(label) if label is not None else "",
+            label_given=label is not None,
+            hook="",
+            action=action,
+            condition=condition,
+            monitor=monitor is not None,
+            span=self._span(meta),
+        )
+
+    def reply(self, meta, items):
+        code, enhanced, text = items
+        return ast.Reply(
+            _number(str(code)) if code is not None else None,
+            str(enhanced) if enhanced is not None else None,
+            _unquote(text) if text is not None else None,
+            self._span(meta),
+        )
+
+    def _terminal(self, kind, meta, items):
+        span = self._span(meta)
+        reply = items[1]
+        if reply.code is None and reply.enhanced is None and reply.text is None:
+            reply = dataclasses.replace(reply, span=span)
+        return ast.Action(kind, span, reply=reply)
+
+    def accept(self, meta, items):
+        return ast.Action("accept", self._span(meta))
+
+    def reject(self, meta, items):
+        return self._terminal("reject", meta, items)
+
+    def tempfail(self, meta, items):
+        return self._terminal("tempfail", meta, items)
+
+    def disconnect(self, meta, items):
+        return self._terminal("disconnect", meta, items)
+
+    def tag(self, meta, items):
+        return ast.Action("tag", self._span(meta), arg=str(items[0]), arg_span=self._tspan(items[0]))
+
+    def log(self, meta, items):
+        return ast.Action("log", self._span(meta), arg=_unquote(items[1]), arg_span=self._tspan(items[1]))
+
+    def warn(self, meta, items):
+        return ast.Action("warn", self._span(meta), arg=_unquote(items[1]), arg_span=self._tspan(items[1]))
+
+    def add_header(self, meta, items):
+        return ast.Action("add_header", self._span(meta), arg=_unquote(items[0]),
+                          arg2=_unquote(items[1]), arg_span=self._tspan(items[0]))
+
+    def run(self, meta, items):
+        return ast.Action("run", self._span(meta), arg=str(items[0]), arg_span=self._tspan(items[0]))
+
+    # conditions
+    def or_cond(self, meta, items):
+        return ast.Or(tuple(items), self._span(meta))
+
+    def and_cond(self, meta, items):
+        return ast.And(tuple(items), self._span(meta))
+
+    def negation(self, meta, items):
+        return ast.Not(items[0], self._span(meta))
+
+    def field(self, meta, items):
+        return ast.Field(str(items[0]), self._tspan(items[0]))
+
+    def cmp_op(self, meta, items):
+        return str(items[0])
+
+    def compare(self, meta, items):
+        f, op, value = items
+        op = "=" if str(op) in ("==", "=") else str(op)
+        return ast.Compare(f, op, value, self._span(meta))
+
+    def member(self, meta, items):
+        f, neg, target = items
+        return ast.Member(f, target, False, neg is not None, self._span(meta))
+
+    def within(self, meta, items):
+        f, neg, target = items
+        return ast.Member(f, target, True, neg is not None, self._span(meta))
+
+    def _pattern(self, kind, meta, items):
+        f, neg, pat = items
+        value = ast.Value("string", _unquote(pat), str(pat), self._tspan(pat))
+        return ast.Pattern(f, kind, value, neg is not None, self._span(meta))
+
+    def regex(self, meta, items):
+        return self._pattern("regex", meta, items)
+
+    def glob(self, meta, items):
+        return self._pattern("glob", meta, items)
+
+    def listed(self, meta, items):
+        f, neg, zone, codes = items
+        return ast.Listed(f, zone, codes, neg is not None, self._span(meta))
+
+    def lookup_failed(self, meta, items):
+        f, zone = items
+        return ast.LookupFailed(f, zone, self._span(meta))
+
+    def tagged(self, meta, items):
+        return ast.Tagged(str(items[0]), self._span(meta))
+
+    def truthy(self, meta, items):
+        return ast.Truthy(items[0], self._span(meta))
+
+    def list_ref(self, meta, items):
+        return ast.ListRef(str(items[0]), self._tspan(items[0]))
+
+    def single(self, meta, items):
+        tok = items[0]
+        if tok.type == "STRING":
+            return ast.Value("string", _unquote(tok), str(tok), self._tspan(tok))
+        return ast.Value("address", str(tok), str(tok), self._tspan(tok))
+
+    def zone_ref(self, meta, items):
+        return ast.ZoneRef(str(items[0]), None, None, self._tspan(items[0]))
+
+    def inline_zone(self, meta, items):
+        kind, domain = items
+        return ast.ZoneRef(None, str(kind), _unquote(domain).lower().rstrip("."), self._span(meta))
+
+    def inline_list(self, meta, items):
+        return ast.InlineList(tuple(it for it in items if it is not None), self._span(meta))
+
+    # values
+    def string(self, meta, items):
+        return ast.Value("string", _unquote(items[0]), str(items[0]), self._tspan(items[0]))
+
+    def number(self, meta, items):
+        return ast.Value("number", _number(str(items[0])), str(items[0]), self._tspan(items[0]))
+
+    def address(self, meta, items):
+        return ast.Value("address", str(items[0]), str(items[0]), self._tspan(items[0]))
+
+    def boolean(self, meta, items):
+        text = str(items[0])
+        return ast.Value("boolean", text in ("true", "yes"), text, self._tspan(items[0]))
+
+
+# ---- syntax errors in words -------------------------------------------------
+
+_WORDS = {
+    "NAME": "a name",
+    "STRING": 'a "quoted text"',
+    "INT": "a number",
+    "IPV4": "an IPv4 address or network",
+    "ENHANCED": "an enhanced status code like 5.7.1",
+    "CODE_RANGE": "a code range like 127.0.0.2-127.0.0.11",
+    "BOOL": "yes or no",
+    "COMPARE": "a comparison (=, !=, <, <=, >, >=)",
+    "EQ": "`=`",
+    "ZONE_KIND": "`dnsbl` or `rhsbl`",
+    "$END": "the end of the file",
+}
+_ACTION_TERMINALS = {"ACCEPT", "REJECT", "TEMPFAIL", "DISCONNECT", "TAG", "LOG", "WARN",
+                     "ADD_HEADER", "RUN"}
+_STATEMENT_TERMINALS = {"ON", "LIST", "ZONE", "PLUGIN", "OPTION", "INCLUDE"}
+
+
+def _terminal_text(name: str) -> str | None:
+    """The literal text of a keyword/punctuation terminal, if it has one."""
+    try:
+        term = _parser().get_terminal(name)
+    except KeyError:
+        return None
+    pattern = term.pattern
+    if pattern.type == "str":
+        return pattern.value
+    return None
+
+
+def _describe(name: str) -> str:
+    if name in _WORDS:
+        return _WORDS[name]
+    text = _terminal_text(name)
+    return f"`{text}`" if text is not None else name.lower()
+
+
+_OPERATOR_TERMINALS = {"IN", "NOT", "WITHIN", "MATCHES", "LIKE", "LISTED", "LOOKUP", "COMPARE", "EQ"}
+
+
+def _expected_in_words(expected: set[str]) -> tuple[str, list[str]]:
+    """A sentence for what the parser wanted, and the keywords it could take."""
+    keywords = sorted(t for t in (_terminal_text(e) for e in expected) if t and t.isalpha())
+    statement = bool(expected & _STATEMENT_TERMINALS)
+    if statement and expected & _ACTION_TERMINALS and not expected & (_OPERATOR_TERMINALS | {"IF"}):
+        return ("a new statement: `on <hook>:`, a declaration (`list`, `zone`, `plugin`, "
+                "`option`, `include`) or a rule starting with an action (`accept`, `reject`, "
+                "`tempfail`, `disconnect`, `tag`, `log`, `warn`, `add_header`, `run`)", keywords)
+    parts = []
+    if expected & (_OPERATOR_TERMINALS - {"EQ"}):
+        parts.append("an operator (`=`, `!=`, `<`, `>`, `in`, `not in`, `within`, `matches`, "
+                     "`like`, `listed in`, `lookup failed in`)")
+    if expected & {"AND", "OR"}:
+        parts.append("`and`/`or`")
+    if "IF" in expected:
+        parts.append("`if <condition>`")
+    if parts or statement:
+        rest = expected - _STATEMENT_TERMINALS - _ACTION_TERMINALS - _OPERATOR_TERMINALS - {
+            "IF", "AND", "OR", "MONITOR", "LSQB", "$END", "RPAR"}
+        parts += sorted(_describe(e) for e in rest)
+        if "RPAR" in expected:
+            parts.append("`)`")
+        if statement:
+            parts.append("the next rule or statement")
+        return ", ".join(parts[:-1]) + (" or " if len(parts) > 1 else "") + parts[-1], keywords
+    if expected >= {"NAME", "LPAR", "NOT"}:
+        return ("a condition, such as `helo in badhelo` or `client.ip in 10.0.0.0/8`", keywords)
+    words = sorted({_describe(e) for e in expected})
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    if len(words) == 1:
+        return words[0], keywords
+    return "one of " + ", ".join(words), keywords
+
+
+def _syntax_diagnostic(err: lark.exceptions.UnexpectedInput, text: str, filename: str) -> Diagnostic:
+    line = getattr(err, "line", 1) or 1
+    column = getattr(err, "column", 1) or 1
+    if isinstance(err, lark.exceptions.UnexpectedToken) and err.token.type == "$END":
+        lines = text.rstrip().splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+        expected, _ = _expected_in_words(set(err.expected))
+        return Diagnostic("E002", f"the file ends in the middle of a statement; expected {expected}",
+                          Span.point(filename, line, column))
+    if isinstance(err, lark.exceptions.UnexpectedToken):
+        tok = err.token
+        found = str(tok)
+        span = Span(filename, tok.line, tok.column, tok.end_line or tok.line,
+                    tok.end_column or tok.column + len(found))
+        expected_set = set(err.expected)
+        expected, keywords = _expected_in_words(expected_set)
+        help_ = _suggest(found, tok.type, expected_set, keywords)
+        return Diagnostic("E002", f"unexpected {_token_words(tok)}; expected {expected}", span, help=help_)
+    if isinstance(err, lark.exceptions.UnexpectedCharacters):
+        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
+        allowed = set(err.allowed or ())
+        span = Span.point(filename, line, column)
+        if ch == '"':
+            return Diagnostic("E002", "this text has no closing quote", span,
+                              help='close it with " on the same line')
+        word = _word_at(text, err.pos_in_stream)
+        if allowed:
+            expected, keywords = _expected_in_words(allowed)
+            help_ = _suggest(word, "NAME", allowed, keywords) if word else None
+            shown = f"`{word}`" if word else f"character {ch!r}"
+            return Diagnostic("E002", f"unexpected {shown}; expected {expected}",
+                              Span.point(filename, line, column, len(word) or 1), help=help_)
+        return Diagnostic("E002", f"unexpected character {ch!r}", span)
+    return Diagnostic("E002", str(err).splitlines()[0], Span.point(filename, line, column))
+
+
+def _word_at(text: str, pos: int) -> str:
+    end = pos
+    while end < len(text) and not text[end].isspace() and text[end] not in '"()[],':
+        end += 1
+    return text[pos:end]
+
+
+def _token_words(tok: Token) -> str:
+    if tok.type == "STRING":
+        return f"text {tok}"
+    if tok.type in ("NAME", "INT", "IPV4", "ENHANCED"):
+        return f"`{tok}`"
+    return f"`{tok}`"
+
+
+def _suggest(found: str, found_type: str, expected: set[str], keywords: list[str]) -> str | None:
+    """did-you-mean for a misspelt keyword (`rejct` -> `reject`)."""
+    candidates = list(keywords)
+    if expected & _STATEMENT_TERMINALS or expected & _ACTION_TERMINALS:
+        candidates += list(STATEMENT_KEYWORDS) + list(ast.ACTIONS)
+    if "IF" in expected:
+        candidates.append("if")
+    if found_type in ("NAME", "BOOL") or found.isalpha():
+        guess = did_you_mean(found, set(candidates))
+        if guess and guess != found:
+            return f"did you mean `{guess}`?"
+    if found_type == "STRING" and "IF" in expected:
+        return "reply text goes right after the action and its codes: `reject 550 5.7.1 \"text\" if ...`"
+    if found == ":" and "NAME" in expected:
+        return "write a hook header as `on rcpt:`"
+    if found_type in ("ON",) and "NAME" in expected:
+        return None
+    return None

@@ -1,0 +1,110 @@
+"""Session state: the plain data rules are evaluated over.
+
+The SMTP front end fills it in as commands arrive; the recorder writes it
+out; replay rebuilds it from a recording.  Nothing here does I/O, so the
+engine stays pure and a dry-run needs no network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from smtpfw.checks.dnsresult import DnsAnswer, Lookup
+from smtpfw.verdict import Decision, Stage
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """(local part, lower-case domain) of an address; domain "" if none."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address, ""
+    return local, domain.lower().rstrip(".")
+
+
+@dataclass(slots=True)
+class SessionState:
+    # connect
+    session_id: str = ""
+    started: float = 0.0
+    listener_address: str = ""
+    listener_port: int = 0
+    listener_name: str = ""
+    client_ip: str = ""
+    client_port: int = 0
+    # helo
+    helo: str = ""                    # as given
+    helo_lower: str = ""
+    esmtp: bool = False
+    tls: bool = False
+    # mail (auth is known by MAIL)
+    auth: bool = False
+    auth_user: str = ""
+    sender: str | None = None         # None: no MAIL yet; "": the null sender <>
+    sender_lower: str = ""
+    sender_local: str = ""
+    sender_domain: str = ""
+    mail_params: dict = field(default_factory=dict)
+    mail_size: int = 0                # SIZE= parameter
+    # rcpt
+    rcpt: str = ""                    # the recipient being decided
+    rcpt_lower: str = ""
+    rcpt_local: str = ""
+    rcpt_domain: str = ""
+    rcpts: list = field(default_factory=list)     # accepted so far (this transaction)
+    rcpt_rejected: int = 0
+    # data
+    message_size: int = 0
+    headers: dict = field(default_factory=dict)   # lower-case name -> first value
+    # engine
+    tags: set = field(default_factory=set)
+    dns: dict = field(default_factory=dict)        # Lookup -> DnsAnswer
+    plugin_fields: dict = field(default_factory=dict)
+    add_headers: list = field(default_factory=list)
+    log_lines: list = field(default_factory=list)
+    hits: list = field(default_factory=list)       # rule ids that matched, in order
+    monitored: list = field(default_factory=list)  # (rule id, Decision) of monitor-mode refusals
+    decisions: list = field(default_factory=list)  # (Stage, Decision, subject) per hook run
+    messages: int = 0                              # transactions completed
+    _ip: object = None
+
+    @property
+    def ip(self):
+        """The client IP as an ipaddress object (parsed once)."""
+        if self._ip is None:
+            try:
+                self._ip = ipaddress.ip_address(self.client_ip.split("%", 1)[0])
+            except ValueError:
+                self._ip = ipaddress.ip_address("0.0.0.0")
+        return self._ip
+
+    def set_helo(self, name: str, esmtp: bool) -> None:
+        self.helo = name
+        self.helo_lower = name.lower().rstrip(".")
+        self.esmtp = esmtp
+
+    def set_sender(self, address: str, params: dict | None = None) -> None:
+        self.sender = address
+        self.sender_lower = address.lower()
+        self.sender_local, self.sender_domain = split_address(address)
+        self.mail_params = params or {}
+        size = self.mail_params.get("SIZE")
+        self.mail_size = int(size) if isinstance(size, str) and size.isdigit() else 0
+
+    def set_rcpt(self, address: str) -> None:
+        self.rcpt = address
+        self.rcpt_lower = address.lower()
+        self.rcpt_local, self.rcpt_domain = split_address(address)
+
+    def reset_transaction(self) -> None:
+        """RSET, a new HELO, or the end of a message: the envelope starts over."""
+        self.sender = None
+        self.sender_lower = self.sender_local = self.sender_domain = ""
+        self.mail_params = {}
+        self.mail_size = 0
+        self.rcpt = self.rcpt_lower = self.rcpt_local = self.rcpt_domain = ""
+        self.rcpts = []
+        self.rcpt_rejected = 0
+        self.message_size = 0
+        self.headers = {}
+        self.add_headers = []
