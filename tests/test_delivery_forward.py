@@ -1,0 +1,354 @@
+"""ForwardDelivery against the fault-injecting loopback downstream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from smtpfw.delivery import Delivery, DeliveryResult, ForwardDelivery, Message
+from smtpfw.delivery.forward import dot_stuff
+from tests.support.downstream import Downstream, closed_port
+
+SENDER = "alice@example.org"
+RCPTS = ("bob@example.net", "carol@example.net")
+DOTTED = (b"From: alice@example.org\r\nSubject: dots\r\n\r\n"
+          b".starts with a dot\r\n..two dots\r\n.\r\nmiddle . dot\r\nend\r\n")
+PLAIN = b"Subject: plain\r\n\r\nno dots at all\r\n"
+
+
+def msg(data: bytes = DOTTED, rcpts=RCPTS, sender: str = SENDER, options=()) -> Message:
+    return Message(sender, tuple(rcpts), data, tuple(options))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def deliver_all(fwd: ForwardDelivery, *messages: Message) -> list[DeliveryResult]:
+    try:
+        return [await fwd.deliver(m) for m in messages]
+    finally:
+        await fwd.close()
+
+
+def forward(ds: Downstream, **kw) -> ForwardDelivery:
+    kw.setdefault("timeout", 2.0)
+    return ForwardDelivery("127.0.0.1", ds.port, **kw)
+
+
+@pytest.fixture
+def ds():
+    with Downstream() as server:
+        yield server
+
+
+# -- unit --------------------------------------------------------------------
+
+
+def test_dot_stuff():
+    assert dot_stuff(b"a\r\n.b\r\n") == b"a\r\n..b\r\n.\r\n"
+    assert dot_stuff(b".x\r\n") == b"..x\r\n.\r\n"
+    assert dot_stuff(b".\r\n") == b"..\r\n.\r\n"
+    assert dot_stuff(b"") == b".\r\n"
+    assert dot_stuff(b"no newline") == b"no newline\r\n.\r\n"
+    # bare LF + "." is stuffed too: no early end of data for lax servers
+    assert dot_stuff(b"a\n.\r\nb\r\n") == b"a\n..\r\nb\r\n.\r\n"
+
+
+# -- success paths -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_accept_byte_exact(pipelining):
+    with Downstream(pipelining=pipelining) as ds:
+        fwd = forward(ds)
+        assert isinstance(fwd, Delivery)
+        r1, r2 = run(deliver_all(fwd, msg(DOTTED), msg(PLAIN, rcpts=("x@y.test",), sender="")))
+        assert (r1.code, r1.enhanced) == (250, "2.0.0") and r1.ok
+        assert "queued as" in r1.text and r2.ok
+        assert ds.messages == [(SENDER, list(RCPTS), DOTTED), ("", ["x@y.test"], PLAIN)]
+        if pipelining:
+            assert ds.pipelined > 0
+        else:
+            assert ds.pipelined == 0
+        assert ds.connections == 1          # pooled across both messages
+
+
+def test_mail_parameters(ds):
+    data = b"Subject: 8bit\r\n\r\n\xc3\xa9t\xc3\xa9\r\n"
+    r = run(deliver_all(forward(ds), msg(data, options=("BODY=8BITMIME", "SMTPUTF8", "SIZE=1"))))
+    assert r[0].ok
+    mail = next(c for c in ds.commands if c.startswith("MAIL"))
+    # 8BITMIME and SIZE advertised; SMTPUTF8 not: dropped; SIZE recomputed.
+    assert mail == f"MAIL FROM:<{SENDER}> BODY=8BITMIME SIZE={len(data)}"
+
+
+def test_helo_fallback():
+    with Downstream(ehlo=False) as ds:
+        r = run(deliver_all(forward(ds), msg()))
+        assert r[0].ok
+        assert [c.split()[0] for c in ds.commands[:3]] == ["EHLO", "HELO", "MAIL"]
+        assert ds.pipelined == 0     # no EHLO -> no extensions -> lockstep
+
+
+def test_big_message_many_lines(ds):
+    body = b"".join(b".line %d with a leading dot\r\n" % i for i in range(4000))
+    data = b"Subject: big\r\n\r\n" + body
+    r = run(deliver_all(forward(ds), msg(data)))
+    assert r[0].ok
+    assert ds.messages[0][2] == data
+
+
+def test_concurrent_deliveries(ds):
+    async def go():
+        fwd = forward(ds, pool_size=4)
+        try:
+            results = await asyncio.gather(*(
+                fwd.deliver(msg(b"n: %d\r\n" % i, rcpts=("r@x",))) for i in range(30)))
+            assert fwd.idle_connections <= 4
+            return results
+        finally:
+            await fwd.close()
+
+    results = run(go())
+    assert all(r.ok for r in results)
+    assert sorted(m[2] for m in ds.messages) == sorted(b"n: %d\r\n" % i for i in range(30))
+
+
+# -- pooling -------------------------------------------------------------------------
+
+
+def test_pool_reuse_counts_connections(ds):
+    async def go():
+        fwd = forward(ds)
+        try:
+            r = [await fwd.deliver(msg(PLAIN)) for _ in range(3)]
+            assert fwd.idle_connections == 1
+            return r
+        finally:
+            await fwd.close()
+
+    assert all(r.ok for r in run(go()))
+    assert ds.connections == 1 and len(ds.messages) == 3
+    assert "QUIT" in ds.commands          # close() says goodbye
+
+
+def test_stale_pooled_connection_retried_once(ds):
+    async def go():
+        fwd = forward(ds)
+        try:
+            first = await fwd.deliver(msg(PLAIN))
+            ds.drop_on_mail = 1           # pooled conn dies at its next MAIL
+            second = await fwd.deliver(msg(DOTTED))
+            return first, second
+        finally:
+            await fwd.close()
+
+    first, second = run(go())
+    assert first.ok and second.ok
+    assert [m[2] for m in ds.messages] == [PLAIN, DOTTED]   # delivered once
+    assert ds.connections == 2
+
+
+def test_pooled_connection_closed_by_server(ds):
+    async def go():
+        fwd = forward(ds)
+        try:
+            first = await fwd.deliver(msg(PLAIN))
+            ds.drop_connections()
+            await asyncio.sleep(0.05)
+            second = await fwd.deliver(msg(DOTTED))
+            return first, second
+        finally:
+            await fwd.close()
+
+    first, second = run(go())
+    assert first.ok and second.ok
+    assert [m[2] for m in ds.messages] == [PLAIN, DOTTED]
+    assert ds.connections == 2
+
+
+def test_fresh_connection_dropped_at_mail_is_not_retried(ds):
+    ds.drop_on_mail = 1
+    r = run(deliver_all(forward(ds), msg()))[0]
+    assert (r.code, r.enhanced) == (451, "4.4.2")
+    assert "dropped" in r.text and ds.messages == [] and ds.connections == 1
+
+
+def test_idle_connections_expire(ds):
+    async def go():
+        fwd = forward(ds, idle_timeout=0.05)
+        try:
+            assert (await fwd.deliver(msg(PLAIN))).ok
+            await asyncio.sleep(0.1)
+            assert (await fwd.deliver(msg(PLAIN))).ok
+        finally:
+            await fwd.close()
+
+    run(go())
+    assert ds.connections == 2
+
+
+def test_pool_reused_after_aborted_transaction():
+    with Downstream("tempfail_rcpt") as ds:
+        async def go():
+            fwd = forward(ds)
+            try:
+                bad = await fwd.deliver(msg())
+                ds.mode = "accept"
+                good = await fwd.deliver(msg())
+                return bad, good
+            finally:
+                await fwd.close()
+
+        bad, good = run(go())
+        assert bad.code == 451 and good.ok
+        assert ds.connections == 1 and "RSET" in ds.commands
+        assert len(ds.messages) == 1
+
+
+# -- failures --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("mode", ["tempfail_mail", "tempfail_rcpt", "tempfail_data"])
+def test_tempfails(mode, pipelining):
+    with Downstream(mode, pipelining=pipelining) as ds:
+        r = run(deliver_all(forward(ds), msg()))[0]
+        assert r.code == 451 and r.enhanced.startswith("4.")
+        assert "downstream" in r.text and "Try again later" in r.text
+        assert ds.messages == []
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_reject_data_passed_through(pipelining):
+    with Downstream("reject_data", pipelining=pipelining) as ds:
+        r = run(deliver_all(forward(ds), msg()))[0]
+        assert (r.code, r.enhanced, r.text) == (554, "5.7.1", "Message rejected")
+        assert ds.messages == []
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_all_recipients_rejected(pipelining):
+    with Downstream("reject_rcpt", pipelining=pipelining) as ds:
+        r = run(deliver_all(forward(ds), msg()))[0]
+        assert (r.code, r.enhanced) == (550, "5.1.1")
+        assert RCPTS[0] in r.text            # the first refusal
+        assert ds.messages == []
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_some_recipients_rejected_nothing_delivered(pipelining):
+    with Downstream(reject_rcpts={RCPTS[1]}, pipelining=pipelining) as ds:
+        async def go():
+            fwd = forward(ds)
+            try:
+                partial = await fwd.deliver(msg())
+                # the connection is still usable (RSET) or was replaced (354)
+                ok = await fwd.deliver(msg(rcpts=RCPTS[:1]))
+                return partial, ok
+            finally:
+                await fwd.close()
+
+        partial, ok = run(go())
+        assert (partial.code, partial.enhanced) == (451, "4.3.0")
+        assert "refused some recipients" in partial.text
+        assert ok.ok
+        assert ds.messages == [(SENDER, [RCPTS[0]], DOTTED)]
+
+
+def test_hang_times_out():
+    with Downstream("hang") as ds:
+        t0 = time.monotonic()
+        r = run(deliver_all(forward(ds, timeout=0.5), msg()))[0]
+        assert time.monotonic() - t0 < 2.0
+        assert (r.code, r.enhanced) == (451, "4.4.1") and "no answer" in r.text
+        assert ds.messages == []
+
+
+def test_no_greeting_times_out():
+    with Downstream("no_greeting") as ds:
+        r = run(deliver_all(forward(ds, timeout=0.5), msg()))[0]
+        assert (r.code, r.enhanced) == (451, "4.4.1") and "greeting" in r.text
+
+
+def test_connection_refused():
+    fwd = ForwardDelivery("127.0.0.1", closed_port(), timeout=2.0)
+    r = run(deliver_all(fwd, msg()))[0]
+    assert (r.code, r.enhanced) == (451, "4.4.1")
+    assert "connection refused" in r.text
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_drop_mid_data(pipelining):
+    with Downstream("drop_mid_data", pipelining=pipelining) as ds:
+        data = b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 2000
+        r = run(deliver_all(forward(ds), msg(data)))[0]
+        assert r.code == 451 and r.enhanced.startswith("4.")
+        assert ds.messages == []
+
+
+def test_drop_after_250_is_final():
+    with Downstream("drop_after_250") as ds:
+        async def go():
+            fwd = forward(ds)
+            try:
+                first = await fwd.deliver(msg(PLAIN))
+                # the next message must not fail because of the dead conn
+                ds.mode = "accept"
+                second = await fwd.deliver(msg(DOTTED))
+                return first, second
+            finally:
+                await fwd.close()
+
+        first, second = run(go())
+        assert first.ok and first.code == 250
+        assert second.ok
+        assert [m[2] for m in ds.messages] == [PLAIN, DOTTED]   # exactly once each
+
+
+def test_hang_data_tempfails():
+    # The downstream may have taken the message: the client's retry can
+    # duplicate it (documented; the safe side of RFC 1047).
+    with Downstream("hang_data") as ds:
+        r = run(deliver_all(forward(ds, timeout=0.5), msg()))[0]
+        assert (r.code, r.enhanced) == (451, "4.4.1") and "end of DATA" in r.text
+
+
+def test_non_ascii_address_needs_smtputf8(ds):
+    r = run(deliver_all(forward(ds), msg(rcpts=("bjørn@example.net",))))[0]
+    assert (r.code, r.enhanced) == (554, "5.6.7")
+    assert ds.messages == []
+
+
+def test_non_ascii_address_with_smtputf8():
+    with Downstream(smtputf8=True) as ds:
+        r = run(deliver_all(forward(ds), msg(rcpts=("bjørn@example.net",), options=("SMTPUTF8",))))[0]
+        assert r.ok
+        assert ds.messages[0][1] == ["bjørn@example.net"]
+        assert any(c.endswith(" SMTPUTF8 SIZE=%d" % len(DOTTED)) for c in ds.commands)
+
+
+def test_invalid_envelope_never_reaches_downstream(ds):
+    r = run(deliver_all(forward(ds), msg(rcpts=("a@b>\r\nRSET",))))[0]
+    assert r.code == 553
+    r = run(deliver_all(forward(ds), msg(rcpts=())))[0]
+    assert r.code == 554
+    assert ds.connections == 0
+
+
+def test_cancellation_closes_connection():
+    with Downstream("hang_data") as ds:
+        async def go():
+            fwd = forward(ds, timeout=5.0)
+            task = asyncio.create_task(fwd.deliver(msg()))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert fwd.idle_connections == 0
+            await fwd.close()
+
+        run(go())
