@@ -65,6 +65,9 @@ class SessionState:
     hits: list = field(default_factory=list)       # rule ids that matched, in order
     monitored: list = field(default_factory=list)  # (rule id, Decision) of monitor-mode refusals
     decisions: list = field(default_factory=list)  # (Stage, Decision, subject) per hook run
+    events: list = field(default_factory=list)     # commands that reached a hook, for recording
+    connect_reply: str = ""
+    final_reply: str = ""
     messages: int = 0                              # transactions completed
     _ip: object = None
 

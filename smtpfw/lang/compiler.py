@@ -43,6 +43,17 @@ _HOOK_ACTIONS = {
     "data": set(ast.ACTIONS),
     "queue": set(ast.ACTIONS) - {"add_header"},
 }
+def _localnames() -> list[str]:
+    import socket
+
+    names = ["localhost", "localhost.localdomain", socket.gethostname(), socket.getfqdn()]
+    return list(dict.fromkeys(n.lower().rstrip(".") for n in names if n))
+
+
+# Lists every ruleset has without declaring them (a declaration of the same
+# name takes precedence).
+BUILTIN_LISTS: dict[str, Callable[[], list[str]]] = {"localnames": _localnames}
+
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -524,8 +535,8 @@ class _Compiler:
         if isinstance(target, ast.ListRef):
             name = target.name
             self.used_lists.add(name)
-            if name not in self.prog.lists:
-                guess = did_you_mean(name, self.prog.lists)
+            if name not in self.prog.lists and name not in BUILTIN_LISTS:
+                guess = did_you_mean(name, list(self.prog.lists) + list(BUILTIN_LISTS))
                 self.error("E103", f"unknown list `{name}`", target.span,
                            help=f"did you mean `{guess}`?" if guess else
                            f"declare it: list {name} = file \"lists/{name}\"")
@@ -551,6 +562,9 @@ class _Compiler:
     def _list_entries(self, name: str) -> list[Entry] | None:
         if name in self.list_entries:
             return self.list_entries[name]
+        if name not in self.prog.lists and name in BUILTIN_LISTS:
+            span = Span.point("<built-in>", 1, 1)
+            return [Entry(text, span) for text in BUILTIN_LISTS[name]()]
         decl, base = self.prog.lists[name]
         if decl.items is not None:
             entries = [Entry(str(v.value), v.span) for v in decl.items.items]

@@ -1,0 +1,136 @@
+"""Command line: subcommands -> functions -> exit codes.
+
+Exit codes (all subcommands): 0 success / nothing found, 1 findings (lint
+diagnostics, failed ruleset tests, dry-run changes with --fail-on-change),
+2 usage, configuration or I/O error.  Errors are one clear line, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import replace
+
+from smtpfw import __version__, paths
+from smtpfw.config import Config, ConfigError, Listener, _hostport, load_config
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--rules", metavar="FILE", help="ruleset file (default: the config's, else rules/default.rules)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smtpfw", description="A declarative, rules-driven SMTP firewall.")
+    parser.add_argument("--version", action="version", version=f"smtpfw {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the SMTP firewall",
+                       description="Run the SMTP firewall. Flags override the config file.")
+    _add_config_args(p)
+    p.add_argument("--listen", metavar="HOST:PORT", action="append",
+                   help="address to listen on (repeatable; default 127.0.0.1:2525)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--forward", metavar="HOST:PORT", help="forward accepted mail to this SMTP server")
+    target.add_argument("--maildir", metavar="DIR", help="write accepted mail to this Maildir (default ./var/maildir)")
+    p.add_argument("--workers", metavar="N", type=int, help="worker processes (default: one per CPU)")
+    p.add_argument("--record", metavar="DIR", help="record sessions as JSON Lines under DIR")
+    p.add_argument("--log-format", choices=("kv", "json"), help="per-session log line format")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("lint", help="check rule files", description="Check rule files and print diagnostics.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="rule files or folders (default: the configured ruleset)")
+    _add_config_args(p)
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    p.add_argument("--fail-on", choices=("error", "warning", "hint"), default="error",
+                   help="lowest severity that makes the exit code 1 (default error)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(func=cmd_lint)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Other modules add subcommands here (dry-run, trace, test, import).
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"smtpfw: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as err:
+        print(f"smtpfw: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
+        return 2
+
+
+def load_settings(args) -> tuple[Config, str]:
+    """The config (file + flags) and the rules path to use."""
+    cfg = load_config(args.config) if getattr(args, "config", None) else Config()
+    rules = getattr(args, "rules", None) or cfg.rules or str(paths.default_rules())
+    return cfg, rules
+
+
+def _setup_logging(cfg: Config) -> None:
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper()),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's own chatter
+
+
+def cmd_serve(args) -> int:
+    from smtpfw.lang.compiler import compile_ruleset
+    from smtpfw.lint_output import format_text
+    from smtpfw.server import serve
+
+    cfg, rules = load_settings(args)
+    if args.listen:
+        listeners = []
+        for item in args.listen:
+            host, port = _hostport(item, "--listen")
+            listeners.append(Listener(host, port, f"{host}:{port}"))
+        cfg = replace(cfg, listen=tuple(listeners))
+    if args.forward:
+        host, port = _hostport(args.forward, "--forward", 25)
+        cfg = replace(cfg, delivery_mode="forward", forward_host=host, forward_port=port)
+    if args.maildir:
+        cfg = replace(cfg, delivery_mode="maildir", maildir=args.maildir)
+    if args.workers is not None:
+        cfg = replace(cfg, workers=args.workers)
+    if args.record:
+        cfg = replace(cfg, recording_enabled=True, recording_path=args.record)
+    if args.log_format:
+        cfg = replace(cfg, log_format=args.log_format)
+    _setup_logging(cfg)
+    ruleset, diags = compile_ruleset(rules)
+    if diags:
+        sys.stderr.write(format_text(diags, color=False))
+    if ruleset is None:
+        print(f"smtpfw: {rules}: the ruleset has errors; not starting", file=sys.stderr)
+        return 2
+    try:
+        return serve(cfg, ruleset, rules)
+    except OSError as err:
+        print(f"smtpfw: cannot listen: {err.strerror or err}", file=sys.stderr)
+        return 2
+
+
+def cmd_lint(args) -> int:
+    from smtpfw.lint import run_lint
+
+    return run_lint(args)

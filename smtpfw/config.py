@@ -1,0 +1,259 @@
+"""YAML -> frozen Config.  Errors name the YAML path, the expected type and,
+for a misspelt key, the key that was probably meant.
+
+The schema below is the single list of settings; config/smtpfw.yaml documents
+the same keys with their defaults (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from smtpfw import paths
+from smtpfw.diagnostics import did_you_mean
+
+
+class ConfigError(Exception):
+    """One clear line for the operator; the CLI exits 2 with it."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str
+    port: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525, "default"),)
+    hostname: str = ""
+    rules: str = ""                      # "" = the shipped rules/default.rules
+    workers: int = 0                     # 0 = one per CPU
+    shutdown_grace: float = 30.0
+    delivery_mode: str = "maildir"
+    maildir: str = "./var/maildir"
+    forward_host: str = ""
+    forward_port: int = 25
+    forward_timeout: float = 30.0
+    forward_pool_size: int = 8
+    max_message_size: int = 10 * 1024 * 1024
+    max_recipients: int = 100
+    max_connections: int = 1000
+    max_connections_per_ip: int = 20
+    max_unrecognized_commands: int = 10
+    max_errors: int = 20
+    idle_timeout: float = 300.0
+    data_timeout: float = 600.0
+    dns_nameservers: tuple[tuple[str, int], ...] = ()
+    dns_timeout: float = 2.0
+    dns_session_budget: float = 10.0
+    dns_cache_size: int = 10000
+    recording_enabled: bool = False
+    recording_path: str = "./var/sessions"
+    recording_rotate: str = "daily"
+    recording_max_bytes: int = 100 * 1024 * 1024
+    recording_headers: tuple[str, ...] = ("subject", "from", "to", "message-id", "date")
+    log_format: str = "kv"
+    log_level: str = "info"
+    tls_cert: str = ""
+    tls_key: str = ""
+    source: str = ""                     # the file it came from, for messages
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+def _hostport(value: str, where: str, default_port: int | None = None) -> tuple[str, int]:
+    text = str(value).strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif default_port is not None and ":" not in text:
+        host, port_text = text, str(default_port)
+    else:
+        raise ConfigError(f"{where}: expected HOST:PORT (IPv6 as [::1]:PORT), got {value!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{where}: port must be a number from 0 to 65535, got {value!r}")
+    return host or "127.0.0.1", int(port_text)
+
+
+# YAML path -> (Config field, type, converter)
+def _num(kind):
+    def conv(v, where):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and isinstance(v, float)):
+            raise ConfigError(f"{where}: expected {'a whole number' if kind is int else 'a number'}, got {v!r}")
+        if v < 0:
+            raise ConfigError(f"{where}: must not be negative, got {v!r}")
+        return kind(v)
+    return conv
+
+
+def _str(v, where):
+    if not isinstance(v, str):
+        raise ConfigError(f"{where}: expected text, got {v!r}")
+    return v
+
+
+def _bool(v, where):
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    return v
+
+
+def _choice(*choices):
+    def conv(v, where):
+        if v not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {v!r}")
+        return v
+    return conv
+
+
+def _workers(v, where):
+    if v == "auto":
+        return 0
+    return _num(int)(v, where)
+
+
+def _size(v, where):
+    if isinstance(v, str) and v[:-1].isdigit() and v[-1:].upper() in "KMG":
+        return int(v[:-1]) * {"K": 1024, "M": 1024**2, "G": 1024**3}[v[-1].upper()]
+    return _num(int)(v, where)
+
+
+def _listen(v, where):
+    items = v if isinstance(v, list) else [v]
+    out = []
+    for i, item in enumerate(items):
+        w = f"{where}[{i}]"
+        if isinstance(item, str):
+            host, port = _hostport(item, w)
+            out.append(Listener(host, port, f"{host}:{port}"))
+        elif isinstance(item, dict):
+            unknown = set(item) - {"address", "name"}
+            if unknown:
+                raise ConfigError(f"{w}: unknown key {sorted(unknown)[0]!r} (expected address, name)")
+            host, port = _hostport(item.get("address", ""), f"{w}.address")
+            out.append(Listener(host, port, str(item.get("name") or f"{host}:{port}")))
+        else:
+            raise ConfigError(f"{w}: expected \"HOST:PORT\" or {{address: HOST:PORT, name: NAME}}")
+    if not out:
+        raise ConfigError(f"{where}: at least one listener is needed")
+    return tuple(out)
+
+
+def _nameservers(v, where):
+    if not isinstance(v, list):
+        raise ConfigError(f"{where}: expected a list of \"ADDRESS[:PORT]\"")
+    return tuple(_hostport(x, f"{where}[{i}]", 53) for i, x in enumerate(v))
+
+
+def _headers(v, where):
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{where}: expected a list of header names")
+    return tuple(x.lower() for x in v)
+
+
+SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
+    "": {"listen": ("listen", _listen), "hostname": ("hostname", _str), "rules": ("rules", _str)},
+    "server": {"workers": ("workers", _workers), "shutdown_grace": ("shutdown_grace", _num(float))},
+    "delivery": {
+        "mode": ("delivery_mode", _choice("maildir", "forward")),
+        "maildir": ("maildir", _str),
+        "forward": ("forward", None),
+        "timeout": ("forward_timeout", _num(float)),
+        "pool_size": ("forward_pool_size", _num(int)),
+    },
+    "limits": {
+        "max_message_size": ("max_message_size", _size),
+        "max_recipients": ("max_recipients", _num(int)),
+        "max_connections": ("max_connections", _num(int)),
+        "max_connections_per_ip": ("max_connections_per_ip", _num(int)),
+        "max_unrecognized_commands": ("max_unrecognized_commands", _num(int)),
+        "max_errors": ("max_errors", _num(int)),
+        "idle_timeout": ("idle_timeout", _num(float)),
+        "data_timeout": ("data_timeout", _num(float)),
+    },
+    "dns": {
+        "nameservers": ("dns_nameservers", _nameservers),
+        "timeout": ("dns_timeout", _num(float)),
+        "session_budget": ("dns_session_budget", _num(float)),
+        "cache_size": ("dns_cache_size", _num(int)),
+    },
+    "recording": {
+        "enabled": ("recording_enabled", _bool),
+        "path": ("recording_path", _str),
+        "rotate": ("recording_rotate", _choice("daily", "size")),
+        "max_bytes": ("recording_max_bytes", _size),
+        "headers": ("recording_headers", _headers),
+    },
+    "logging": {"format": ("log_format", _choice("kv", "json")),
+                "level": ("log_level", _choice("debug", "info", "warning", "error"))},
+    "tls": {"cert": ("tls_cert", _str), "key": ("tls_key", _str)},
+}
+
+
+def load_config(path: str | os.PathLike | None) -> Config:
+    """Read a config file (None = defaults only)."""
+    if path is None:
+        return Config()
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read config: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        pos = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}{pos}: invalid YAML: {problem}") from None
+    return from_mapping(data or {}, where, base=os.path.dirname(os.path.abspath(where)))
+
+
+def from_mapping(data, where: str = "config", base: str | None = None) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of settings")
+    values: dict[str, object] = {"source": where}
+    for key, value in data.items():
+        if key in SCHEMA and key != "":
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key}: expected a mapping of settings")
+            for sub, subval in value.items():
+                _set(values, SCHEMA[key], sub, subval, f"{where}: {key}.{sub}", f"{key}.")
+        else:
+            _set(values, SCHEMA[""], key, value, f"{where}: {key}", "")
+    if "forward" in values:
+        fwd = values.pop("forward")
+        if fwd not in (None, ""):
+            values["forward_host"], values["forward_port"] = _hostport(fwd, f"{where}: delivery.forward", 25)
+    cfg = Config(**values)
+    if base and cfg.rules and not os.path.isabs(cfg.rules):
+        cfg = replace(cfg, rules=os.path.join(base, cfg.rules))
+    if cfg.delivery_mode == "forward" and not cfg.forward_host:
+        raise ConfigError(f"{where}: delivery.mode is forward but delivery.forward (HOST:PORT) is not set")
+    return cfg
+
+
+def _set(values, section, key, value, where, prefix):
+    if key not in section:
+        known = [k for k in section] + ([k for k in SCHEMA if k] if not prefix else [])
+        guess = did_you_mean(str(key), known)
+        hint = f" (did you mean {prefix}{guess}?)" if guess else ""
+        raise ConfigError(f"{where.rsplit(':', 1)[0]}: unknown setting {prefix}{key}{hint}")
+    attr, conv = section[key]
+    if value is None:
+        return
+    values[attr] = value if conv is None else conv(value, where)

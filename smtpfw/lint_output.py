@@ -1,0 +1,92 @@
+"""Diagnostic formatters: concise+context text (ruff/rustc style) and JSON.
+
+    rules/site.rules:12:40: error[E102] unknown field `sender.domian`
+       |
+    12 |     reject if sender.domian in badmailfrom
+       |               ^^^^^^^^^^^^^ 
+       = help: did you mean `sender.domain`?
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from smtpfw.diagnostics import CODES, Diagnostic, Severity
+
+DOCS_URL = "docs/lint.md#{code}"
+_COLORS = {Severity.ERROR: "\033[1;31m", Severity.WARNING: "\033[1;33m", Severity.HINT: "\033[1;36m"}
+_BOLD, _BLUE, _RESET = "\033[1m", "\033[1;34m", "\033[0m"
+
+
+def _source_line(d: Diagnostic, sources: dict[str, str] | None) -> str | None:
+    span = d.span
+    if span is None:
+        return None
+    text = (sources or {}).get(span.file)
+    if text is None:
+        try:
+            with open(span.file, "rb") as fh:
+                text = fh.read(4 * 1024 * 1024).decode("utf-8", "replace")
+        except OSError:
+            return None
+    lines = text.splitlines()
+    if 1 <= span.line <= len(lines):
+        return lines[span.line - 1]
+    return None
+
+
+def format_text(diags: list[Diagnostic], sources: dict[str, str] | None = None,
+                color: bool = False, summary: bool = False) -> str:
+    out: list[str] = []
+    for d in diags:
+        c = (lambda code, s: f"{code}{s}{_RESET}") if color else (lambda code, s: s)
+        level = d.level
+        where = f"{d.span}: " if d.span else ""
+        out.append(f"{c(_BOLD, where)}{c(_COLORS[level], f'{level.value}[{d.code}]')} {d.message}")
+        line = _source_line(d, sources)
+        if line is not None and d.span is not None:
+            line = line.replace("\t", " ")
+            num = str(d.span.line)
+            pad = " " * len(num)
+            width = (d.span.end_column - d.span.column) if d.span.end_line == d.span.line else len(line) - d.span.column + 1
+            width = max(1, min(width, max(1, len(line) - d.span.column + 1)))
+            out.append(f"{pad} {c(_BLUE, '|')}")
+            out.append(f"{c(_BLUE, num)} {c(_BLUE, '|')} {line[:300]}")
+            out.append(f"{pad} {c(_BLUE, '|')} {' ' * (d.span.column - 1)}{c(_COLORS[level], '^' * width)}")
+        if d.help:
+            out.append(f"{' ' * (len(str(d.span.line)) if d.span else 0)} = help: {d.help}")
+    if summary:
+        out.append(summary_line(diags))
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def summary_line(diags: list[Diagnostic]) -> str:
+    counts = {s: sum(1 for d in diags if d.level is s) for s in Severity}
+    if not diags:
+        return "no problems found"
+    parts = [f"{n} {s.value}{'s' if n != 1 else ''}" for s, n in counts.items() if n]
+    return "found " + ", ".join(parts)
+
+
+def format_json(diags: list[Diagnostic], files: list[str] | None = None) -> str:
+    """Schema version 1, documented in docs/lint.md."""
+    items = []
+    for d in diags:
+        item = d.to_json()
+        item["url"] = DOCS_URL.format(code=d.code.lower())
+        items.append(item)
+    return json.dumps({
+        "version": 1,
+        "files": files or [],
+        "diagnostics": items,
+        "summary": {s.value: sum(1 for d in diags if d.level is s) for s in Severity},
+    }, indent=2) + "\n"
+
+
+def use_color(choice: str, stream) -> bool:
+    if choice == "always":
+        return True
+    if choice == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()

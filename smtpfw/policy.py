@@ -1,0 +1,98 @@
+"""Runs a ruleset's hooks for one session: gather DNS, evaluate, run plugin
+steps, apply delayed rejection, and note every decision.
+
+The live server, replay (dry-run), trace and ``smtpfw test`` all drive a
+session through this one class, so they cannot disagree about what a ruleset
+does.  Only the DNS source differs: live lookups, or recorded answers.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+from smtpfw.checks.dnsresult import DnsAnswer, Lookup, failed
+from smtpfw.engine import PluginCall, Ruleset
+from smtpfw.plugins import PLUGIN_FAILED, run_plugin
+from smtpfw.session import SessionState
+from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
+
+_EARLY = (Stage.CONNECT, Stage.HELO, Stage.MAIL)
+
+
+class DnsSource(Protocol):
+    def start(self, lookups: Iterable[Lookup]) -> None: ...
+    async def results(self, lookups: Iterable[Lookup]) -> dict[Lookup, DnsAnswer]: ...
+
+
+class RecordedDns:
+    """DNS answers from a recording; anything not recorded is a failure."""
+
+    def __init__(self, answers: dict[Lookup, DnsAnswer]):
+        self.answers = answers
+
+    def start(self, lookups) -> None:
+        pass
+
+    async def results(self, lookups) -> dict[Lookup, DnsAnswer]:
+        return {lk: self.answers.get(lk) or failed("not in recording") for lk in lookups}
+
+
+class Policy:
+    def __init__(self, ruleset: Ruleset, state: SessionState, dns: DnsSource | None,
+                 trace: list | None = None):
+        self.ruleset = ruleset
+        self.state = state
+        self.dns = dns
+        self.trace = trace
+        self.delayed: Decision | None = None     # smtpd_delay_reject: refusal held until RCPT
+        self.delayed_stage: Stage | None = None
+
+    async def run(self, stage: Stage, message: bytes | None = None, subject: str = "") -> Decision:
+        """Decide one hook.  Never raises for rule or plugin trouble."""
+        rs, state = self.ruleset, self.state
+        if self.dns is not None:
+            starts = rs.dns_starts.get(stage)
+            if starts:
+                self.dns.start(rs.lookups(rs.dns_starts, stage, state))
+            needs = rs.dns_needs.get(stage)
+            if needs:
+                wanted = [lk for lk in rs.lookups(rs.dns_needs, stage, state) if lk not in state.dns]
+                if wanted:
+                    state.dns.update(await self.dns.results(wanted))
+        decision = await self._evaluate(stage, message)
+        if rs.delay_reject:
+            decision = self._delay(stage, decision)
+        state.decisions.append((stage, decision, subject))
+        return decision
+
+    async def _evaluate(self, stage: Stage, message: bytes | None) -> Decision:
+        rs, state = self.ruleset, self.state
+        start = 0
+        while True:
+            result = rs.evaluate(stage, state, start, self.trace)
+            if not isinstance(result, PluginCall):
+                return result
+            name = result.rule.arg
+            plugin = rs.plugins.get(name)
+            decision = (await run_plugin(name, plugin, stage, state, message)
+                        if plugin is not None else PLUGIN_FAILED)
+            if decision is not None and decision.outcome.terminal:
+                return Decision(decision.outcome, decision.code, decision.enhanced, decision.text,
+                                decision.rule_id or result.rule.rule_id)
+            start = result.next_index
+
+    def _delay(self, stage: Stage, decision: Decision) -> Decision:
+        """Hold connect/helo/mail refusals (not disconnects) until RCPT, so the
+        log shows the whole envelope (Postfix smtpd_delay_reject)."""
+        if stage in _EARLY and decision.outcome in (Outcome.REJECT, Outcome.TEMPFAIL):
+            if self.delayed is None:
+                self.delayed, self.delayed_stage = decision, stage
+            return CONTINUE
+        if stage is Stage.RCPT and self.delayed is not None:
+            return self.delayed
+        return decision
+
+    def forget_transaction(self) -> None:
+        """A held MAIL refusal ends with its transaction; connect/helo ones stay."""
+        if self.delayed_stage is Stage.MAIL:
+            self.delayed = self.delayed_stage = None

@@ -1,0 +1,598 @@
+"""The SMTP front end: aiosmtpd's protocol class, hardened, with a hook at
+every stage.
+
+aiosmtpd gives us the transport plumbing (StreamReaderProtocol, STARTTLS,
+address parsing, timeouts).  We replace its command loop and command
+handlers because the firewall needs what it lacks: a connect hook before the
+greeting, enhanced status codes on every reply, strict limits, a DATA reader
+that refuses bare CR/LF (SMTP smuggling) and does not copy line by line, and
+policy decisions taken by ``Policy`` over plain session data.
+
+Data flows one way: command -> SessionState -> Policy (rules) -> Decision ->
+``replies`` -> the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import logging
+import os
+import re
+import time
+
+from aiosmtpd.smtp import SMTP
+
+from smtpfw import replies
+from smtpfw.checks.dns import DnsSession
+from smtpfw.delivery import Message
+from smtpfw.policy import Policy
+from smtpfw.recording import log_line, session_record
+from smtpfw.session import SessionState
+from smtpfw.verdict import Decision, Outcome, Stage
+
+log = logging.getLogger("smtpfw.smtp")
+session_log = logging.getLogger("smtpfw.session")
+
+COMMAND_LIMIT = 512            # RFC 5321 4.5.3.1.4, including CRLF
+ESMTP_EXTRA = 64               # room for SIZE=/BODY=/SMTPUTF8 parameters
+TEXT_LINE_LIMIT = 1000         # RFC 5321 4.5.3.1.6, including CRLF
+_LONG_LINE = re.compile(rb"[^\n]{%d}" % (TEXT_LINE_LIMIT - 1))
+_ids = itertools.count(1)
+_ID_PREFIX = f"{os.getpid():x}"
+
+
+def new_session_id() -> str:
+    return f"{int(time.time()):x}.{_ID_PREFIX}.{next(_ids):x}"
+
+
+class _NoHandler:
+    """aiosmtpd wants a handler object; every hook lives in the protocol."""
+
+
+class FirewallSMTP(SMTP):
+    # StreamReader buffer bound: a client cannot make us hold more than this
+    # of an unterminated line.  The SMTP limits are checked separately.
+    line_length_limit = 65536
+
+    def __init__(self, server, listener):
+        cfg = server.config
+        super().__init__(
+            _NoHandler(),
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=server.hostname,
+            ident="smtpfw",
+            tls_context=server.tls_context,
+            timeout=cfg.idle_timeout,
+            loop=server.loop,
+        )
+        self.server = server
+        self.cfg = cfg
+        self.listener = listener
+        self.ruleset = server.ruleset          # a session keeps the ruleset it started with
+        self.state = SessionState()
+        self.policy: Policy | None = None
+        self.dns: DnsSession | None = None
+        self.greeted = False
+        self.closing = False
+        self.unrecognized = 0
+        self.errors = 0
+        self.started = time.monotonic()
+        self.finished = False
+        self.busy = False                      # inside a command (shutdown waits for it)
+        self.admitted = False                  # counted against the connection limits
+
+    # ---- connection lifecycle ----------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            self.server.sessions.add(self)
+
+    def connection_lost(self, error) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self._finish()
+
+    def _timeout_cb(self):
+        if self.transport is not None and not self.transport.is_closing():
+            self._write_line(replies.IDLE_TIMEOUT)
+            self.state.final_reply = replies.IDLE_TIMEOUT
+        super()._timeout_cb()
+
+    def _write_line(self, text: str) -> None:
+        try:
+            self.transport.write(text.encode("utf-8", "replace") + b"\r\n")
+        except Exception:  # the transport may be gone already
+            pass
+
+    async def push(self, status: str):
+        self.state.final_reply = status
+        await super().push(status)
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def shutdown(self) -> None:
+        """Server shutdown past the grace period: 421 and close."""
+        self._write_line(replies.SHUTTING_DOWN)
+        self.state.final_reply = replies.SHUTTING_DOWN
+        self.close()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        srv = self.server
+        srv.sessions.discard(self)
+        if self.admitted:
+            srv.release(self.state.client_ip)
+        if self.dns is not None:
+            self.dns.close()
+        if not self.greeted and not self.state.connect_reply:
+            return   # refused by a connection limit: nothing to log
+        record = session_record(self.state, self.ruleset.version, time.monotonic() - self.started)
+        try:
+            session_log.info(log_line(record, self.cfg.log_format))
+            if srv.recorder is not None:
+                srv.recorder.write(record)
+        except Exception:
+            log.exception("could not log or record session %s", self.state.session_id)
+
+    # ---- the command loop ---------------------------------------------------
+
+    async def _handle_client(self) -> None:
+        st = self.state
+        peer = self.session.peer or ("", 0)
+        st.session_id = new_session_id()
+        st.started = time.time()
+        st.client_ip, st.client_port = str(peer[0]), int(peer[1])
+        sock = self.transport.get_extra_info("sockname") or ("", 0)
+        st.listener_address, st.listener_port = str(sock[0]), int(sock[1])
+        st.listener_name = self.listener.name
+        refusal = self.server.admit(st.client_ip)
+        if refusal:
+            await self.push(refusal)
+            self.close()
+            return
+        self.admitted = True
+        self.dns = DnsSession(self.server.resolver, self.cfg.dns_session_budget)
+        self.policy = Policy(self.ruleset, st, self.dns)
+        decision = await self.policy.run(Stage.CONNECT)
+        if decision.outcome.refuses:
+            reply = replies.for_decision(Stage.CONNECT, decision)
+            st.connect_reply = reply
+            await self.push(reply)
+            self.close()
+            return
+        st.connect_reply = f"220 {self.hostname}"
+        self.greeted = True
+        await self.push(f"220 {self.hostname} ESMTP smtpfw")
+        reader = self._reader
+        while self.transport is not None and not self.closing:
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as err:
+                await self._discard_long_line(err.consumed)
+                await self._error(replies.SYNTAX_CMD_TOO_LONG)
+                continue
+            except asyncio.IncompleteReadError:
+                return
+            self.busy = True
+            try:
+                await self._command(line)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                return
+            except Exception:
+                log.exception("session %s: internal error", st.session_id)
+                await self.push(replies.LOCAL_ERROR)
+            finally:
+                self.busy = False
+
+    async def _discard_long_line(self, consumed: int) -> None:
+        reader = self._reader
+        await reader.readexactly(consumed)
+        while True:
+            try:
+                await reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as err:
+                await reader.readexactly(err.consumed)
+
+    async def _error(self, reply: str) -> None:
+        """A client error; too many of them and the client is cut off."""
+        self.errors += 1
+        if self.errors > self.cfg.max_errors:
+            await self.push(replies.TOO_MANY_ERRORS)
+            self.close()
+            return
+        await self.push(reply)
+
+    async def _command(self, raw: bytes) -> None:
+        limit = COMMAND_LIMIT + (ESMTP_EXTRA if self.state.esmtp else 0)
+        if len(raw) > limit:
+            await self._error(replies.SYNTAX_CMD_TOO_LONG)
+            return
+        if b"\x00" in raw:
+            await self._error(replies.SYNTAX_NUL)
+            return
+        try:
+            line = raw.rstrip(b"\r\n").decode("utf-8")
+        except UnicodeDecodeError:
+            await self._error(replies.SYNTAX_BAD_ENCODING)
+            return
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        arg = arg.strip()
+        handler = _COMMANDS.get(verb)
+        if handler is None:
+            self.unrecognized += 1
+            if self.unrecognized >= self.cfg.max_unrecognized_commands:
+                await self.push(replies.TOO_MANY_UNRECOGNIZED)
+                self.close()
+                return
+            await self._error(replies.SYNTAX_UNRECOGNIZED)
+            return
+        self._reset_timeout()
+        await handler(self, arg)
+
+    # ---- decisions -> replies ----------------------------------------------
+
+    async def _refuse(self, stage: Stage, decision: Decision) -> str:
+        reply = replies.for_decision(stage, decision)
+        await self.push(reply)
+        if decision.outcome is Outcome.DISCONNECT:
+            self.close()
+        return reply
+
+    # ---- commands -----------------------------------------------------------
+
+    async def cmd_helo(self, arg: str, esmtp: bool = False) -> None:
+        if not arg:
+            await self._error(f"501 5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
+            return
+        st = self.state
+        self._new_transaction()
+        st.set_helo(arg, esmtp)
+        event = {"cmd": "ehlo" if esmtp else "helo", "arg": arg}
+        st.events.append(event)
+        decision = await self.policy.run(Stage.HELO, subject=arg)
+        event["decision"] = decision.to_json()
+        if decision.outcome.refuses:
+            st.set_helo("", False)
+            event["reply"] = await self._refuse(Stage.HELO, decision)
+            return
+        self.session.host_name = arg
+        self.session.extended_smtp = esmtp
+        if not esmtp:
+            event["reply"] = f"250 {self.hostname}"
+            await self.push(event["reply"])
+            return
+        lines = [self.hostname, "PIPELINING", f"SIZE {self.cfg.max_message_size}", "8BITMIME",
+                 "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+        if self.tls_context is not None and self._tls_protocol is None:
+            lines.append("STARTTLS")
+        text = "\r\n".join(f"250-{x}" for x in lines[:-1]) + f"\r\n250 {lines[-1]}"
+        event["reply"] = "250"
+        await self.push(text)
+
+    async def cmd_ehlo(self, arg: str) -> None:
+        await self.cmd_helo(arg, esmtp=True)
+
+    def _new_transaction(self) -> None:
+        self.state.reset_transaction()
+        if self.policy is not None:
+            self.policy.forget_transaction()
+
+    async def cmd_mail(self, arg: str) -> None:
+        st = self.state
+        if not st.helo:
+            await self._error(replies.NEED_HELO)
+            return
+        if st.sender is not None:
+            await self._error(replies.NESTED_MAIL)
+            return
+        if arg[:5].upper() != "FROM:":
+            await self._error("501 5.5.4 Syntax: MAIL FROM:<address>")
+            return
+        address, params = self._address_and_params(arg[5:])
+        if address is None:
+            await self._error(replies.BAD_SENDER_SYNTAX)
+            return
+        if params is None:
+            await self._error("501 5.5.4 Syntax error in parameters")
+            return
+        problem = self._check_mail_params(params)
+        if problem:
+            await self._error(problem)
+            return
+        st.set_sender(address, params)
+        event = {"cmd": "mail", "addr": address, "params": params}
+        st.events.append(event)
+        decision = await self.policy.run(Stage.MAIL, subject=address)
+        event["decision"] = decision.to_json()
+        if decision.outcome.refuses:
+            st.reset_transaction()
+            event["reply"] = await self._refuse(Stage.MAIL, decision)
+            return
+        event["reply"] = replies.line(*replies.render(Stage.MAIL, Decision(Outcome.ACCEPT)))
+        await self.push(event["reply"])
+
+    def _check_mail_params(self, params: dict) -> str | None:
+        size = params.get("SIZE")
+        if size is not None:
+            if not isinstance(size, str) or not size.isdigit():
+                return "501 5.5.4 Syntax: SIZE=<number>"
+            if int(size) > self.cfg.max_message_size:
+                return replies.SIZE_EXCEEDED
+        body = params.get("BODY")
+        if body is not None and body not in ("7BIT", "8BITMIME"):
+            return "501 5.5.4 BODY must be 7BIT or 8BITMIME"
+        if params.get("SMTPUTF8") not in (None, True):
+            return "501 5.5.4 SMTPUTF8 takes no value"
+        unknown = set(params) - {"SIZE", "BODY", "SMTPUTF8"}
+        if unknown:
+            return f"555 5.5.4 MAIL parameter {sorted(unknown)[0]} not supported"
+        return None
+
+    def _address_and_params(self, text: str) -> tuple[str | None, dict | None]:
+        text = text.strip()
+        if text.startswith("<>"):
+            address, rest = "", text[2:]
+        else:
+            address, rest = self._getaddr(text)
+            if not address:
+                return None, {}
+        params: dict = {}
+        for item in (rest or "").split():
+            key, eq, value = item.partition("=")
+            if not key.isalnum() or (eq and not value):
+                return address, None
+            params[key.upper()] = (value.upper() if key.upper() == "BODY" else value) if eq else True
+        return address, params
+
+    async def cmd_rcpt(self, arg: str) -> None:
+        st = self.state
+        if not st.helo:
+            await self._error(replies.NEED_HELO)
+            return
+        if st.sender is None:
+            await self._error(replies.NEED_MAIL)
+            return
+        if arg[:3].upper() != "TO:":
+            await self._error("501 5.5.4 Syntax: RCPT TO:<address>")
+            return
+        address, params = self._address_and_params(arg[3:])
+        if not address:
+            await self._error(replies.BAD_RCPT_SYNTAX)
+            return
+        if params:
+            await self._error(f"555 5.5.4 RCPT parameter {sorted(params)[0]} not supported")
+            return
+        if params is None:
+            await self._error("501 5.5.4 Syntax error in parameters")
+            return
+        if len(st.rcpts) >= self.cfg.max_recipients:
+            await self.push(replies.TOO_MANY_RCPTS)
+            return
+        st.set_rcpt(address)
+        event = {"cmd": "rcpt", "addr": address}
+        st.events.append(event)
+        decision = await self.policy.run(Stage.RCPT, subject=address)
+        event["decision"] = decision.to_json()
+        if decision.outcome.refuses:
+            st.rcpt_rejected += 1
+            event["reply"] = await self._refuse(Stage.RCPT, decision)
+            return
+        st.rcpts.append(address)
+        event["reply"] = replies.line(*replies.render(Stage.RCPT, Decision(Outcome.ACCEPT)))
+        await self.push(event["reply"])
+
+    async def cmd_data(self, arg: str) -> None:
+        st = self.state
+        if arg:
+            await self._error("501 5.5.4 Syntax: DATA")
+            return
+        if not st.helo:
+            await self._error(replies.NEED_HELO)
+            return
+        if st.sender is None:
+            await self._error(replies.NEED_MAIL)
+            return
+        if not st.rcpts:
+            await self._error(replies.NO_VALID_RCPTS if st.rcpt_rejected else replies.NEED_RCPT)
+            return
+        await self.push(replies.DATA_START)
+        self._reset_timeout(self.cfg.data_timeout)
+        message, problem = await self._read_data()
+        self._reset_timeout()
+        if problem is not None:
+            self._new_transaction()
+            await self.push(problem)
+            return
+        event = {"cmd": "data", "size": len(message)}
+        st.events.append(event)
+        try:
+            reply = await self._accept_message(message, event)
+        finally:
+            self._new_transaction()
+        event["reply"] = reply
+        await self.push(reply)
+        if reply.startswith("421"):
+            self.close()
+
+    async def _accept_message(self, message: bytes, event: dict) -> str:
+        st = self.state
+        st.message_size = len(message)
+        st.headers = parse_headers(message)
+        wanted = self.cfg.recording_headers
+        event["headers"] = {k: v for k, v in st.headers.items() if k in wanted}
+        decision = await self.policy.run(Stage.DATA, message)
+        event["decision"] = decision.to_json()
+        if decision.outcome.refuses:
+            return replies.for_decision(Stage.DATA, decision)
+        decision = await self.policy.run(Stage.QUEUE, message)
+        event["queue"] = decision.to_json()
+        if decision.outcome.refuses:
+            return replies.for_decision(Stage.QUEUE, decision)
+        st.messages += 1
+        queue_id = f"{st.session_id}.{st.messages}"
+        data = self._trace_headers(queue_id) + message
+        result = await self.server.delivery.deliver(
+            Message(st.sender or "", tuple(st.rcpts), data, _mail_options(st.mail_params)))
+        if result.ok:
+            return replies.line(250, result.enhanced or "2.0.0", f"Ok: queued as {queue_id}")
+        log.warning("session %s: delivery failed: %s %s %s", st.session_id, result.code,
+                    result.enhanced, result.text)
+        return replies.line(result.code, result.enhanced, result.text)
+
+    def _trace_headers(self, queue_id: str) -> bytes:
+        st = self.state
+        proto = ("ESMTPS" if st.tls else "ESMTP") if st.esmtp else "SMTP"
+        rdns = next((a.names[0] for lk, a in st.dns.items() if lk.kind == "ptr" and a.names), "unknown")
+        received = (f"Received: from {_clean(st.helo)} ({_clean(rdns)} [{st.client_ip}])\r\n"
+                    f"\tby {self.hostname} (smtpfw) with {proto} id {queue_id}"
+                    + (f"\r\n\tfor <{_clean(st.rcpts[0])}>" if len(st.rcpts) == 1 else "")
+                    + f"; {email.utils.formatdate(localtime=True)}\r\n")
+        extra = "".join(f"{_clean(name)}: {_clean(value)}\r\n" for name, value in st.add_headers)
+        return (extra + received).encode("utf-8", "replace")
+
+    async def _read_data(self) -> tuple[bytes | None, str | None]:
+        """Read until CRLF.CRLF.  Returns (message, None) or (None, reply).
+
+        Only CRLF "." CRLF ends the data.  Every other end-of-data look-alike
+        (LF.LF, CR.CR, LF.CRLF, ...) stays inside the message, and any bare
+        CR or LF rejects the whole message, so nothing a client sends after
+        a fake terminator can become a second message or a command.
+        Past the size limit the data is read and dropped, not kept.
+        """
+        reader = self._reader
+        limit = self.cfg.max_message_size
+        buf = bytearray(b"\r\n")          # the DATA line's CRLF starts the first line
+        total = 0
+        too_big = False
+        scan = 0
+        while True:
+            end = buf.find(b"\r\n.\r\n", scan)
+            if end != -1:
+                break
+            keep = len(buf) - 4
+            scan = max(keep, 0)
+            if too_big and keep > 0:
+                total += keep
+                del buf[:keep]
+                scan = 0
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise ConnectionResetError("client closed the connection during DATA")
+            buf += chunk
+            if not too_big and len(buf) - 2 > limit + 5:
+                too_big = True
+        leftover = bytes(buf[end + 5:])
+        if leftover:
+            reader._buffer[0:0] = leftover     # pipelined commands after the data
+        if too_big or total + end > limit:
+            return None, replies.SIZE_EXCEEDED
+        body = bytes(buf[2:end + 2])
+        if body.count(b"\n") != body.count(b"\r\n") or body.count(b"\r") != body.count(b"\r\n"):
+            return None, replies.BARE_LINEFEED
+        if b"\x00" in body:
+            return None, replies.DATA_NUL
+        if _LONG_LINE.search(body):
+            return None, replies.DATA_LINE_TOO_LONG
+        if b"\r\n." in buf[:end + 2]:
+            body = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
+        return body, None
+
+    async def cmd_rset(self, arg: str) -> None:
+        self._new_transaction()
+        self.state.events.append({"cmd": "rset"})
+        await self.push("250 2.0.0 OK")
+
+    async def cmd_noop(self, arg: str) -> None:
+        await self.push("250 2.0.0 OK")
+
+    async def cmd_quit(self, arg: str) -> None:
+        await self.push("221 2.0.0 Bye")
+        self.close()
+
+    async def cmd_vrfy(self, arg: str) -> None:
+        await self.push("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+
+    async def cmd_help(self, arg: str) -> None:
+        await self.push("214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+                        + (" STARTTLS" if self.tls_context else ""))
+
+    async def cmd_starttls(self, arg: str) -> None:
+        if self.tls_context is None or self._tls_protocol is not None:
+            await self._error("502 5.5.1 STARTTLS not available")
+            return
+        await self.smtp_STARTTLS(arg)
+        self.state.tls = True
+        self.state.set_helo("", False)       # RFC 3207: start over after TLS
+        self._new_transaction()
+
+    async def cmd_not_implemented(self, arg: str) -> None:
+        await self._error("502 5.5.1 Command not implemented")
+
+
+_COMMANDS = {
+    "HELO": FirewallSMTP.cmd_helo,
+    "EHLO": FirewallSMTP.cmd_ehlo,
+    "MAIL": FirewallSMTP.cmd_mail,
+    "RCPT": FirewallSMTP.cmd_rcpt,
+    "DATA": FirewallSMTP.cmd_data,
+    "RSET": FirewallSMTP.cmd_rset,
+    "NOOP": FirewallSMTP.cmd_noop,
+    "QUIT": FirewallSMTP.cmd_quit,
+    "VRFY": FirewallSMTP.cmd_vrfy,
+    "HELP": FirewallSMTP.cmd_help,
+    "STARTTLS": FirewallSMTP.cmd_starttls,
+    "EXPN": FirewallSMTP.cmd_not_implemented,
+    "AUTH": FirewallSMTP.cmd_not_implemented,
+    "TURN": FirewallSMTP.cmd_not_implemented,
+    "ETRN": FirewallSMTP.cmd_not_implemented,
+    "BDAT": FirewallSMTP.cmd_not_implemented,
+}
+
+
+def _mail_options(params: dict) -> tuple[str, ...]:
+    out = []
+    if params.get("BODY"):
+        out.append(f"BODY={params['BODY']}")
+    if params.get("SMTPUTF8"):
+        out.append("SMTPUTF8")
+    return tuple(out)
+
+
+def _clean(text: str) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in str(text))[:200]
+
+
+def parse_headers(message: bytes, limit: int = 64 * 1024) -> dict[str, str]:
+    """First value of each header field (lower-case names, unfolded)."""
+    head_end = message.find(b"\r\n\r\n", 0, limit)
+    head = message[:head_end if head_end != -1 else min(len(message), limit)]
+    out: dict[str, str] = {}
+    current = None          # the field being unfolded (first occurrence only)
+    for raw in head.split(b"\r\n"):
+        if raw[:1] in (b" ", b"\t"):
+            if current is not None:
+                out[current] += " " + raw.strip().decode("utf-8", "replace")
+            continue
+        current = None
+        key, colon, value = raw.partition(b":")
+        if not colon:
+            continue
+        name = key.strip().lower().decode("ascii", "replace")
+        if name not in out:
+            out[name] = value.strip().decode("utf-8", "replace")
+            current = name
+    return out

@@ -1,0 +1,192 @@
+"""Session records: one JSON object per SMTP session (JSON Lines on disk).
+
+The same record feeds the per-session log line, the recording and dry-run.
+Format version 1 (docs/recording.md):
+
+    {"v": 1, "id", "time", "duration", "ruleset",
+     "listener": {"address", "port", "name"}, "client": {"ip", "port"},
+     "tls", "auth", "auth_user",
+     "connect": {"decision", "reply"},
+     "events": [{"cmd": "helo"|"ehlo", "arg", "decision", "reply"},
+                {"cmd": "mail", "addr", "params", "decision", "reply"},
+                {"cmd": "rcpt", "addr", "decision", "reply"},
+                {"cmd": "data", "size", "headers", "decision", "queue", "reply"},
+                {"cmd": "rset"}],
+     "dns": [{"lookup": {...}, "answer": {...}}],
+     "tags", "monitored": [{"rule", "decision"}], "final_reply"}
+
+Bodies are never recorded.  Readers accept version 1 and say clearly when a
+record is newer or malformed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import json
+import logging
+import os
+import threading
+import time
+from typing import Iterator
+
+from smtpfw.checks.dnsresult import DnsAnswer, Lookup
+from smtpfw.session import SessionState
+
+FORMAT_VERSION = 1
+log = logging.getLogger("smtpfw.session")
+
+
+class RecordError(Exception):
+    pass
+
+
+def session_record(state: SessionState, ruleset_version: str, duration: float) -> dict:
+    return {
+        "v": FORMAT_VERSION,
+        "id": state.session_id,
+        "time": round(state.started, 3),
+        "duration": round(duration, 4),
+        "ruleset": ruleset_version,
+        "listener": {"address": state.listener_address, "port": state.listener_port,
+                     "name": state.listener_name},
+        "client": {"ip": state.client_ip, "port": state.client_port},
+        "tls": state.tls,
+        "auth": state.auth,
+        "auth_user": state.auth_user,
+        "connect": {"reply": state.connect_reply,
+                    "decision": _first_decision(state, "connect")},
+        "events": state.events,
+        "dns": [{"lookup": lk.to_json(), "answer": ans.to_json()} for lk, ans in state.dns.items()],
+        "tags": sorted(state.tags),
+        "monitored": [{"rule": rid, "decision": d.to_json()} for rid, d in state.monitored],
+        "final_reply": state.final_reply,
+    }
+
+
+def _first_decision(state: SessionState, stage: str):
+    for st, decision, _ in state.decisions:
+        if st.value == stage:
+            return decision.to_json()
+    return None
+
+
+def dns_answers(record: dict) -> dict[Lookup, DnsAnswer]:
+    return {Lookup.from_json(d["lookup"]): DnsAnswer.from_json(d["answer"]) for d in record.get("dns", ())}
+
+
+def check_record(record, where: str) -> dict:
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: not a session record (a JSON object)")
+    version = record.get("v")
+    if version != FORMAT_VERSION:
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise RecordError(f"{where}: recorded with format version {version}; this smtpfw reads "
+                              f"version {FORMAT_VERSION} — upgrade smtpfw to replay it")
+        raise RecordError(f"{where}: unknown record format version {version!r}")
+    for key in ("client", "events"):
+        if key not in record:
+            raise RecordError(f"{where}: record has no {key!r}")
+    return record
+
+
+def read_records(path: str) -> Iterator[dict]:
+    """Records from a .jsonl or .jsonl.gz file, checked; errors name file:line."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        fh = opener(path, "rt", encoding="utf-8")
+    except OSError as err:
+        raise RecordError(f"{path}: {err.strerror or err}") from None
+    with fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except ValueError as err:
+                raise RecordError(f"{path}:{number}: not JSON: {err}") from None
+            yield check_record(data, f"{path}:{number}")
+
+
+def log_line(record: dict, fmt: str) -> str:
+    """The one structured line per session."""
+    events = record["events"]
+    helo = next((e["arg"] for e in events if e["cmd"] in ("helo", "ehlo")), "")
+    senders = [e["addr"] for e in events if e["cmd"] == "mail"]
+    rcpts = [f"{e['addr']}:{(e.get('reply') or '')[:3]}" for e in events if e["cmd"] == "rcpt"]
+    data = [e for e in events if e["cmd"] == "data"]
+    decided = [(e["cmd"], e["decision"]["rule"]) for e in events
+               if e.get("decision") and e["decision"].get("rule")]
+    if record["connect"].get("decision") and record["connect"]["decision"].get("rule"):
+        decided.insert(0, ("connect", record["connect"]["decision"]["rule"]))
+    fields = {
+        "session": record["id"],
+        "client": record["client"]["ip"],
+        "helo": helo,
+        "from": senders[-1] if senders else None,
+        "rcpts": rcpts,
+        "size": data[-1]["size"] if data else None,
+        "reply": (data[-1].get("reply") if data else None) or record.get("final_reply") or record["connect"]["reply"],
+        "decided_by": [f"{stage}:{rule}" for stage, rule in decided],
+        "ruleset": record["ruleset"],
+        "duration_ms": round(record["duration"] * 1000, 1),
+    }
+    if fmt == "json":
+        return json.dumps(fields, separators=(",", ":"))
+    parts = []
+    for k, v in fields.items():
+        if v is None or v == [] or v == "":
+            continue
+        if isinstance(v, list):
+            v = ",".join(v)
+        text = str(v)
+        if any(c in text for c in ' "=') or not text:
+            text = json.dumps(text)
+        parts.append(f"{k}={text}")
+    return " ".join(parts)
+
+
+class Recorder:
+    """Appends records as JSON Lines; rotates daily or by size.
+
+    Writes are line-buffered appends from the event loop thread; a line is
+    small (no bodies), so this costs microseconds.
+    """
+
+    def __init__(self, directory: str, rotate: str = "daily", max_bytes: int = 100 * 2**20):
+        self.directory = directory
+        self.rotate = rotate
+        self.max_bytes = max_bytes
+        self._fh = None
+        self._name = ""
+        self._lock = threading.Lock()
+        os.makedirs(directory, exist_ok=True)
+
+    def _target(self) -> str:
+        day = _dt.date.today().strftime("%Y%m%d")
+        return os.path.join(self.directory, f"sessions-{day}-{os.getpid()}.jsonl")
+
+    def write(self, record: dict) -> None:
+        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        with self._lock:
+            name = self._target()
+            if self._fh is None or name != self._name:
+                self._open(name)
+            elif self.rotate == "size" and self._fh.tell() + len(line) > self.max_bytes:
+                self._fh.close()
+                os.replace(self._name, f"{self._name}.{int(time.time() * 1000)}")
+                self._open(name)
+            self._fh.write(line)
+            self._fh.flush()
+
+    def _open(self, name: str) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self._fh = open(name, "a", encoding="utf-8")
+        self._name = name
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None

@@ -1,0 +1,253 @@
+"""The serve loop: listeners, limits, reload, graceful shutdown, workers.
+
+One ``Server`` per process holds what all its sessions share: the current
+ruleset (swapped whole on reload; a session keeps the one it started with),
+the DNS resolver and its cache, the delivery back end, the recorder, and
+the connection counters behind the per-IP and total limits.
+
+With ``workers > 1`` the parent binds the listening sockets once and forks
+the workers, which all accept on them (uvicorn's model); the parent only
+forwards signals and replaces a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+
+from smtpfw.checks.dns import Resolver
+from smtpfw.config import Config, Listener
+from smtpfw.delivery import ForwardDelivery, MaildirDelivery
+from smtpfw.diagnostics import Diagnostic
+from smtpfw.engine import Ruleset
+from smtpfw.lang.compiler import compile_ruleset
+from smtpfw.recording import Recorder
+from smtpfw import replies
+
+log = logging.getLogger("smtpfw.server")
+
+
+def make_delivery(cfg: Config):
+    if cfg.delivery_mode == "forward":
+        return ForwardDelivery(cfg.forward_host, cfg.forward_port, timeout=cfg.forward_timeout,
+                               pool_size=cfg.forward_pool_size)
+    return MaildirDelivery(cfg.maildir)
+
+
+class Server:
+    def __init__(self, config: Config, ruleset: Ruleset, rules_path: str,
+                 loop: asyncio.AbstractEventLoop | None = None):
+        self.config = config
+        self.ruleset = ruleset
+        self.rules_path = rules_path
+        self.loop = loop or asyncio.get_event_loop()
+        self.hostname = config.hostname or socket.getfqdn()
+        self.tls_context = _tls_context(config)
+        self.resolver = Resolver(list(config.dns_nameservers) or None, timeout=config.dns_timeout,
+                                 cache_size=config.dns_cache_size)
+        self.delivery = make_delivery(config)
+        self.recorder = (Recorder(config.recording_path, config.recording_rotate, config.recording_max_bytes)
+                         if config.recording_enabled else None)
+        self.sessions: set = set()
+        self.connections = 0
+        self.per_ip: dict[str, int] = {}
+        self.listeners: list[asyncio.AbstractServer] = []
+        self.accepting = True
+        self.reloads = 0
+
+    # ---- limits -------------------------------------------------------------
+
+    def admit(self, ip: str) -> str | None:
+        """Count a new connection, or say why it is refused (421)."""
+        if not self.accepting:
+            return replies.SHUTTING_DOWN
+        if self.connections >= self.config.max_connections:
+            log.warning("connection from %s refused: %d connections open", ip, self.connections)
+            return replies.TOO_MANY_CONNECTIONS
+        if self.per_ip.get(ip, 0) >= self.config.max_connections_per_ip:
+            log.warning("connection from %s refused: per-IP limit %d", ip, self.config.max_connections_per_ip)
+            return replies.TOO_MANY_FROM_IP
+        self.connections += 1
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.connections -= 1
+        left = self.per_ip.get(ip, 1) - 1
+        if left <= 0:
+            self.per_ip.pop(ip, None)
+        else:
+            self.per_ip[ip] = left
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    def protocol_factory(self, listener: Listener):
+        from smtpfw.protocol.smtp import FirewallSMTP
+
+        return lambda: FirewallSMTP(self, listener)
+
+    async def start(self, sockets: dict[Listener, socket.socket] | None = None) -> None:
+        for listener in self.config.listen:
+            factory = self.protocol_factory(listener)
+            if sockets and listener in sockets:
+                srv = await self.loop.create_server(factory, sock=sockets[listener])
+            else:
+                srv = await self.loop.create_server(factory, listener.host, listener.port,
+                                                    reuse_address=True, backlog=1024)
+            self.listeners.append(srv)
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.sockets[0].getsockname()[1] for s in self.listeners]
+
+    def reload(self) -> list[Diagnostic] | None:
+        """Recompile the rules; keep the running ones if that fails."""
+        ruleset, diags = compile_ruleset(self.rules_path)
+        if ruleset is None:
+            for d in diags:
+                log.error("reload refused, keeping ruleset %s: %s %s: %s", self.ruleset.version,
+                          d.span or self.rules_path, d.code, d.message)
+            return diags
+        self.ruleset = ruleset
+        self.reloads += 1
+        log.info("rules reloaded from %s: version %s", self.rules_path, ruleset.version)
+        return None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting; let sessions finish for ``grace`` s; then 421 them."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        self.accepting = False
+        for srv in self.listeners:
+            srv.close()
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for proto in list(self.sessions):
+            await proto.shutdown()
+        for srv in self.listeners:
+            try:
+                await asyncio.wait_for(srv.wait_closed(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+        await self.delivery.close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    if not cfg.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+    return ctx
+
+
+# ---- running it -------------------------------------------------------------
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _run_worker(cfg: Config, ruleset: Ruleset, rules_path: str,
+                      sockets: dict | None, ready=None) -> None:
+    loop = asyncio.get_running_loop()
+    server = Server(cfg, ruleset, rules_path, loop)
+    await server.start(sockets)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    if ready is not None:
+        ready(server)
+    await stop.wait()
+    log.info("shutting down: %d sessions in flight, grace %.0fs", len(server.sessions), cfg.shutdown_grace)
+    await server.stop()
+
+
+def bind_sockets(cfg: Config) -> dict[Listener, socket.socket]:
+    out = {}
+    for listener in cfg.listen:
+        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listener.host, listener.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        out[listener] = sock
+    return out
+
+
+def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
+    """Run until SIGTERM/SIGINT.  Returns the process exit code."""
+    sockets = bind_sockets(cfg)
+    where = ", ".join(f"{l.host}:{s.getsockname()[1]}" for l, s in sockets.items())
+    target = (f"forward to {cfg.forward_host}:{cfg.forward_port}" if cfg.delivery_mode == "forward"
+              else f"Maildir {os.path.abspath(cfg.maildir)}")
+    workers = cfg.worker_count
+    log.info("smtpfw listening on %s, rules %s (version %s), %s, %d worker(s)",
+             where, rules_path, ruleset.version, target, workers)
+    if workers <= 1:
+        _use_uvloop()
+        asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets))
+        return 0
+    return _supervise(cfg, ruleset, rules_path, sockets, workers)
+
+
+def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 0
+            try:
+                _use_uvloop()
+                asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets))
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.add(pid)
+
+    def forward(sig, _frame) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    for _ in range(workers):
+        spawn()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        children.discard(pid)
+        if not stopping:
+            log.error("worker %d exited (status %d); starting a new one", pid, status)
+            time.sleep(0.5)
+            spawn()
+    return 0

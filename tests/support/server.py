@@ -1,0 +1,115 @@
+"""Run the real smtpfw server on a loopback port, in a background thread.
+
+    with running_server(rules=RULES_TEXT, maildir=tmp_path / "md") as srv:
+        smtplib.SMTP("127.0.0.1", srv.port)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from smtpfw.config import Config, Listener
+from smtpfw.lang.compiler import compile_ruleset
+from smtpfw.server import Server
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+
+
+class RunningServer:
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop, thread: threading.Thread):
+        self.server = server
+        self.loop = loop
+        self.thread = thread
+
+    @property
+    def port(self) -> int:
+        return self.server.ports[0]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the server's loop thread and return its result."""
+        fut = asyncio.run_coroutine_threadsafe(_as_coro(fn, *args), self.loop)
+        return fut.result(30)
+
+    def reload(self):
+        return self.call(self.server.reload)
+
+
+async def _as_coro(fn, *args):
+    result = fn(*args)
+    if asyncio.iscoroutine(result):
+        result = await result
+    return result
+
+
+@contextlib.contextmanager
+def running_server(rules: str | os.PathLike | None = None, *, rules_text: str | None = None,
+                   config: Config | None = None, dns=None, **overrides):
+    """Start a server; ``rules`` is a path, ``rules_text`` an inline ruleset
+    (written to a temp file so includes and relative lists work from cwd)."""
+    tmpdir = tempfile.mkdtemp(prefix="smtpfw-test-")
+    if rules_text is not None:
+        rules = os.path.join(tmpdir, "test.rules")
+        Path(rules).write_text(rules_text)
+    rules = str(rules or REPO / "rules" / "default.rules")
+    cfg = config or Config()
+    cfg = replace(cfg, listen=(Listener("127.0.0.1", 0, "test"),), workers=1,
+                  maildir=overrides.pop("maildir", os.path.join(tmpdir, "maildir")),
+                  hostname=overrides.pop("hostname", "mx.test"))
+    if dns is not None:
+        cfg = replace(cfg, dns_nameservers=(dns.address,))
+    if overrides:
+        cfg = replace(cfg, **overrides)
+    ruleset, diags = compile_ruleset(rules)
+    assert ruleset is not None, diags
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    holder: dict = {}
+
+    def run():
+        asyncio.set_event_loop(loop)
+        server = Server(cfg, ruleset, rules, loop)
+        holder["server"] = server
+        try:
+            loop.run_until_complete(server.start())
+        except BaseException as err:
+            holder["error"] = err
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started.wait(10)
+    if "error" in holder:
+        raise holder["error"]
+    running = RunningServer(holder["server"], loop, thread)
+    running.tmpdir = tmpdir
+    try:
+        yield running
+    finally:
+        fut = asyncio.run_coroutine_threadsafe(holder["server"].stop(grace=1.0), loop)
+        try:
+            fut.result(15)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+
+
+def maildir_messages(path) -> list[bytes]:
+    new = Path(path) / "new"
+    if not new.is_dir():
+        return []
+    return [p.read_bytes() for p in sorted(new.iterdir())]
