@@ -149,6 +149,15 @@ class FirewallSMTP(SMTP):
     # ---- the command loop ---------------------------------------------------
 
     async def _handle_client(self) -> None:
+        try:
+            await self._session()
+        finally:
+            # EOF cancels this task (aiosmtpd's eof_received); either way the
+            # connection is over: close it so connection_lost runs.
+            if self.transport is not None:
+                self.transport.close()
+
+    async def _session(self) -> None:
         st = self.state
         peer = self.session.peer or ("", 0)
         st.session_id = new_session_id()
