@@ -1,0 +1,120 @@
+"""End to end in forward mode: client -> smtpfw -> a real SMTP listener.
+
+A 250 after DATA only when the downstream took the message; downstream
+trouble becomes 451 4.x.x, a downstream 5xx is passed on, and the
+downstream's 250 is final even if the connection drops right after it."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+
+import pytest
+
+from tests.support.downstream import Downstream, closed_port
+from tests.support.server import running_server
+
+RULES = """
+on rcpt:
+    accept if rcpt.domain = "example.net"
+    reject 554 5.7.1 "Relaying denied"
+"""
+MSG = b"Subject: fwd\r\nMessage-ID: <1@x>\r\n\r\n.leading dot\r\nbody\r\n"
+
+
+def send(srv, rcpts=("u@example.net",), msg=MSG):
+    with smtplib.SMTP(*srv.address, timeout=10) as s:
+        s.ehlo("client.example")
+        try:
+            return s.sendmail("a@b.example", list(rcpts), msg), None
+        except smtplib.SMTPDataError as err:
+            return None, (err.smtp_code, err.smtp_error.decode())
+        except smtplib.SMTPRecipientsRefused as err:
+            return None, err.recipients
+
+
+@pytest.fixture
+def downstream():
+    with Downstream() as d:
+        yield d
+
+
+def forwarding(downstream_port, **kw):
+    return running_server(rules_text=RULES, delivery_mode="forward", forward_host="127.0.0.1",
+                          forward_port=downstream_port, **kw)
+
+
+def test_forwarded_byte_exact(downstream):
+    with forwarding(downstream.port) as srv:
+        refused, err = send(srv)
+        assert refused == {} and err is None
+    assert downstream.wait_for_messages(1)
+    sender, rcpts, data = downstream.messages[0]
+    assert sender == "a@b.example" and rcpts == ["u@example.net"]
+    assert data.endswith(MSG)
+    assert data.startswith(b"Received: from client.example")
+
+
+def test_mixed_recipients_forward_only_accepted(downstream):
+    with forwarding(downstream.port) as srv:
+        refused, err = send(srv, ["u@example.net", "x@other.example"])
+        assert set(refused) == {"x@other.example"}
+    assert downstream.wait_for_messages(1)
+    assert downstream.messages[0][1] == ["u@example.net"]
+
+
+@pytest.mark.parametrize("mode", ["tempfail_mail", "tempfail_rcpt", "tempfail_data"])
+def test_downstream_4xx_gives_451(downstream, mode):
+    downstream.mode = mode
+    with forwarding(downstream.port) as srv:
+        refused, err = send(srv)
+    assert err is not None and err[0] == 451 and err[1].startswith("4.")
+    assert downstream.messages == []
+
+
+def test_downstream_5xx_passed_on(downstream):
+    downstream.mode = "reject_data"
+    with forwarding(downstream.port) as srv:
+        _, err = send(srv)
+    assert err[0] == 554
+
+
+def test_downstream_refused_connection_gives_451():
+    with forwarding(closed_port()) as srv:
+        _, err = send(srv)
+    assert err[0] == 451 and err[1].startswith("4.4.1")
+
+
+def test_downstream_hang_gives_451_within_timeout(downstream):
+    downstream.mode = "hang"
+    with forwarding(downstream.port, forward_timeout=0.5) as srv:
+        start = time.monotonic()
+        _, err = send(srv)
+        assert time.monotonic() - start < 5
+    assert err[0] == 451
+
+
+def test_downstream_drop_mid_data_gives_451(downstream):
+    downstream.mode = "drop_mid_data"
+    with forwarding(downstream.port) as srv:
+        _, err = send(srv, msg=MSG * 2000)
+    assert err[0] == 451
+    assert downstream.messages == []
+
+
+def test_downstream_250_is_final_even_if_dropped_after(downstream):
+    downstream.mode = "drop_after_250"
+    with forwarding(downstream.port) as srv:
+        refused, err = send(srv)
+        assert err is None and refused == {}
+        refused, err = send(srv)          # the pooled connection is dead: a new one is used
+        assert err is None and refused == {}
+    assert len(downstream.messages) == 2
+
+
+def test_downstream_5xx_for_recipient(downstream):
+    downstream.reject_rcpts = {"u@example.net"}
+    with forwarding(downstream.port) as srv:
+        _, err = send(srv)
+    assert 500 <= err[0] < 600
+    assert downstream.messages == []

@@ -1,0 +1,126 @@
+"""rules/reference.rules reaches the verdicts of shared/policy/README.
+
+The real server, a real DNS server on loopback serving shared/zones, and a
+real downstream.  Clients connect from 127.0.0.1 (unlisted), 127.0.0.2
+(listed, A 127.0.0.2) and 127.0.0.5 (listed, A 127.0.0.4).  The other listed
+addresses (10.x, 192.0.2.x) cannot be a loopback client; they are checked
+through the same Policy with live DNS below.
+
+The reference ruleset delays refusals to RCPT (like Postfix's default
+smtpd_delay_reject), so HELO and MAIL get 250 and each RCPT the refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import filecmp
+import smtplib
+
+import pytest
+
+from smtpfw.checks.dns import DnsSession, Resolver
+from smtpfw.lang.compiler import compile_ruleset
+from smtpfw.policy import Policy
+from smtpfw.session import SessionState
+from smtpfw.verdict import Outcome, Stage
+from tests.support.downstream import Downstream
+from tests.support.server import REPO, SHARED, running_server
+
+REFERENCE = REPO / "rules" / "reference.rules"
+
+# (client ip, helo, sender, {rcpt: expected RCPT reply code}, expect delivery)
+SESSIONS = [
+    ("127.0.0.1", "mx.good.example", "alice@good.example", {"bob@example.net": 250}, True),
+    ("127.0.0.1", "mx.good.example", "", {"bob@example.net": 250}, True),                  # null sender
+    ("127.0.0.2", "mx.good.example", "alice@good.example", {"bob@example.net": 554}, False),  # DNSBL
+    ("127.0.0.5", "mx.good.example", "alice@good.example", {"bob@example.net": 554}, False),  # DNSBL code 4
+    ("127.0.0.1", "bad.helo.example", "alice@good.example", {"bob@example.net": 550}, False),
+    ("127.0.0.1", "BAD.HELO.Example", "alice@good.example", {"bob@example.net": 550}, False),
+    ("127.0.0.1", "spam-helo.example", "alice@good.example", {"bob@example.net": 550}, False),
+    ("127.0.0.1", "not.bad.helo.example", "alice@good.example", {"bob@example.net": 250}, True),
+    ("127.0.0.1", "mx.good.example", "joe@evil.example", {"bob@example.net": 550}, False),
+    ("127.0.0.1", "mx.good.example", "JOE@Evil.Example", {"bob@example.net": 550}, False),
+    ("127.0.0.1", "mx.good.example", "other@evil.example", {"bob@example.net": 250}, True),
+    ("127.0.0.1", "mx.good.example", "anyone@spammer.example", {"bob@example.net": 550}, False),
+    ("127.0.0.1", "mx.good.example", "anyone@sub.spammer.example", {"bob@example.net": 250}, True),
+    ("127.0.0.1", "mx.good.example", "x@spam.example", {"bob@example.net": 550}, False),    # RHSBL
+    ("127.0.0.1", "mx.good.example", "x@SPAM.Example", {"bob@example.net": 550}, False),
+    ("127.0.0.1", "mx.good.example", "x@bad.example", {"bob@example.net": 550}, False),
+    ("127.0.0.1", "mx.good.example", "x@sub.spam.example", {"bob@example.net": 250}, True),
+    ("127.0.0.1", "mx.good.example", "alice@good.example",
+     {"blocked@example.net": 550, "trap@example.net": 550, "TRAP@EXAMPLE.NET": 550, "bob@example.net": 250}, True),
+    ("127.0.0.1", "mx.good.example", "alice@good.example",
+     {"bob@other.example": 554, "bob@sub.example.net": 554, "bob@example.net": 250}, True),
+    ("127.0.0.1", "mx.good.example", "alice@good.example", {"bob@EXAMPLE.NET": 250}, True),
+]
+
+
+def test_reference_lists_match_shared_policy():
+    for name in ("badhelo", "badmailfrom", "badrcptto", "rcpthosts"):
+        assert filecmp.cmp(REPO / "config" / "lists" / name, SHARED / "policy" / name, shallow=False), name
+
+
+@pytest.fixture(scope="module")
+def reference_server(shared_dns):
+    with Downstream() as downstream:
+        with running_server(REFERENCE, dns=shared_dns, delivery_mode="forward",
+                            forward_host="127.0.0.1", forward_port=downstream.port) as srv:
+            yield srv, downstream
+
+
+@pytest.mark.parametrize("client,helo,sender,rcpts,delivered", SESSIONS,
+                         ids=[f"{s[0]}-{s[1]}-{s[2] or 'null'}-{'+'.join(s[3])}" for s in SESSIONS])
+def test_reference_session(reference_server, client, helo, sender, rcpts, delivered):
+    srv, downstream = reference_server
+    before = len(downstream.messages)
+    with smtplib.SMTP(*srv.address, source_address=(client, 0), timeout=10) as s:
+        assert s.ehlo(helo)[0] == 250
+        assert s.mail(sender)[0] == 250
+        got = {r: s.rcpt(r)[0] for r in rcpts}
+        assert got == rcpts
+        if delivered:
+            code, _ = s.data(b"Subject: reference\r\n\r\nhi\r\n")
+            assert code == 250
+    if delivered:
+        assert downstream.wait_for_messages(before + 1)
+        accepted = [r for r, c in rcpts.items() if c == 250]
+        assert downstream.messages[-1][1] == accepted
+    else:
+        assert len(downstream.messages) == before
+
+
+def test_dnsbl_reply_has_txt_reason(reference_server):
+    srv, _ = reference_server
+    with smtplib.SMTP(*srv.address, source_address=("127.0.0.5", 0), timeout=10) as s:
+        s.ehlo("mx.good.example")
+        s.mail("alice@good.example")
+        code, text = s.rcpt("bob@example.net")
+    assert code == 554
+    assert b"Listed in bl.test with code 4: 127.0.0.5" in text
+
+
+@pytest.mark.parametrize("ip,listed", [
+    ("10.1.2.3", True), ("10.66.66.66", True), ("192.0.2.66", True), ("192.0.2.99", True),
+    ("127.0.0.2", True), ("127.0.0.5", True), ("192.0.2.1", False), ("10.1.2.4", False),
+])
+def test_dnsbl_listing_for_non_loopback_addresses(shared_dns, ip, listed):
+    """The same Policy the server runs, with live DNS, for addresses no loopback client can have."""
+    ruleset, diags = compile_ruleset(REFERENCE)
+    assert ruleset is not None, diags
+
+    async def run():
+        resolver = Resolver([shared_dns.address], timeout=2)
+        state = SessionState(client_ip=ip)
+        policy = Policy(ruleset, state, DnsSession(resolver, 5))
+        await policy.run(Stage.CONNECT)
+        state.set_helo("mx.good.example", True)
+        await policy.run(Stage.HELO)
+        state.set_sender("alice@good.example")
+        await policy.run(Stage.MAIL)
+        state.set_rcpt("bob@example.net")
+        return await policy.run(Stage.RCPT)
+
+    decision = asyncio.run(run())
+    assert (decision.outcome is Outcome.REJECT) == listed
+    if listed:
+        assert decision.rule_id == "dnsbl"
