@@ -30,7 +30,7 @@ class Listener:
 
 @dataclass(frozen=True)
 class Config:
-    listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525, "default"),)
+    listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525, "127.0.0.1:2525"),)
     hostname: str = ""
     rules: str = ""                      # "" = the shipped rules/default.rules
     workers: int = 0                     # 0 = one per CPU

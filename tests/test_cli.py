@@ -1,0 +1,179 @@
+"""`smtpfw serve` as an operator runs it: a real process, signals, reload."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.smtp_client import RawClient
+
+SMTPFW = [sys.executable, "-m", "smtpfw"]
+
+
+def run(*args, **kw):
+    return subprocess.run(SMTPFW + list(args), capture_output=True, text=True, timeout=60, **kw)
+
+
+class Serve:
+    """`smtpfw serve ...` in a subprocess; waits for its listening line."""
+
+    def __init__(self, *args, cwd=None):
+        self.proc = subprocess.Popen(SMTPFW + ["serve", *args], cwd=cwd, stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, text=True)
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            m = re.search(r"listening on [^ ]+:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                return
+        raise AssertionError("serve did not start: " + "".join(self.lines) + self.proc.stderr.read())
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(20)
+        finally:
+            self.rest = self.proc.stderr.read()
+
+
+def test_version_and_help():
+    assert run("--version").stdout.startswith("smtpfw ")
+    for sub in ("serve", "lint"):
+        proc = run(sub, "--help")
+        assert proc.returncode == 0 and "usage: smtpfw " + sub in proc.stdout
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_serve_with_no_arguments_uses_embedded_default(tmp_path):
+    """From any directory: 127.0.0.1:2525, Maildir ./var/maildir, rules/default.rules."""
+    if not _port_free(2525):
+        pytest.skip("port 2525 is in use on this machine")
+    srv = Serve(cwd=tmp_path)
+    try:
+        assert srv.port == 2525
+        assert "default.rules" in "".join(srv.lines)
+        with smtplib.SMTP("127.0.0.1", 2525, timeout=10) as s:
+            s.ehlo("client.example")
+            assert s.sendmail("a@b.example", ["root@localhost"], b"Subject: default\r\n\r\nhi\r\n") == {}
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                s.sendmail("a@b.example", ["x@relay.example"], b"Subject: relay\r\n\r\nhi\r\n")
+    finally:
+        assert srv.stop() == 0
+    files = list((tmp_path / "var" / "maildir" / "new").iterdir())
+    assert len(files) == 1 and b"Subject: default" in files[0].read_bytes()
+
+
+def test_bad_rules_refuse_to_start(tmp_path):
+    rules = tmp_path / "bad.rules"
+    rules.write_text("on rcpt:\n    reject if sender.domian = \"x\"\n")
+    proc = run("serve", "--rules", str(rules), "--listen", "127.0.0.1:0")
+    assert proc.returncode == 2
+    assert "unknown field `sender.domian`" in proc.stderr
+    assert "did you mean `sender.domain`?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_lets_inflight_session_finish(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  shutdown_grace: 10\n")
+    srv = Serve("--config", str(cfg), "--listen", "127.0.0.1:0", "--workers", "1",
+                "--maildir", str(tmp_path / "md"))
+    try:
+        c = RawClient(("127.0.0.1", srv.port))
+        c.reply()
+        c.cmd("EHLO client.example")
+        c.cmd("MAIL FROM:<a@b.example>")
+        assert c.cmd("RCPT TO:<u@localhost>").startswith("250")
+        srv.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        # no new connections once shutting down
+        with pytest.raises(OSError):
+            RawClient(("127.0.0.1", srv.port), timeout=1).reply()
+        assert c.cmd("DATA").startswith("354")
+        c.send(b"Subject: inflight\r\n\r\nx\r\n.\r\n")
+        assert c.reply().startswith("250 2.0.0")
+        c.cmd("QUIT")
+        assert srv.proc.wait(10) == 0
+    finally:
+        srv.stop()
+    assert any(b"inflight" in p.read_bytes() for p in (tmp_path / "md" / "new").iterdir())
+
+
+def test_sigterm_grace_then_421(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  shutdown_grace: 0.5\n")
+    srv = Serve("--config", str(cfg), "--listen", "127.0.0.1:0", "--workers", "1")
+    try:
+        c = RawClient(("127.0.0.1", srv.port))
+        c.reply()
+        c.cmd("EHLO client.example")
+        srv.signal(signal.SIGTERM)
+        assert c.line().startswith("421 4.3.2")
+        assert srv.proc.wait(10) == 0
+    finally:
+        srv.stop()
+
+
+def test_sighup_reloads_and_keeps_old_rules_when_broken(tmp_path):
+    rules = tmp_path / "site.rules"
+    rules.write_text('on rcpt:\n    [gate] reject 554 5.7.1 "closed" if rcpt.domain = "a.example"\n')
+    srv = Serve("--rules", str(rules), "--listen", "127.0.0.1:0", "--workers", "1",
+                "--maildir", str(tmp_path / "md"))
+
+    def rcpt(domain):
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+            s.ehlo("client.example")
+            s.mail("x@y.example")
+            return s.rcpt(f"u@{domain}")[0]
+
+    try:
+        assert rcpt("a.example") == 554 and rcpt("b.example") == 250
+        rules.write_text('on rcpt:\n    [gate] reject 554 5.7.1 "closed" if rcpt.domain = "b.example"\n')
+        srv.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert rcpt("a.example") == 250 and rcpt("b.example") == 554
+        rules.write_text('on rcpt:\n    reject if rcpt.domian = "a.example"\n')   # broken
+        srv.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert rcpt("a.example") == 250 and rcpt("b.example") == 554
+    finally:
+        srv.stop()
+    assert "reload refused" in srv.rest and "rcpt.domian" in srv.rest
+
+
+def test_two_workers_share_the_port(tmp_path):
+    srv = Serve("--listen", "127.0.0.1:0", "--workers", "2", "--maildir", str(tmp_path / "md"))
+    try:
+        for i in range(20):
+            with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+                s.ehlo("client.example")
+                assert s.sendmail("a@b.example", ["u@localhost"], f"Subject: w{i}\r\n\r\nx\r\n".encode()) == {}
+    finally:
+        assert srv.stop() == 0
+    assert len(list((tmp_path / "md" / "new").iterdir())) == 20

@@ -1,0 +1,69 @@
+"""Config: the documented default file equals the built-in defaults; errors
+are one clear line naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields, replace
+
+import pytest
+
+from smtpfw.config import Config, ConfigError, from_mapping, load_config
+from tests.support.server import REPO
+
+
+def test_documented_default_file_matches_builtin_defaults():
+    cfg = load_config(REPO / "config" / "smtpfw.yaml")
+    assert replace(cfg, source="") == Config()
+
+
+def test_every_setting_is_documented():
+    text = (REPO / "config" / "smtpfw.yaml").read_text()
+    from smtpfw.config import SCHEMA
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            assert f"{key}:" in text, f"{section}.{key} is not in config/smtpfw.yaml"
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"limits": {"max_recipient": 5}}, "unknown setting limits.max_recipient (did you mean limits.max_recipients?)"),
+    ({"listn": ["1.2.3.4:25"]}, "unknown setting listn (did you mean listen?)"),
+    ({"limits": {"max_recipients": "many"}}, "limits.max_recipients: expected a whole number, got 'many'"),
+    ({"dns": {"timeout": -1}}, "dns.timeout: must not be negative"),
+    ({"delivery": {"mode": "smtp"}}, "delivery.mode: expected one of maildir, forward, got 'smtp'"),
+    ({"delivery": {"mode": "forward"}}, "delivery.mode is forward but delivery.forward (HOST:PORT) is not set"),
+    ({"listen": ["localhost"]}, "listen[0]: expected HOST:PORT"),
+    ({"recording": {"enabled": "yes"}}, "recording.enabled: expected true or false, got 'yes'"),
+    ([1, 2], "the top level must be a mapping"),
+])
+def test_config_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as err:
+        from_mapping(data, "site.yaml")
+    assert message in str(err.value)
+
+
+def test_sizes_and_forward():
+    cfg = from_mapping({"limits": {"max_message_size": "25M"},
+                        "delivery": {"mode": "forward", "forward": "[::1]:2526"}})
+    assert cfg.max_message_size == 25 * 1024 * 1024
+    assert (cfg.forward_host, cfg.forward_port) == ("::1", 2526)
+
+
+def test_cli_config_error_exit_2_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("limits:\n  max_recipient: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "smtpfw", "serve", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown setting limits.max_recipient (did you mean limits.max_recipients?)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_invalid_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("limits: [\n")
+    proc = subprocess.run([sys.executable, "-m", "smtpfw", "serve", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "invalid YAML" in proc.stderr and "Traceback" not in proc.stderr
