@@ -37,6 +37,7 @@ class SessionState:
     helo_lower: str = ""
     esmtp: bool = False
     tls: bool = False
+    unrecognized: int = 0             # unknown commands so far this session
     # mail (auth is known by MAIL)
     auth: bool = False
     auth_user: str = ""

@@ -77,6 +77,8 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("client.ptr", STRING, C, _ptr_status, "PTR lookup result: found, none or failed",
                   _ptr_lookup, ("found", "none", "failed")),
         FieldSpec("client.fcrdns", BOOL, C, _fcrdns, "a PTR name resolves back to the client IP", _ptr_lookup),
+        FieldSpec("session.unrecognized", INT, C, lambda s: s.unrecognized,
+                  "unknown commands the client sent so far"),
         FieldSpec("helo", DOMAIN, H, lambda s: s.helo_lower, "the HELO/EHLO name"),
         FieldSpec("esmtp", BOOL, H, lambda s: s.esmtp, "the client said EHLO (not HELO)"),
         FieldSpec("tls", BOOL, H, lambda s: s.tls, "the session is encrypted (STARTTLS)"),

@@ -243,6 +243,7 @@ class FirewallSMTP(SMTP):
         handler = _COMMANDS.get(verb)
         if handler is None:
             self.unrecognized += 1
+            self.state.unrecognized = self.unrecognized
             if self.unrecognized >= self.cfg.max_unrecognized_commands:
                 await self.push(replies.TOO_MANY_UNRECOGNIZED)
                 self.close()

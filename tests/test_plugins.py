@@ -1,0 +1,66 @@
+"""Plugins: the API end to end, and containment of plugins that misbehave."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from smtpfw.lang.compiler import compile_ruleset
+from tests.support.server import running_server
+
+BODY = b"Subject: p\r\n\r\n" + b"x" * 100 + b"\r\n"
+
+
+def rules(plugin: str, args: str = "") -> str:
+    return f"""
+plugin p = "tests.support.plugins:{plugin}" {args}
+on data:
+    run p
+on rcpt:
+    accept if rcpt.domain in localnames
+    reject 554 5.7.1 "Relaying denied"
+"""
+
+
+def send(srv):
+    with smtplib.SMTP(*srv.address, timeout=10) as s:
+        s.ehlo("client.example")
+        try:
+            s.sendmail("a@b.example", ["u@localhost"], BODY)
+            return 250, b""
+        except smtplib.SMTPDataError as err:
+            return err.smtp_code, err.smtp_error
+
+
+@pytest.mark.parametrize("plugin", ["Raises", "Hangs", "Garbage", "Undeclared"])
+def test_misbehaving_plugin_costs_the_session_a_451(plugin, caplog):
+    with running_server(rules_text=rules(plugin)) as srv:
+        code, text = send(srv)
+        assert (code, text) == (451, b"4.3.0 Temporary local problem, try again later")
+        # the server goes on serving
+        with smtplib.SMTP(*srv.address, timeout=10) as s:
+            assert s.noop()[0] == 250
+    assert any(f"plugin p" in r.getMessage() for r in caplog.records)
+
+
+def test_plugin_decision_and_fields():
+    with running_server(rules_text=rules("Rejects", "{limit = 50}") +
+                        'on data:\n    tag big if p.size > 20\n') as srv:
+        assert send(srv) == (550, b"5.7.1 too big for the plugin")
+    with running_server(rules_text=rules("Rejects", "{limit = 5000}")) as srv:
+        assert send(srv)[0] == 250
+
+
+@pytest.mark.parametrize("target,message", [
+    ("tests.support.plugins:BadInit", "BadInit() failed: needs a key"),
+    ("tests.support.plugins:Nope", "has no Nope"),
+    ("no.such.module:X", "cannot import no.such.module"),
+    ("nocolon", "is not of the form"),
+])
+def test_plugin_load_errors_are_diagnostics(tmp_path, target, message):
+    path = tmp_path / "p.rules"
+    path.write_text(f'plugin p = "{target}"\non data:\n    run p\n')
+    ruleset, diags = compile_ruleset(path)
+    assert ruleset is None
+    assert [d.code for d in diags] == ["E801"] and message in diags[0].message
