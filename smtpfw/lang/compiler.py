@@ -444,7 +444,7 @@ class _Compiler:
             if spec.type == LIST:
                 return lambda s: bool(get(s))
             if spec.type != BOOL:
-                self.error("E202", f"`{spec.name}` is a {spec.type}, not yes/no", node.span,
+                self.error("E202", f"`{spec.name}` is {_tname(spec.type)}, not yes/no", node.span,
                            help=f"compare it, e.g. `{spec.name} = \"...\"` or `{spec.name} in <list>`")
                 return None
             return lambda s: bool(get(s))
@@ -461,9 +461,13 @@ class _Compiler:
     def _compare(self, spec: FieldSpec, node: ast.Compare):
         v, op, get = node.value, node.op, spec.get
         if op in ("<", "<=", ">", ">="):
-            if spec.type != INT or v.kind != "number":
-                self.error("E202", f"`{op}` compares numbers, but `{spec.name}` is a {spec.type}", node.span,
+            if spec.type != INT:
+                self.error("E202", f"`{op}` compares numbers, but `{spec.name}` is {_tname(spec.type)}", node.span,
                            help="use = or != for text; numeric fields are e.g. message.size, rcpt.count")
+                return None
+            if v.kind != "number":
+                self.error("E202", f"`{op}` compares numbers, but {v.text} is not a number", v.span,
+                           help="write a number, optionally with K, M or G: `message.size > 10M`")
                 return None
             n = v.value
             return {"<": lambda s: get(s) < n, "<=": lambda s: get(s) <= n,
@@ -496,7 +500,7 @@ class _Compiler:
                            help="to test a network, write `client.ip in 10.0.0.0/8`" if "/" in str(v.value) else None)
                 return _BAD
         if v.kind != "string" and not (v.kind == "address" and t in (STRING, DOMAIN)):
-            self.error("E202", f"`{spec.name}` is {t} text; write the value in quotes", v.span)
+            self.error("E202", f"`{spec.name}` is {_tname(t)}; write the value in quotes", v.span)
             return _BAD
         text = str(v.value)
         if spec.choices and text not in spec.choices:
@@ -510,7 +514,7 @@ class _Compiler:
 
     def _member(self, spec: FieldSpec, node: ast.Member):
         if node.within and spec.type != DOMAIN:
-            self.error("E202", f"`within` tests domains; `{spec.name}` is a {spec.type}", node.span,
+            self.error("E202", f"`within` tests domains; `{spec.name}` is {_tname(spec.type)}", node.span,
                        help="use a domain field such as sender.domain or rcpt.domain")
             return None
         if spec.type == BOOL:
@@ -584,7 +588,7 @@ class _Compiler:
 
     def _pattern(self, spec: FieldSpec, node: ast.Pattern):
         if spec.type in (BOOL, LIST, INT):
-            self.error("E202", f"`{node.kind}` tests text; `{spec.name}` is a {spec.type}", node.span)
+            self.error("E202", f"`{node.kind}` tests text; `{spec.name}` is {_tname(spec.type)}", node.span)
             return None
         source = str(node.pattern.value)
         if node.kind == "glob":
@@ -619,7 +623,7 @@ class _Compiler:
         if spec.type != want:
             hint = ("a dnsbl zone is looked up by IP: use client.ip" if kind == "dnsbl"
                     else "an rhsbl zone is looked up by domain: use sender.domain, helo or rcpt.domain")
-            self.error("E202", f"`{spec.name}` is a {spec.type}; a {kind} zone needs a{'n IP' if want == IP else ' domain'}",
+            self.error("E202", f"`{spec.name}` is {_tname(spec.type)}; a {kind} zone needs a{'n IP' if want == IP else ' domain'}",
                        node.field.span, help=hint)
             return None
         lk_kind = LookupKind.DNSBL if kind == "dnsbl" else LookupKind.RHSBL
@@ -648,6 +652,15 @@ class _Compiler:
         if node.negated:
             return lambda s: not listed(s)
         return listed
+
+
+_TYPE_NAMES = {"int": "number", "ip": "IP address", "domain": "domain", "address": "address",
+               "string": "text", "bool": "yes/no value", "list": "list of addresses"}
+
+
+def _tname(ftype: str) -> str:
+    name = _TYPE_NAMES.get(ftype, ftype)
+    return ("an " if name[0] in "aeiouAEIOU" else "a ") + name
 
 
 class _Bad:
