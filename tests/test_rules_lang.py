@@ -304,3 +304,12 @@ def test_include_cycle(tmp_path):
     (tmp_path / "b.rules").write_text('include "a.rules"\n')
     ruleset, diags = compile_ruleset(tmp_path / "a.rules")
     assert ruleset is None and diags[0].code == "E003" and "includes itself" in diags[0].message
+
+
+def test_every_field_is_documented():
+    from smtpfw.lang.fields import FIELDS
+    from tests.support.server import REPO
+
+    doc = (REPO / "docs" / "rules.md").read_text()
+    missing = [name for name in FIELDS if f"`{name}`" not in doc]
+    assert missing == []
