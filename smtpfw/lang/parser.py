@@ -211,7 +211,7 @@ class _ToAst(Transformer):
 
     # rules
     def label(self, meta, items):
-        return items[0]
+        return str(items[0])[1:-1]
 
     def rule(self, meta, items):
         label, monitor, action, condition = items
@@ -361,6 +361,7 @@ class _ToAst(Transformer):
 
 _WORDS = {
     "NAME": "a name",
+    "LABEL": "a rule id like [no-relay]",
     "STRING": 'a "quoted text"',
     "INT": "a number",
     "IPV4": "an IPv4 address or network",

@@ -88,6 +88,12 @@ def running_server(rules: str | os.PathLike | None = None, *, rules_text: str | 
             return
         started.set()
         loop.run_forever()
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -105,7 +111,6 @@ def running_server(rules: str | os.PathLike | None = None, *, rules_text: str | 
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
-            loop.close()
 
 
 def maildir_messages(path) -> list[bytes]:

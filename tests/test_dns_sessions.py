@@ -1,0 +1,109 @@
+"""DNS checks seen from SMTP sessions on the real server: budgets, failures,
+concurrency, IPv6 clients."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import smtplib
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.smtp_client import RawClient
+from tests.support.dnsserver import DnsServer, load_rbldnsd
+from tests.support.server import SHARED, running_server
+
+RULES = """
+zone bl  = dnsbl "bl.test"
+zone dbl = rhsbl "dbl.test"
+on connect:
+    [dnsbl] reject 554 5.7.1 "listed: {dnsbl.txt}" if client.ip listed in bl
+    [dnsbl-failed] tag dnsbl_failed if client.ip lookup failed in bl
+on mail:
+    [rhsbl] reject 550 5.7.1 "domain listed" if sender.domain listed in dbl
+on rcpt:
+    [failed] tempfail 451 4.7.1 "dnsbl lookup failed" if tagged dnsbl_failed
+    accept if rcpt.domain = "example.net"
+    reject 554 5.7.1 "Relaying denied"
+"""
+
+
+def one_session(address, source="127.0.0.1", sender="a@good.example"):
+    with smtplib.SMTP(*address, source_address=(source, 0), timeout=30) as s:
+        s.ehlo("client.example")
+        code = s.mail(sender)[0]
+        if code != 250:
+            return code
+        return s.rcpt("u@example.net")[0]
+
+
+def test_concurrent_sessions_do_not_serialise_dns():
+    """100 sessions, every DNS answer delayed 200 ms: a serial resolver would need 20 s+."""
+    with DnsServer([SHARED / "zones" / "bl.test", SHARED / "zones" / "dbl.test"], delay=0.2) as dns:
+        with running_server(rules_text=RULES, dns=dns, max_connections_per_ip=200) as srv:
+            start = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(100) as pool:
+                codes = list(pool.map(
+                    lambda i: one_session(srv.address, f"127.0.{1 + i // 200}.{10 + i % 200}",
+                                          f"user{i}@domain{i}.example"), range(100)))
+            elapsed = time.monotonic() - start
+    assert codes == [250] * 100
+    assert elapsed < 5.0, f"100 sessions took {elapsed:.1f}s"
+
+
+def test_dead_dns_session_completes_within_budget():
+    with DnsServer(mode="blackhole") as dns:
+        with running_server(rules_text=RULES, dns=dns, dns_timeout=5.0, dns_session_budget=0.5) as srv:
+            start = time.monotonic()
+            code = one_session(srv.address)
+            elapsed = time.monotonic() - start
+    assert code == 451            # the rule saw "lookup failed"
+    assert elapsed < 2.5
+
+
+@pytest.mark.parametrize("fault", [{"mode": "servfail"}, {"fixed_a": "127.255.255.254"}])
+def test_dns_faults_are_failures_not_listings(fault):
+    with DnsServer([SHARED / "zones" / "bl.test"], **fault) as dns:
+        with running_server(rules_text=RULES, dns=dns) as srv:
+            assert one_session(srv.address, source="127.0.0.2") == 451   # failed, not "listed"
+
+
+def test_listed_loopback_client_rejected_at_connect(shared_dns):
+    with running_server(rules_text=RULES, dns=shared_dns) as srv:
+        c = RawClient(srv.address, source="127.0.0.2")
+        assert c.reply() == "554 5.7.1 listed: Listed in bl.test: 127.0.0.2 is a test listing"
+        assert c.closed()
+        assert one_session(srv.address, sender="x@SPAM.example") == 550
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6_client_dnsbl():
+    with tempfile.TemporaryDirectory() as d:
+        zone = Path(d) / "bl.test"
+        zone.write_text(":127.0.0.2:IPv6 listed: $\n0:0:0:0:0:0:0:1\n")
+        with DnsServer([load_rbldnsd(zone, "bl.test", "ip4set")]) as dns:
+            with running_server(rules_text=RULES, dns=dns) as srv:
+                srv.call(_listen_v6, srv)
+                c = RawClient(("::1", srv.v6port))
+                assert c.reply() == "554 5.7.1 listed: IPv6 listed: ::1"
+
+
+async def _listen_v6(srv):
+    import asyncio
+    server = srv.server
+    factory = server.protocol_factory(server.config.listen[0])
+    listener = await asyncio.get_running_loop().create_server(factory, "::1", 0)
+    server.listeners.append(listener)
+    srv.v6port = listener.sockets[0].getsockname()[1]
