@@ -169,6 +169,17 @@ def test_data_line_too_long(client):
     assert client.reply().startswith("552 5.3.4")
 
 
+def test_data_line_of_exactly_998_octets_is_fine(client):
+    envelope(client)
+    client.cmd("DATA")
+    client.send(b"Subject: edge\r\n\r\n" + b"z" * 998 + b"\r\n.\r\n")
+    assert client.reply().startswith("250 2.0.0")
+    envelope(client)
+    client.cmd("DATA")
+    client.send(b"Subject: edge\r\n\r\n" + b"z" * 999 + b"\r\n.\r\n")
+    assert client.reply().startswith("552 5.3.4")
+
+
 def test_unknown_mail_parameter(client):
     greet(client)
     assert client.cmd("MAIL FROM:<a@b.example> FOO=BAR").startswith("555 5.5.4")

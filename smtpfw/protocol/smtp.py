@@ -38,7 +38,11 @@ session_log = logging.getLogger("smtpfw.session")
 COMMAND_LIMIT = 512            # RFC 5321 4.5.3.1.4, including CRLF
 ESMTP_EXTRA = 64               # room for SIZE=/BODY=/SMTPUTF8 parameters
 TEXT_LINE_LIMIT = 1000         # RFC 5321 4.5.3.1.6, including CRLF
-_LONG_LINE = re.compile(rb"[^\n]{%d}" % (TEXT_LINE_LIMIT - 1))
+# A line start followed by too many bytes: searched over the buffer, whose
+# leading CRLF makes the first line start with "\n" too.  The literal "\n"
+# prefix lets re skip to line starts (a bare [^\n]{999} tried every offset:
+# 3 ms per 100 KB message).
+_LONG_LINE = re.compile(rb"\n[^\n]{%d}" % TEXT_LINE_LIMIT)   # 998 octets + CR is the most allowed
 _ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}"
 
@@ -515,7 +519,7 @@ class FirewallSMTP(SMTP):
             return None, replies.BARE_LINEFEED
         if b"\x00" in body:
             return None, replies.DATA_NUL
-        if _LONG_LINE.search(body):
+        if _LONG_LINE.search(buf, 1, end + 2):
             return None, replies.DATA_LINE_TOO_LONG
         if b"\r\n." in buf[:end + 2]:
             body = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
