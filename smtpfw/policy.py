@@ -39,11 +39,14 @@ class RecordedDns:
 
 class Policy:
     def __init__(self, ruleset: Ruleset, state: SessionState, dns: DnsSource | None,
-                 trace: list | None = None):
+                 trace: list | None = None, notify=None):
         self.ruleset = ruleset
         self.state = state
         self.dns = dns
         self.trace = trace
+        # notify(stage, kind, rule_id, text): `log`/`warn` actions and
+        # monitor-mode refusals as they happen (the live server logs them).
+        self.notify = notify
         self.delayed: Decision | None = None     # smtpd_delay_reject: refusal held until RCPT
         self.delayed_stage: Stage | None = None
 
@@ -59,7 +62,13 @@ class Policy:
                 wanted = [lk for lk in rs.lookups(rs.dns_needs, stage, state) if lk not in state.dns]
                 if wanted:
                     state.dns.update(await self.dns.results(wanted))
+        logged, monitored = len(state.log_lines), len(state.monitored)
         decision = await self._evaluate(stage, message)
+        if self.notify is not None:
+            for kind, rule_id, text in state.log_lines[logged:]:
+                self.notify(stage, kind, rule_id, text)
+            for rule_id, would in state.monitored[monitored:]:
+                self.notify(stage, "monitor", rule_id, f"would {would.outcome.value}: {would.text or ''}".rstrip(": "))
         if rs.delay_reject:
             decision = self._delay(stage, decision)
         state.decisions.append((stage, decision, subject))

@@ -128,6 +128,7 @@ def log_line(record: dict, fmt: str) -> str:
         "size": data[-1]["size"] if data else None,
         "reply": (data[-1].get("reply") if data else None) or record.get("final_reply") or record["connect"]["reply"],
         "decided_by": [f"{stage}:{rule}" for stage, rule in decided],
+        "would": [f"{m['rule']}:{m['decision']['outcome']}" for m in record.get("monitored", ())],
         "ruleset": record["ruleset"],
         "duration_ms": round(record["duration"] * 1000, 1),
     }

@@ -313,3 +313,23 @@ def test_every_field_is_documented():
     doc = (REPO / "docs" / "rules.md").read_text()
     missing = [name for name in FIELDS if f"`{name}`" not in doc]
     assert missing == []
+
+
+def test_log_warn_and_monitor_reach_the_server_log(caplog):
+    import logging
+    import smtplib
+
+    from tests.support.server import running_server
+
+    rules = ('on helo:\n    log "hello from {helo}"\n    warn "odd helo" if helo like "*.odd"\n'
+             'on rcpt:\n    [m] monitor reject "would block {rcpt}"\n    accept\n')
+    with caplog.at_level(logging.INFO, logger="smtpfw.session"):
+        with running_server(rules_text=rules) as srv:
+            with smtplib.SMTP(*srv.address, timeout=10) as s:
+                s.ehlo("x.odd")
+                s.mail("a@b.example")
+                assert s.rcpt("u@localhost")[0] == 250
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "hello from x.odd" in text and "odd helo" in text
+    assert "monitor rule=m at=rcpt" in text and "would reject: would block u@localhost" in text
+    assert "would=m:reject" in text

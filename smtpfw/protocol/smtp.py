@@ -177,7 +177,7 @@ class FirewallSMTP(SMTP):
             return
         self.admitted = True
         self.dns = DnsSession(self.server.resolver, self.cfg.dns_session_budget)
-        self.policy = Policy(self.ruleset, st, self.dns)
+        self.policy = Policy(self.ruleset, st, self.dns, notify=self._notify)
         decision = await self.policy.run(Stage.CONNECT)
         if decision.outcome.refuses:
             reply = replies.for_decision(Stage.CONNECT, decision)
@@ -256,6 +256,12 @@ class FirewallSMTP(SMTP):
             return
         self._reset_timeout()
         await handler(self, arg)
+
+    def _notify(self, stage: Stage, kind: str, rule_id: str, text: str) -> None:
+        """`log`/`warn` actions and monitor-mode refusals, as they happen."""
+        level = logging.INFO if kind == "log" else logging.WARNING
+        session_log.log(level, "session=%s %s rule=%s at=%s client=%s: %s", self.state.session_id, kind,
+                        rule_id, stage.value, self.state.client_ip, text)
 
     # ---- decisions -> replies ----------------------------------------------
 
