@@ -35,6 +35,7 @@ class Config:
     rules: str = ""                      # "" = the shipped rules/default.rules
     workers: int = 0                     # 0 = one per CPU
     shutdown_grace: float = 30.0
+    reload_on_change: bool = False       # also reload when a rule or list file changes
     delivery_mode: str = "maildir"
     maildir: str = "./var/maildir"
     forward_host: str = ""
@@ -163,7 +164,8 @@ def _headers(v, where):
 
 SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "": {"listen": ("listen", _listen), "hostname": ("hostname", _str), "rules": ("rules", _str)},
-    "server": {"workers": ("workers", _workers), "shutdown_grace": ("shutdown_grace", _num(float))},
+    "server": {"workers": ("workers", _workers), "shutdown_grace": ("shutdown_grace", _num(float)),
+               "reload_on_change": ("reload_on_change", _bool)},
     "delivery": {
         "mode": ("delivery_mode", _choice("maildir", "forward")),
         "maildir": ("maildir", _str),

@@ -58,6 +58,7 @@ class Ruleset:
     plugins: dict[str, object] = field(default_factory=dict)   # name -> plugin instance
     sources: dict[str, str] = field(default_factory=dict)      # file -> text (for messages)
     rules: tuple[CompiledRule, ...] = ()                        # all rules, in source order
+    files: tuple[str, ...] = ()                                 # rule and list files read
 
     @property
     def monitor_all(self) -> bool:

@@ -119,6 +119,28 @@ class Server:
         log.info("rules reloaded from %s: version %s", self.rules_path, ruleset.version)
         return None
 
+    async def watch(self, interval: float = 1.0) -> None:
+        """Reload when a rule or list file changes (server.reload_on_change).
+        A file caught half-written fails to compile and is retried on the
+        next change; the running ruleset stays meanwhile."""
+        def stamp():
+            out = []
+            for path in self.ruleset.files:
+                try:
+                    st = os.stat(path)
+                    out.append((path, st.st_mtime_ns, st.st_size))
+                except OSError:
+                    out.append((path, None, None))
+            return out
+
+        seen = stamp()
+        while self.accepting:
+            await asyncio.sleep(interval)
+            now = stamp()
+            if now != seen:
+                self.reload()
+                seen = stamp()
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting; let sessions finish for ``grace`` s; then 421 them."""
         grace = self.config.shutdown_grace if grace is None else grace
@@ -163,6 +185,7 @@ async def _run_worker(cfg: Config, ruleset: Ruleset, rules_path: str,
     loop = asyncio.get_running_loop()
     server = Server(cfg, ruleset, rules_path, loop)
     await server.start(sockets)
+    watcher = asyncio.ensure_future(server.watch()) if cfg.reload_on_change else None
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -171,6 +194,8 @@ async def _run_worker(cfg: Config, ruleset: Ruleset, rules_path: str,
         ready(server)
     await stop.wait()
     log.info("shutting down: %d sessions in flight, grace %.0fs", len(server.sessions), cfg.shutdown_grace)
+    if watcher is not None:
+        watcher.cancel()
     await server.stop()
 
 

@@ -177,3 +177,30 @@ def test_two_workers_share_the_port(tmp_path):
     finally:
         assert srv.stop() == 0
     assert len(list((tmp_path / "md" / "new").iterdir())) == 20
+
+
+def test_reload_on_file_change(tmp_path):
+    rules = tmp_path / "site.rules"
+    (tmp_path / "blocked").write_text("a.example\n")
+    rules.write_text('list blocked = file "blocked"\n'
+                     'on rcpt:\n    [gate] reject 554 5.7.1 "closed" if rcpt.domain in blocked\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  reload_on_change: true\n")
+    srv = Serve("--config", str(cfg), "--rules", str(rules), "--listen", "127.0.0.1:0", "--workers", "1",
+                "--maildir", str(tmp_path / "md"))
+
+    def rcpt(domain):
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+            s.ehlo("client.example")
+            s.mail("x@y.example")
+            return s.rcpt(f"u@{domain}")[0]
+
+    try:
+        assert rcpt("b.example") == 250
+        (tmp_path / "blocked").write_text("a.example\nb.example\n")   # a list file changes
+        deadline = time.monotonic() + 10
+        while rcpt("b.example") != 554:
+            assert time.monotonic() < deadline, "list change was not picked up"
+            time.sleep(0.2)
+    finally:
+        srv.stop()

@@ -95,7 +95,8 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
                 raw = fh.read()
         except OSError as err:
             code = "E003" if include_span else "E001"
-            diags.append(Diagnostic(code, f"cannot read {path}: {err.strerror or err}", include_span))
+            diags.append(Diagnostic(code, f"cannot read {path}: {err.strerror or err}",
+                                    include_span or Span.point(path, 1, 1)))
             return
         text = raw.decode("utf-8", errors="replace")
     prog.sources[path] = text
@@ -168,6 +169,7 @@ class _Compiler:
         self.used_zones: set[str] = set()
         self.used_plugins: set[str] = set()
         self.version_parts: list[bytes] = []
+        self.list_files: list[str] = []
 
     def error(self, code: str, message: str, span: Span | None, help: str | None = None) -> None:
         self.diags.append(Diagnostic(code, message, span, help=help))
@@ -203,6 +205,7 @@ class _Compiler:
             plugins=self.plugin_objects,
             sources=dict(self.prog.sources),
             rules=tuple(rules),
+            files=tuple(self.prog.files) + tuple(self.list_files),
         )
 
     def _options(self) -> dict[str, object]:
@@ -579,6 +582,7 @@ class _Compiler:
                 self.error(d.code, d.message, decl.span,
                            help=f"the path is relative to the rule file's folder ({base or '.'})")
             if entries is not None:
+                self.list_files.append(path)
                 try:
                     self.version_parts.append(Path(path).read_bytes())
                 except OSError:
