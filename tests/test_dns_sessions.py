@@ -107,3 +107,27 @@ async def _listen_v6(srv):
     listener = await asyncio.get_running_loop().create_server(factory, "::1", 0)
     server.listeners.append(listener)
     srv.v6port = listener.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("records,expected", [
+    ({("1.0.0.127.in-addr.arpa.", "PTR"): ["host.test."], ("host.test.", "A"): ["127.0.0.1"]},
+     "rdns=host.test ptr=found fcrdns=yes"),
+    ({("1.0.0.127.in-addr.arpa.", "PTR"): ["liar.test."], ("liar.test.", "A"): ["192.0.2.9"]},
+     "rdns=liar.test ptr=found fcrdns=no"),
+    ({}, "rdns= ptr=none fcrdns=no"),
+])
+def test_reverse_dns_fields(records, expected):
+    rules = """
+on connect:
+    tag fcrdns if client.fcrdns
+on rcpt:
+    [show] reject 550 5.7.1 "rdns={client.rdns} ptr={client.ptr} fcrdns=yes" if tagged fcrdns
+    [show2] reject 550 5.7.1 "rdns={client.rdns} ptr={client.ptr} fcrdns=no"
+"""
+    with DnsServer(records=records, authoritative=["in-addr.arpa.", "test."]) as dns:
+        with running_server(rules_text=rules, dns=dns) as srv:
+            with smtplib.SMTP(*srv.address, timeout=10) as s:
+                s.ehlo("client.example")
+                s.mail("a@b.example")
+                code, text = s.rcpt("u@localhost")
+    assert text.decode() == "5.7.1 " + expected
