@@ -298,9 +298,13 @@ def run_load(source: list[str], wl: Workload, messages: int, port: int) -> dict:
 
 
 def measure(name: str, server: Service | None, source: list[str], wl: Workload, messages: int,
-            port: int, sink: SinkCounter | None) -> dict:
+            port: int, sink: SinkCounter | None, helpers: list[int] = ()) -> dict:
+    """One run of ``wl`` against ``port``.  ``helpers`` (sink, DNS server) are
+    counted apart, so that CPU used by anything else on the machine (other
+    load that skews the comparison) shows as ``others_cpu_pct``."""
     pids = procstat.tree(server.pid) if server else []
     cpu0 = procstat.cpu_seconds(pids)
+    help0 = procstat.cpu_seconds(list(helpers))
     busy0, total0 = procstat.machine_cpu()
     sink0 = sink.count if sink else 0
     sampler = procstat.MemorySampler(server.pid) if server else None
@@ -316,7 +320,9 @@ def measure(name: str, server: Service | None, source: list[str], wl: Workload, 
             sampler.__exit__(None, None, None)
     busy1, total1 = procstat.machine_cpu()
     cpu1 = procstat.cpu_seconds(procstat.tree(server.pid)) if server else 0.0
+    help1 = procstat.cpu_seconds(list(helpers))
     wall = load["end"] - load["start"]
+    busy_pct = 100 * (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
     out = {
         "server": name,
         "workload": wl.name,
@@ -325,7 +331,10 @@ def measure(name: str, server: Service | None, source: list[str], wl: Workload, 
         "wall_s": round(wall, 3),
         "accepted_per_s": round(messages / wall, 1) if load["rc"] == 0 else 0.0,
         "loadgen_cpu_pct": round(100 * load["loadgen_cpu_s"] / wall, 1),
-        "machine_busy_pct": round(100 * (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1), 1),
+        "machine_busy_pct": round(busy_pct, 1),
+        "helpers_cpu_pct": round(100 * (help1 - help0) / wall, 1),
+        "others_cpu_pct": round(max(0.0, busy_pct - 100 * (cpu1 - cpu0 + help1 - help0
+                                                            + load["loadgen_cpu_s"]) / wall), 1),
     }
     if load["rc"] != 0:
         out["error"] = load["error"] or f"load generator exit code {load['rc']}"
@@ -362,7 +371,7 @@ def summarize(runs: list[dict], workloads: list[Workload]) -> dict:
             entry[key] = {m: stat([r[m] for r in rows if m in r])
                           for m in ("accepted_per_s", "delivered_per_s", "server_cpu_ms_per_msg",
                                     "peak_rss_mb", "peak_pss_mb", "loadgen_cpu_pct", "server_cpu_pct",
-                                    "machine_busy_pct")
+                                    "helpers_cpu_pct", "machine_busy_pct", "others_cpu_pct")
                           if any(m in r for r in rows)}
             entry[key]["failed_runs"] = sum(1 for r in rows if not r["ok"])
         out[wl.name] = entry
@@ -410,14 +419,16 @@ def markdown(result: dict) -> str:
         f"event loop: {cfg['event_loop']}",
         f"- Load: {cfg['loadgen']}; sink: {cfg['sink']}",
         f"- {cfg['reps']} repetition(s); median (min–max). Accept = messages / load generator wall time; "
-        "delivered = until the sink counted them all.",
+        "delivered = until the sink counted them all. CPU ms/msg = utime+stime of the server's process tree "
+        "per message. Others' CPU % = machine CPU used by processes other than the server, load generator, "
+        "sink and DNS server during the run (200 = both cores): where it is high the run was disturbed.",
         "",
     ]
     if cfg.get("notes"):
         lines += [f"**Note:** {n}" for n in cfg["notes"]] + [""]
     lines += ["| workload | server | accepted msg/s | delivered msg/s | CPU ms/msg | peak RSS MB | peak PSS MB "
-              "| load gen CPU % | ratio to baseline |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| load gen CPU % | others' CPU % | ratio to baseline |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in result["summary"].items():
         for key in ("smtpfw", "baseline", "ceiling"):
             s = e[key]
@@ -431,7 +442,7 @@ def markdown(result: dict) -> str:
                 f"| {name}) {e['description']} | {label}{failed} | {_fmt(s.get('accepted_per_s', {}))} "
                 f"| {_fmt(s.get('delivered_per_s', {}))} | {_fmt(s.get('server_cpu_ms_per_msg', {}), 2)} "
                 f"| {_fmt(s.get('peak_rss_mb', {}))} | {_fmt(s.get('peak_pss_mb', {}))} "
-                f"| {_fmt(s.get('loadgen_cpu_pct', {}))} | {ratio} |")
+                f"| {_fmt(s.get('loadgen_cpu_pct', {}))} | {_fmt(s.get('others_cpu_pct', {}))} | {ratio} |")
     lines += ["", "## Targets (issue 8)", "", "| target | measured | met |", "|---|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
@@ -522,9 +533,10 @@ def main(argv: list[str] | None = None) -> int:
 
         log(f"smtpfw :{fw_port} ({args.workers} workers, {event_loop}), baseline :{base_port}, "
             f"sink :{sink_port} ({sink_name}), dns :{dns_port}; load: {loadgen}")
+        helpers = [sink.pid, dns.pid]
         warm = Workload("warm-up", 300, 2048, 20, 0)
         for server, port, sk in ((fw, fw_port, counter), (base, base_port, None)):
-            r = measure(server.name, server, source, warm, warm.messages, port, sk)
+            r = measure(server.name, server, source, warm, warm.messages, port, sk, helpers)
             if not r["ok"]:
                 raise RuntimeError(f"warm-up against {server.name} failed: {r.get('error')}\n"
                                    f"see {server.log_path}")
@@ -536,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = QUICK_MESSAGES if args.quick else {w: WORKLOADS[w].messages for w in WORKLOADS}
         if not args.no_ceiling:
             for wl in workloads:
-                runs.append(measure("ceiling", None, source, wl, scale[wl.name], sink_port, None))
+                runs.append(measure("ceiling", None, source, wl, scale[wl.name], sink_port, None, helpers))
                 log(f"  ceiling  {wl.name}: {runs[-1]['accepted_per_s']:8.1f} msg/s straight to smtp-sink")
         for rep in range(reps):
             for wl in workloads:
@@ -544,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                                                ("smtpfw", fw, fw_port, counter)):
                     server.check()
                     time.sleep(0.3)
-                    r = measure(name, server, source, wl, scale[wl.name], port, sk)
+                    r = measure(name, server, source, wl, scale[wl.name], port, sk, helpers)
                     r["rep"] = rep + 1
                     runs.append(r)
                     log(f"  rep {rep + 1} {wl.name} {name:8}: {r['accepted_per_s']:8.1f} msg/s"
