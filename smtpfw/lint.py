@@ -11,16 +11,26 @@ from smtpfw.lint_output import format_json, format_text, use_color
 
 def collect_files(paths: list[str]) -> tuple[list[str], list[str]]:
     """Rule files named or found under folders; and paths that do not exist."""
-    files, missing = [], []
+    files, _found, missing = _collect(paths)
+    return files, missing
+
+
+def _collect(paths: list[str]) -> tuple[list[str], set[str], list[str]]:
+    files: list[str] = []
+    found: set[str] = set()       # files found by walking a folder (not named)
+    missing: list[str] = []
     for path in paths:
         if os.path.isdir(path):
-            for root, _dirs, names in os.walk(path):
-                files += [os.path.join(root, n) for n in sorted(names) if n.endswith(".rules")]
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                walked = [os.path.join(root, n) for n in sorted(names) if n.endswith(".rules")]
+                files += walked
+                found.update(walked)
         elif os.path.exists(path):
             files.append(path)
         else:
             missing.append(path)
-    return files, missing
+    return files, found, missing
 
 
 def lint_file(path: str) -> tuple[list[Diagnostic], dict[str, str]]:
@@ -30,6 +40,39 @@ def lint_file(path: str) -> tuple[list[Diagnostic], dict[str, str]]:
     return check_ruleset(path)
 
 
+def lint_files(files: list[str], walked: set[str] = frozenset()) -> tuple[list[Diagnostic], dict[str, str], list[str]]:
+    """Lint each ruleset.  A file found in a folder that another ruleset
+    includes is checked as part of that ruleset, not on its own (alone it
+    would look like a ruleset without rcpt rules, with unknown lists...)."""
+    results = []
+    reads: dict[str, set[str]] = {}    # ruleset -> the other files it read
+    for path in files:
+        found, srcs = lint_file(path)
+        results.append((path, found, srcs))
+        root = os.path.realpath(path)
+        reads[root] = {os.path.realpath(f) for f in srcs} - {root}
+
+    def part_of_another(path: str) -> bool:
+        me = os.path.realpath(path)
+        return any(me in others and root not in reads.get(me, ())   # (an include loop: keep both)
+                   for root, others in reads.items() if root != me)
+    diags: list[Diagnostic] = []
+    sources: dict[str, str] = {}
+    seen: set = set()
+    linted: list[str] = []
+    for path, found, srcs in results:
+        if path in walked and part_of_another(path):
+            continue
+        linted.append(path)
+        sources.update(srcs)
+        for d in found:
+            key = (d.code, d.message, d.span)
+            if key not in seen:     # a file included by two rulesets is reported once
+                seen.add(key)
+                diags.append(d)
+    return diags, sources, linted
+
+
 def run_lint(args) -> int:
     from smtpfw.cli import load_settings
 
@@ -37,7 +80,7 @@ def run_lint(args) -> int:
     if not paths:
         _cfg, rules = load_settings(args)
         paths = [rules]
-    files, missing = collect_files(paths)
+    files, walked, missing = _collect(paths)
     if missing:
         for m in missing:
             print(f"smtpfw lint: {m}: no such file or folder", file=sys.stderr)
@@ -45,12 +88,7 @@ def run_lint(args) -> int:
     if not files:
         print("smtpfw lint: no .rules files found", file=sys.stderr)
         return 2
-    diags: list[Diagnostic] = []
-    sources: dict[str, str] = {}
-    for path in files:
-        found, srcs = lint_file(path)
-        diags += found
-        sources.update(srcs)
+    diags, sources, files = lint_files(files, walked)
     threshold = Severity(args.fail_on).rank
     if args.format == "json":
         sys.stdout.write(format_json(diags, files))

@@ -19,40 +19,44 @@ _COLORS = {Severity.ERROR: "\033[1;31m", Severity.WARNING: "\033[1;33m", Severit
 _BOLD, _BLUE, _RESET = "\033[1m", "\033[1;34m", "\033[0m"
 
 
-def _source_line(d: Diagnostic, sources: dict[str, str] | None) -> str | None:
+def _source_line(d: Diagnostic, sources: dict[str, str] | None, cache: dict) -> str | None:
     span = d.span
     if span is None:
         return None
-    text = (sources or {}).get(span.file)
-    if text is None:
-        try:
-            with open(span.file, "rb") as fh:
-                text = fh.read(4 * 1024 * 1024).decode("utf-8", "replace")
-        except OSError:
-            return None
-    lines = text.splitlines()
+    lines = cache.get(span.file)
+    if lines is None:
+        text = (sources or {}).get(span.file)
+        if text is None:
+            try:
+                with open(span.file, "rb") as fh:
+                    text = fh.read(4 * 1024 * 1024).decode("utf-8", "replace")
+            except OSError:
+                text = None
+        # line numbers count "\n" only, as the parser does (not str.splitlines)
+        lines = cache[span.file] = text.split("\n") if text is not None else []
     if 1 <= span.line <= len(lines):
-        return lines[span.line - 1]
+        return lines[span.line - 1].rstrip("\r")
     return None
 
 
 def format_text(diags: list[Diagnostic], sources: dict[str, str] | None = None,
                 color: bool = False, summary: bool = False) -> str:
     out: list[str] = []
+    cache: dict[str, list[str]] = {}
     for d in diags:
         c = (lambda code, s: f"{code}{s}{_RESET}") if color else (lambda code, s: s)
         level = d.level
         where = f"{d.span}: " if d.span else ""
         out.append(f"{c(_BOLD, where)}{c(_COLORS[level], f'{level.value}[{d.code}]')} {d.message}")
-        line = _source_line(d, sources)
+        line = _source_line(d, sources, cache)
         if line is not None and d.span is not None:
-            line = line.replace("\t", " ")
+            line = "".join(ch if ch.isprintable() else ("\ufffd" if ch != "\t" else " ") for ch in line[:300])
             num = str(d.span.line)
             pad = " " * len(num)
             width = (d.span.end_column - d.span.column) if d.span.end_line == d.span.line else len(line) - d.span.column + 1
             width = max(1, min(width, max(1, len(line) - d.span.column + 1)))
             out.append(f"{pad} {c(_BLUE, '|')}")
-            out.append(f"{c(_BLUE, num)} {c(_BLUE, '|')} {line[:300]}")
+            out.append(f"{c(_BLUE, num)} {c(_BLUE, '|')} {line}")
             out.append(f"{pad} {c(_BLUE, '|')} {' ' * (d.span.column - 1)}{c(_COLORS[level], '^' * width)}")
         if d.help:
             out.append(f"{' ' * (len(str(d.span.line)) if d.span else 0)} = help: {d.help}")

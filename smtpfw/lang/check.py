@@ -1,16 +1,965 @@
-"""Lint checks beyond what the compiler rejects.  (Grown by the lint issue.)"""
+"""Lint checks beyond what the compiler rejects.
+
+``check_ruleset`` is what ``smtpfw lint`` runs for one ruleset file.  It
+compiles the ruleset (``compile_ruleset`` reports syntax, names, types,
+lists, regexes, reply codes and plugins) and then runs semantic checks over
+the parsed rules:
+
+- W402  a glob or regex that can never match its field
+- W601  a rule after an unconditional terminal rule in the same hook
+- W602  a rule whose condition an earlier terminal rule already covers
+- W603  a list, zone or plugin that is declared but never used
+- E701  open relay: an untrusted client can get a non-local recipient accepted
+- W702  a rule that refuses the null sender <> (bounces)
+- H703  a well-known public DNSBL used without a return-code filter
+
+The checks read the AST (``load_program``); W702 and E701 also evaluate the
+compiled condition leaves, which are pure functions of ``SessionState``.
+Checks that need the whole ruleset (W603, E701) are skipped when a file could
+not be read or parsed, so a syntax error does not also cause noise.
+
+Lint never raises: a failing check becomes one diagnostic of its own code.
+"""
 
 from __future__ import annotations
 
-from smtpfw.diagnostics import Diagnostic
-from smtpfw.lang.compiler import compile_ruleset
+import fnmatch
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from smtpfw.checks.lists import Entry, build_matcher, read_list_file
+from smtpfw.diagnostics import Diagnostic, Span
+from smtpfw.lang import ast
+from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_ruleset, load_program
+from smtpfw.lang.fields import ADDRESS, DOMAIN, INT, IP, STRING, lookup_field
+from smtpfw.session import SessionState
+
+try:  # the regex parser, to see what a pattern requires
+    import re._parser as _sre_parse  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - Python < 3.11
+    import sre_parse as _sre_parse  # type: ignore[no-redef]
+
+# Three-valued logic for "can this be true for a client like that?"
+TRUE, FALSE, UNKNOWN = "true", "false", "unknown"
+
+REFUSALS = ("reject", "tempfail", "disconnect")
+MAX_DEPTH = 60                 # deeper conditions are not analysed (the compiler checks them)
+IMPLICATION_BUDGET = 100_000   # W602: pairwise comparisons per ruleset
+RELAY_DOMAIN = "relay.invalid"  # a recipient domain that no ruleset calls local
 
 
-def check_ruleset(path: str) -> tuple[list[Diagnostic], dict[str, str]]:
+def check_ruleset(path: str | os.PathLike) -> tuple[list[Diagnostic], dict[str, str]]:
     """Diagnostics for one ruleset file, and the sources read (for context)."""
+    path = str(path)
     try:
-        ruleset, diags = compile_ruleset(path, load_plugins=True)
+        ruleset, compiled_diags = compile_ruleset(path, load_plugins=True)
+        diags = list(compiled_diags)
     except Exception as err:  # lint must never crash
-        return [Diagnostic("E002", f"internal error while checking: {err!r}")], {}
-    sources = dict(ruleset.sources) if ruleset is not None else {}
-    return list(diags), sources
+        ruleset = None
+        diags = [_internal("E002", "compiling", err, Span.point(path, 1, 1))]
+    sources: dict[str, str] = dict(ruleset.sources) if ruleset is not None else {}
+    try:
+        prog, _ = load_program(path)
+    except Exception:  # already reported by compile_ruleset
+        return _finish(diags), sources
+    sources.update(prog.sources)
+    complete = not any(d.code in ("E001", "E002", "E003") for d in diags)
+    diags += _Linter(prog, ruleset, complete).run()
+    return _finish(diags), sources
+
+
+def _finish(diags: list[Diagnostic]) -> list[Diagnostic]:
+    seen, out = set(), []
+    for d in diags:
+        key = (d.code, d.message, d.span)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return sorted(out, key=Diagnostic.sort_key)
+
+
+def _internal(code: str, what: str, err: BaseException, span: Span | None) -> Diagnostic:
+    return Diagnostic(code, f"internal error while {what}: {type(err).__name__}: {err}"[:300], span,
+                      help="this is a bug in smtpfw lint, not in your rules; please report it with the rule file")
+
+
+# ---- walking conditions ------------------------------------------------------
+
+def _leaves(cond) -> Iterator:
+    stack = [cond]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.And, ast.Or)):
+            stack.extend(reversed(node.operands))
+        elif isinstance(node, ast.Not):
+            stack.append(node.operand)
+        elif node is not None:
+            yield node
+
+
+def _depth(cond) -> int:
+    best = 0
+    stack = [(cond, 1)]
+    while stack:
+        node, d = stack.pop()
+        best = max(best, d)
+        if isinstance(node, (ast.And, ast.Or)):
+            stack.extend((n, d + 1) for n in node.operands)
+        elif isinstance(node, ast.Not):
+            stack.append((node.operand, d + 1))
+    return best
+
+
+def _field_name(leaf) -> str | None:
+    f = getattr(leaf, "field", None)
+    return f.name if isinstance(f, ast.Field) else None
+
+
+def _field_type(name: str | None) -> str | None:
+    if name is None:
+        return None
+    spec = lookup_field(name)
+    return spec.type if spec is not None else None
+
+
+def _where(rule: ast.Rule, here: str | None = None) -> str:
+    """How a message names a rule: by its id and where it is."""
+    loc = f"line {rule.span.line}" if here == rule.span.file else f"{rule.span.file}:{rule.span.line}"
+    if rule.label_given:
+        return f"rule `{rule.rule_id}` ({loc})"
+    return f"the `{rule.action.kind}` rule on {loc}" if here == rule.span.file else f"the `{rule.action.kind}` rule at {loc}"
+
+
+def _is_refusal(rule: ast.Rule) -> bool:
+    return rule.action.kind in REFUSALS and not rule.monitor
+
+
+def _ends_hook(rule: ast.Rule) -> bool:
+    return rule.action.terminal and not rule.monitor
+
+
+def _and3(values: Iterable[str]) -> str:
+    out = TRUE
+    for v in values:
+        if v == FALSE:
+            return FALSE
+        if v == UNKNOWN:
+            out = UNKNOWN
+    return out
+
+
+def _or3(values: Iterable[str]) -> str:
+    out = FALSE
+    for v in values:
+        if v == TRUE:
+            return TRUE
+        if v == UNKNOWN:
+            out = UNKNOWN
+    return out
+
+
+def _not3(v: str) -> str:
+    return {TRUE: FALSE, FALSE: TRUE}.get(v, UNKNOWN)
+
+
+def _eval3(cond, leaf_value: Callable[[object, bool], str], negated: bool = False) -> str:
+    """Evaluate a condition in three-valued logic.  ``leaf_value(leaf, negated)``
+    gives a leaf's value with the negation above it already applied, so a
+    caller can treat "the leaf made the rule true" differently."""
+    if cond is None:
+        return FALSE if negated else TRUE
+    if isinstance(cond, ast.Not):
+        return _eval3(cond.operand, leaf_value, not negated)
+    if isinstance(cond, (ast.And, ast.Or)):
+        values = (_eval3(n, leaf_value, negated) for n in cond.operands)
+        conj = isinstance(cond, ast.And) != negated
+        return _and3(values) if conj else _or3(values)
+    return leaf_value(cond, negated)
+
+
+# ---- canonical conditions (W602) --------------------------------------------
+
+def _norm_value(field: str, v: ast.Value):
+    ftype = _field_type(field)
+    if v.kind != "string" and v.kind != "address":
+        return (v.kind, v.value)
+    text = str(v.value)
+    if ftype == IP:
+        try:
+            return ("ip", str(ipaddress.ip_address(text)))
+        except ValueError:
+            return ("text", text)
+    if ftype == DOMAIN:
+        return ("text", text.lower().rstrip("."))
+    if field.startswith("header.") or (lookup_field(field) is not None and lookup_field(field).choices):
+        return ("text", text)
+    return ("text", text.lower())
+
+
+def _norm_target(field: str, target) -> tuple:
+    if isinstance(target, ast.ListRef):
+        return ("list", target.name)
+    items = target.items if isinstance(target, ast.InlineList) else (target,)
+    return ("items", frozenset(_norm_value(field, v)[1] for v in items))
+
+
+def _zone_key(z: ast.ZoneRef) -> tuple:
+    return ("name", z.name) if z.name is not None else (z.kind, z.domain)
+
+
+def _codes_key(c: ast.CodeFilter | None):
+    return None if c is None else (tuple(sorted(c.exact)), tuple(sorted(c.ranges)), tuple(sorted(c.masks)))
+
+
+def _canon(cond, negated: bool = False) -> tuple:
+    """A span-free form in negation normal form: equal conditions give equal
+    tuples, whatever their order of `and`/`or` operands."""
+    if isinstance(cond, ast.Not):
+        return _canon(cond.operand, not negated)
+    if isinstance(cond, (ast.And, ast.Or)):
+        conj = isinstance(cond, ast.And) != negated
+        parts = sorted({_canon(n, negated) for n in cond.operands}, key=repr)
+        if len(parts) == 1:
+            return parts[0]
+        return ("and" if conj else "or", tuple(parts))
+    if isinstance(cond, ast.Compare):
+        op = cond.op
+        if negated:
+            op = {"=": "!=", "!=": "=", "<": ">=", ">=": "<", ">": "<=", "<=": ">"}[op]
+        return ("cmp", cond.field.name, op, _norm_value(cond.field.name, cond.value))
+    if isinstance(cond, ast.Member):
+        return ("in", cond.field.name, cond.within, cond.negated != negated,
+                _norm_target(cond.field.name, cond.target))
+    if isinstance(cond, ast.Pattern):
+        return ("pat", cond.field.name, cond.kind, str(cond.pattern.value), cond.negated != negated)
+    if isinstance(cond, ast.Listed):
+        return ("listed", cond.field.name, _zone_key(cond.zone), _codes_key(cond.codes), cond.negated != negated)
+    if isinstance(cond, ast.LookupFailed):
+        leaf = ("failed", cond.field.name, _zone_key(cond.zone))
+    elif isinstance(cond, ast.Tagged):
+        leaf = ("tagged", cond.tag)
+    elif isinstance(cond, ast.Truthy):
+        leaf = ("truthy", cond.field.name)
+    else:
+        leaf = ("other", repr(cond))
+    return ("not", leaf) if negated else leaf
+
+
+def _interval(op: str, n) -> tuple[float, float] | None:
+    if not isinstance(n, int) or isinstance(n, bool):
+        return None
+    return {"=": (n, n), "<": (float("-inf"), n - 1), "<=": (float("-inf"), n),
+            ">": (n + 1, float("inf")), ">=": (n, float("inf"))}.get(op)
+
+
+def _plain_item(ftype: str | None, text: str) -> bool:
+    """An inline list item that names one value (not a network or a wildcard)."""
+    if ftype == IP:
+        return "/" not in text
+    if ftype == DOMAIN:
+        return not text.startswith((".", "*"))
+    if ftype == ADDRESS:
+        return not text.startswith("@") and "@" in text
+    return True
+
+
+# ---- regular expressions (W402) ---------------------------------------------
+
+_WHITESPACE = " \t\r\n\f\v"
+_DOMAIN_CANNOT = "@" + _WHITESPACE
+_IP_CAN = set("0123456789abcdefABCDEF.:")
+
+
+def _cannot_contain(ftype: str, name: str) -> Callable[[str], bool] | None:
+    """Characters a field's value can never contain, as a test; None if any."""
+    if ftype == DOMAIN and name != "helo":   # HELO is whatever the client sent
+        return lambda ch: ch in _DOMAIN_CANNOT
+    if ftype == IP:
+        return lambda ch: ch not in _IP_CAN
+    return None
+
+
+def _op(item) -> str:
+    return str(item[0])
+
+
+def _chars_of_set(items) -> set[str] | None:
+    chars: set[str] = set()
+    for op, av in items:
+        name = str(op)
+        if name == "NEGATE":
+            return None
+        if name == "LITERAL":
+            chars.add(chr(av))
+        elif name == "RANGE":
+            lo, hi = av
+            if hi - lo > 512:
+                return None
+            chars.update(chr(c) for c in range(lo, hi + 1))
+        elif name == "CATEGORY":
+            if str(av) == "CATEGORY_SPACE":
+                chars.update(_WHITESPACE)
+            else:
+                return None
+        else:
+            return None
+    return chars
+
+
+def _needs_impossible(seq, cannot: Callable[[str], bool], depth: int = 0) -> str | None:
+    """A character every match of ``seq`` must contain and the field cannot."""
+    if depth > 50:
+        return None
+    for op, av in seq:
+        name = str(op)
+        found = None
+        if name == "LITERAL":
+            ch = chr(av)
+            if cannot(ch) and cannot(ch.lower()) and cannot(ch.upper()):
+                found = ch
+        elif name == "IN":
+            chars = _chars_of_set(av)
+            if chars and all(cannot(c) and cannot(c.lower()) and cannot(c.upper()) for c in chars):
+                found = sorted(chars)[0]
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            lo, _hi, sub = av
+            if lo >= 1:
+                found = _needs_impossible(sub, cannot, depth + 1)
+        elif name == "SUBPATTERN":
+            found = _needs_impossible(av[-1], cannot, depth + 1)
+        elif name == "ATOMIC_GROUP":
+            found = _needs_impossible(av, cannot, depth + 1)
+        elif name == "BRANCH":
+            alts = [_needs_impossible(a, cannot, depth + 1) for a in av[1]]
+            if alts and all(alts):
+                found = alts[0]
+        elif name == "ASSERT":
+            direction, sub = av
+            found = _needs_impossible(sub, cannot, depth + 1)
+        if found:
+            return found
+    return None
+
+
+def _misplaced_anchor(parsed) -> str | None:
+    """`^` after text that must be matched, or `$` before it."""
+    if parsed.state.flags & re.MULTILINE:
+        return None
+    items = list(parsed.data)
+    widths = []
+    for it in items:
+        try:
+            widths.append(_sre_parse.SubPattern(parsed.state, [it]).getwidth()[0])
+        except Exception:
+            return None
+    for i, (op, av) in enumerate(items):
+        if str(op) != "AT":
+            continue
+        where = str(av)
+        if where in ("AT_BEGINNING", "AT_BEGINNING_STRING") and sum(widths[:i]) > 0:
+            return "`^` matches only at the start of the value, but the pattern needs text before it"
+        if where in ("AT_END", "AT_END_STRING") and sum(widths[i + 1:]) > 0:
+            rest = items[i + 1:]
+            if where == "AT_END" and len(rest) == 1 and str(rest[0][0]) == "LITERAL" and rest[0][1] == 10:
+                continue  # `$\n` can match a trailing newline
+            return "`$` matches only at the end of the value, but the pattern needs text after it"
+    return None
+
+
+# ---- public DNS lists (H703) ------------------------------------------------
+
+@dataclass(frozen=True)
+class PublicZone:
+    codes: str          # what to write inside `codes [...]`
+    meaning: str        # what the documented codes mean
+
+
+PUBLIC_ZONES: dict[str, PublicZone] = {
+    "zen.spamhaus.org": PublicZone("127.0.0.2-127.0.0.11",
+                                   "listings are 127.0.0.2-127.0.0.11 (SBL, CSS, XBL, PBL); 127.255.255.x are "
+                                   "errors such as a query through a public resolver, never a listing"),
+    "sbl.spamhaus.org": PublicZone("127.0.0.2-127.0.0.3, 127.0.0.9",
+                                   "listings are 127.0.0.2, 127.0.0.3 (CSS) and 127.0.0.9 (DROP); "
+                                   "127.255.255.x are errors, never a listing"),
+    "xbl.spamhaus.org": PublicZone("127.0.0.4-127.0.0.7",
+                                   "listings are 127.0.0.4-127.0.0.7; 127.255.255.x are errors, never a listing"),
+    "pbl.spamhaus.org": PublicZone("127.0.0.10-127.0.0.11",
+                                   "listings are 127.0.0.10 and 127.0.0.11; 127.255.255.x are errors, never a listing"),
+    "sbl-xbl.spamhaus.org": PublicZone("127.0.0.2-127.0.0.7",
+                                       "listings are 127.0.0.2-127.0.0.7; 127.255.255.x are errors, never a listing"),
+    "dbl.spamhaus.org": PublicZone("127.0.1.2-127.0.1.106",
+                                   "listings are 127.0.1.2-127.0.1.106; 127.0.1.255 (IP queried) and "
+                                   "127.255.255.x are errors, never a listing"),
+    "zrd.spamhaus.org": PublicZone("127.0.2.2-127.0.2.24",
+                                   "listings are 127.0.2.2-127.0.2.24 (hours since first seen); "
+                                   "127.255.255.x are errors, never a listing"),
+    "b.barracudacentral.org": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
+    "bl.spamcop.net": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
+    "dnsbl.sorbs.net": PublicZone("127.0.0.2-127.0.0.15",
+                                  "listings are 127.0.0.2-127.0.0.15, one per SORBS sub-list"),
+    "psbl.surriel.com": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
+    "bl.mailspike.net": PublicZone("127.0.0.2, 127.0.0.10-127.0.0.14",
+                                   "listings are 127.0.0.2 and the poor-reputation levels 127.0.0.10-127.0.0.14"),
+    "ix.dnsbl.manitu.net": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
+    "dnsbl-1.uceprotect.net": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
+    "dnsbl-2.uceprotect.net": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
+    "dnsbl-3.uceprotect.net": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
+    "cbl.abuseat.org": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
+    "multi.surbl.org": PublicZone("mask 216",
+                                  "answers are 127.0.0.x bitmasks: 8 PH, 16 MW, 64 ABUSE, 128 CR; "
+                                  "127.0.0.1 means the query was refused, never a listing"),
+    "multi.uribl.com": PublicZone("mask 14",
+                                  "answers are 127.0.0.x bitmasks: 2 black, 4 grey, 8 red; "
+                                  "127.0.0.1 means the query was refused, never a listing"),
+    "black.uribl.com": PublicZone("127.0.0.2", "a listing is 127.0.0.2; 127.0.0.1 means the query was refused"),
+}
+
+
+def public_zone(domain: str | None) -> tuple[str, PublicZone] | None:
+    """The known public list a zone domain names (also mirrors like
+    ``<key>.zen.dq.spamhaus.net``), or None."""
+    if not domain:
+        return None
+    d = domain.lower().rstrip(".")
+    dq = re.fullmatch(r"(?:[^.]+\.)?([a-z-]+)\.dq\.spamhaus\.net", d)
+    if dq:
+        d = f"{dq.group(1)}.spamhaus.org"
+    for name, info in PUBLIC_ZONES.items():
+        if d == name or d.endswith("." + name):
+            return name, info
+    return None
+
+
+# ---- the checks --------------------------------------------------------------
+
+class _Linter:
+    def __init__(self, prog: Program, ruleset, complete: bool):
+        self.prog = prog
+        self.ruleset = ruleset
+        self.complete = complete
+        self.diags: list[Diagnostic] = []
+        self.by_hook: dict[str, list[ast.Rule]] = {}
+        for rule in prog.rules:
+            self.by_hook.setdefault(rule.hook, []).append(rule)
+        self._matchers: dict[tuple, Callable | None] = {}
+        self._leaf_tests: dict | None = None
+        self._budget = IMPLICATION_BUDGET
+        self._deep = {id(r) for r in prog.rules if r.condition is not None and _depth(r.condition) > MAX_DEPTH}
+
+    def run(self) -> list[Diagnostic]:
+        checks = [("W402", "checking patterns", self.check_patterns),
+                  ("W601", "looking for unreachable and shadowed rules", self.check_order),
+                  ("W702", "checking how the null sender is treated", self.check_null_sender),
+                  ("H703", "checking DNS lists", self.check_public_zones)]
+        if self.complete:
+            checks += [("W603", "looking for unused declarations", self.check_unused),
+                       ("E701", "checking for an open relay", self.check_open_relay)]
+        for code, what, check in checks:
+            try:
+                check()
+            except Exception as err:  # lint must never crash
+                self.diags.append(_internal(code, what, err, Span.point(self.prog.root, 1, 1)))
+        return self.diags
+
+    def add(self, code: str, message: str, span: Span | None, help: str | None = None) -> None:
+        self.diags.append(Diagnostic(code, message, span, help=help))
+
+    def rules(self, hook: str) -> list[ast.Rule]:
+        return self.by_hook.get(hook, [])
+
+    def analysable(self, rule: ast.Rule) -> bool:
+        return id(rule) not in self._deep
+
+    # -- compiled leaves: pure functions over SessionState --------------------
+
+    def leaf_tests(self) -> dict:
+        """ast leaf -> compiled test, from the ruleset (or a best-effort
+        compile of the rules that do compile, when the ruleset has errors)."""
+        if self._leaf_tests is None:
+            tests: dict = {}
+            ruleset = self.ruleset
+            if ruleset is None:
+                try:
+                    from smtpfw.lang.compiler import _Compiler
+
+                    ruleset = _Compiler(self.prog, [], load_plugins=False).compile()
+                except Exception:
+                    ruleset = None
+            for compiled in getattr(ruleset, "rules", ()) or ():
+                for leaf, test in compiled.leaves:
+                    tests[leaf] = test
+            self._leaf_tests = tests
+        return self._leaf_tests
+
+    def leaf_on(self, leaf, state: SessionState) -> str:
+        test = self.leaf_tests().get(leaf)
+        if test is None:
+            return UNKNOWN
+        try:
+            return TRUE if test(state) else FALSE
+        except Exception:
+            return UNKNOWN
+
+    # -- lists -----------------------------------------------------------------
+
+    def matcher(self, target, field: str, within: bool) -> Callable | None:
+        """A membership test for a set a rule names (list or inline), or None."""
+        ftype = _field_type(field)
+        if ftype is None:
+            return None
+        element = ADDRESS if ftype == "list" else ftype
+        key = (_norm_target(field, target), element, within)
+        if key in self._matchers:
+            return self._matchers[key]
+        entries: list[Entry] | None = None
+        if isinstance(target, ast.ListRef):
+            if target.name in self.prog.lists:
+                decl, base = self.prog.lists[target.name]
+                if decl.items is not None:
+                    entries = [Entry(str(v.value), v.span) for v in decl.items.items]
+                elif decl.file is not None:
+                    entries, _ = read_list_file(os.path.join(base, decl.file), decl.file)
+            elif target.name in BUILTIN_LISTS:
+                span = Span.point("<built-in>", 1, 1)
+                entries = [Entry(t, span) for t in BUILTIN_LISTS[target.name]()]
+        else:
+            items = target.items if isinstance(target, ast.InlineList) else (target,)
+            entries = [Entry(str(v.value), v.span) for v in items]
+        m = None
+        if entries is not None:
+            m, problems = build_matcher(entries, element, within)
+            if any(d.code == "E302" for d in problems):
+                m = None
+        self._matchers[key] = m
+        return m
+
+    # -- W402 ------------------------------------------------------------------
+
+    def check_patterns(self) -> None:
+        for rule in self.prog.rules:
+            for leaf in _leaves(rule.condition):
+                if isinstance(leaf, ast.Pattern):
+                    self._pattern(leaf)
+
+    def _pattern(self, node: ast.Pattern) -> None:
+        spec = lookup_field(node.field.name)
+        if spec is None or spec.type not in (DOMAIN, ADDRESS, IP, STRING):
+            return
+        text = str(node.pattern.value)
+        source = fnmatch.translate(text) if node.kind == "glob" else text
+        try:
+            rx = re.compile(source, re.IGNORECASE)
+            parsed = _sre_parse.parse(source, re.IGNORECASE)
+        except (re.error, RecursionError, OverflowError, ValueError):
+            return  # E401 from the compiler
+        what = "glob" if node.kind == "glob" else "regular expression"
+        field = spec.name
+        reason = help_ = None
+        cannot = _cannot_contain(spec.type, field)
+        bad = _needs_impossible(parsed.data, cannot) if cannot is not None else None
+        if bad is not None:
+            shown = {" ": "a space", "\t": "a tab", "\n": "a line break", "\r": "a line break"}.get(bad, f"`{bad}`")
+            if spec.type == DOMAIN:
+                reason = f"it needs {shown}, and a domain never contains one"
+                if bad == "@" and field.endswith(".domain"):
+                    whole = field.rsplit(".", 1)[0]
+                    op = "matches" if node.kind == "regex" else "like"
+                    help_ = (f"to test the whole address write `{whole} {op} {node.pattern.text}`; "
+                             "to test the domain, leave out the part up to the `@`")
+                else:
+                    help_ = "a domain is letters, digits, `-` and `.`"
+            else:
+                reason = f"it needs {shown}, and an IP address is written with digits, a-f, `.` and `:` only"
+                help_ = "to test a network, write `client.ip in 10.0.0.0/8` instead of a pattern"
+        if reason is None and not field.startswith("header."):
+            reason = _misplaced_anchor(parsed)
+            if reason:
+                help_ = "put `^` first and `$` last, or remove them"
+        if reason is None and spec.choices:
+            if not any(rx.search(c) if node.kind == "regex" else rx.match(c) for c in spec.choices):
+                reason = f"`{field}` is always one of {', '.join(spec.choices)}, and the pattern matches none of them"
+                help_ = f"compare the value instead, e.g. `{field} = \"{spec.choices[0]}\"`"
+        if reason is None:
+            return
+        verb = "`not matches`" if node.kind == "regex" else "`not like`"
+        outcome = (f", so {verb} is always true" if node.negated else "")
+        message = f"this {what} can never match `{field}`{outcome}: {reason}"
+        self.add("W402", message, node.pattern.span, help_)
+
+    # -- W601 / W602 -------------------------------------------------------------
+
+    def check_order(self) -> None:
+        for hook, rules in self.by_hook.items():
+            blocker: ast.Rule | None = None
+            earlier: list[tuple[ast.Rule, tuple]] = []
+            exact: dict[tuple, ast.Rule] = {}
+            for rule in rules:
+                if blocker is not None:
+                    here = rule.span.file
+                    self.add("W601", f"this rule can never run: {_where(blocker, here)} has no condition, "
+                             f"so `on {hook}:` always ends there", rule.span,
+                             help=f"move this rule above {_where(blocker, here)}, or give that rule an `if` "
+                                  "condition")
+                    continue
+                if rule.condition is None:
+                    if _ends_hook(rule):
+                        blocker = rule
+                    continue
+                if not self.analysable(rule):
+                    continue
+                c = _canon(rule.condition)
+                shadow = exact.get(c)
+                same = shadow is not None
+                if shadow is None:
+                    for prev, pc in earlier:
+                        if self._budget <= 0:
+                            break
+                        self._budget -= 1
+                        if self.implies(c, pc):
+                            shadow = prev
+                            break
+                if shadow is not None:
+                    here = rule.span.file
+                    how = ("has the same condition" if same else "already matches everything this rule matches")
+                    decides = "" if shadow.action.kind == rule.action.kind else f" and decides first (`{shadow.action.kind}`)"
+                    self.add("W602", f"this rule never matches: {_where(shadow, here)} {how}{decides}",
+                             rule.span,
+                             help=("remove this rule" if same else
+                                   f"remove this rule, or move it above {_where(shadow, here)} if it should decide first"))
+                    continue
+                if _ends_hook(rule):
+                    exact.setdefault(c, rule)
+                    earlier.append((rule, c))
+
+    def implies(self, r: tuple, e: tuple, depth: int = 0) -> bool:
+        """True when condition ``r`` can only hold if ``e`` holds (sound, not complete)."""
+        if r == e:
+            return True
+        if depth > 20:
+            return False
+        if e[0] == "and":
+            return all(self.implies(r, x, depth + 1) for x in e[1])
+        if r[0] == "or":
+            return all(self.implies(x, e, depth + 1) for x in r[1])
+        if r[0] == "and" and any(self.implies(x, e, depth + 1) for x in r[1]):
+            return True
+        if e[0] == "or":
+            return any(self.implies(r, x, depth + 1) for x in e[1])
+        if r[0] in ("and", "or", "not") or e[0] in ("and", "or", "not"):
+            return False
+        try:
+            return self._leaf_implies(r, e)
+        except Exception:
+            return False
+
+    def _leaf_implies(self, r: tuple, e: tuple) -> bool:
+        if len(r) < 2 or len(e) < 2 or r[1] != e[1]:
+            return False
+        field = r[1]
+        ftype = _field_type(field)
+        # the values r allows, when r names them: `f = v` or `f in [v, w]`
+        values = None
+        if r[0] == "cmp" and r[2] == "=":
+            values = [r[3][1]]
+        elif r[0] == "in" and not r[3] and not r[2] and r[4][0] == "items":
+            if all(isinstance(v, str) and _plain_item(ftype, v) for v in r[4][1]):
+                values = sorted(r[4][1], key=repr)
+        if e[0] == "cmp":
+            if r[0] == "cmp" and ftype == INT:
+                ri, ei = _interval(r[2], r[3][1]), _interval(e[2], e[3][1])
+                if ri and ei:
+                    return ei[0] <= ri[0] and ri[1] <= ei[1]
+            if e[2] == "!=" and values is not None:
+                return e[3][1] not in values
+            if e[2] == "=" and values is not None:
+                return values == [e[3][1]]
+            return False
+        if e[0] == "in":
+            _, _, e_within, e_neg, e_target = e
+            if values is not None and all(isinstance(v, str) for v in values):
+                m = self._matcher_for(field, e_target, e_within)
+                if m is None:
+                    return False
+                hits = [bool(m(v)) for v in values]
+                return all(hits) if not e_neg else not any(hits)
+            if r[0] == "in" and r[3] and e_neg and r[2] == e_within and r[4][0] == e_target[0] == "items":
+                return e_target[1] <= r[4][1]      # not in a bigger set => not in a smaller one
+            return False
+        if e[0] == "pat" and values is not None:
+            _, _, kind, pattern, neg = e
+            source = fnmatch.translate(pattern) if kind == "glob" else pattern
+            try:
+                rx = re.compile(source, re.IGNORECASE)
+            except re.error:
+                return False
+            find = rx.search if kind == "regex" else rx.match
+            hits = [find(str(v)) is not None for v in values]
+            return all(hits) if not neg else not any(hits)
+        return False
+
+    def _matcher_for(self, field: str, target_key: tuple, within: bool):
+        if target_key[0] == "list":
+            target = ast.ListRef(target_key[1], Span.point("", 1, 1))
+        else:
+            span = Span.point("", 1, 1)
+            target = ast.InlineList(tuple(ast.Value("string", str(v), str(v), span) for v in sorted(target_key[1], key=repr)), span)
+        return self.matcher(target, field, within)
+
+    # -- W603 ------------------------------------------------------------------
+
+    def check_unused(self) -> None:
+        used_lists: set[str] = set()
+        used_zones: set[str] = set()
+        run_plugins: set[str] = set()
+        plugin_fields: dict[str, ast.Field] = {}
+        for rule in self.prog.rules:
+            if rule.action.kind == "run" and rule.action.arg:
+                run_plugins.add(rule.action.arg)
+            for leaf in _leaves(rule.condition):
+                if isinstance(leaf, ast.Member) and isinstance(leaf.target, ast.ListRef):
+                    used_lists.add(leaf.target.name)
+                elif isinstance(leaf, (ast.Listed, ast.LookupFailed)) and leaf.zone.name is not None:
+                    used_zones.add(leaf.zone.name)
+                name = _field_name(leaf)
+                if name and "." in name:
+                    plugin_fields.setdefault(name.split(".", 1)[0], leaf.field)
+        for name, (decl, _base) in self.prog.lists.items():
+            if name not in used_lists:
+                self.add("W603", f"list `{name}` is declared but no rule uses it", decl.name_span,
+                         help=f"remove the declaration, or test it in a rule, e.g. `reject if <field> in {name}`")
+        for name, zone in self.prog.zones.items():
+            if name not in used_zones:
+                field = "client.ip" if zone.kind == "dnsbl" else "sender.domain"
+                self.add("W603", f"zone `{name}` is declared but no rule uses it", zone.name_span,
+                         help=f"remove the declaration, or test it in a rule, e.g. `reject if {field} listed in {name}`")
+        for name, plugin in self.prog.plugins.items():
+            if name in run_plugins:
+                continue
+            if name in plugin_fields:
+                self.add("W603", f"plugin `{name}` is declared but never run, so its fields such as "
+                         f"`{plugin_fields[name].name}` are never set", plugin.name_span,
+                         help=f"add `run {name}` before the rules that test `{plugin_fields[name].name}`")
+            else:
+                self.add("W603", f"plugin `{name}` is declared but never run", plugin.name_span,
+                         help=f"remove the declaration, or add `run {name}` in the hook where it should run")
+
+    # -- E701 ------------------------------------------------------------------
+
+    def relay_leaf(self, leaf, negated: bool, tags: set[str]) -> str:
+        """Can this leaf be true for a client at an untrusted address, not
+        authenticated, asking for a recipient on a domain that is not local?"""
+        value = self._relay_leaf(leaf, tags)
+        return _not3(value) if negated else value
+
+    def _relay_leaf(self, leaf, tags: set[str]) -> str:
+        if isinstance(leaf, ast.Tagged):
+            return UNKNOWN if leaf.tag in tags else FALSE
+        name = _field_name(leaf)
+        if name in ("auth", "auth.user"):
+            state = SessionState(auth=False, auth_user="")
+            return self.leaf_on(leaf, state)
+        if name == "client.ip":
+            if isinstance(leaf, ast.Member):
+                return TRUE if leaf.negated else FALSE
+            if isinstance(leaf, ast.Compare) and leaf.op in ("=", "!="):
+                return FALSE if leaf.op == "=" else TRUE
+            if isinstance(leaf, ast.Pattern):
+                return TRUE if leaf.negated else FALSE
+            return UNKNOWN
+        if name in ("rcpt", "rcpt.domain"):
+            if isinstance(leaf, ast.Member):
+                return TRUE if leaf.negated else FALSE
+            if isinstance(leaf, ast.Compare) and leaf.op in ("=", "!="):
+                return FALSE if leaf.op == "=" else TRUE
+            if isinstance(leaf, ast.Pattern):
+                sample = RELAY_DOMAIN if name == "rcpt.domain" else f"someone@{RELAY_DOMAIN}"
+                text = str(leaf.pattern.value)
+                source = fnmatch.translate(text) if leaf.kind == "glob" else text
+                try:
+                    rx = re.compile(source, re.IGNORECASE)
+                except re.error:
+                    return UNKNOWN
+                hit = (rx.search(sample) if leaf.kind == "regex" else rx.match(sample)) is not None
+                if leaf.negated:
+                    return UNKNOWN if hit else TRUE
+                return UNKNOWN if hit else FALSE
+            return UNKNOWN
+        return UNKNOWN
+
+    def check_open_relay(self) -> None:
+        # tags an untrusted client may get, anywhere before its recipients are decided
+        tag_rules = [r for h in ("connect", "helo", "mail", "rcpt") for r in self.rules(h)
+                     if r.action.kind == "tag" and r.action.arg]
+        tags: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for r in tag_rules:
+                if r.action.arg in tags:
+                    continue
+                if not self.analysable(r) or _eval3(r.condition, lambda l, n: self.relay_leaf(l, n, tags)) != FALSE:
+                    tags.add(r.action.arg)
+                    changed = True
+
+        def value(rule: ast.Rule) -> str:
+            if not self.analysable(rule):
+                return UNKNOWN
+            return _eval3(rule.condition, lambda l, n: self.relay_leaf(l, n, tags))
+
+        # a refusal before RCPT that every untrusted client gets closes the relay
+        for hook in ("connect", "helo", "mail"):
+            for rule in self.rules(hook):
+                if not _ends_hook(rule):
+                    continue
+                v = value(rule)
+                if rule.action.kind == "accept":
+                    if v != FALSE:
+                        break       # the client may skip the rest of this hook
+                elif v == TRUE:
+                    return
+        rcpt_rules = self.rules("rcpt")
+        local = self._local_list_name()
+        fix = f'reject 554 5.7.1 "Relaying denied" if rcpt.domain not in {local}'
+        if not rcpt_rules:
+            self.add("E701", "open relay: there are no `on rcpt:` rules, so every recipient on every domain "
+                     "is accepted", Span.point(self.prog.root, 1, 1),
+                     help=f"add `on rcpt:` followed by `{fix}`" + self._local_note(local))
+            return
+        passed: list[ast.Rule] = []
+        probe = f"a client at any address sending `RCPT TO:<someone@{RELAY_DOMAIN}>`"
+        for rule in rcpt_rules:
+            if not _ends_hook(rule):
+                continue
+            v = value(rule)
+            if rule.action.kind == "accept" and v != FALSE:
+                why = ("which accepts every recipient" if rule.condition is None else
+                       "whose condition does not restrict the recipient domain or the client address "
+                       "and does not require authentication")
+                self.add("E701", "open relay: an untrusted client can get mail for any domain accepted here",
+                         rule.span,
+                         help=f"{probe}{self._passing(passed, rule.span.file)} reaches `accept` at "
+                              f"{rule.span.file}:{rule.span.line}"
+                              f"{f' (rule `{rule.rule_id}`)' if rule.label_given else ''}, {why}; "
+                              f"restrict it (e.g. `accept if rcpt.domain in {local}`) or put "
+                              f"`{fix}` before it" + self._local_note(local))
+                return
+            if rule.action.kind != "accept" and v == TRUE:
+                return
+            passed.append(rule)
+        last = rcpt_rules[-1]
+        self.add("E701", "open relay: a recipient on any domain is accepted by default after the last "
+                 "`on rcpt:` rule", self._hook_span("rcpt", last),
+                 help=f"{probe}{self._passing(passed, last.span.file)} reaches the end of `on rcpt:`, "
+                      "where every recipient is accepted, because no rule refuses recipients outside your "
+                      f"domains; add as the last rcpt rule: `{fix}`" + self._local_note(local))
+
+    @staticmethod
+    def _passing(passed: list[ast.Rule], here: str) -> str:
+        if not passed:
+            return ""
+        names = [_where(r, here) for r in passed[:4]]
+        more = f" and {len(passed) - 4} more" if len(passed) > 4 else ""
+        return " passes " + ", ".join(names) + more + " and"
+
+    def _local_note(self, local: str) -> str:
+        if local == "localnames" and "localnames" not in self.prog.lists:
+            return "; `localnames` is built in: this machine's own names, or declare your own list of local domains"
+        return ""
+
+    def _local_list_name(self) -> str:
+        for rule in self.rules("rcpt"):
+            for leaf in _leaves(rule.condition):
+                if (isinstance(leaf, ast.Member) and leaf.field.name == "rcpt.domain"
+                        and isinstance(leaf.target, ast.ListRef)):
+                    return leaf.target.name
+        return "localnames"
+
+    def _hook_span(self, hook: str, rule: ast.Rule) -> Span:
+        """The `on <hook>:` header above a rule (found in the text)."""
+        text = self.prog.sources.get(rule.span.file)
+        if text is not None:
+            lines = text.splitlines()
+            pattern = re.compile(rf"^\s*on\s+{hook}\s*:")
+            for n in range(min(rule.span.line, len(lines)), 0, -1):
+                m = pattern.match(lines[n - 1])
+                if m:
+                    col = lines[n - 1].index("o") + 1
+                    return Span(rule.span.file, n, col, n, m.end() + 1)
+        return rule.span
+
+    # -- W702 ------------------------------------------------------------------
+
+    def check_null_sender(self) -> None:
+        state = SessionState(client_ip="192.0.2.1", helo="mail.example", helo_lower="mail.example", esmtp=True)
+        state.set_sender("")
+        for hook in ("mail", "rcpt"):
+            accepts = False
+            for rule in self.rules(hook):
+                if not _ends_hook(rule):
+                    continue
+                if rule.action.kind == "accept":
+                    accepts = True
+                if not self.analysable(rule):
+                    continue
+                sender_leaves = [leaf for leaf in _leaves(rule.condition)
+                                 if (_field_name(leaf) or "").split(".")[0] == "sender"]
+                if rule.condition is not None and not sender_leaves:
+                    continue
+
+                def leaf_value(leaf, negated, flip=False):
+                    if (_field_name(leaf) or "").split(".")[0] != "sender":
+                        return UNKNOWN
+                    v = self.leaf_on(leaf, state)
+                    v = _not3(v) if negated else v
+                    return FALSE if flip and v == TRUE else v
+
+                v1 = _eval3(rule.condition, leaf_value)
+                if rule.action.kind == "accept":
+                    if v1 == TRUE:
+                        break       # <> is accepted here: later rules never see it
+                    continue
+                if v1 == FALSE or (rule.condition is None and accepts):
+                    continue        # a catch-all after accepting what is wanted refuses everyone alike
+                if v1 == UNKNOWN and _eval3(rule.condition, lambda l, n: leaf_value(l, n, True)) != FALSE:
+                    continue        # the sender test is not what makes this rule refuse <>
+                at = "MAIL FROM" if hook == "mail" else "RCPT TO"
+                if rule.condition is None:
+                    message = f"this rule refuses every sender at {at}, including the null sender <> (bounces)"
+                else:
+                    message = f"this rule refuses the null sender <> at {at}: bounces and delivery reports use it"
+                self.add("W702", message, rule.span,
+                         help="RFC 5321 requires accepting <>; exclude it with `... and not sender.null`, "
+                              "or put `accept if sender.null` before this rule")
+
+    # -- H703 ------------------------------------------------------------------
+
+    def check_public_zones(self) -> None:
+        uncoded_uses: dict[str, bool] = {}
+        for rule in self.prog.rules:
+            for leaf in _leaves(rule.condition):
+                if not isinstance(leaf, ast.Listed):
+                    continue
+                z = leaf.zone
+                if z.name is not None:
+                    if leaf.codes is None:
+                        uncoded_uses[z.name] = True
+                    continue
+                known = public_zone(z.domain)
+                if known is None or leaf.codes is not None:
+                    continue
+                name, info = known
+                self.add("H703", f"`{z.domain}` is a public list that documents its return codes, "
+                         "but this test accepts any answer", z.span,
+                         help=f"{name}: {info.meaning}; write `... listed in {z.kind} \"{z.domain}\" codes [{info.codes}]`")
+        for name, zone in self.prog.zones.items():
+            known = public_zone(zone.domain)
+            if known is None or zone.codes is not None or not uncoded_uses.get(name):
+                continue
+            public, info = known
+            self.add("H703", f"zone `{name}` uses the public list {zone.domain}, which documents its return "
+                     "codes, without a `codes [...]` filter", zone.span,
+                     help=f"{public}: {info.meaning}; write "
+                          f"`zone {name} = {zone.kind} \"{zone.domain}\" codes [{info.codes}]`")

@@ -253,8 +253,7 @@ class _Compiler:
         allowed = _HOOK_ACTIONS.get(rule.hook, set(ast.ACTIONS) - {"add_header"})
         ok = True
         if action.kind not in allowed:
-            where = "at data" if action.kind == "add_header" else f"in `on {rule.hook}:`"
-            self.error("E203", f"`{action.kind}` cannot be used {where}", action.span,
+            self.error("E203", f"`{action.kind}` cannot be used in `on {rule.hook}:`", action.span,
                        help="add_header works only in `on data:`" if action.kind == "add_header"
                        else "the client has gone by the disconnect hook: only tag, log, warn and run work there")
             ok = False
