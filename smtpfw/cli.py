@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 # Other modules add subcommands here (dry-run, trace, test, import).
 _EXTRA_COMMANDS: list = []
 
+from smtpfw.replay.commands import register as _register_replay  # noqa: E402  dry-run, trace, test, import
+
+_EXTRA_COMMANDS.append(_register_replay)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

@@ -1,0 +1,613 @@
+"""`smtpfw dry-run`: replay recorded sessions through a ruleset, summarise,
+and list what changes against a baseline (another ruleset, or by default
+the verdicts recorded in the sessions).
+
+The comparison is per session: its verdict (``replay.session.Verdict``)
+and each command's decision.  A session is
+
+- *newly rejected* when the baseline let it through (accepted, or no mail
+  attempted) and the ruleset refuses it (reject, tempfail or disconnect),
+  grouped by the rule that now refuses it;
+- *newly accepted* when the baseline refused it and the ruleset does not,
+  grouped by the rule that used to refuse it;
+- *changed* for every other difference: refused at another stage or by
+  another rule, or the same verdict with some command decided otherwise
+  (e.g. one of three recipients now refused).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from smtpfw.recording import RecordError, check_record
+from smtpfw.replay.session import (KINDS, REFUSING, Replayer, ReplayResult, Verdict, recorded_events,
+                                   same_as_recorded, verdict_of)
+from smtpfw.verdict import Outcome, Stage
+
+NEWLY_REJECTED, NEWLY_ACCEPTED, CHANGED = "newly_rejected", "newly_accepted", "changed"
+CATEGORIES = (NEWLY_REJECTED, NEWLY_ACCEPTED, CHANGED)
+_TITLES = {NEWLY_REJECTED: "newly rejected", NEWLY_ACCEPTED: "newly accepted", CHANGED: "changed"}
+_SESSION_FILE = re.compile(r"\.jsonl(\.\d+)?(\.gz)?$")
+
+
+# ---- input --------------------------------------------------------------------
+
+def session_files(paths: list[str]) -> list[str]:
+    """Files named, and session files (.jsonl, .jsonl.gz, rotated .jsonl.N)
+    found under folders, sorted; a missing path is a RecordError."""
+    out = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = []
+            for root, _dirs, names in os.walk(path):
+                found += [os.path.join(root, n) for n in names if _SESSION_FILE.search(n)]
+            out += sorted(found)
+        elif os.path.exists(path) or path == "-":
+            out.append(path)
+        else:
+            raise RecordError(f"{path}: no such file or folder")
+    return out
+
+
+def iter_records(path: str):
+    """(line number, checked record) from a .jsonl / .jsonl.gz file or "-"."""
+    try:
+        if path == "-":
+            fh = sys.stdin
+        elif path.endswith(".gz"):
+            fh = gzip.open(path, "rt", encoding="utf-8")
+        else:
+            fh = open(path, "r", encoding="utf-8")
+    except OSError as err:
+        raise RecordError(f"{path}: {err.strerror or err}") from None
+    loads = json.loads
+    try:
+        number = 0
+        try:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = loads(line)
+                except ValueError as err:
+                    raise RecordError(f"{path}:{number}: not JSON: {err}") from None
+                yield number, check_record(data, f"{path}:{number}")
+        except (OSError, EOFError, UnicodeDecodeError) as err:
+            raise RecordError(f"{path}:{number + 1}: cannot read: {err}") from None
+    finally:
+        if fh is not sys.stdin:
+            fh.close()
+
+
+# ---- the report ---------------------------------------------------------------
+
+@dataclass
+class Group:
+    category: str
+    key: str                      # the rule (or description) the sessions are grouped by
+    rule: str | None
+    detail: str                   # "rejected at rcpt (554)" etc.
+    count: int = 0
+    examples: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "key": self.key, "detail": self.detail, "count": self.count,
+                "examples": self.examples}
+
+
+@dataclass
+class Report:
+    rules: str
+    ruleset_version: str
+    baseline: str | None            # None: the recorded verdicts
+    baseline_version: str | None
+    files: list = field(default_factory=list)
+    sessions: int = 0
+    verdicts: Counter = field(default_factory=Counter)
+    base_verdicts: Counter = field(default_factory=Counter)
+    hooks: dict = field(default_factory=dict)          # stage -> Counter(outcome -> n)
+    hits: Counter = field(default_factory=Counter)
+    rule_ids: list = field(default_factory=list)
+    monitored: Counter = field(default_factory=Counter)
+    groups: dict = field(default_factory=dict)         # (category, key) -> Group
+    changes: Counter = field(default_factory=Counter)  # category -> sessions
+    elapsed: float = 0.0
+
+    @property
+    def never_fired(self) -> list[str]:
+        return [r for r in self.rule_ids if not self.hits.get(r)]
+
+    @property
+    def changed_sessions(self) -> int:
+        return sum(self.changes.values())
+
+    def to_json(self) -> dict:
+        stages = [s.value for s in Stage if s.value in self.hooks]
+        return {
+            "version": 1,
+            "rules": self.rules,
+            "ruleset": self.ruleset_version,
+            "baseline": {"kind": "ruleset", "rules": self.baseline, "ruleset": self.baseline_version}
+            if self.baseline else {"kind": "recorded"},
+            "files": self.files,
+            "sessions": self.sessions,
+            "verdicts": {k: self.verdicts.get(k, 0) for k in KINDS},
+            "baseline_verdicts": {k: self.base_verdicts.get(k, 0) for k in KINDS},
+            "hooks": {s: dict(self.hooks[s]) for s in stages},
+            "rule_hits": {r: self.hits.get(r, 0) for r in self.rule_ids},
+            "never_fired": self.never_fired,
+            "monitored": dict(self.monitored),
+            "changes": {
+                "sessions": self.changed_sessions,
+                **{cat: {"count": self.changes.get(cat, 0),
+                         "groups": [g.to_json() for g in self._groups(cat)]} for cat in CATEGORIES},
+            },
+            "elapsed_seconds": round(self.elapsed, 3),
+        }
+
+    def _groups(self, category: str) -> list[Group]:
+        gs = [g for (cat, _k), g in self.groups.items() if cat == category]
+        return sorted(gs, key=lambda g: (-g.count, g.key))
+
+
+def _example(result: ReplayResult, base: Verdict, new: Verdict, what: str) -> dict:
+    rec = result.record
+    helo = sender = None
+    rcpts = []
+    for e in rec["events"]:
+        cmd = e.get("cmd")
+        if cmd in ("helo", "ehlo") and helo is None:
+            helo = e.get("arg")
+        elif cmd == "mail" and sender is None:
+            sender = e.get("addr")
+        elif cmd == "rcpt" and len(rcpts) < 5:
+            rcpts.append(e.get("addr"))
+    return {
+        "id": rec.get("id"),
+        "time": rec.get("time"),
+        "client": rec["client"].get("ip"),
+        "helo": helo,
+        "from": sender,
+        "rcpts": rcpts,
+        "was": base.describe(),
+        "now": new.describe(),
+        "was_reply": base.reply,
+        "now_reply": new.reply,
+        "what": what,
+    }
+
+
+def _first_difference(base_events: list, new_events: list) -> tuple[str, str]:
+    """(group key, description) of the first command decided otherwise."""
+    for b, n in zip(base_events, new_events):
+        kb, kn = b.key(), n.key()
+        if kb != kn:
+            change = f"{_describe_key(kb)} -> {_describe_key(kn)}"
+            subject = f" {n.subject}" if n.subject else ""
+            return f"{n.cmd}: {change}", f"{n.cmd}{subject}: {change}"
+    return "decisions differ", "decisions differ"
+
+
+def _describe_key(key: tuple) -> str:
+    if key[0] in ("pass", "not-reached"):
+        return key[0]
+    outcome, rule, code = key
+    return f"{outcome}{f' by {rule}' if rule else ''} ({code})"
+
+
+class DryRun:
+    """Accumulates a Report, one session at a time."""
+
+    def __init__(self, ruleset, rules_path: str, baseline=None, baseline_path: str | None = None,
+                 examples: int = 3, dns_factory=None, synchronous_dns=None, max_recipients: int = 100):
+        self.replayer = Replayer(ruleset, dns_factory, max_recipients=max_recipients,
+                                 synchronous_dns=synchronous_dns)
+        self.base_replayer = (Replayer(baseline, dns_factory, max_recipients=max_recipients,
+                                       synchronous_dns=synchronous_dns) if baseline is not None else None)
+        self.examples = examples
+        self.report = Report(rules_path, ruleset.version, baseline_path,
+                             baseline.version if baseline is not None else None,
+                             rule_ids=list(dict.fromkeys(r.rule_id for r in ruleset.rules)))
+        self._hooks: dict = {}
+
+    def close(self) -> None:
+        self.replayer.close()
+        if self.base_replayer is not None:
+            self.base_replayer.close()
+
+    def add(self, record: dict) -> ReplayResult:
+        rep = self.report
+        result = self.replayer.replay(record)
+        new = result.verdict
+        if self.base_replayer is not None:
+            base_result = self.base_replayer.replay(record)
+            base_connect, base_events, base = base_result.connect, base_result.events, base_result.verdict
+        elif same_as_recorded(record, result):
+            base_connect = base_events = None
+            base = new
+        else:
+            base_connect, base_events = recorded_events(record)
+            base = verdict_of(base_connect, base_events)
+        rep.sessions += 1
+        rep.verdicts[new.kind] += 1
+        rep.base_verdicts[base.kind] += 1
+        hooks = self._hooks
+        for stage, decision, _subject in result.decisions:
+            key = (stage, decision.outcome)
+            hooks[key] = hooks.get(key, 0) + 1
+        rep.hits.update(result.hits)
+        for rule_id, _d in result.monitored:
+            rep.monitored[rule_id] += 1
+        # compare
+        if base_events is None:
+            return result
+        if new.key() != base.key():
+            if base.kind not in REFUSING and new.kind in REFUSING:
+                cat, v = NEWLY_REJECTED, new
+            elif base.kind in REFUSING and new.kind not in REFUSING:
+                cat, v = NEWLY_ACCEPTED, base
+            else:
+                cat, v = CHANGED, None
+            if v is not None:
+                key, rule = v.rule or "(no rule)", v.rule
+                detail = f"{'now' if cat == NEWLY_REJECTED else 'was'} {v.kind} at {v.stage}" + (
+                    f" ({v.code})" if v.code else "")
+            else:
+                key = f"{base.describe()} -> {new.describe()}"
+                rule, detail = new.rule or base.rule, "verdict changed"
+            self._note(cat, key, rule, detail, result, base, new, "")
+        elif result.connect.key() != base_connect.key() or any(
+                b.key() != n.key() for b, n in zip(base_events, result.events)):
+            key, what = _first_difference([base_connect] + list(base_events), [result.connect] + result.events)
+            self._note(CHANGED, key, None, "same verdict, a command decided otherwise", result, base, new, what)
+        return result
+
+    def _note(self, cat, key, rule, detail, result, base, new, what) -> None:
+        rep = self.report
+        rep.changes[cat] += 1
+        g = rep.groups.get((cat, key))
+        if g is None:
+            g = rep.groups[(cat, key)] = Group(cat, key, rule, detail)
+        g.count += 1
+        if len(g.examples) < self.examples:
+            g.examples.append(_example(result, base, new, what))
+
+    def finish(self) -> Report:
+        rep = self.report
+        for (stage, outcome), n in self._hooks.items():
+            rep.hooks.setdefault(stage.value, Counter())[outcome.value] += n
+        rep.hooks = {s.value: rep.hooks[s.value] for s in Stage if s.value in rep.hooks}
+        return rep
+
+
+# ---- output -------------------------------------------------------------------
+
+def _fmt_time(t) -> str:
+    if not t:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t)))
+    except (ValueError, OverflowError, OSError):
+        return str(t)
+
+
+def format_text(rep: Report) -> str:
+    out: list[str] = []
+    w = out.append
+    against = (f"baseline {rep.baseline} (ruleset {rep.baseline_version})" if rep.baseline
+               else "the verdicts recorded in the sessions")
+    w(f"dry-run of {rep.rules} (ruleset {rep.ruleset_version}) over {rep.sessions:,} session"
+      f"{'s' if rep.sessions != 1 else ''} from {len(rep.files)} file{'s' if len(rep.files) != 1 else ''}")
+    w(f"compared with {against}")
+    w("")
+    w(f"{'verdicts':<16}{'now':>10}{'before':>10}")
+    for k in KINDS:
+        w(f"  {k:<14}{rep.verdicts.get(k, 0):>10,}{rep.base_verdicts.get(k, 0):>10,}")
+    w("")
+    cols = [o.value for o in Outcome]
+    w(f"{'hooks':<16}{'runs':>10}" + "".join(f"{c:>12}" for c in cols))
+    for stage, counts in rep.hooks.items():
+        w(f"  {stage:<14}{sum(counts.values()):>10,}" + "".join(f"{counts.get(c, 0):>12,}" for c in cols))
+    w("")
+    if rep.rule_ids:
+        width = max(len(r) for r in rep.rule_ids) + 2
+        w("rule hits")
+        for r in rep.rule_ids:
+            w(f"  {r:<{width}}{rep.hits.get(r, 0):>10,}")
+        never = rep.never_fired
+        w("never fired: " + (", ".join(never) if never else "(none)"))
+    if rep.monitored:
+        w("monitor mode, would have refused: " + ", ".join(f"{r} {n:,}" for r, n in rep.monitored.most_common()))
+    w("")
+    c = rep.changes
+    if not rep.changed_sessions:
+        w("no changes")
+    else:
+        w(f"changes: {rep.changed_sessions:,} session{'s' if rep.changed_sessions != 1 else ''} "
+          f"(newly rejected {c.get(NEWLY_REJECTED, 0):,}, newly accepted {c.get(NEWLY_ACCEPTED, 0):,}, "
+          f"changed {c.get(CHANGED, 0):,})")
+        for cat in CATEGORIES:
+            groups = rep._groups(cat)
+            if not groups:
+                continue
+            w("")
+            w(f"{_TITLES[cat]}: {c.get(cat, 0):,} session{'s' if c.get(cat, 0) != 1 else ''}")
+            for g in groups:
+                n = f"{g.count:,} session{'s' if g.count != 1 else ''}"
+                if cat == NEWLY_REJECTED:
+                    w(f"  by {g.key}, {g.detail[4:]}: {n}")
+                elif cat == NEWLY_ACCEPTED:
+                    w(f"  no longer refused by {g.key} ({g.detail}): {n}")
+                else:
+                    w(f"  {g.key}: {n}")
+                for ex in g.examples:
+                    rcpts = ", ".join(f"<{r}>" for r in ex["rcpts"])
+                    sender = f"<{ex['from']}>" if ex["from"] is not None else "-"
+                    w(f"    {ex['id']}  {_fmt_time(ex['time'])}  {ex['client']}  helo {ex['helo'] or '-'}  "
+                      f"{sender} -> {rcpts or '-'}")
+                    if cat == CHANGED and ex["what"]:
+                        w(f"        {ex['what']}")
+                    else:
+                        w(f"        was {ex['was']}" + (f": {ex['was_reply']}" if ex["was_reply"] else ""))
+                        w(f"        now {ex['now']}" + (f": {ex['now_reply']}" if ex["now_reply"] else ""))
+    return "\n".join(out) + "\n"
+
+
+# ---- the command --------------------------------------------------------------
+
+class Progress:
+    """A one-line progress display on stderr, only on a terminal."""
+
+    def __init__(self, stream, files: int):
+        self.stream = stream
+        self.enabled = hasattr(stream, "isatty") and stream.isatty()
+        self.files = files
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def update(self, sessions: int, file_index: int, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self.last < 0.2:
+            return
+        self.last = now
+        rate = sessions / max(now - self.start, 1e-6)
+        width = 30
+        done = int(width * (file_index - 1) / max(self.files, 1))
+        bar = "#" * done + "-" * (width - done)
+        self.stream.write(f"\r[{bar}] file {file_index}/{self.files}  {sessions:,} sessions  {rate:,.0f}/s ")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.flush()
+
+
+# ---- parallel replay ----------------------------------------------------------
+#
+# Replay is CPU-bound Python; large inputs are cut into byte ranges (whole
+# lines) and .gz files, replayed in worker processes (fork: the compiled
+# rulesets are inherited, not pickled), and the partial reports merged in
+# input order, so the output is the same for any number of jobs.
+
+CHUNK_BYTES = 4 << 20
+PARALLEL_MIN_BYTES = 16 << 20
+_FORK_STATE: dict = {}
+
+
+def plan_chunks(files: list[str], chunk_bytes: int = CHUNK_BYTES) -> list[tuple[str, int, int | None]]:
+    chunks = []
+    for path in files:
+        if path == "-" or path.endswith(".gz"):
+            chunks.append((path, 0, None))
+            continue
+        size = os.path.getsize(path)
+        if size <= chunk_bytes:
+            chunks.append((path, 0, None))
+            continue
+        for start in range(0, size, chunk_bytes):
+            chunks.append((path, start, start + chunk_bytes))
+    return chunks
+
+
+def _iter_range(path: str, start: int, end: int):
+    """(byte offset, checked record) for the lines that start in [start, end)."""
+    loads = json.loads
+    with open(path, "rb") as fh:
+        if start:
+            fh.seek(start - 1)
+            fh.readline()          # the line that straddles `start` belongs to the chunk before
+        pos = fh.tell()
+        while pos < end:
+            line = fh.readline()
+            if not line:
+                break
+            here = pos
+            pos += len(line)
+            if not line.strip():
+                continue
+            where = f"{path}:@{here}"
+            try:
+                data = loads(line)
+            except ValueError as err:
+                raise RecordError(f"{where}: not JSON: {err}") from None
+            yield here, check_record(data, where)
+
+
+def _replay_chunk(chunk) -> tuple[Report | None, str | None, int]:
+    path, start, end = chunk
+    state = _FORK_STATE
+    dry = DryRun(state["ruleset"], state["rules"], state["baseline"], state["baseline_path"],
+                 examples=state["examples"], max_recipients=state["max_recipients"])
+    where = path
+    try:
+        if end is None:
+            for number, record in iter_records(path):
+                where = f"{path}:{number}"
+                dry.add(record)
+        else:
+            for offset, record in _iter_range(path, start, end):
+                where = f"{path}:@{offset}"
+                dry.add(record)
+    except RecordError as err:
+        return None, str(err), 0
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        return None, f"{where}: malformed session record: {type(err).__name__}: {err}", 0
+    finally:
+        dry.close()
+    return dry.finish(), None, 0
+
+
+_AT = re.compile(r"^(.*?):@(\d+):")
+
+
+def _locate(message: str) -> str:
+    """path:@OFFSET: -> path:LINE: (counted only when there is an error)."""
+    m = _AT.match(message)
+    if not m:
+        return message
+    path, offset = m.group(1), int(m.group(2))
+    try:
+        with open(path, "rb") as fh:
+            line = fh.read(offset).count(b"\n") + 1
+    except OSError:
+        return message
+    return f"{path}:{line}:" + message[m.end():]
+
+
+def merge(into: Report, part: Report, examples: int) -> None:
+    into.sessions += part.sessions
+    into.verdicts.update(part.verdicts)
+    into.base_verdicts.update(part.base_verdicts)
+    into.hits.update(part.hits)
+    into.monitored.update(part.monitored)
+    into.changes.update(part.changes)
+    for stage, counts in part.hooks.items():
+        into.hooks.setdefault(stage, Counter()).update(counts)
+    into.hooks = {s.value: into.hooks[s.value] for s in Stage if s.value in into.hooks}
+    for key, g in part.groups.items():
+        mine = into.groups.get(key)
+        if mine is None:
+            into.groups[key] = Group(g.category, g.key, g.rule, g.detail, g.count, list(g.examples[:examples]))
+        else:
+            mine.count += g.count
+            mine.examples.extend(g.examples[:max(0, examples - len(mine.examples))])
+
+
+def _run_parallel(jobs: int, files: list[str], report: Report, examples: int, progress) -> str | None:
+    import multiprocessing
+
+    chunks = plan_chunks(files)
+    ctx = multiprocessing.get_context("fork")
+    index = {path: i for i, path in enumerate(files, start=1)}
+    with ctx.Pool(jobs) as pool:
+        for chunk, (part, error, _n) in zip(chunks, pool.imap(_replay_chunk, chunks)):
+            if error is not None:
+                pool.terminate()
+                return _locate(error)
+            merge(report, part, examples)
+            progress.update(report.sessions, index[chunk[0]], force=True)
+    return None
+
+
+def _auto_jobs(files: list[str]) -> int:
+    total = 0
+    for path in files:
+        if path != "-":
+            try:
+                total += os.path.getsize(path) * (8 if path.endswith(".gz") else 1)
+            except OSError:
+                pass
+    if total < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 8, len(plan_chunks(files))))
+
+
+# ---- the command --------------------------------------------------------------
+
+def run(args) -> int:
+    from smtpfw.replay.commands import compile_or_report, dns_source_factory, load_config_arg
+
+    err = sys.stderr
+    cfg = load_config_arg(args)
+    ruleset = compile_or_report(args.rules, "dry-run")
+    if ruleset is None:
+        return 2
+    baseline = None
+    if args.baseline:
+        baseline = compile_or_report(args.baseline, "dry-run")
+        if baseline is None:
+            return 2
+    live = bool(args.live_dns or args.dns)
+    try:
+        files = session_files(args.sessions)
+    except RecordError as e:
+        print(f"smtpfw dry-run: {e}", file=err)
+        return 2
+    if not files:
+        print("smtpfw dry-run: no session files (.jsonl, .jsonl.gz) found", file=err)
+        return 2
+    jobs = args.jobs if args.jobs else _auto_jobs(files)
+    if live or "-" in files:
+        jobs = 1                 # one resolver and its cache; stdin cannot be split
+    factory, synchronous = (dns_source_factory(cfg, args.dns), False) if live else (None, None)
+    examples = args.examples
+    progress = Progress(err, len(files))
+    started = time.perf_counter()
+    if jobs > 1:
+        _FORK_STATE.update(ruleset=ruleset, rules=args.rules, baseline=baseline, baseline_path=args.baseline,
+                           examples=examples, max_recipients=cfg.max_recipients)
+        report = Report(args.rules, ruleset.version, args.baseline,
+                        baseline.version if baseline is not None else None,
+                        rule_ids=list(dict.fromkeys(r.rule_id for r in ruleset.rules)))
+        try:
+            problem = _run_parallel(jobs, files, report, examples, progress)
+        finally:
+            progress.done()
+            _FORK_STATE.clear()
+        if problem:
+            print(f"smtpfw dry-run: {problem}", file=err)
+            return 2
+    else:
+        dry = DryRun(ruleset, args.rules, baseline, args.baseline, examples=examples,
+                     dns_factory=factory, synchronous_dns=synchronous, max_recipients=cfg.max_recipients)
+        add = dry.add
+        try:
+            for index, path in enumerate(files, start=1):
+                number = 0
+                try:
+                    for number, record in iter_records(path):
+                        try:
+                            add(record)
+                        except (KeyError, TypeError, ValueError, AttributeError) as e:
+                            raise RecordError(f"{path}:{number}: malformed session record: "
+                                              f"{type(e).__name__}: {e}") from None
+                        if not number & 1023:
+                            progress.update(dry.report.sessions, index)
+                except RecordError as e:
+                    progress.done()
+                    print(f"smtpfw dry-run: {e}", file=err)
+                    return 2
+            progress.update(dry.report.sessions, len(files), force=True)
+        finally:
+            progress.done()
+            dry.close()
+        report = dry.finish()
+    report.files = files
+    report.elapsed = time.perf_counter() - started
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        sys.stdout.write(format_text(report))
+    if args.fail_on_change and report.changed_sessions:
+        return 1
+    return 0

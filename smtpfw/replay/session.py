@@ -1,0 +1,666 @@
+"""Replay one recorded session through a ruleset.
+
+``replay_record(ruleset, record)`` rebuilds the ``SessionState`` a live
+session had (connect info, TLS/AUTH) and drives ``Policy`` through the
+recorded commands in order, with the same state changes the SMTP front end
+(``smtpfw.protocol.smtp``) makes: ``set_helo``, ``set_sender``,
+``set_rcpt``, the accepted-recipients list, ``reset_transaction`` on RSET,
+HELO and after DATA, message size and recorded headers at DATA.  Message
+bodies are not recorded, so plugins get ``message=None``.
+
+When the ruleset under test decides differently from the one recorded, the
+client would have seen different replies.  Replay follows what the server
+would then do with the commands the client did send:
+
+- a refused connect: nothing else runs;
+- a refused HELO: MAIL is "not reached" until a later HELO is accepted;
+- a refused MAIL: that transaction's RCPT and DATA are not reached;
+- a refused RCPT is not added to the recipients;
+- DATA with no accepted recipient is not reached;
+- a disconnect: nothing after it runs.
+
+What the client would have sent *instead* (after a reply it did not get)
+is unknowable; replay never invents commands.
+
+The session's verdict (``Verdict``) sums it up from the first transaction
+that got as far as a recipient, computed the same way for a recording (from
+the decisions recorded) and for a replay, so the two compare exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from smtpfw import replies
+from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
+from smtpfw.engine import Ruleset, TraceStep
+from smtpfw.lang.fields import lookup_field
+from smtpfw.policy import Policy, RecordedDns
+from smtpfw.session import SessionState
+from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
+
+DEFAULT_MAX_RECIPIENTS = 100      # smtpfw.config.Config.max_recipients
+
+# Verdict kinds.
+ACCEPTED, REJECTED, TEMPFAILED, DISCONNECTED, NO_MAIL = (
+    "accepted", "rejected", "tempfailed", "disconnected", "no-mail")
+KINDS = (ACCEPTED, REJECTED, TEMPFAILED, DISCONNECTED, NO_MAIL)
+REFUSING = frozenset({REJECTED, TEMPFAILED, DISCONNECTED})
+_KIND_OF = {Outcome.REJECT: REJECTED, Outcome.TEMPFAIL: TEMPFAILED, Outcome.DISCONNECT: DISCONNECTED}
+_REFUSALS = frozenset(_KIND_OF)
+
+_ACCEPT = Decision(Outcome.ACCEPT)
+MAIL_OK = replies.line(*replies.render(Stage.MAIL, _ACCEPT))
+RCPT_OK = replies.line(*replies.render(Stage.RCPT, _ACCEPT))
+DATA_OK = replies.line(*replies.render(Stage.DATA, _ACCEPT))
+RSET_OK = "250 2.0.0 OK"
+
+
+class EventResult:
+    """One recorded command, as the ruleset under test handles it."""
+
+    __slots__ = ("cmd", "subject", "reached", "decision", "stage", "fixed_reply", "note", "trace", "dns",
+                 "refused")
+
+    def __init__(self, cmd: str, subject: str = "", reached: bool = True, decision: Decision | None = None,
+                 stage: Stage | None = None, fixed_reply: str = "", note: str = "") -> None:
+        self.cmd = cmd                    # connect helo ehlo mail rcpt data rset starttls
+        self.subject = subject            # HELO name or address
+        self.reached = reached            # False: the server would not have run its hook
+        self.decision = decision
+        self.stage = stage                # the hook whose decision this is (data: data or queue)
+        self.fixed_reply = fixed_reply    # the reply, when it is not a refusal's
+        self.note = note                  # why not reached, held refusals, ...
+        self.trace = None                 # TraceInfo of every rule evaluated (trace mode)
+        self.dns = None                   # (Lookup, DnsAnswer) gathered for this command (trace mode)
+        self.refused = reached and decision is not None and decision.outcome in _REFUSALS
+
+    def __repr__(self) -> str:
+        return (f"EventResult({self.cmd!r}, {self.subject!r}, reached={self.reached}, "
+                f"decision={self.decision!r}, stage={self.stage})")
+
+    @property
+    def reply(self) -> str:
+        """What the client gets (refusal replies are rendered on demand)."""
+        if self.refused:
+            return replies.for_decision(self.stage, self.decision)
+        return self.fixed_reply
+
+    def key(self) -> tuple:
+        """What a comparison looks at: reached, and which refusal."""
+        if not self.reached:
+            return ("not-reached",)
+        d = self.decision
+        if d is None or not d.outcome.refuses:
+            return ("pass",)
+        return (d.outcome.value, d.rule_id, _code(self.stage, d))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: str                        # accepted rejected tempfailed disconnected no-mail
+    stage: str | None = None         # hook of the refusal
+    rule: str | None = None          # rule that refused (None: no rule / not known)
+    code: int | None = None          # the reply code the client got
+    reply: str = ""                  # the refusal's reply line
+
+    def key(self) -> tuple:
+        return (self.kind, self.stage, self.rule, self.code)
+
+    def describe(self) -> str:
+        if self.kind not in REFUSING:
+            return self.kind
+        out = f"{self.kind} at {self.stage}"
+        if self.rule:
+            out += f" by {self.rule}"
+        return out + (f" ({self.code})" if self.code else "")
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "stage": self.stage, "rule": self.rule, "code": self.code,
+                "reply": self.reply}
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    record: dict
+    connect: EventResult
+    events: list
+    verdict: Verdict
+    hits: list                       # rule ids that matched, in order
+    decisions: list                  # (Stage, Decision, subject) per hook run
+    monitored: list                  # (rule id, Decision) of monitor-mode refusals
+    state: SessionState | None = None
+    changed_events: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.record.get("id"),
+            "verdict": self.verdict.to_json(),
+            "connect": _event_json(self.connect),
+            "events": [_event_json(e) for e in self.events],
+            "hits": list(self.hits),
+            "monitored": [{"rule": r, "decision": d.to_json()} for r, d in self.monitored],
+        }
+
+
+def _event_json(e: EventResult) -> dict:
+    out = {"cmd": e.cmd, "subject": e.subject, "reached": e.reached, "reply": e.reply}
+    if e.decision is not None:
+        out["decision"] = e.decision.to_json()
+        out["stage"] = e.stage.value if e.stage else None
+    if e.note:
+        out["note"] = e.note
+    return out
+
+
+_CODES: dict = {}
+
+
+def _code(stage: Stage | None, d: Decision) -> int:
+    """The reply code a decision gives at a stage (replies.render's, memoised)."""
+    key = (stage, d.outcome, d.code)
+    code = _CODES.get(key)
+    if code is None:
+        code = _CODES[key] = replies.render(stage or Stage.DATA, d)[0]
+    return code
+
+
+# ---- verdicts -----------------------------------------------------------------
+
+def _refusal(ev: EventResult) -> Verdict:
+    d = ev.decision
+    code, enhanced, text = replies.render(ev.stage, d)
+    return Verdict(_KIND_OF[d.outcome], ev.stage.value, d.rule_id, code,
+                   replies.line(code, enhanced, text))
+
+
+def verdict_of(connect: EventResult, events: list) -> Verdict:
+    """The session's verdict: its first transaction that reached a recipient
+    (or was refused at MAIL); else a HELO refusal; else "no-mail"."""
+    if connect.refused:
+        return _refusal(connect)
+    helo_refusal = None
+    mail = None                 # the open transaction's MAIL result
+    accepted = 0
+    first_refused = None
+    data = None
+    decisive = False
+
+    def close():
+        if not decisive:
+            return None
+        if mail is not None and mail.refused:
+            return _refusal(mail)
+        if accepted:
+            if data is not None and data.refused:
+                return _refusal(data)
+            return Verdict(ACCEPTED)
+        if first_refused is not None:
+            return _refusal(first_refused)
+        return None
+
+    for ev in events:
+        if not ev.reached:
+            continue
+        cmd = ev.cmd
+        if cmd == "mail":
+            if decisive:
+                break
+            mail, accepted, first_refused, data = ev, 0, None, None
+            decisive = ev.refused
+        elif cmd == "rcpt":
+            decisive = True
+            if ev.refused:
+                if first_refused is None:
+                    first_refused = ev
+            else:
+                accepted += 1
+        elif cmd == "data":
+            data = ev
+            decisive = True
+            break
+        elif cmd in ("helo", "ehlo", "rset", "starttls"):
+            if decisive:
+                break
+            mail = None
+            if cmd != "rset" and ev.refused and helo_refusal is None:
+                helo_refusal = ev
+        if ev.refused and ev.decision.outcome is Outcome.DISCONNECT:
+            if decisive or mail is not None:
+                return _refusal(ev)
+            break
+    verdict = close()
+    if verdict is not None:
+        return verdict
+    for ev in events:            # a disconnect before any transaction
+        if ev.refused and ev.decision.outcome is Outcome.DISCONNECT:
+            return _refusal(ev)
+    if helo_refusal is not None:
+        return _refusal(helo_refusal)
+    return Verdict(NO_MAIL)
+
+
+def recorded_events(record: dict) -> tuple[EventResult, list]:
+    """The recording's own decisions as EventResults (for the default
+    comparison and for recorded-verdict statistics)."""
+    conn = record.get("connect") or _EMPTY
+    cd = conn.get("decision")
+    connect = EventResult("connect", record["client"].get("ip", ""), True,
+                          _decision(cd) if cd else CONTINUE, Stage.CONNECT, conn.get("reply") or "")
+    out = []
+    append = out.append
+    for ev in record["events"]:
+        cmd = ev.get("cmd", "")
+        d = ev.get("decision")
+        decision = _decision(d) if d else None
+        stage = _STAGE_OF.get(cmd)
+        if cmd == "data":
+            q = ev.get("queue")
+            if q and (decision is None or decision.outcome not in _REFUSALS):
+                decision, stage = _decision(q), Stage.QUEUE
+        append(EventResult(cmd, ev.get("arg") or ev.get("addr") or "", True, decision, stage,
+                           ev.get("reply") or ""))
+    return connect, out
+
+
+_DECISIONS: dict = {}
+
+
+def _decision(d: dict) -> Decision:
+    """Decision.from_json, memoised (recordings repeat the same few)."""
+    key = (d.get("outcome"), d.get("code"), d.get("enhanced"), d.get("text"), d.get("rule"))
+    dec = _DECISIONS.get(key)
+    if dec is None:
+        dec = Decision.from_json(d)
+        if len(_DECISIONS) < 4096:
+            _DECISIONS[key] = dec
+    return dec
+
+
+_REFUSAL_VALUES = frozenset(o.value for o in _REFUSALS)
+_PASS = ("pass",)
+
+
+def _recorded_key(d: dict | None, stage: Stage | None) -> tuple:
+    """EventResult.key() of a recorded decision, from its JSON."""
+    if not d or d.get("outcome") not in _REFUSAL_VALUES:
+        return _PASS
+    dec = _decision(d)
+    return (dec.outcome.value, dec.rule_id, _code(stage, dec))
+
+
+def same_as_recorded(record: dict, result: "ReplayResult") -> bool:
+    """True if every command of the replay was decided as recorded (then
+    the verdicts are equal too).  The fast path of the default comparison:
+    no EventResults are built for the recording."""
+    conn = record.get("connect") or _EMPTY
+    if _recorded_key(conn.get("decision"), Stage.CONNECT) != result.connect.key():
+        return False
+    for ev, r in zip(record["events"], result.events):
+        if not r.reached:
+            return False
+        cmd = ev.get("cmd")
+        d = ev.get("decision")
+        if cmd == "data":
+            k = _recorded_key(d, Stage.DATA)
+            if k is _PASS and ev.get("queue"):
+                k = _recorded_key(ev["queue"], Stage.QUEUE)
+        else:
+            k = _recorded_key(d, _STAGE_OF.get(cmd))
+        if k is _PASS:
+            if r.refused:
+                return False
+        elif k != r.key():
+            return False
+    return True
+
+
+def recorded_verdict(record: dict) -> Verdict:
+    return verdict_of(*recorded_events(record))
+
+
+_STAGE_OF = {"helo": Stage.HELO, "ehlo": Stage.HELO, "mail": Stage.MAIL, "rcpt": Stage.RCPT,
+             "data": Stage.DATA}
+
+
+# ---- trace --------------------------------------------------------------------
+
+@dataclass(slots=True)
+class TraceInfo:
+    """A TraceStep plus the values its condition's leaves had at that moment."""
+
+    step: TraceStep
+    leaves: list                 # (source text, value shown, bool result)
+
+
+class _TraceList(list):
+    """Handed to the engine as its trace list: evaluates each rule's leaves
+    when the engine appends the step, so the values are the ones it saw."""
+
+    def __init__(self, ruleset: Ruleset, state: SessionState):
+        super().__init__()
+        self.ruleset = ruleset
+        self.state = state
+
+    def append(self, step: TraceStep) -> None:
+        super().append(TraceInfo(step, leaf_values(self.ruleset, step.rule, self.state)))
+
+
+def node_text(ruleset: Ruleset, node) -> str:
+    span = getattr(node, "span", None)
+    if span is None:
+        return str(node)
+    text = ruleset.sources.get(span.file)
+    if text is None:
+        return type(node).__name__
+    lines = text.splitlines()
+    if span.line != span.end_line or not 1 <= span.line <= len(lines):
+        first = lines[span.line - 1] if 1 <= span.line <= len(lines) else ""
+        return first[span.column - 1:].strip()
+    return lines[span.line - 1][span.column - 1:span.end_column - 1]
+
+
+def leaf_values(ruleset: Ruleset, rule, state: SessionState) -> list:
+    out = []
+    for node, test in rule.leaves:
+        try:
+            result = bool(test(state))
+        except Exception as err:    # a trace must never fail on one leaf
+            result = False
+            shown = f"error: {err}"
+        else:
+            shown = _leaf_value(node, state)
+        out.append((node_text(ruleset, node), shown, result))
+    return out
+
+
+def _leaf_value(node, state: SessionState) -> str:
+    fld = getattr(node, "field", None)
+    if fld is None:
+        tag = getattr(node, "tag", None)
+        return f"tags = {sorted(state.tags)}" if tag is not None else ""
+    spec = lookup_field(fld.name)
+    if spec is not None:
+        value = spec.get(state)
+    else:
+        value = state.plugin_fields.get(fld.name, "")
+    if isinstance(value, str):
+        value = f'"{value}"'
+    elif isinstance(value, bool):
+        value = "yes" if value else "no"
+    return f"{fld.name} = {value}"
+
+
+# ---- the replayer -------------------------------------------------------------
+
+_KINDS = {k.value: k for k in LookupKind}
+
+
+def recorded_answers(record: dict) -> dict:
+    """``dns_answers(record)``, built without the per-field JSON helpers and
+    with answers shared between sessions (the hot path of a dry-run; same
+    result)."""
+    out = {}
+    cache = _ANSWERS
+    for item in record.get("dns") or ():
+        lk, a = item["lookup"], item["answer"]
+        if len(a) == 1:
+            answer = cache.get(a["status"])
+            if answer is None:
+                answer = cache[a["status"]] = DnsAnswer(a["status"])
+        else:
+            answer = DnsAnswer(a["status"], tuple(a.get("codes", ())), a.get("txt", ""),
+                               tuple(a.get("names", ())), bool(a.get("confirmed", False)), a.get("error", ""))
+        out[Lookup(_KINDS[lk["kind"]], lk["name"], lk.get("zone", ""))] = answer
+    return out
+
+
+_ANSWERS: dict = {}
+
+
+def _default_dns(record: dict):
+    return RecordedDns(recorded_answers(record))
+
+
+class Replayer:
+    """Replays many records through one ruleset.
+
+    ``dns_factory(record)`` gives each session its DNS source; the default
+    is the recorded answers (``RecordedDns``).  Recorded DNS takes a fast
+    path: the answers are put into ``SessionState.dns`` up front and Policy
+    runs without a DNS source.  That is the same thing for the rules: a
+    compiled test treats an answer that is absent exactly like a failed one
+    (``RecordedDns`` answers "failed: not in recording" for those), and a
+    recorded answer is keyed by its lookup, so it does not matter at which
+    hook it is put in.  Trace mode uses ``RecordedDns`` itself, to show
+    which answers each hook asked for.
+
+    With recorded (or declared) DNS and no plugins nothing ever waits, so a
+    session's coroutines are driven to completion by hand: no event loop
+    per session.  Live DNS or plugins need a loop; one is kept for the
+    whole batch.
+    """
+
+    def __init__(self, ruleset: Ruleset, dns_factory=None, *, max_recipients: int = DEFAULT_MAX_RECIPIENTS,
+                 trace: bool = False, hostname: str = "smtpfw", synchronous_dns: bool | None = None):
+        self.ruleset = ruleset
+        self.prefill = dns_factory is None and not trace
+        self.dns_factory = dns_factory or _default_dns
+        self.max_recipients = max_recipients
+        self.trace = trace
+        self.hostname = hostname
+        self.greeting = f"220 {hostname} ESMTP smtpfw"
+        self.helo_ok = f"250 {hostname}"
+        if synchronous_dns is None:
+            synchronous_dns = dns_factory is None
+        self.synchronous = synchronous_dns and not ruleset.plugins
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def replay(self, record: dict) -> ReplayResult:
+        if self.synchronous:
+            if self.prefill:
+                coro = self._session(record, None, recorded_answers(record))
+            else:
+                coro = self._session(record, self.dns_factory(record), None)
+            try:
+                coro.send(None)
+            except StopIteration as stop:
+                return stop.value
+            coro.close()
+            raise RuntimeError("replay: a DNS source or plugin waited; use synchronous_dns=False")
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(self._replay_async(record))
+
+    async def _replay_async(self, record: dict) -> ReplayResult:
+        if self.prefill:
+            return await self._session(record, None, recorded_answers(record))
+        dns = self.dns_factory(record)
+        try:
+            return await self._session(record, dns, None)
+        finally:
+            close = getattr(dns, "close", None)
+            if close is not None:
+                close()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # The mirror of smtpfw.protocol.smtp.FirewallSMTP: its command handlers'
+    # preconditions and state changes, in the same order.
+    async def _session(self, record: dict, dns, answers: dict | None) -> ReplayResult:
+        st = SessionState()
+        st.session_id = str(record.get("id") or "")
+        st.started = float(record.get("time") or 0)
+        listener = record.get("listener") or _EMPTY
+        st.listener_address = str(listener.get("address") or "")
+        st.listener_port = int(listener.get("port") or 0)
+        st.listener_name = str(listener.get("name") or "")
+        client = record["client"]
+        st.client_ip = str(client.get("ip") or "")
+        st.client_port = int(client.get("port") or 0)
+        events = record["events"]
+        if record.get("tls"):
+            st.tls = not any(e.get("cmd") == "starttls" for e in events)
+        if record.get("auth"):
+            st.auth = True
+            st.auth_user = str(record.get("auth_user") or "")
+        if answers:
+            st.dns = answers
+        detail = self.trace
+        trace = _TraceList(self.ruleset, st) if detail else None
+        policy = Policy(self.ruleset, st, dns, trace)
+
+        mark = (len(st.dns), 0) if detail else None
+        d = await policy.run(Stage.CONNECT)
+        if d.outcome in _REFUSALS:
+            connect = EventResult("connect", st.client_ip, True, d, Stage.CONNECT)
+            results = [EventResult(e.get("cmd", ""), _subject(e), False, note="connection refused at connect")
+                       for e in events]
+        else:
+            connect = EventResult("connect", st.client_ip, True, d, Stage.CONNECT, self.greeting)
+            if policy.delayed is not None and policy.delayed_stage is Stage.CONNECT:
+                connect.note = "refusal held until RCPT (delay_reject)"
+            results = []
+        if detail:
+            self._fill(connect, st, trace, mark)
+        if not results:
+            closed = ""
+            event = self._event
+            for ev in events:
+                cmd = ev.get("cmd", "")
+                if closed:
+                    results.append(EventResult(cmd, _subject(ev), False, note=closed))
+                    continue
+                if detail:
+                    mark = (len(st.dns), len(trace))
+                r = await event(cmd, ev, st, policy)
+                if detail:
+                    self._fill(r, st, trace, mark)
+                results.append(r)
+                if r.refused and (r.reply.startswith("421") if cmd == "data"
+                                  else r.decision.outcome is Outcome.DISCONNECT):
+                    closed = f"connection closed after {cmd.upper()}"
+        verdict = verdict_of(connect, results)
+        return ReplayResult(record, connect, results, verdict, st.hits, st.decisions, st.monitored,
+                            st if detail else None)
+
+    async def _event(self, cmd: str, ev: dict, st: SessionState, policy: Policy) -> EventResult:
+        if cmd == "rcpt":
+            addr = str(ev.get("addr") or "")
+            if not st.helo:
+                return EventResult(cmd, addr, False, fixed_reply=replies.NEED_HELO, note="no accepted HELO")
+            if st.sender is None:
+                return EventResult(cmd, addr, False, fixed_reply=replies.NEED_MAIL, note="no accepted MAIL")
+            if len(st.rcpts) >= self.max_recipients:
+                return EventResult(cmd, addr, False, fixed_reply=replies.TOO_MANY_RCPTS,
+                                   note="too many recipients")
+            st.set_rcpt(addr)
+            d = await policy.run(Stage.RCPT, subject=addr)
+            if d.outcome in _REFUSALS:
+                st.rcpt_rejected += 1
+                r = EventResult(cmd, addr, True, d, Stage.RCPT)
+                if d is policy.delayed:
+                    r.note = f"refusal held from {policy.delayed_stage.value} (delay_reject)"
+                return r
+            st.rcpts.append(addr)
+            return EventResult(cmd, addr, True, d, Stage.RCPT, RCPT_OK)
+        if cmd == "mail":
+            addr = str(ev.get("addr") or "")
+            if not st.helo:
+                return EventResult(cmd, addr, False, fixed_reply=replies.NEED_HELO, note="no accepted HELO")
+            if st.sender is not None:
+                return EventResult(cmd, addr, False, fixed_reply=replies.NESTED_MAIL,
+                                   note="a transaction is open")
+            st.set_sender(addr, ev.get("params") or {})
+            d = await policy.run(Stage.MAIL, subject=addr)
+            if d.outcome in _REFUSALS:
+                st.reset_transaction()
+                return EventResult(cmd, addr, True, d, Stage.MAIL)
+            r = EventResult(cmd, addr, True, d, Stage.MAIL, MAIL_OK)
+            if policy.delayed is not None and policy.delayed_stage is Stage.MAIL:
+                r.note = "refusal held until RCPT (delay_reject)"
+            return r
+        if cmd == "ehlo" or cmd == "helo":
+            arg = str(ev.get("arg") or "")
+            st.reset_transaction()
+            policy.forget_transaction()
+            st.set_helo(arg, cmd == "ehlo")
+            d = await policy.run(Stage.HELO, subject=arg)
+            if d.outcome in _REFUSALS:
+                st.set_helo("", False)
+                return EventResult(cmd, arg, True, d, Stage.HELO)
+            r = EventResult(cmd, arg, True, d, Stage.HELO, self.helo_ok)
+            if policy.delayed is not None and policy.delayed_stage is Stage.HELO:
+                r.note = "refusal held until RCPT (delay_reject)"
+            return r
+        if cmd == "data":
+            if not st.helo:
+                return EventResult(cmd, "", False, fixed_reply=replies.NEED_HELO, note="no accepted HELO")
+            if st.sender is None:
+                return EventResult(cmd, "", False, fixed_reply=replies.NEED_MAIL, note="no accepted MAIL")
+            if not st.rcpts:
+                return EventResult(cmd, "", False,
+                                   fixed_reply=replies.NO_VALID_RCPTS if st.rcpt_rejected else replies.NEED_RCPT,
+                                   note="no accepted recipient")
+            st.message_size = int(ev.get("size") or 0)
+            st.headers = dict(ev.get("headers") or _EMPTY)
+            try:
+                d = await policy.run(Stage.DATA, None)
+                stage = Stage.DATA
+                if d.outcome not in _REFUSALS:
+                    d = await policy.run(Stage.QUEUE, None)
+                    stage = Stage.QUEUE
+            finally:
+                st.reset_transaction()
+                policy.forget_transaction()
+            return EventResult(cmd, "", True, d, stage, DATA_OK)
+        if cmd == "rset":
+            st.reset_transaction()
+            policy.forget_transaction()
+            return EventResult(cmd, "", True, None, None, RSET_OK)
+        if cmd == "starttls":
+            st.tls = True
+            st.set_helo("", False)
+            st.reset_transaction()
+            policy.forget_transaction()
+            return EventResult(cmd, "", True, None, None, "220 2.0.0 Ready to start TLS")
+        return EventResult(cmd, _subject(ev), False, note=f"unknown event {cmd!r} ignored")
+
+    @staticmethod
+    def _fill(r: EventResult, st: SessionState, trace, mark) -> None:
+        n_dns, n_trace = mark
+        r.dns = list(st.dns.items())[n_dns:]
+        r.trace = list(trace[n_trace:])
+
+
+_EMPTY: dict = {}
+
+
+def _subject(ev: dict) -> str:
+    return str(ev.get("arg") or ev.get("addr") or "")
+
+
+def replay_record(ruleset: Ruleset, record: dict, dns=None, *, trace: bool = False,
+                  max_recipients: int = DEFAULT_MAX_RECIPIENTS) -> ReplayResult:
+    """Replay one record.  ``dns``: a DnsSource (default: the recorded
+    answers, ``RecordedDns``)."""
+    if dns is None:
+        replayer = Replayer(ruleset, trace=trace, max_recipients=max_recipients)
+    else:
+        synchronous = isinstance(dns, RecordedDns) or getattr(dns, "synchronous", False)
+        replayer = Replayer(ruleset, lambda rec: dns, trace=trace, max_recipients=max_recipients,
+                            synchronous_dns=synchronous)
+    try:
+        return replayer.replay(record)
+    finally:
+        replayer.close()

@@ -1,0 +1,249 @@
+"""`smtpfw trace`: one session, step by step (like `exim -bh`).
+
+For each command: what the client sends (>>>), the DNS answers the hook
+used, every rule evaluated with its condition's leaves and their values,
+the hook's decision, and the reply the client gets (<<<).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from smtpfw.checks.dnsresult import DnsAnswer, Lookup
+from smtpfw.recording import RecordError
+from smtpfw.replay.build import NoDns, make_record, null_sender, parse_header
+from smtpfw.replay.session import EventResult, Replayer, ReplayResult, node_text
+from smtpfw.verdict import Outcome, Stage
+
+
+def describe_answer(answer: DnsAnswer) -> str:
+    out = answer.status
+    if answer.codes:
+        out += " " + ",".join(answer.codes)
+    if answer.names:
+        out += " " + ",".join(answer.names)
+        out += " (forward-confirmed)" if answer.confirmed else " (not forward-confirmed)"
+    if answer.txt:
+        out += f' "{answer.txt}"'
+    if answer.error:
+        out += f": {answer.error}"
+    return out
+
+
+def describe_lookup(lk: Lookup) -> str:
+    kind = lk.kind.value
+    return f"{kind} {lk.name}" + (f" in {lk.zone}" if lk.zone else "")
+
+
+def command_line(e: EventResult, ev: dict | None) -> str:
+    cmd = e.cmd
+    if cmd in ("helo", "ehlo"):
+        return f"{cmd.upper()} {e.subject}"
+    if cmd == "mail":
+        params = (ev or {}).get("params") or {}
+        extra = "".join(f" {k}" if v is True else f" {k}={v}" for k, v in params.items())
+        return f"MAIL FROM:<{e.subject}>{extra}"
+    if cmd == "rcpt":
+        return f"RCPT TO:<{e.subject}>"
+    if cmd == "data":
+        ev = ev or {}
+        headers = ev.get("headers") or {}
+        hdrs = f", headers: {', '.join(headers)}" if headers else ", no headers"
+        return f"DATA ({ev.get('size', 0)} bytes{hdrs})"
+    return cmd.upper()
+
+
+def _where(ruleset, rule) -> str:
+    span = getattr(rule.node, "span", None)
+    if span is None:
+        return ""
+    return f"{os.path.relpath(span.file) if os.path.isabs(span.file) else span.file}:{span.line}"
+
+
+def _yes(b: bool) -> str:
+    return "true" if b else "false"
+
+
+def format_event(ruleset, e: EventResult, ev: dict | None, indent: str = "") -> list[str]:
+    out = []
+    w = lambda s: out.append(indent + s)
+    if e.cmd == "connect":
+        w(f">>> connect from {e.subject}")
+    else:
+        w(f">>> {command_line(e, ev)}")
+    if not e.reached:
+        w(f"    not reached: {e.note}" if e.note else "    not reached")
+        if e.fixed_reply:
+            w(f"<<< {e.fixed_reply}")
+        return out
+    for lk, answer in e.dns or ():
+        w(f"    dns   {describe_lookup(lk)}: {describe_answer(answer)}")
+    stage = None
+    for info in e.trace or ():
+        step = info.step
+        if stage is not None and step.stage is not stage:
+            w(f"    hook  {stage.value} done")
+        stage = step.stage
+        rule = step.rule
+        where = _where(ruleset, rule)
+        head = f"    rule  {rule.rule_id}" + (f" ({where})" if where and not where.endswith(f":{rule.rule_id}") else "")
+        if step.matched:
+            head += f": matched -> {step.note}"
+        else:
+            head += ": no match"
+        w(head)
+        if not info.leaves and rule.test is None:
+            w("            (no condition)")
+        for text, value, result in info.leaves:
+            w(f"            {text}  = {_yes(result)}" + (f"   [{value}]" if value else ""))
+    if e.decision is not None and e.stage is not None:
+        d = e.decision
+        note = e.note
+        if d.outcome is Outcome.CONTINUE:
+            verdict = "continue"
+            if not note and ruleset.delay_reject and any(
+                    i.step.matched and i.step.note in ("reject", "tempfail") for i in e.trace or ()):
+                note = "an earlier refusal is already held until RCPT (delay_reject)"
+        else:
+            verdict = d.outcome.value + (f" by {d.rule_id}" if d.rule_id else "")
+        before = "data: continue; " if e.stage is Stage.QUEUE else ""
+        w(f"    => {before}{e.stage.value}: {verdict}" + (f"  ({note})" if note else ""))
+    elif e.note:
+        w(f"    ({e.note})")
+    if e.reply:
+        w(f"<<< {e.reply}")
+    return out
+
+
+def format_trace(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) -> str:
+    rec = result.record
+    out = [f"smtpfw trace: {rules_path} (ruleset {ruleset.version}); DNS: {dns_desc}"]
+    listener = rec.get("listener") or {}
+    flags = [f for f, on in (("tls", rec.get("tls")), (f"auth as {rec.get('auth_user')}", rec.get("auth"))) if on]
+    out.append(f"session {rec.get('id')}: client {rec['client'].get('ip')} port {rec['client'].get('port', 0)}, "
+               f"listener port {listener.get('port', 0)}" + (", " + ", ".join(flags) if flags else ""))
+    if ruleset.delay_reject:
+        out.append("option delay_reject: refusals at connect, HELO and MAIL are given at the first RCPT")
+    out.append("")
+    events = rec["events"]
+    out += format_event(ruleset, result.connect, None)
+    for i, e in enumerate(result.events):
+        out.append("")
+        out += format_event(ruleset, e, events[i] if i < len(events) else None)
+    out.append("")
+    out.append(f"verdict: {result.verdict.describe()}")
+    out.append("rules matched: " + (", ".join(dict.fromkeys(result.hits)) or "(none)"))
+    if result.monitored:
+        out.append("monitor mode, would have refused: " + ", ".join(r for r, _ in result.monitored))
+    if result.state is not None and result.state.tags:
+        out.append("tags: " + ", ".join(sorted(result.state.tags)))
+    return "\n".join(out) + "\n"
+
+
+def trace_json(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) -> dict:
+    def event(e: EventResult) -> dict:
+        out = {"cmd": e.cmd, "subject": e.subject, "reached": e.reached, "reply": e.reply, "note": e.note,
+               "stage": e.stage.value if e.stage else None,
+               "decision": e.decision.to_json() if e.decision is not None else None,
+               "dns": [{"lookup": lk.to_json(), "answer": a.to_json()} for lk, a in e.dns or ()],
+               "rules": []}
+        for info in e.trace or ():
+            step = info.step
+            out["rules"].append({
+                "rule": step.rule.rule_id, "stage": step.stage.value, "where": _where(ruleset, step.rule),
+                "matched": step.matched, "note": step.note,
+                "leaves": [{"condition": t, "value": v, "result": r} for t, v, r in info.leaves]})
+        return out
+
+    return {"version": 1, "rules": rules_path, "ruleset": ruleset.version, "dns": dns_desc,
+            "session": {k: result.record.get(k) for k in ("id", "client", "listener", "tls", "auth", "auth_user")},
+            "steps": [event(result.connect)] + [event(e) for e in result.events],
+            "verdict": result.verdict.to_json(), "hits": list(result.hits)}
+
+
+def load_session(spec: str) -> dict:
+    """FILE, FILE:N (Nth record, 1-based) or FILE:ID."""
+    from smtpfw.replay.dryrun import iter_records
+
+    path, selector = spec, None
+    if not os.path.exists(spec) and ":" in spec:
+        path, _, selector = spec.rpartition(":")
+    if not os.path.exists(path):
+        raise RecordError(f"{path}: no such file")
+    for number, record in iter_records(path):
+        if selector is None or (selector.isdigit() and number == int(selector)) or record.get("id") == selector:
+            return record
+    if selector is None:
+        raise RecordError(f"{path}: no session records")
+    raise RecordError(f"{path}: no session {selector!r} (give a 1-based line number or a session id)")
+
+
+def run(args) -> int:
+    from smtpfw.replay.commands import compile_or_report, dns_source_factory, load_config_arg
+
+    err = sys.stderr
+    cfg = load_config_arg(args)
+    if args.session:
+        if args.ip or args.helo or args.sender is not None or args.rcpt:
+            print("smtpfw trace: give either --session or --ip/--helo/--from/--rcpt, not both", file=err)
+            return 2
+        try:
+            record = load_session(args.session)
+        except RecordError as e:
+            print(f"smtpfw trace: {e}", file=err)
+            return 2
+    else:
+        if args.sender is not None and not args.helo:
+            print("smtpfw trace: --from needs --helo (a client says HELO/EHLO before MAIL)", file=err)
+            return 2
+        if args.rcpt and args.sender is None:
+            print("smtpfw trace: --rcpt needs --from (MAIL comes before RCPT)", file=err)
+            return 2
+        try:
+            headers = [parse_header(h) for h in args.header]
+        except ValueError as e:
+            print(f"smtpfw trace: --header: {e}", file=err)
+            return 2
+        import ipaddress
+        ip = args.ip or "192.0.2.1"
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            print(f"smtpfw trace: --ip: {ip!r} is not an IP address", file=err)
+            return 2
+        record = make_record(ip=ip, client_port=args.client_port, listener_port=args.port, helo=args.helo,
+                             esmtp=not args.plain_helo, tls=args.tls, auth_user=args.auth,
+                             sender=null_sender(args.sender) if args.sender is not None else None,
+                             rcpts=[null_sender(r) for r in args.rcpt], headers=headers, size=args.size,
+                             data=not args.no_data)
+    ruleset = compile_or_report(args.rules, "trace")
+    if ruleset is None:
+        return 2
+    hostname = cfg.hostname or "smtpfw"
+    if args.session and not (args.live_dns or args.dns):
+        dns_desc = "recorded answers (a lookup not in the recording counts as failed)"
+        replayer = Replayer(ruleset, trace=True, hostname=hostname, max_recipients=cfg.max_recipients)
+    elif args.no_dns:
+        dns_desc = "none (--no-dns: every lookup counts as failed)"
+        replayer = Replayer(ruleset, lambda rec: NoDns(), trace=True, hostname=hostname,
+                            max_recipients=cfg.max_recipients, synchronous_dns=True)
+    else:
+        server = args.dns or (", ".join(f"{h}:{p}" for h, p in cfg.dns_nameservers) if cfg.dns_nameservers
+                              else "the system resolver")
+        dns_desc = f"live, from {server}"
+        replayer = Replayer(ruleset, dns_source_factory(cfg, args.dns), trace=True, hostname=hostname,
+                            max_recipients=cfg.max_recipients, synchronous_dns=False)
+    try:
+        result = replayer.replay(record)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        print(f"smtpfw trace: malformed session record: {type(e).__name__}: {e}", file=err)
+        return 2
+    finally:
+        replayer.close()
+    if args.format == "json":
+        sys.stdout.write(json.dumps(trace_json(ruleset, args.rules, result, dns_desc), indent=2) + "\n")
+    else:
+        sys.stdout.write(format_trace(ruleset, args.rules, result, dns_desc))
+    return 0
