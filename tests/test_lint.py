@@ -621,3 +621,55 @@ def test_folder_lints_included_fragments_as_part_of_their_ruleset(tmp_path, caps
     assert (code, out) == (0, "no problems found\n")
     code, out = run_cli(["lint", "--color", "never", "frag.rules"], tmp_path, capsys)
     assert code == 1 and "E701" in out      # named on its own, it is a ruleset
+
+
+def test_w602_state_changes_between_rules(tmp_path):
+    text = ('plugin p = "smtpfw.plugins_builtin:HeaderScore"\non data:\n'
+            '    reject if tagged bad\n    tag bad if message.size > 1M\n    reject if tagged bad\n'
+            '    reject if p.points > 5\n    run p\n    reject if p.points > 5\n'
+            '    reject if p.points > 9\n' + NO_RELAY)
+    assert codes(lint(tmp_path, text)) == [("W602", 9)]
+
+
+def test_w702_only_at_mail(tmp_path):
+    text = ('on rcpt:\n    reject "one recipient per bounce" if sender.null and rcpt.count > 0\n'
+            '    reject if rcpt.domain not in localnames\n')
+    assert lint(tmp_path, text) == []
+
+
+def test_realistic_site_ruleset_is_clean(tmp_path):
+    text = '''option delay_reject = yes
+list local      = ["example.com", "example.net"]
+list mynetworks = [127.0.0.0/8, 192.0.2.0/24, "::1"]
+list users      = ["alice@example.com", "@example.net"]
+list badhelo    = ["localhost", ".dyn.example"]
+zone zen = dnsbl "zen.spamhaus.org" codes [127.0.0.2-127.0.0.11]
+zone dbl = rhsbl "dbl.spamhaus.org" codes [127.0.1.2-127.0.1.106]
+plugin score = "smtpfw.plugins_builtin:HeaderScore"
+
+on connect:
+    [trusted] tag trusted if client.ip in mynetworks
+    [zen] reject 554 5.7.1 "Blocked: {dnsbl.txt}" if client.ip listed in zen and not tagged trusted
+    [zen-down] monitor tempfail 451 "DNSBL down" if client.ip lookup failed in zen
+on helo:
+    [helo-ip] reject 550 "Use your name" if helo matches "^\\\\[?[0-9.]+\\\\]?$" and not tagged trusted
+    [badhelo] reject 550 "Bad HELO" if helo within badhelo and not tagged trusted
+on mail:
+    [bounce-ok] accept if sender.null
+    [dbl] reject 550 "Sender domain listed" if sender.domain listed in dbl
+    [unresolvable] reject 550 "No such domain" if sender.resolvable = "no"
+    [dns-down] tempfail 451 "Try later" if sender.resolvable = "failed"
+    [spoof] reject 550 "Spoofed" if sender.domain within local and not tagged trusted and not auth
+on rcpt:
+    [relay-hack] reject 550 "Bad address" if rcpt.local matches "[%!@]"
+    [trusted-relay] accept if tagged trusted or auth
+    [no-relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not within local
+    [unknown-user] reject 550 5.1.1 "No such user" if rcpt not in users
+    [too-many] tempfail 452 "Too many recipients" if rcpt.count >= 50
+on data:
+    run score
+    [spam] reject 550 "Spam ({score.reasons})" if score.points >= 8
+    [spam-tag] add_header "X-Spam" "{score.points}" if score.points >= 4
+    [huge] reject 552 "Too big" if message.size > 50M
+'''
+    assert lint(tmp_path, text) == []

@@ -34,7 +34,7 @@ from smtpfw.checks.lists import Entry, build_matcher, read_list_file
 from smtpfw.diagnostics import Diagnostic, Span
 from smtpfw.lang import ast
 from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_ruleset, load_program
-from smtpfw.lang.fields import ADDRESS, DOMAIN, INT, IP, STRING, lookup_field
+from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, lookup_field
 from smtpfw.session import SessionState
 
 try:  # the regex parser, to see what a pattern requires
@@ -67,7 +67,10 @@ def check_ruleset(path: str | os.PathLike) -> tuple[list[Diagnostic], dict[str, 
         return _finish(diags), sources
     sources.update(prog.sources)
     complete = not any(d.code in ("E001", "E002", "E003") for d in diags)
-    diags += _Linter(prog, ruleset, complete).run()
+    try:
+        diags += _Linter(prog, ruleset, complete).run()
+    except Exception as err:  # each check is guarded; this is the last line of defence
+        diags.append(_internal("E002", "checking the rules", err, Span.point(path, 1, 1)))
     return _finish(diags), sources
 
 
@@ -246,6 +249,19 @@ def _canon(cond, negated: bool = False) -> tuple:
     else:
         leaf = ("other", repr(cond))
     return ("not", leaf) if negated else leaf
+
+
+def _mentions(canon: tuple, pred: Callable[[tuple], bool]) -> bool:
+    stack = [canon]
+    while stack:
+        node = stack.pop()
+        if node[0] in ("and", "or"):
+            stack.extend(node[1])
+        elif node[0] == "not":
+            stack.append(node[1])
+        elif pred(node):
+            return True
+    return False
 
 
 def _interval(op: str, n) -> tuple[float, float] | None:
@@ -607,8 +623,10 @@ class _Linter:
                 if rule.condition is None:
                     if _ends_hook(rule):
                         blocker = rule
+                    earlier, exact = self._forget_changed(rule, earlier, exact)
                     continue
                 if not self.analysable(rule):
+                    earlier, exact = self._forget_changed(rule, earlier, exact)
                     continue
                 c = _canon(rule.condition)
                 shadow = exact.get(c)
@@ -633,6 +651,25 @@ class _Linter:
                 if _ends_hook(rule):
                     exact.setdefault(c, rule)
                     earlier.append((rule, c))
+                earlier, exact = self._forget_changed(rule, earlier, exact)
+
+    @staticmethod
+    def _forget_changed(rule: ast.Rule, earlier: list, exact: dict) -> tuple[list, dict]:
+        """`tag T` and `run P` change what later conditions see: an earlier
+        rule that tested `tagged T` or a field of P no longer covers them."""
+        kind, arg = rule.action.kind, rule.action.arg or ""
+        if kind == "tag":
+            def stale(leaf: tuple) -> bool:
+                return leaf == ("tagged", arg)
+        elif kind == "run":
+            def stale(leaf: tuple) -> bool:
+                return len(leaf) > 1 and isinstance(leaf[1], str) and leaf[1].startswith(arg + ".")
+        else:
+            return earlier, exact
+        keep = [(r, c) for r, c in earlier if not _mentions(c, stale)]
+        if len(keep) == len(earlier):
+            return earlier, exact
+        return keep, {c: r for c, r in exact.items() if not _mentions(c, stale)}
 
     def implies(self, r: tuple, e: tuple, depth: int = 0) -> bool:
         """True when condition ``r`` can only hold if ``e`` holds (sound, not complete)."""
@@ -668,7 +705,7 @@ class _Linter:
             if all(isinstance(v, str) and _plain_item(ftype, v) for v in r[4][1]):
                 values = sorted(r[4][1], key=repr)
         if e[0] == "cmp":
-            if r[0] == "cmp" and ftype == INT:
+            if r[0] == "cmp" and r[3][0] == e[3][0] == "number":
                 ri, ei = _interval(r[2], r[3][1]), _interval(e[2], e[3][1])
                 if ri and ei:
                     return ei[0] <= ri[0] and ri[1] <= ei[1]
@@ -794,9 +831,12 @@ class _Linter:
         tag_rules = [r for h in ("connect", "helo", "mail", "rcpt") for r in self.rules(h)
                      if r.action.kind == "tag" and r.action.arg]
         tags: set[str] = set()
-        changed = True
+        changed, passes = True, 0
         while changed:
-            changed = False
+            changed, passes = False, passes + 1
+            if passes > 20:     # a long chain of tags: assume the client can get any of them
+                tags.update(r.action.arg for r in tag_rules)
+                break
             for r in tag_rules:
                 if r.action.arg in tags:
                     continue
@@ -895,7 +935,7 @@ class _Linter:
     def check_null_sender(self) -> None:
         state = SessionState(client_ip="192.0.2.1", helo="mail.example", helo_lower="mail.example", esmtp=True)
         state.set_sender("")
-        for hook in ("mail", "rcpt"):
+        for hook in ("mail",):     # at rcpt, `sender.null and rcpt.count > 0` is a fair rule
             accepts = False
             for rule in self.rules(hook):
                 if not _ends_hook(rule):
@@ -925,11 +965,10 @@ class _Linter:
                     continue        # a catch-all after accepting what is wanted refuses everyone alike
                 if v1 == UNKNOWN and _eval3(rule.condition, lambda l, n: leaf_value(l, n, True)) != FALSE:
                     continue        # the sender test is not what makes this rule refuse <>
-                at = "MAIL FROM" if hook == "mail" else "RCPT TO"
                 if rule.condition is None:
-                    message = f"this rule refuses every sender at {at}, including the null sender <> (bounces)"
+                    message = "this rule refuses every sender at MAIL FROM, including the null sender <> (bounces)"
                 else:
-                    message = f"this rule refuses the null sender <> at {at}: bounces and delivery reports use it"
+                    message = "this rule refuses the null sender <> at MAIL FROM: bounces and delivery reports use it"
                 self.add("W702", message, rule.span,
                          help="RFC 5321 requires accepting <>; exclude it with `... and not sender.null`, "
                               "or put `accept if sender.null` before this rule")
