@@ -8,6 +8,8 @@ does.  Only the DNS source differs: live lookups, or recorded answers.
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Iterable, Protocol
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, failed
@@ -17,6 +19,56 @@ from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
 
 _EARLY = (Stage.CONNECT, Stage.HELO, Stage.MAIL)
+log = logging.getLogger("smtpfw.plugins")
+
+# Reply classes a plugin's decision may carry, per outcome.  A refusal with a
+# 2xx code would tell the client "accepted" for mail that is dropped.
+_CLASSES = {Outcome.CONTINUE: "2345", Outcome.ACCEPT: "2", Outcome.REJECT: "5",
+            Outcome.TEMPFAIL: "4", Outcome.DISCONNECT: "45"}
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
+def _sane(d: object) -> bool:
+    """A plugin's Decision is used only if it is well-formed: an Outcome, an
+    int code 200-599 of the outcome's class, an enhanced code of that class,
+    text that is text."""
+    if not isinstance(d, Decision) or not isinstance(d.outcome, Outcome):
+        return False
+    classes = _CLASSES[d.outcome]
+    code = d.code
+    if code is not None and (type(code) is not int or not 200 <= code <= 599 or str(code)[0] not in classes):
+        return False
+    enhanced = d.enhanced
+    if enhanced is not None and (not isinstance(enhanced, str) or not _ENHANCED.fullmatch(enhanced)
+                                 or enhanced[0] not in (str(code)[0] if code else classes)):
+        return False
+    return all(v is None or isinstance(v, str) for v in (d.text, d.rule_id))
+
+
+class _Contained:
+    """A plugin whose run() cannot stop the server: asyncio re-raises
+    SystemExit and KeyboardInterrupt out of the event loop, so a plugin (or a
+    library it calls) doing sys.exit() would end every session.  Here they
+    become an ordinary exception, which run_plugin turns into a 451."""
+
+    __slots__ = ("plugin",)
+
+    def __init__(self, plugin):
+        self.plugin = plugin
+
+    @property
+    def timeout(self):
+        return getattr(self.plugin, "timeout", 10.0)
+
+    @property
+    def fields(self):
+        return getattr(self.plugin, "fields", {})
+
+    async def run(self, stage, state, message):
+        try:
+            return await self.plugin.run(stage, state, message)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise RuntimeError(f"plugin raised {type(exc).__name__}({exc})") from None
 
 
 class DnsSource(Protocol):
@@ -83,8 +135,12 @@ class Policy:
                 return result
             name = result.rule.arg
             plugin = rs.plugins.get(name)
-            decision = (await run_plugin(name, plugin, stage, state, message)
+            decision = (await run_plugin(name, _Contained(plugin), stage, state, message)
                         if plugin is not None else PLUGIN_FAILED)
+            if decision is not None and not _sane(decision):
+                log.error("plugin %s returned a malformed decision %r (session %s)",
+                          name, decision, state.session_id)
+                decision = PLUGIN_FAILED
             if decision is not None and decision.outcome.terminal:
                 return Decision(decision.outcome, decision.code, decision.enhanced, decision.text,
                                 decision.rule_id or result.rule.rule_id)

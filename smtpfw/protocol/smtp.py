@@ -107,6 +107,25 @@ class FirewallSMTP(SMTP):
             self._write_line(replies.IDLE_TIMEOUT)
             self.state.final_reply = replies.IDLE_TIMEOUT
         super()._timeout_cb()
+        self._abort_if_stuck()
+
+    def _abort_if_stuck(self) -> None:
+        # close() waits until the write buffer is flushed, which never happens
+        # with a client that does not read (it pipelines commands and ignores
+        # the replies): drop it, or it holds its connection slot forever.
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size():
+            transport.abort()
+
+    def eof_received(self):
+        # aiosmtpd cancels the session at EOF, even with commands still
+        # buffered: a client that pipelines a whole transaction and then
+        # half-closes (shutdown(SHUT_WR)) lost its replies, and its message
+        # was delivered without the 250 (it retries: a duplicate).  Instead
+        # the session reads what was sent, then ends at the EOF.
+        if self.session is not None and self.session.ssl is not None:
+            return super().eof_received()
+        return asyncio.StreamReaderProtocol.eof_received(self)
 
     def _write_line(self, text: str) -> None:
         try:
@@ -128,6 +147,7 @@ class FirewallSMTP(SMTP):
         self._write_line(replies.SHUTTING_DOWN)
         self.state.final_reply = replies.SHUTTING_DOWN
         self.close()
+        self._abort_if_stuck()
 
     def _finish(self) -> None:
         if self.finished:
@@ -154,9 +174,11 @@ class FirewallSMTP(SMTP):
     async def _handle_client(self) -> None:
         try:
             await self._session()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass      # the client went away (EOF inside an over-long line, say)
         finally:
-            # EOF cancels this task (aiosmtpd's eof_received); either way the
-            # connection is over: close it so connection_lost runs.
+            # The session ended (QUIT, EOF, a limit) or was cancelled by a lost
+            # connection; either way it is over: close so connection_lost runs.
             if self.transport is not None:
                 self.transport.close()
 
@@ -347,7 +369,7 @@ class FirewallSMTP(SMTP):
     def _check_mail_params(self, params: dict) -> str | None:
         size = params.get("SIZE")
         if size is not None:
-            if not isinstance(size, str) or not size.isdigit():
+            if not isinstance(size, str) or not (size.isascii() and size.isdigit()):
                 return "501 5.5.4 Syntax: SIZE=<number>"
             if int(size) > self.cfg.max_message_size:
                 return replies.SIZE_EXCEEDED
@@ -366,7 +388,11 @@ class FirewallSMTP(SMTP):
         if text.startswith("<>"):
             address, rest = "", text[2:]
         else:
-            address, rest = _simple_address(text, self.local_part_limit) or self._getaddr(text)
+            try:
+                address, rest = _simple_address(text, self.local_part_limit) or self._getaddr(text)
+            except (IndexError, AttributeError, ValueError):
+                # email's header parser on input such as '"', '<' or '!1@[é@'
+                return None, {}
             if not address:
                 return None, {}
         params: dict = {}
@@ -438,10 +464,15 @@ class FirewallSMTP(SMTP):
             return
         event = {"cmd": "data", "size": len(message)}
         st.events.append(event)
+        # The client waits for us now (RFC 5321 4.5.3.2.6: up to 10 minutes):
+        # a slow downstream or disk is not an idle client.
+        self._reset_timeout(self.cfg.data_timeout)
         try:
             reply = await self._accept_message(message, event)
         finally:
             self._new_transaction()
+            if self.transport is not None:
+                self._reset_timeout()
         event["reply"] = reply
         await self.push(reply)
         if reply.startswith("421"):
