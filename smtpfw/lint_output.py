@@ -48,7 +48,7 @@ def format_text(diags: list[Diagnostic], sources: dict[str, str] | None = None,
         level = d.level
         where = f"{d.span}: " if d.span else ""
         out.append(f"{c(_BOLD, where)}{c(_COLORS[level], f'{level.value}[{d.code}]')} {d.message}")
-        line = _source_line(d, sources, cache)
+        line = _source_line(d, sources, cache) if d.code != "E001" else None   # E001: cannot be read
         if line is not None and d.span is not None:
             line = "".join(ch if ch.isprintable() else ("\ufffd" if ch != "\t" else " ") for ch in line[:300])
             num = str(d.span.line)

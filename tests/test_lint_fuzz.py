@@ -201,3 +201,10 @@ def test_huge_file(tree):
 
 def test_huge_garbage(tree):
     lint_bytes(tree, (b"reject if ( \xff\xfe " * 70_000)[:1_000_000])
+
+
+def test_endless_file_is_not_read_whole(tmp_path):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    diags, _ = check_ruleset("/dev/zero")
+    assert [d.code for d in diags] == ["E001"] and "larger than" in diags[0].message

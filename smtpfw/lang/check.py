@@ -45,7 +45,6 @@ except ImportError:  # pragma: no cover - Python < 3.11
 # Three-valued logic for "can this be true for a client like that?"
 TRUE, FALSE, UNKNOWN = "true", "false", "unknown"
 
-REFUSALS = ("reject", "tempfail", "disconnect")
 MAX_DEPTH = 60                 # deeper conditions are not analysed (the compiler checks them)
 IMPLICATION_BUDGET = 100_000   # W602: pairwise comparisons per ruleset
 RELAY_DOMAIN = "relay.invalid"  # a recipient domain that no ruleset calls local
@@ -134,10 +133,6 @@ def _where(rule: ast.Rule, here: str | None = None) -> str:
     if rule.label_given:
         return f"rule `{rule.rule_id}` ({loc})"
     return f"the `{rule.action.kind}` rule on {loc}" if here == rule.span.file else f"the `{rule.action.kind}` rule at {loc}"
-
-
-def _is_refusal(rule: ast.Rule) -> bool:
-    return rule.action.kind in REFUSALS and not rule.monitor
 
 
 def _ends_hook(rule: ast.Rule) -> bool:
@@ -296,10 +291,6 @@ def _cannot_contain(ftype: str, name: str) -> Callable[[str], bool] | None:
     if ftype == IP:
         return lambda ch: ch not in _IP_CAN
     return None
-
-
-def _op(item) -> str:
-    return str(item[0])
 
 
 def _chars_of_set(items) -> set[str] | None:
@@ -589,7 +580,7 @@ class _Linter:
                     help_ = "a domain is letters, digits, `-` and `.`"
             else:
                 reason = f"it needs {shown}, and an IP address is written with digits, a-f, `.` and `:` only"
-                help_ = "to test a network, write `client.ip in 10.0.0.0/8` instead of a pattern"
+                help_ = f"to test a network, write `{field} in 10.0.0.0/8` instead of a pattern"
         if reason is None and not field.startswith("header."):
             reason = _misplaced_anchor(parsed)
             if reason:

@@ -24,7 +24,7 @@ from smtpfw.engine import CompiledRule, Ruleset
 from smtpfw.lang import ast
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, INT, IP, LIST,
                                 STRING, FieldSpec, lookup_field)
-from smtpfw.lang.parser import HOOKS, parse
+from smtpfw.lang.parser import HOOKS, MAX_SOURCE_BYTES, parse
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
 
@@ -92,10 +92,15 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
     if text is None:
         try:
             with open(path, "rb") as fh:
-                raw = fh.read()
+                raw = fh.read(MAX_SOURCE_BYTES + 1)     # not all of /dev/zero or a stray log
         except OSError as err:
             code = "E003" if include_span else "E001"
             diags.append(Diagnostic(code, f"cannot read {path}: {err.strerror or err}",
+                                    include_span or Span.point(path, 1, 1)))
+            return
+        if len(raw) > MAX_SOURCE_BYTES:
+            diags.append(Diagnostic("E003" if include_span else "E001",
+                                    f"{path} is larger than {MAX_SOURCE_BYTES // 2**20} MiB: is it a rule file?",
                                     include_span or Span.point(path, 1, 1)))
             return
         text = raw.decode("utf-8", errors="replace")
