@@ -61,7 +61,10 @@ def write_lists(folder: Path, entries: int, seed: int = 8) -> dict[str, Path]:
         n = 0x0B000000 + i * 7                      # 11.0.0.0 upwards
         return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
-    dump("badips", (ip(i) if i % 10 else ip(i)[:ip(i).rfind(".")] + ".0/24" for i in range(entries)))
+    def net(i: int) -> str:                          # distinct /24s in 20.0.0.0-35.255.255.0
+        return f"{20 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.0/24"
+
+    dump("badips", (ip(i) if i % 10 else net(i) for i in range(entries)))
     dump("badhelos", (f"h{i:x}.spam{rnd.randrange(1000)}.test" for i in range(entries)))
     dump("badsenders", (f"u{i:x}@s{rnd.randrange(10000)}.test" if i % 5 else f"@d{i:x}.test"
                         for i in range(entries)))

@@ -76,11 +76,48 @@ class Ruleset:
                 out.append(lk)
         return out
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_groups", {stage: _equality_groups(rules, self.monitor_all)
+                                             for stage, rules in self.hooks.items()})
+
     def evaluate(self, stage: Stage, state: SessionState, start: int = 0,
                  trace: list | None = None) -> Decision | PluginCall:
         rules = self.hooks.get(stage, ())
         monitor_all = self.monitor_all
-        for index in range(start, len(rules)):
+        groups = self._groups.get(stage) if trace is None else None
+        if not groups:
+            result = self._run(stage, rules, start, len(rules), state, trace, monitor_all)
+            return CONTINUE if result is None else result
+        # A run of `<terminal action> if <field> = <value>` rules is one dict
+        # lookup per field: the first rule of the run whose value is its
+        # field's is the only one that can match first; if none, none match.
+        index = start
+        for lo, hi, tables in groups:
+            if hi <= index:
+                continue
+            if lo > index:
+                result = self._run(stage, rules, index, lo, state, None, monitor_all)
+                if result is not None:
+                    return result
+                index = lo
+            hit = _first_hit(tables, state) if index == lo else _UNKNOWN
+            if hit is _UNKNOWN:
+                result = self._run(stage, rules, index, hi, state, None, monitor_all)
+            elif hit is not None:
+                result = self._run(stage, rules, hit, hit + 1, state, None, monitor_all)
+            else:
+                result = None
+            if result is not None:
+                return result
+            index = hi
+        result = self._run(stage, rules, index, len(rules), state, None, monitor_all)
+        return CONTINUE if result is None else result
+
+    @staticmethod
+    def _run(stage: Stage, rules, lo: int, hi: int, state: SessionState, trace: list | None,
+             monitor_all: bool) -> Decision | PluginCall | None:
+        """Evaluate rules[lo:hi] in order; None = no terminal action among them."""
+        for index in range(lo, hi):
             rule = rules[index]
             test = rule.test
             if test is not None and not test(state):
@@ -112,7 +149,74 @@ class Ruleset:
                 state.add_headers.append((rule.arg, rule.render_arg(state)))
             elif kind == "run":
                 return PluginCall(rule, index + 1)
-        return CONTINUE
+        return None
+
+
+# ---- equality groups ------------------------------------------------------------
+
+_SCALARS = (str, int, bool)
+MIN_GROUP = 3
+
+
+def _eq_shape(get, value):
+    return lambda s: get(s) == value     # the compiler's test for `field = value`
+
+
+_EQ_CODE = _eq_shape(None, None).__code__
+
+
+def _equality(rule: CompiledRule):
+    """(getter, value) when ``rule`` is `<terminal action> if <field> = <value>`
+    (its test is exactly the compiler's `get(s) == value`), else None."""
+    test = rule.test
+    code = getattr(test, "__code__", None)
+    if (rule.outcome is None or rule.monitor or code is None or code.co_code != _EQ_CODE.co_code
+            or code.co_freevars != _EQ_CODE.co_freevars or code.co_names != _EQ_CODE.co_names
+            or code.co_consts != _EQ_CODE.co_consts):
+        return None
+    cells = dict(zip(code.co_freevars, (c.cell_contents for c in test.__closure__)))
+    if type(cells["value"]) not in _SCALARS:
+        return None
+    return cells["get"], cells["value"]
+
+
+def _equality_groups(rules: tuple[CompiledRule, ...], monitor_all: bool) -> list[tuple]:
+    """[(lo, hi, ((getter, {value: first rule index}), ...))] for each run of
+    at least MIN_GROUP consecutive equality rules (on any fields)."""
+    if monitor_all:
+        return []
+    groups = []
+    lo = 0
+    while lo < len(rules):
+        hi = lo
+        tables: dict = {}
+        while hi < len(rules):
+            eq = _equality(rules[hi])
+            if eq is None:
+                break
+            tables.setdefault(eq[0], {}).setdefault(eq[1], hi)
+            hi += 1
+        if hi - lo >= MIN_GROUP:
+            groups.append((lo, hi, tuple(tables.items())))
+        lo = max(hi, lo + 1)
+    return groups
+
+
+_UNKNOWN = object()
+
+
+def _first_hit(tables, state: SessionState):
+    """Index of the first rule of a group that matches ``state``, None if
+    none does, _UNKNOWN if a field's value cannot be looked up."""
+    best = None
+    for get, first in tables:
+        value = get(state)
+        if type(value) not in _SCALARS:
+            return _UNKNOWN
+        hit = first.get(value)
+        if hit is not None and (best is None or hit < best):
+            best = hit
+    return best
 
 
 @dataclass(frozen=True, slots=True)

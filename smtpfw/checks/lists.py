@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import Callable
 
 from smtpfw.diagnostics import Diagnostic, Span
@@ -26,6 +30,21 @@ from smtpfw.lang.fields import ADDRESS, BOOL, DOMAIN, INT, IP, LIST, STRING
 
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+# Lines of a "\n"-joined block that are not ASCII domains of at most 253
+# characters: one regex pass instead of one match per entry.
+_NOT_DOMAIN_LINE = re.compile(rf"(?m)^(?!(?=[^\n]{{1,253}}$){_LABEL}(?:\.{_LABEL})*$)[^\n]*$")
+
+
+def _all_domains(joined: str) -> bool:
+    """Every line of ``joined`` is a valid domain (valid_domain, per line)."""
+    return all(valid_domain(line) for line in _NOT_DOMAIN_LINE.findall(joined))
+
+
+def _plain(joined: str, marks: str) -> bool:
+    """No line of ``joined`` is empty or starts with one of ``marks``."""
+    if not joined or joined[0] in marks or joined[-1] == "\n" or "\n\n" in joined:
+        return False
+    return not any("\n" + m in joined for m in marks)
 
 
 def valid_domain(text: str) -> bool:
@@ -44,7 +63,35 @@ class Entry:
     span: Span
 
 
-def read_list_file(path: str, shown_name: str) -> tuple[list[Entry] | None, list[Diagnostic]]:
+class FileEntries(Sequence):
+    """A list file's entries.  Only the texts are kept per entry; an ``Entry``
+    with its ``Span`` is made when asked for (a diagnostic), so a
+    million-line list does not cost a million Entry and Span objects."""
+
+    __slots__ = ("texts", "_numbers", "_lines", "_file")
+
+    def __init__(self, file: str, lines: list[str], numbers, texts: list[str]):
+        self.texts = texts          # stripped, comment-free, non-empty
+        self._numbers = numbers     # 1-based line number of each text
+        self._lines = lines
+        self._file = file
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self.texts)))]
+        content = self.texts[index]
+        number = self._numbers[index]
+        col = self._lines[number - 1].index(content[0]) + 1
+        return Entry(content, Span(self._file, number, col, number, col + len(content)))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self.texts)))
+
+
+def read_list_file(path: str, shown_name: str) -> tuple[FileEntries | None, list[Diagnostic]]:
     """Entries of a list file: one a line, `#` comments, blank lines ignored."""
     try:
         with open(path, "rb") as fh:
@@ -52,13 +99,14 @@ def read_list_file(path: str, shown_name: str) -> tuple[list[Entry] | None, list
     except OSError as err:
         return None, [Diagnostic("E301", f"cannot read list file {shown_name}: {err.strerror or err}")]
     text = raw.decode("utf-8", errors="replace")
-    entries: list[Entry] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        content = line.split("#", 1)[0].strip()
-        if content:
-            col = line.index(content[0]) + 1
-            entries.append(Entry(content, Span(shown_name, number, col, number, col + len(content))))
-    return entries, []
+    lines = text.splitlines()
+    contents = [line.strip() if "#" not in line else line.split("#", 1)[0].strip() for line in lines]
+    texts = list(filter(None, contents))
+    if len(texts) == len(contents):
+        numbers = range(1, len(lines) + 1)
+    else:
+        numbers = array("l", compress(range(1, len(lines) + 1), contents))
+    return FileEntries(shown_name, lines, numbers, texts), []
 
 
 class CidrTable:
@@ -66,9 +114,10 @@ class CidrTable:
 
     __slots__ = ("_v4", "_v6")
 
-    def __init__(self, networks):
-        v4: dict[int, set[int]] = {}
-        v6: dict[int, set[int]] = {}
+    def __init__(self, networks=(), *, keys: tuple[dict, dict] | None = None):
+        v4: dict[int, set[int]]
+        v6: dict[int, set[int]]
+        v4, v6 = keys if keys is not None else ({}, {})
         for net in networks:
             table, bits = (v4, 32) if net.version == 4 else (v6, 128)
             table.setdefault(net.prefixlen, set()).add(int(net.network_address) >> (bits - net.prefixlen))
@@ -97,47 +146,155 @@ def _suffixes(domain: str):
         pos = domain.find(".", pos + 1)
 
 
-def build_matcher(entries: list[Entry], ftype: str, within: bool) -> tuple[Callable[[object], bool] | None, list[Diagnostic]]:
-    """A membership test for values of ``ftype``, and what is wrong with the entries."""
+def _plain_ipv4_table(texts: list[str]) -> CidrTable | None:
+    """The table for distinct ``a.b.c.d`` and ``a.b.c.d/n`` entries, or None
+    when there is anything else (the general loop then decides, with
+    diagnostics)."""
+    pton, af_inet, from_bytes = socket.inet_pton, socket.AF_INET, int.from_bytes
+    plain = [t for t in texts if "/" not in t]
+    try:
+        values = {from_bytes(pton(af_inet, t), "big") for t in plain}
+    except (OSError, ValueError):
+        return None
+    if len(values) != len(plain):
+        return None
+    v4 = {32: values} if values else {}
+    for text in (t for t in texts if "/" in t) if len(plain) != len(texts) else ():
+        addr, _, plen = text.partition("/")
+        if not (plen.isascii() and plen.isdigit() and int(plen) <= 32):
+            return None
+        try:
+            value = from_bytes(pton(af_inet, addr), "big")
+        except (OSError, ValueError):
+            return None
+        prefix = int(plen)
+        bucket = v4.setdefault(prefix, set())
+        key = value >> (32 - prefix)
+        if key in bucket:
+            return None
+        bucket.add(key)
+    return CidrTable(keys=(v4, {}))
+
+
+def _plain_address_sets(lowered: list[str]) -> tuple[set[str], set[str]] | None:
+    """(addresses, domains) for distinct valid ``user@domain`` / ``@domain``
+    entries without <>, or None when there is anything else."""
+    joined = "\n".join(lowered)
+    # exactly one "@" in each entry (so find == rpartition), no <>, no duplicates
+    if (not _plain(joined, "<") or joined.count("@") != len(lowered) or not all("@" in t for t in lowered)
+            or len(set(lowered)) != len(lowered)):
+        return None
+    domains = [t[t.find("@") + 1:].rstrip(".") for t in lowered]
+    if not _all_domains("\n".join(domains)):
+        return None
+    return ({t for t in lowered if t[0] != "@"},
+            {d for t, d in zip(lowered, domains) if t[0] == "@"})
+
+
+def _address_entries(lowered, addresses, domains, seen, bad, dup) -> None:
+    match = _DOMAIN_RE.match
+    for i, text in enumerate(lowered):
+        if text.startswith("<") and text.endswith(">"):
+            text = text[1:-1]
+        local, at, domain = text.rpartition("@")
+        if text == "":
+            bad(i, "an address")
+            continue
+        domain = domain.rstrip(".")
+        if not at or not ((domain and len(domain) <= 253 and domain.isascii() and match(domain))
+                          or valid_domain(domain)):
+            bad(i, "an address (user@domain) or a whole domain (@domain)",
+                f"did you mean `@{text}`?" if valid_domain(text) else None)
+            continue
+        first = seen.setdefault(text, i)
+        if first != i:
+            dup(i, first)
+            continue
+        if local:
+            addresses.add(text)
+        else:
+            domains.add(domain)
+
+
+def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object], bool] | None, list[Diagnostic]]:
+    """A membership test for values of ``ftype``, and what is wrong with the entries.
+
+    The loops work on the entries' texts and make an ``Entry`` (for its span)
+    only for a diagnostic: loading a million-entry list is one pass of plain
+    string and set operations."""
     diags: list[Diagnostic] = []
-    seen: dict[str, Entry] = {}
+    texts = entries.texts if isinstance(entries, FileEntries) else [e.text for e in entries]
+    seen: dict = {}
 
-    def dup(key: str, e: Entry) -> bool:
-        if key in seen:
-            diags.append(Diagnostic("W303", f"duplicate entry `{e.text}` (first on line {seen[key].span.line})",
-                                    e.span, help="remove one of them"))
-            return True
-        seen[key] = e
-        return False
+    def dup(index: int, first: int) -> None:
+        e = entries[index]
+        diags.append(Diagnostic("W303", f"duplicate entry `{e.text}` (first on line {entries[first].span.line})",
+                                e.span, help="remove one of them"))
 
-    def bad(e: Entry, what: str, hint: str | None = None) -> None:
+    def bad(index: int, what: str, hint: str | None = None) -> None:
+        e = entries[index]
         diags.append(Diagnostic("E302", f"`{e.text}` is not {what}", e.span, help=hint))
 
     if ftype == IP:
-        nets = []
-        for e in entries:
+        fast = _plain_ipv4_table(texts)
+        if fast is not None:
+            return fast.__contains__, diags
+        v4: dict[int, set[int]] = {}
+        v6: dict[int, set[int]] = {}
+        pton, af_inet, from_bytes = socket.inet_pton, socket.AF_INET, int.from_bytes
+        for i, text in enumerate(texts):
+            addr, slash, plen = text.partition("/")
             try:
-                net = ipaddress.ip_network(e.text, strict=False)
-            except ValueError:
-                bad(e, "an IP address or network", "write 192.0.2.1, 10.0.0.0/8 or 2001:db8::/32")
+                # The everyday forms, a.b.c.d and a.b.c.d/n, without
+                # ipaddress objects; inet_pton accepts exactly the dotted
+                # quads ipaddress does (no leading zeros, each <= 255).
+                if slash and not (plen.isascii() and plen.isdigit() and int(plen) <= 32):
+                    raise OSError
+                value = from_bytes(pton(af_inet, addr), "big")
+                prefix = int(plen) if slash else 32
+                key = (4, prefix, value >> (32 - prefix))
+            except (OSError, ValueError):
+                try:
+                    net = ipaddress.ip_network(text, strict=False)
+                except ValueError:
+                    bad(i, "an IP address or network", "write 192.0.2.1, 10.0.0.0/8 or 2001:db8::/32")
+                    continue
+                bits = 32 if net.version == 4 else 128
+                key = (net.version, net.prefixlen, int(net.network_address) >> (bits - net.prefixlen))
+            first = seen.setdefault(key, i)
+            if first != i:
+                dup(i, first)
                 continue
-            if not dup(str(net), e):
-                nets.append(net)
-        table = CidrTable(nets)
+            version, prefix, value = key
+            (v4 if version == 4 else v6).setdefault(prefix, set()).add(value)
+        table = CidrTable(keys=(v4, v6))
         return table.__contains__, diags
 
     if ftype == DOMAIN:
+        lowered = [t.lower().rstrip(".") for t in texts]
+        joined = "\n".join(lowered)
+        if _plain(joined, "*.") and len(set(lowered)) == len(lowered) and _all_domains(joined):
+            # the everyday list: plain valid names, no duplicates
+            names = set(lowered)
+            if not within:
+                return names.__contains__, diags
+
+            def within_match(value, names=names) -> bool:
+                return value in names or any(s in names for s in _suffixes(value))
+            return within_match, diags
         exact: set[str] = set()
         below: set[str] = set()     # subdomains of these
-        for e in entries:
-            text = e.text.lower().rstrip(".")
+        match = _DOMAIN_RE.match
+        for i, text in enumerate(lowered):
             sub = text.startswith(".") or text.startswith("*.")
-            name = text.lstrip("*").lstrip(".")
-            if not valid_domain(name):
+            name = text.lstrip("*").lstrip(".") if text[:1] in ("*", ".") else text
+            if not (name and len(name) <= 253 and name.isascii() and match(name)) and not valid_domain(name):
                 hint = "an address list entry goes with sender or rcpt, not a domain field" if "@" in name else None
-                bad(e, "a domain", hint)
+                bad(i, "a domain", hint)
                 continue
-            if dup(text, e):
+            first = seen.setdefault(text, i)
+            if first != i:
+                dup(i, first)
                 continue
             if within:
                 exact.add(name)
@@ -156,23 +313,13 @@ def build_matcher(entries: list[Entry], ftype: str, within: bool) -> tuple[Calla
         return domain_match, diags
 
     if ftype == ADDRESS:
-        addresses: set[str] = set()
-        domains: set[str] = set()
-        for e in entries:
-            text = e.text.lower()
-            if text.startswith("<") and text.endswith(">"):
-                text = text[1:-1]
-            local, at, domain = text.rpartition("@")
-            if text == "":
-                bad(e, "an address")
-                continue
-            if not at or not valid_domain(domain.rstrip(".")):
-                bad(e, "an address (user@domain) or a whole domain (@domain)",
-                    f"did you mean `@{text}`?" if valid_domain(text) else None)
-                continue
-            if dup(text, e):
-                continue
-            (domains if not local else addresses).add(domain.rstrip(".") if not local else text)
+        lowered = [t.lower() for t in texts]
+        fast = _plain_address_sets(lowered)
+        if fast is not None:
+            addresses, domains = fast
+        else:
+            addresses, domains = set(), set()
+            _address_entries(lowered, addresses, domains, seen, bad, dup)
 
         def address_match(value, addresses=addresses, domains=domains) -> bool:
             if value in addresses:
@@ -182,21 +329,27 @@ def build_matcher(entries: list[Entry], ftype: str, within: bool) -> tuple[Calla
 
     if ftype == INT:
         numbers: set[int] = set()
-        for e in entries:
+        for i, text in enumerate(texts):
             try:
-                n = int(e.text)
+                n = int(text)
             except ValueError:
-                bad(e, "a whole number")
+                bad(i, "a whole number")
                 continue
-            if not dup(str(n), e):
-                numbers.add(n)
+            first = seen.setdefault(str(n), i)
+            if first != i:
+                dup(i, first)
+                continue
+            numbers.add(n)
         return numbers.__contains__, diags
 
     if ftype in (STRING, BOOL, LIST):
-        texts: set[str] = set()
-        for e in entries:
-            if not dup(e.text.lower(), e):
-                texts.add(e.text.lower())
-        return (lambda v, texts=texts: str(v).lower() in texts), diags
+        lowered: set[str] = set()
+        for i, text in enumerate(texts):
+            first = seen.setdefault(text.lower(), i)
+            if first != i:
+                dup(i, first)
+                continue
+            lowered.add(text.lower())
+        return (lambda v, texts=lowered: str(v).lower() in texts), diags
 
     return None, diags
