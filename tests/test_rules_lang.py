@@ -269,7 +269,7 @@ ERRORS = [
     ('on mail:\n    reject "x" if sender matches "(unclosed"\n',
      "t.rules:2:34: error[E401] invalid regular expression: missing ), unterminated subpattern\n"
      "  |\n2 |     reject \"x\" if sender matches \"(unclosed\"\n  |                                  ^^^^^^^^^^^\n"
-     "  = help: regular expressions use Python syntax; escape . as \\\\. inside quotes\n"),
+     "  = help: regular expressions use Python syntax; write \\. for a literal dot\n"),
     ('on rcpt:\n    reject "for {recipient}"\n',
      "t.rules:2:12: error[E503] unknown placeholder {recipient}\n"
      "  |\n2 |     reject \"for {recipient}\"\n  |            ^^^^^^^^^^^^^^^^^\n"

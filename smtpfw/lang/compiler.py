@@ -605,7 +605,7 @@ class _Compiler:
             rx = re.compile(source, re.IGNORECASE)
         except re.error as err:
             self.error("E401", f"invalid regular expression: {err.msg}", node.pattern.span,
-                       help="regular expressions use Python syntax; escape . as \\\\. inside quotes")
+                       help="regular expressions use Python syntax; write \\. for a literal dot")
             return None
         search = rx.search if node.kind == "regex" else rx.match
         get = spec.get

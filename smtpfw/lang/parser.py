@@ -7,9 +7,9 @@ and, for a misspelt keyword, what was probably meant.
 
 from __future__ import annotations
 
-import ast as pyast
 import dataclasses
 import functools
+import re
 
 import lark
 from lark import Token, Transformer, v_args
@@ -115,13 +115,13 @@ class _AstError(Exception):
         self.diagnostic = diagnostic
 
 
+_ESCAPE = re.compile(r'\\(["\\])')
+
+
 def _unquote(token: Token) -> str:
-    text = str(token)
-    try:
-        value = pyast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text[1:-1]
-    return value if isinstance(value, str) else text[1:-1]
+    """The text between the quotes.  Only \\" and \\\\ are escapes; every other
+    backslash is kept, so a regular expression reads as written: "^mx\\.example$"."""
+    return _ESCAPE.sub(r"\1", str(token)[1:-1])
 
 
 def _drop_eq(items):
