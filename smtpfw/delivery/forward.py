@@ -33,9 +33,14 @@ Result mapping (``ForwardDelivery.deliver``):
   the message, so the client's retry may deliver a duplicate.  That is the
   classic SMTP duplicate window (RFC 1047) and is the safe side of it.
 
-Connections: up to ``pool_size`` idle connections are kept and reused
-(LIFO) for later messages; after a completed transaction a new MAIL is legal,
-after an aborted one RSET is sent first.  Idle connections older than
+Connections: idle connections are kept and reused (LIFO) for later
+messages: ``pool_size`` of them, or under load as many as the most
+deliveries that were in flight at once within the last ``_PEAK_WINDOW``
+seconds, so that 100 concurrent sessions do not open and QUIT a downstream
+connection per message.  (When the last delivery in flight finishes, only
+the previous window's peak counts: a single burst leaves ``pool_size``.)
+A pool_size of 0 turns pooling off.  After a completed transaction a new
+MAIL is legal, after an aborted one RSET is sent first.  Idle connections older than
 ``idle_timeout`` (30 s) are closed lazily.  When a *reused* connection turns
 out to be dead before any message content was sent (EOF/reset while sending
 MAIL or reading its reply, or a 421 to MAIL), the message is retried once on
@@ -61,6 +66,7 @@ from smtpfw.delivery.message import DeliveryResult, Message
 log = logging.getLogger("smtpfw.delivery.forward")
 
 _MAX_REPLY_LINES = 200
+_PEAK_WINDOW = 2.0        # seconds over which the pool remembers peak concurrency
 _STREAM_LIMIT = 1 << 16
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 
@@ -194,6 +200,8 @@ class ForwardDelivery:
             raise ValueError(f"bad helo_name {name!r}")
         self.helo_name = name
         self._idle: deque[_Conn] = deque()
+        self._active = 0                 # deliveries in flight
+        self._peak = [0, 0, None]        # most in flight: this window, the last one; window start
         self._closed = False
         self._where = f"{host}:{port}"
 
@@ -203,6 +211,10 @@ class ForwardDelivery:
     # -- public -------------------------------------------------------------
 
     async def deliver(self, msg: Message) -> DeliveryResult:
+        self._active += 1
+        peak = self._peak
+        if self._active > peak[0]:
+            peak[0] = self._active
         try:
             return await self._deliver(msg)
         except asyncio.CancelledError:
@@ -210,6 +222,8 @@ class ForwardDelivery:
         except Exception:  # noqa: BLE001 - deliver() must never raise
             log.exception("forwarding to %s failed", self._where)
             return DeliveryResult(451, "4.3.0", "internal error forwarding to downstream; try again later")
+        finally:
+            self._active -= 1
 
     async def close(self) -> None:
         self._closed = True
@@ -423,11 +437,22 @@ class ForwardDelivery:
 
     def _release(self, conn: _Conn) -> None:
         conn.uses += 1
-        if self._closed or len(self._idle) >= self.pool_size or not conn.usable():
+        keep = self.pool_size
+        if keep:
+            peak, now = self._peak, asyncio.get_running_loop().time()
+            if peak[2] is None:
+                peak[2] = now
+            elif now - peak[2] > _PEAK_WINDOW:
+                peak[:] = [self._active, peak[0], now]
+            others = self._active - 1           # deliveries still in flight besides this one
+            keep = max(keep, peak[1], peak[0] if others > 0 else 0)
+        if self._closed or len(self._idle) >= keep or not conn.usable():
             conn.close(quit=True)
-            return
-        conn.last_used = asyncio.get_running_loop().time()
-        self._idle.append(conn)
+        else:
+            conn.last_used = asyncio.get_running_loop().time()
+            self._idle.append(conn)
+        while len(self._idle) > keep:           # the burst is over: back to pool_size
+            self._idle.popleft().close(quit=True)
 
     async def _connect(self) -> _Conn:
         where = self._where
