@@ -16,8 +16,8 @@ def make_record(*, ip: str = DEFAULT_CLIENT_IP, client_port: int = 0, listener_p
                 helo: str | None = None, esmtp: bool = True, tls: bool = False, auth_user: str | None = None,
                 sender: str | None = None, rcpts: list[str] = (), headers: list[tuple[str, str]] = (),
                 size: int | None = None, data: bool = True, session_id: str = "trace",
-                dns: dict[Lookup, DnsAnswer] | None = None) -> dict:
-    events: list[dict] = []
+                dns: dict[Lookup, DnsAnswer] | None = None, unrecognized: int = 0) -> dict:
+    events: list[dict] = [{"cmd": "unrecognized"} for _ in range(unrecognized)]
     if helo is not None:
         events.append({"cmd": "ehlo" if esmtp else "helo", "arg": helo})
     if sender is not None:

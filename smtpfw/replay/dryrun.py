@@ -461,7 +461,7 @@ def _replay_chunk(chunk) -> tuple[Report | None, str | None, int]:
     except RecordError as err:
         return None, str(err), 0
     except (KeyError, TypeError, ValueError, AttributeError) as err:
-        return None, f"{where}: malformed session record: {type(err).__name__}: {err}", 0
+        return None, f"{where}: cannot replay this session (malformed record?): {type(err).__name__}: {err}", 0
     finally:
         dry.close()
     return dry.finish(), None, 0
@@ -589,8 +589,8 @@ def run(args) -> int:
                         try:
                             add(record)
                         except (KeyError, TypeError, ValueError, AttributeError) as e:
-                            raise RecordError(f"{path}:{number}: malformed session record: "
-                                              f"{type(e).__name__}: {e}") from None
+                            raise RecordError(f"{path}:{number}: cannot replay this session (malformed "
+                                              f"record?): {type(e).__name__}: {e}") from None
                         if not number & 1023:
                             progress.update(dry.report.sessions, index)
                 except RecordError as e:

@@ -477,7 +477,8 @@ class PostfixImporter:
             if open_txn:
                 events.append({"cmd": "rset", "reply": "250 2.0.0 Ok"})
             accepted = [a for a in txn.delivered if a not in {r for r, _ in txn.rcpts}]
-            if txn.queued and not accepted and not txn.delivered:
+            unknown_rcpts = txn.queued and not accepted and txn.data_reject is None
+            if unknown_rcpts:
                 self.report.without_recipients += 1
             events.append({"cmd": "mail", "addr": txn.sender or "", "params": {},
                            "decision": txn.mail_reject or _CONTINUE,
@@ -495,12 +496,15 @@ class PostfixImporter:
                 events.append({"cmd": "data", "size": txn.size or 0, "headers": txn.headers,
                                "decision": txn.data_reject, "reply": _reply(txn.data_reject)})
                 open_txn = False
-            elif txn.queued:
+            elif txn.queued and not unknown_rcpts:
                 self.report.messages += 1
                 events.append({"cmd": "data", "size": txn.size or 0, "headers": txn.headers,
                                "decision": _CONTINUE, "queue": _CONTINUE,
                                "reply": f"250 2.0.0 Ok: queued as {txn.qid}"})
                 open_txn = False
+            elif unknown_rcpts:
+                missing.append(f"the recipients of {txn.qid} (no delivery lines in the log)")
+                open_txn = True
             else:
                 open_txn = True
         dns = [{"lookup": {"kind": k, "name": n, "zone": z}, "answer": a} for (k, n, z), a in s.listings.items()]

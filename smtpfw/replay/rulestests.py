@@ -12,7 +12,8 @@
     ehlo mx.example from <> rcpt postmaster@example.net -> accept
 
 The session words are ``client IP``, ``port N`` (listener), ``tls``,
-``auth USER``, ``helo NAME`` / ``ehlo NAME``, ``from ADDR`` (``<>``: null
+``auth USER``, ``unrecognized N`` (unknown commands before HELO),
+``helo NAME`` / ``ehlo NAME``, ``from ADDR`` (``<>``: null
 sender), ``rcpt ADDR`` (repeatable), ``header "Name: value"``, ``size N``
 and ``nodata``.  The expectation after ``->`` is ``accept``, ``no-mail``, or
 ``reject``/``tempfail``/``disconnect`` with optional ``at STAGE``,
@@ -49,7 +50,8 @@ _STATUSES = {
     LookupKind.PTR: ("found", "none", "failed"),
     LookupKind.RESOLVABLE: ("yes", "no", "nullmx", "failed"),
 }
-_SESSION_WORDS = ("client", "port", "tls", "auth", "helo", "ehlo", "from", "rcpt", "header", "size", "nodata")
+_SESSION_WORDS = ("client", "port", "tls", "auth", "unrecognized", "helo", "ehlo", "from", "rcpt", "header", "size",
+                  "nodata")
 
 
 class SyntaxProblem(Exception):
@@ -113,7 +115,7 @@ class Case:
 
 
 @dataclass
-class TestFile:
+class SuiteFile:
     path: str
     rules: str
     cases: list = field(default_factory=list)
@@ -158,8 +160,8 @@ def _logical_lines(text: str):
         i += 1
 
 
-def parse_tests(path: str, text: str, rule_ids: list[str] | None = None) -> TestFile:
-    tf = TestFile(path, rules_path_for(path))
+def parse_tests(path: str, text: str, rule_ids: list[str] | None = None) -> SuiteFile:
+    tf = SuiteFile(path, rules_path_for(path))
     dns_spans: dict = {}
     pending: list = []
     for first, last, line in _logical_lines(text):
@@ -280,7 +282,7 @@ def _parse_case(first: int, last: int, line: str, tokens: list[Token], dns: dict
         v = session[i + 1]
         if word == "client":
             args["ip"] = _ip(v, "client")
-        elif word in ("port", "size"):
+        elif word in ("port", "size", "unrecognized"):
             if not v.value.isdigit():
                 raise SyntaxProblem(f"`{word}` takes a number, not `{v.value}`", v.column, len(v.text))
             args[word] = int(v.value)
@@ -313,7 +315,7 @@ def _parse_case(first: int, last: int, line: str, tokens: list[Token], dns: dict
                          helo=args.get("helo"), esmtp=args.get("esmtp", True), tls=args.get("tls", False),
                          auth_user=args.get("auth"), sender=args.get("from"), rcpts=args["rcpts"],
                          headers=args["headers"], size=args.get("size"), data=not args.get("nodata"),
-                         session_id=f"test:{first}", dns=dns)
+                         session_id=f"test:{first}", dns=dns, unrecognized=args.get("unrecognized", 0))
     width = len(line.rstrip()) - arrow_tok.column + 1
     return Case(first, last, " ".join(t.text for t in tokens), record, exp, arrow_tok.column, width)
 
@@ -366,13 +368,13 @@ def _parse_expectation(tokens: list[Token], arrow: Token, rule_ids: list[str] | 
 # ---- running -------------------------------------------------------------------
 
 @dataclass
-class Outcome:
+class CaseResult:
     case: Case
     verdict: Verdict
     passed: bool
 
 
-def run_file(tf: TestFile, ruleset, trace_failures: bool = True) -> tuple[list, list]:
+def run_file(tf: SuiteFile, ruleset, trace_failures: bool = True) -> tuple[list, list]:
     """(outcomes, diagnostics with traces) for one tests file."""
     dns = DeclaredDns(tf.dns)
     replayer = Replayer(ruleset, lambda rec: dns, synchronous_dns=True, hostname="mx.test")
@@ -380,9 +382,18 @@ def run_file(tf: TestFile, ruleset, trace_failures: bool = True) -> tuple[list, 
     outcomes, failures = [], []
     try:
         for case in tf.cases:
-            result = replayer.replay(case.record)
+            try:
+                result = replayer.replay(case.record)
+            except Exception as err:        # a ruleset or plugin bug: report it on this test
+                d = Diagnostic("E901", f"the ruleset raised {type(err).__name__} on this test: {err}",
+                               Span(tf.path, case.line, case.expect_column, case.line,
+                                    case.expect_column + case.expect_width),
+                               help="this is a bug in the rules engine or a plugin, not in the test")
+                outcomes.append(CaseResult(case, Verdict("error"), False))
+                failures.append((d, None))
+                continue
             ok = case.expect.holds(result.verdict)
-            outcomes.append(Outcome(case, result.verdict, ok))
+            outcomes.append(CaseResult(case, result.verdict, ok))
             if not ok:
                 from smtpfw.replay.trace import format_trace
                 got = _describe_verdict(result.verdict)

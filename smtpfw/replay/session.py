@@ -634,6 +634,12 @@ class Replayer:
             st.reset_transaction()
             policy.forget_transaction()
             return EventResult(cmd, "", True, None, None, "220 2.0.0 Ready to start TLS")
+        if cmd == "unrecognized":
+            # An unknown command: no hook runs, the count is a field
+            # (session.unrecognized).  Recorded only by servers that log it.
+            if hasattr(st, "unrecognized"):
+                st.unrecognized += 1
+            return EventResult(cmd, "", True, None, None, replies.SYNTAX_UNRECOGNIZED)
         return EventResult(cmd, _subject(ev), False, note=f"unknown event {cmd!r} ignored")
 
     @staticmethod

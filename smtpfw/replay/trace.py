@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup
@@ -52,6 +53,8 @@ def command_line(e: EventResult, ev: dict | None) -> str:
         headers = ev.get("headers") or {}
         hdrs = f", headers: {', '.join(headers)}" if headers else ", no headers"
         return f"DATA ({ev.get('size', 0)} bytes{hdrs})"
+    if cmd == "unrecognized":
+        return "(a command the server does not know)"
     return cmd.upper()
 
 
@@ -221,7 +224,7 @@ def run(args) -> int:
     ruleset = compile_or_report(args.rules, "trace")
     if ruleset is None:
         return 2
-    hostname = cfg.hostname or "smtpfw"
+    hostname = cfg.hostname or socket.gethostname() or "smtpfw"
     if args.session and not (args.live_dns or args.dns):
         dns_desc = "recorded answers (a lookup not in the recording counts as failed)"
         replayer = Replayer(ruleset, trace=True, hostname=hostname, max_recipients=cfg.max_recipients)
