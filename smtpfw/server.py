@@ -120,9 +120,12 @@ class Server:
         return None
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Reload when a rule or list file changes (server.reload_on_change).
-        A file caught half-written fails to compile and is retried on the
-        next change; the running ruleset stays meanwhile."""
+        """Reload when a rule or list file changes (server.reload_on_change),
+        once it has stopped changing for ``interval``: a file caught
+        half-written may well compile (an empty or cut-off rules file is a
+        valid ruleset that accepts every recipient: an open relay), so a
+        change is loaded only when the writer is done.  A file that fails to
+        compile is retried on the next change; the running ruleset stays."""
         def stamp():
             out = []
             for path in self.ruleset.files:
@@ -137,9 +140,16 @@ class Server:
         while self.accepting:
             await asyncio.sleep(interval)
             now = stamp()
-            if now != seen:
-                self.reload()
-                seen = stamp()
+            if now == seen:
+                continue
+            while self.accepting:
+                await asyncio.sleep(interval)
+                later = stamp()
+                if later == now:
+                    break
+                now = later
+            self.reload()
+            seen = now
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting; let sessions finish for ``grace`` s; then 421 them."""

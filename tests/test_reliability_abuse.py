@@ -159,11 +159,11 @@ class Trickler(threading.Thread):
 
 
 def test_slow_and_noisy_clients_are_cut_off_while_normal_clients_are_served():
-    idle, data_timeout = 1.0, 2.0
+    idle, data_timeout = 1.5, 2.5
     with running_server(idle_timeout=idle, data_timeout=data_timeout, max_unrecognized_commands=10,
                         max_errors=50) as srv:
         envelope = b"EHLO slow.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@localhost>\r\n"
-        one_byte_a_second = Trickler(srv.address, b"", b"EHLO slow.example\r\n" * 3, 0.5, "127.0.4.1")
+        one_byte_a_second = Trickler(srv.address, b"", b"EHLO slow.example\r\n" * 3, 1.0, "127.0.4.1")
         data_trickle = Trickler(srv.address, envelope + b"DATA\r\n", b"Subject: slow\r\n\r\n" + b"x" * 30,
                                 0.25, "127.0.4.2")
         clients = [one_byte_a_second, data_trickle]
