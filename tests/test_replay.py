@@ -436,3 +436,18 @@ def test_progress_only_on_a_terminal():
         p.done()
     assert "5,000 sessions" in tty.getvalue() and "file 1/2" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_dry_run_live_dns_asks_the_dns_server_again(tmp_path, shared_dns):
+    rules = tmp_path / "t.rules"
+    rules.write_text(RULES)
+    listed = rec(ehlo(), mail(), rcpt(), data(), ip="192.0.2.66", dns=())     # nothing recorded
+    listed["id"] = "listed"
+    path = write_jsonl(tmp_path / "s.jsonl", [listed])
+    offline = json.loads(smtpfw("dry-run", "--rules", rules, "--format", "json", path).stdout)
+    assert offline["verdicts"]["tempfailed"] == 1                  # not in the recording: failed
+    host, port = shared_dns.address
+    run = smtpfw("dry-run", "--rules", rules, "--format", "json", "--dns", f"{host}:{port}", path)
+    assert run.returncode == 0, run.stderr
+    live = json.loads(run.stdout)
+    assert live["verdicts"]["rejected"] == 1 and live["rule_hits"]["dnsbl"] == 1

@@ -14,7 +14,6 @@ import json
 import smtplib
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

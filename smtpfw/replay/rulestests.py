@@ -374,7 +374,7 @@ class CaseResult:
     passed: bool
 
 
-def run_file(tf: SuiteFile, ruleset, trace_failures: bool = True) -> tuple[list, list]:
+def run_file(tf: SuiteFile, ruleset) -> tuple[list, list]:
     """(outcomes, diagnostics with traces) for one tests file."""
     dns = DeclaredDns(tf.dns)
     replayer = Replayer(ruleset, lambda rec: dns, synchronous_dns=True, hostname="mx.test")

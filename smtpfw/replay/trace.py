@@ -15,7 +15,7 @@ import sys
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup
 from smtpfw.recording import RecordError
 from smtpfw.replay.build import NoDns, make_record, null_sender, parse_header
-from smtpfw.replay.session import EventResult, Replayer, ReplayResult, node_text
+from smtpfw.replay.session import EventResult, Replayer, ReplayResult
 from smtpfw.verdict import Outcome, Stage
 
 
