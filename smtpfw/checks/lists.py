@@ -32,12 +32,34 @@ _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 # Lines of a "\n"-joined block that are not ASCII domains of at most 253
 # characters: one regex pass instead of one match per entry.
-_NOT_DOMAIN_LINE = re.compile(rf"(?m)^(?!(?=[^\n]{{1,253}}$){_LABEL}(?:\.{_LABEL})*$)[^\n]*$")
+# (Patterns start with a literal so that re jumps from line to line.)
+_VALID_TO_EOL = rf"(?=[^\n]{{1,253}}(?:\n|\Z)){_LABEL}(?:\.{_LABEL})*(?:\n|\Z)"
+_NOT_DOMAIN_LINE = re.compile(rf"\n(?!{_VALID_TO_EOL})([^\n]*)")
 
 
 def _all_domains(joined: str) -> bool:
     """Every line of ``joined`` is a valid domain (valid_domain, per line)."""
-    return all(valid_domain(line) for line in _NOT_DOMAIN_LINE.findall(joined))
+    return all(valid_domain(line) for line in _NOT_DOMAIN_LINE.findall("\n" + joined))
+
+
+def _lowered(texts: list[str], strip_dots: bool) -> tuple[list[str], str | None]:
+    """([t.lower() (.rstrip(".") if strip_dots) for t in texts], those joined
+    by "\n" or None if an entry has a line break), reusing the entries
+    themselves when they are already that (the usual case: no copy of a
+    million strings)."""
+    joined = "\n".join(texts)
+    if joined.count("\n") != len(texts) - 1:
+        return [t.lower().rstrip(".") if strip_dots else t.lower() for t in texts], None
+    if joined.isascii():            # ASCII: lower() of each line = lower() of them all
+        low = joined.lower()
+        lowered = texts if low == joined else low.split("\n")
+    else:
+        lowered = [t.lower() for t in texts]
+        low = "\n".join(lowered)
+    if strip_dots and (low.endswith(".") or ".\n" in low):
+        lowered = [t.rstrip(".") for t in lowered]
+        low = "\n".join(lowered)
+    return lowered, low
 
 
 def _plain(joined: str, marks: str) -> bool:
@@ -176,19 +198,23 @@ def _plain_ipv4_table(texts: list[str]) -> CidrTable | None:
     return CidrTable(keys=(v4, {}))
 
 
-def _plain_address_sets(lowered: list[str]) -> tuple[set[str], set[str]] | None:
+_BAD_ADDRESS_DOMAIN = re.compile(rf"@(?!{_VALID_TO_EOL})([^\n]*)")     # with one "@" a line
+
+
+def _plain_address_sets(lowered: list[str], joined: str | None) -> tuple[set[str], set[str]] | None:
     """(addresses, domains) for distinct valid ``user@domain`` / ``@domain``
-    entries without <>, or None when there is anything else."""
-    joined = "\n".join(lowered)
-    # exactly one "@" in each entry (so find == rpartition), no <>, no duplicates
-    if (not _plain(joined, "<") or joined.count("@") != len(lowered) or not all("@" in t for t in lowered)
-            or len(set(lowered)) != len(lowered)):
+    entries without <> or trailing dots, or None when there is anything else."""
+    if (joined is None or not _plain(joined, "<") or joined.endswith(".") or ".\n" in joined
+            or joined.count("@") != len(lowered) or not all("@" in t for t in lowered)):
+        return None             # (so each entry has exactly one "@")
+    if not all(valid_domain(d) for d in _BAD_ADDRESS_DOMAIN.findall(joined)):
         return None
-    domains = [t[t.find("@") + 1:].rstrip(".") for t in lowered]
-    if not _all_domains("\n".join(domains)):
+    everything = set(lowered)
+    if len(everything) != len(lowered):
         return None
-    return ({t for t in lowered if t[0] != "@"},
-            {d for t, d in zip(lowered, domains) if t[0] == "@"})
+    if not joined.startswith("@") and "\n@" not in joined:
+        return everything, set()
+    return {t for t in everything if t[0] != "@"}, {t[1:] for t in everything if t[0] == "@"}
 
 
 def _address_entries(lowered, addresses, domains, seen, bad, dup) -> None:
@@ -271,11 +297,10 @@ def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object],
         return table.__contains__, diags
 
     if ftype == DOMAIN:
-        lowered = [t.lower().rstrip(".") for t in texts]
-        joined = "\n".join(lowered)
-        if _plain(joined, "*.") and len(set(lowered)) == len(lowered) and _all_domains(joined):
+        lowered, joined = _lowered(texts, strip_dots=True)
+        names = set(lowered) if joined is not None and _plain(joined, "*.") else None
+        if names is not None and len(names) == len(lowered) and _all_domains(joined):
             # the everyday list: plain valid names, no duplicates
-            names = set(lowered)
             if not within:
                 return names.__contains__, diags
 
@@ -313,8 +338,8 @@ def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object],
         return domain_match, diags
 
     if ftype == ADDRESS:
-        lowered = [t.lower() for t in texts]
-        fast = _plain_address_sets(lowered)
+        lowered, joined = _lowered(texts, strip_dots=False)
+        fast = _plain_address_sets(lowered, joined)
         if fast is not None:
             addresses, domains = fast
         else:
