@@ -247,7 +247,7 @@ class _Compiler:
                 full = f"{name}.{fname}"
                 self.plugin_fields[full] = FieldSpec(
                     full, ftype, Stage.CONNECT,
-                    lambda s, k=full: s.plugin_fields.get(k, 0 if ftype == INT else ""),
+                    lambda s, k=full, t=ftype: s.plugin_fields.get(k, 0 if t == INT else ""),
                     f"set by plugin {name}")
 
     # ---- rules --------------------------------------------------------------

@@ -269,6 +269,7 @@ class FirewallSMTP(SMTP):
         if handler is None:
             self.unrecognized += 1
             self.state.unrecognized = self.unrecognized
+            self.state.events.append({"cmd": "unrecognized"})
             if self.unrecognized >= self.cfg.max_unrecognized_commands:
                 await self.push(replies.TOO_MANY_UNRECOGNIZED)
                 self.close()
@@ -586,6 +587,7 @@ class FirewallSMTP(SMTP):
             return
         await self.smtp_STARTTLS(arg)
         self.state.tls = True
+        self.state.events.append({"cmd": "starttls"})
         self.state.set_helo("", False)       # RFC 3207: start over after TLS
         self._new_transaction()
 
