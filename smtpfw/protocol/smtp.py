@@ -511,7 +511,7 @@ class FirewallSMTP(SMTP):
         received = (f"Received: from {_clean(st.helo)} ({_clean(rdns)} [{st.client_ip}])\r\n"
                     f"\tby {self.hostname} (smtpfw) with {proto} id {queue_id}"
                     + (f"\r\n\tfor <{_clean(st.rcpts[0])}>" if len(st.rcpts) == 1 else "")
-                    + f"; {email.utils.formatdate(localtime=True)}\r\n")
+                    + f"; {_date_now()}\r\n")
         extra = "".join(f"{_clean(name)}: {_clean(value)}\r\n" for name, value in st.add_headers)
         return (extra + received).encode("utf-8", "replace")
 
@@ -551,14 +551,15 @@ class FirewallSMTP(SMTP):
             reader._buffer[0:0] = leftover     # pipelined commands after the data
         if too_big or total + end > limit:
             return None, replies.SIZE_EXCEEDED
-        body = bytes(buf[2:end + 2])
-        if body.count(b"\n") != body.count(b"\r\n") or body.count(b"\r") != body.count(b"\r\n"):
+        body = bytes(memoryview(buf)[2:end + 2])     # one copy (a bytearray slice is two)
+        crlf = body.count(b"\r\n")
+        if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
             return None, replies.BARE_LINEFEED
         if b"\x00" in body:
             return None, replies.DATA_NUL
         if _LONG_LINE.search(buf, 1, end + 2):
             return None, replies.DATA_LINE_TOO_LONG
-        if b"\r\n." in buf[:end + 2]:
+        if buf.find(b"\n.", 1, end + 2) != -1:          # every LF is CRLF's by now
             body = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
         return body, None
 
@@ -715,6 +716,17 @@ def _simple_address(text: str, local_part_limit: int) -> tuple[str, str] | None:
     if "(" in rest or (local_part_limit and len(address.rpartition("@")[0]) > local_part_limit):
         return None
     return address, rest.lstrip() if rest[:1] in (" ", "\t") else rest
+
+
+_date = [0, ""]
+
+
+def _date_now() -> str:
+    """email.utils.formatdate(localtime=True), computed once a second."""
+    now = int(time.time())
+    if _date[0] != now:
+        _date[:] = [now, email.utils.formatdate(now, localtime=True)]
+    return _date[1]
 
 
 def _mail_options(params: dict) -> tuple[str, ...]:
