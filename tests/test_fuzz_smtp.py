@@ -410,15 +410,12 @@ def test_eof_inside_an_overlong_line_ends_the_session_quietly(srv):
     no_internal_errors(srv)
 
 
-@pytest.mark.xfail(strict=True, reason="found by the rule fuzzer: smtpfw/lang/compiler.py builds plugin "
-                   "field getters in a loop whose lambda reads the loop variable `ftype` late, so an unset "
-                   "int field defaults to \"\" (the type of the plugin's last field) and `>=` raises "
-                   "TypeError; owner of compiler.py to fix (bind ftype=ftype)")
 def test_unset_plugin_int_field_compares_as_zero():
-    """A plugin run only for some messages (`run ... if ...`) leaves its
-    fields unset for the others; `score.points >= 5` must then be false
-    (the field's default 0), not an internal error that tempfails every
-    such message forever."""
+    """Regression, found by the rule fuzzer (soak): plugin field getters
+    read the compile loop's variable late, so an unset int field defaulted
+    to "" and `score.points >= 5` raised TypeError.  A plugin run only for
+    some messages (`run ... if ...`) leaves its fields unset for the
+    others: every such message was tempfailed, forever."""
     rules = """
 plugin score = "smtpfw.plugins_builtin:HeaderScore"
 on data:
