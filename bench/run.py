@@ -365,9 +365,10 @@ def stat(values: list[float]) -> dict:
             "max": round(max(values), 3)}
 
 
-def summarize(runs: list[dict], workloads: list[Workload]) -> dict:
+def summarize(runs: list[dict], workloads: list[Workload], scale: dict[str, int]) -> dict:
     out = {}
     for wl in workloads:
+        wl = Workload(wl.name, scale[wl.name], wl.size, wl.sessions, wl.target)
         fw = [r for r in runs if r["workload"] == wl.name and r["server"] == "smtpfw"]
         base = [r for r in runs if r["workload"] == wl.name and r["server"] == "baseline"]
         ceiling = [r for r in runs if r["workload"] == wl.name and r["server"] == "ceiling"]
@@ -595,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if any(r["server"] == "smtpfw" and r["ok"] and r.get("sink_count", 0) < r["messages"] for r in runs):
         notes.append("the sink counted fewer messages than smtpfw accepted in some run(s)")
-    summary = summarize(runs, workloads)
+    summary = summarize(runs, workloads, scale)
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python bench/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
