@@ -590,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             log("measured; press Enter to stop the servers")
             input()
+    except BaseException:
+        log(f"benchmark failed; the servers' logs are kept in {tmp}")
+        raise
     finally:
         for s in reversed(services):
             s.stop()
@@ -615,8 +618,11 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(result)
     (out / "latest.md").write_text(text)
     print(text)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return 0 if all(r["ok"] for r in runs) else 1
+    if all(r["ok"] for r in runs):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 0
+    log(f"some runs failed; the servers' logs are kept in {tmp}")
+    return 1
 
 
 if __name__ == "__main__":
