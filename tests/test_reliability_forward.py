@@ -31,6 +31,7 @@ downstream (zero lost); every extra copy is explained by a window attempt.
 
 from __future__ import annotations
 
+import heapq
 import os
 import queue
 import random
@@ -50,7 +51,7 @@ from tests.support.server import running_server
 SOAK = os.environ.get("SMTPFW_SOAK") == "1"
 SEED = int(os.environ.get("SMTPFW_SEED", "20240909"))
 FORWARD_TIMEOUT = 1.0
-MAX_ATTEMPTS = 10
+MAX_ATTEMPTS = 15
 CLEAN_FROM = 6            # from this attempt on: no injected fault (the outages go on)
 
 # Downstream fault -> weight.  "reject_*" are permanent (5xx): only on a first try.
@@ -209,13 +210,29 @@ def run_traffic(n: int, threads: int, ds: FaultDownstream, srv, chaos_every: tup
             errors.append(err)
             done.set()
 
+    later: list[tuple[float, int, int]] = []        # retries not due yet: (due, msg, attempt)
+
+    def retry(m: int, k: int) -> None:
+        """Like an MTA: retry after a back-off (50 ms doubling, at most 0.5 s),
+        so a message does not use up its attempts inside one outage."""
+        with lock:
+            heapq.heappush(later, (time.monotonic() + min(0.5, 0.05 * 2 ** (k - 2)), m, k))
+
+    def due() -> None:
+        now = time.monotonic()
+        with lock:
+            while later and later[0][0] <= now:
+                _, m, k = heapq.heappop(later)
+                work.put((m, k))
+
     def work_loop(wid: int) -> None:
         rng = random.Random(f"{SEED}:worker:{wid}")
         while not done.is_set():
+            due()
             batch = []
             try:
                 for _ in range(rng.randint(1, 3)):
-                    batch.append(work.get(timeout=0.05 if not batch else 0))
+                    batch.append(work.get(timeout=0.01 if not batch else 0))
             except queue.Empty:
                 pass
             if not batch:
@@ -235,9 +252,16 @@ def run_traffic(n: int, threads: int, ds: FaultDownstream, srv, chaos_every: tup
                         if pending[0] == 0:
                             done.set()
                 else:
-                    work.put((a.msg, a.k + 1))
+                    retry(a.msg, a.k + 1)
 
     def chaos() -> None:
+        try:
+            chaos_loop()
+        except BaseException as err:  # noqa: BLE001 - reported by the test thread
+            errors.append(err)
+            done.set()
+
+    def chaos_loop() -> None:
         rng = random.Random(f"{SEED}:chaos")
         while not done.wait(rng.uniform(*chaos_every)):
             if rng.random() < 0.7:
@@ -312,7 +336,9 @@ def account(attempts: list[Attempt], ds: FaultDownstream, n: int) -> dict:
             final[a.msg] = a
     missing = sorted(set(range(n)) - set(final))
     if missing:
-        problems.append(f"{len(missing)} messages never got a final answer, e.g. m{missing[0]}")
+        history = [(a.k, a.fault, a.action, a.outcome, a.reply[:90]) for a in attempts if a.msg == missing[0]]
+        problems.append(f"{len(missing)} messages never got a final answer, e.g. m{missing[0]}: "
+                        f"{sorted(history)}")
     lost = duplicates = 0
     for m, a in final.items():
         total = sum(len(copies.get((m, k), ())) for k in range(1, a.k + 1))

@@ -13,7 +13,9 @@
 * **restart on the same port**: ``restart()`` / ``stop()`` + ``start()``
   keep the port and the recorded messages; ``outages`` lists the
   (down, up) monotonic times, so a test can tell which attempts overlapped
-  an outage.
+  an outage.  The port is chosen below the kernel's ephemeral range: while
+  the downstream is down, an outgoing connection could otherwise be given
+  its port as a source port, and the restart would fail to bind.
 
 Also here: memory probes for the oversized-DATA test and plugins that
 misbehave in ways tests/support/plugins.py does not cover.
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import random
 import re
+import socket
 import sys
 import threading
 import time
@@ -77,6 +81,7 @@ class FaultDownstream(Downstream):
         super().__init__(mode, **kw)
         self.slow_seconds = slow_seconds
         self.outages: list[list[float]] = []
+        self.port = _port_outside_ephemeral_range()
         self.taken_without_reply = 0      # messages recorded whose 250 was never sent
 
     # The mode is per transaction when the sender asks for one.
@@ -139,7 +144,7 @@ class FaultDownstream(Downstream):
         self.stop()
         if down_for:
             time.sleep(down_for)
-        for _ in range(50):           # the port may linger a moment
+        for _ in range(100):          # the port may linger a moment
             try:
                 self.start()
                 return
@@ -181,6 +186,25 @@ class FaultDownstream(Downstream):
         if mode == "slow_250":
             await asyncio.sleep(self.slow_seconds)
         return data
+
+
+def _port_outside_ephemeral_range() -> int:
+    """A free loopback port below net.ipv4.ip_local_port_range (0 if none)."""
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    return 0
 
 
 # ---- memory ---------------------------------------------------------------
