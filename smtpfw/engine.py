@@ -38,6 +38,7 @@ class CompiledRule:
     monitor: bool = False
     node: object = None                        # the ast.Rule, for trace and lint
     leaves: tuple = ()                         # (ast condition leaf, Test) for trace
+    equality: tuple | None = None              # (getter, value) when the condition is `field = value`
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,26 +159,13 @@ _SCALARS = (str, int, bool)
 MIN_GROUP = 3
 
 
-def _eq_shape(get, value):
-    return lambda s: get(s) == value     # the compiler's test for `field = value`
-
-
-_EQ_CODE = _eq_shape(None, None).__code__
-
-
 def _equality(rule: CompiledRule):
-    """(getter, value) when ``rule`` is `<terminal action> if <field> = <value>`
-    (its test is exactly the compiler's `get(s) == value`), else None."""
-    test = rule.test
-    code = getattr(test, "__code__", None)
-    if (rule.outcome is None or rule.monitor or code is None or code.co_code != _EQ_CODE.co_code
-            or code.co_freevars != _EQ_CODE.co_freevars or code.co_names != _EQ_CODE.co_names
-            or code.co_consts != _EQ_CODE.co_consts):
+    """(getter, value) when ``rule`` is `<terminal action> if <field> = <value>`."""
+    if rule.outcome is None or rule.monitor or rule.equality is None:
         return None
-    cells = dict(zip(code.co_freevars, (c.cell_contents for c in test.__closure__)))
-    if type(cells["value"]) not in _SCALARS:
+    if type(rule.equality[1]) not in _SCALARS:
         return None
-    return cells["get"], cells["value"]
+    return rule.equality
 
 
 def _equality_groups(rules: tuple[CompiledRule, ...], monitor_all: bool) -> list[tuple]:

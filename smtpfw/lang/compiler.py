@@ -302,7 +302,8 @@ class _Compiler:
         return CompiledRule(
             rule_id=rule.rule_id, stage=stage, kind=action.kind, outcome=outcome, test=test,
             code=code, enhanced=enhanced, render_text=render_text, render_arg=render_arg,
-            arg=action.arg, monitor=rule.monitor, node=rule, leaves=tuple(leaves))
+            arg=action.arg, monitor=rule.monitor, node=rule, leaves=tuple(leaves),
+            equality=getattr(test, "equality", None))
 
     def _reply_codes(self, kind: str, reply: ast.Reply) -> tuple[int | None, str | None]:
         code, enhanced = reply.code, reply.enhanced
@@ -484,7 +485,13 @@ class _Compiler:
             return None
         if spec.type == LIST:
             return (lambda s: value in get(s)) if op == "=" else (lambda s: value not in get(s))
-        return (lambda s: get(s) == value) if op == "=" else (lambda s: get(s) != value)
+        if op != "=":
+            return lambda s: get(s) != value
+
+        def equals(s):
+            return get(s) == value
+        equals.equality = (get, value)      # lets the engine index runs of `field = value` rules
+        return equals
 
     def _coerce(self, spec: FieldSpec, v: ast.Value):
         t = spec.type
