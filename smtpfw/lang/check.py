@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file
 from smtpfw.diagnostics import Diagnostic, Span
 from smtpfw.lang import ast
-from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_ruleset, load_program
+from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_ruleset, dedupe, load_program
 from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, lookup_field
 from smtpfw.session import SessionState
 
@@ -63,24 +63,14 @@ def check_ruleset(path: str | os.PathLike) -> tuple[list[Diagnostic], dict[str, 
     try:
         prog, _ = load_program(path)
     except Exception:  # already reported by compile_ruleset
-        return _finish(diags), sources
+        return dedupe(diags), sources
     sources.update(prog.sources)
     complete = not any(d.code in ("E001", "E002", "E003") for d in diags)
     try:
         diags += _Linter(prog, ruleset, complete).run()
     except Exception as err:  # each check is guarded; this is the last line of defence
         diags.append(_internal("E002", "checking the rules", err, Span.point(path, 1, 1)))
-    return _finish(diags), sources
-
-
-def _finish(diags: list[Diagnostic]) -> list[Diagnostic]:
-    seen, out = set(), []
-    for d in diags:
-        key = (d.code, d.message, d.span)
-        if key not in seen:
-            seen.add(key)
-            out.append(d)
-    return sorted(out, key=Diagnostic.sort_key)
+    return dedupe(diags), sources
 
 
 def _internal(code: str, what: str, err: BaseException, span: Span | None) -> Diagnostic:

@@ -143,13 +143,14 @@ def compile_ruleset(path: str | os.PathLike, text: str | None = None,
         ruleset = _Compiler(prog, diags, load_plugins).compile()
     except RecursionError:
         return None, [Diagnostic("E002", "rules nested too deeply", Span.point(str(path), 1, 1))]
-    diags = _dedupe(diags)
+    diags = dedupe(diags)
     if has_errors(diags):
         return None, diags
     return ruleset, diags
 
 
-def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
+def dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
+    """Each problem once, in file order."""
     seen, out = set(), []
     for d in diags:
         key = (d.code, d.message, d.span)
