@@ -32,6 +32,12 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+if __package__:
+    from tests.support.loopthread import start_loop_thread, stop_loop_thread
+else:  # run as a script (the benchmark does): python tests/support/dnsserver.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.support.loopthread import start_loop_thread, stop_loop_thread
+
 A, TXT, SOA, NS, ANY = (dns.rdatatype.A, dns.rdatatype.TXT, dns.rdatatype.SOA,
                         dns.rdatatype.NS, dns.rdatatype.ANY)
 IN = dns.rdataclass.IN
@@ -289,41 +295,14 @@ class DnsServer:
     def start(self) -> "DnsServer":
         if self._thread is not None:
             return self
-        ready = threading.Event()
-        error: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._bind())
-            except BaseException as e:  # report to start()
-                error.append(e)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._unbind())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="dnsserver", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if error:
-            self._thread.join()
-            self._thread = None
-            raise error[0]
+        self._loop, self._thread = start_loop_thread(self._bind, self._unbind, "dnsserver")
         return self
 
     def stop(self) -> None:
         if self._thread is None:
             return
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+        stop_loop_thread(self._loop, self._thread)
         self._thread = None
         self._loop = None
 

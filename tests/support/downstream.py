@@ -40,6 +40,8 @@ import socket
 import threading
 import time
 
+from tests.support.loopthread import start_loop_thread, stop_loop_thread
+
 MODES = frozenset({
     "accept", "tempfail_mail", "tempfail_rcpt", "reject_rcpt", "tempfail_data",
     "reject_data", "hang", "hang_data", "drop_mid_data", "drop_after_250",
@@ -113,40 +115,17 @@ class Downstream:
     def start(self) -> "Downstream":
         if self._thread is not None:
             return self
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(self._client, self.host, 0, limit=1 << 20))
-                self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:  # noqa: BLE001
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._shutdown())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="downstream-smtp", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise failure[0]
+        self._loop, self._thread = start_loop_thread(self._bind, self._shutdown, "downstream-smtp")
         return self
+
+    async def _bind(self) -> None:
+        self._server = await asyncio.start_server(self._client, self.host, 0, limit=1 << 20)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
         if self._thread is None or self._loop is None:
             return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        stop_loop_thread(self._loop, self._thread)
         self._thread = None
 
     def drop_connections(self) -> None:

@@ -100,39 +100,16 @@ class FaultDownstream(Downstream):
     def start(self) -> "FaultDownstream":
         if self._thread is not None:
             return self
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        port = self.port
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(self._client, self.host, port, limit=1 << 20,
-                                         reuse_address=True))
-                self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:  # noqa: BLE001
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._shutdown())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="fault-downstream", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            self._thread = None
-            raise failure[0]
+        super().start()
         if self.outages and len(self.outages[-1]) == 1:
             self.outages[-1].append(time.monotonic())
         return self
+
+    async def _bind(self) -> None:
+        # a restart binds the port it had before (0 the first time)
+        self._server = await asyncio.start_server(self._client, self.host, self.port, limit=1 << 20,
+                                                  reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
         if self._thread is None:
