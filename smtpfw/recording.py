@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import threading
-import time
 from typing import Iterator
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup
@@ -175,10 +174,18 @@ class Recorder:
                 self._open(name)
             elif self.rotate == "size" and self._fh.tell() + len(line) > self.max_bytes:
                 self._fh.close()
-                os.replace(self._name, f"{self._name}.{int(time.time() * 1000)}")
+                self._fh = None
+                os.replace(self._name, self._rotated_name())
                 self._open(name)
             self._fh.write(line)
             self._fh.flush()
+
+    def _rotated_name(self) -> str:
+        """sessions-DAY-PID.jsonl.N: the first N not taken (never overwrite)."""
+        n = 1
+        while os.path.exists(f"{self._name}.{n}"):
+            n += 1
+        return f"{self._name}.{n}"
 
     def _open(self, name: str) -> None:
         if self._fh is not None:
