@@ -48,7 +48,9 @@ class Config:
     max_connections_per_ip: int = 20
     max_unrecognized_commands: int = 10
     max_errors: int = 20
+    max_junk_commands: int = 100          # NOOP/RSET/VRFY/HELP per session
     idle_timeout: float = 300.0
+    stress_idle_timeout: float = 10.0     # idle timeout while connections >= 75% of max_connections
     data_timeout: float = 600.0
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     dns_timeout: float = 2.0
@@ -180,7 +182,9 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "max_connections_per_ip": ("max_connections_per_ip", _num(int)),
         "max_unrecognized_commands": ("max_unrecognized_commands", _num(int)),
         "max_errors": ("max_errors", _num(int)),
+        "max_junk_commands": ("max_junk_commands", _num(int)),
         "idle_timeout": ("idle_timeout", _num(float)),
+        "stress_idle_timeout": ("stress_idle_timeout", _num(float)),
         "data_timeout": ("data_timeout", _num(float)),
     },
     "dns": {

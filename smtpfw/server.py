@@ -77,6 +77,12 @@ class Server:
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         return None
 
+    @property
+    def under_stress(self) -> bool:
+        """Most connection slots are taken: idle clients get a short timeout
+        (Postfix's stress mode), so slow or idle clients cannot hold them."""
+        return self.connections >= 0.75 * self.config.max_connections
+
     def release(self, ip: str) -> None:
         self.connections -= 1
         left = self.per_ip.get(ip, 1) - 1

@@ -312,3 +312,29 @@ def test_rset_clears_envelope(client):
 def test_quit(client):
     assert client.cmd("QUIT").startswith("221")
     assert client.closed()
+
+
+def test_junk_commands_are_limited():
+    with running_server(rules_text=RULES, max_junk_commands=5) as srv:
+        c = RawClient(srv.address)
+        c.reply()
+        replies = [c.cmd("NOOP") for _ in range(6)]
+        assert all(r.startswith("250") for r in replies[:5])
+        assert replies[5].startswith("421 4.7.0")
+        assert c.closed()
+
+
+def test_idle_timeout_shortens_under_stress():
+    """With 75% of the slots taken, an idle client gets the stress timeout."""
+    with running_server(rules_text=RULES, max_connections=8, idle_timeout=30,
+                        stress_idle_timeout=0.5) as srv:
+        calm = [RawClient(srv.address, source=f"127.0.1.{i}") for i in range(1, 6)]
+        for c in calm:
+            assert c.reply().startswith("220")
+        stressed = RawClient(srv.address, source="127.0.1.99")     # the 6th of 8: stress
+        assert stressed.reply().startswith("220")
+        start = time.monotonic()
+        assert stressed.line().startswith("421 4.4.2")
+        assert time.monotonic() - start < 3
+        for c in calm + [stressed]:
+            c.close()

@@ -87,6 +87,7 @@ class FirewallSMTP(SMTP):
         self.finished = False
         self.busy = False                      # inside a command (shutdown waits for it)
         self.admitted = False                  # counted against the connection limits
+        self.junk = 0                          # NOOP/RSET/VRFY/HELP so far
 
     # ---- connection lifecycle ----------------------------------------------
 
@@ -101,6 +102,11 @@ class FirewallSMTP(SMTP):
             super().connection_lost(error)
         finally:
             self._finish()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        if duration is None and self.server.under_stress:
+            duration = min(self.cfg.idle_timeout, self.cfg.stress_idle_timeout)
+        super()._reset_timeout(duration)
 
     def _timeout_cb(self):
         if self.transport is not None and not self.transport.is_closing():
@@ -197,6 +203,7 @@ class FirewallSMTP(SMTP):
             self.close()
             return
         self.admitted = True
+        self._reset_timeout()                   # the stress timeout may apply now
         self.dns = DnsSession(self.server.resolver, self.cfg.dns_session_budget)
         self.policy = Policy(self.ruleset, st, self.dns, notify=self._notify)
         decision = await self.policy.run(Stage.CONNECT)
@@ -276,6 +283,12 @@ class FirewallSMTP(SMTP):
                 return
             await self._error(replies.SYNTAX_UNRECOGNIZED)
             return
+        if verb in _JUNK:
+            self.junk += 1
+            if self.junk > self.cfg.max_junk_commands:
+                await self.push(replies.TOO_MANY_JUNK)
+                self.close()
+                return
         self._reset_timeout()
         await handler(self, arg)
 
@@ -727,6 +740,10 @@ def _date_now() -> str:
     if _date[0] != now:
         _date[:] = [now, email.utils.formatdate(now, localtime=True)]
     return _date[1]
+
+
+# Commands that cost us work but move no mail (Postfix smtpd_junk_command_limit).
+_JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 
 
 def _mail_options(params: dict) -> tuple[str, ...]:
