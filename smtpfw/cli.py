@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     p.set_defaults(func=cmd_lint)
 
+    p = sub.add_parser("passwd", help="make a line for the AUTH users file",
+                       description="Print USER:scrypt$... for auth.users_file. The password is read "
+                                   "from standard input (asked for on a terminal).")
+    p.add_argument("user", metavar="USER")
+    p.set_defaults(func=cmd_passwd)
+
     for register in _EXTRA_COMMANDS:
         register(sub)
     return parser
@@ -138,3 +144,25 @@ def cmd_lint(args) -> int:
     from smtpfw.lint import run_lint
 
     return run_lint(args)
+
+
+def cmd_passwd(args) -> int:
+    import getpass
+
+    from smtpfw.auth import hash_password
+
+    if ":" in args.user or not args.user.strip():
+        print("smtpfw passwd: a user name cannot be empty or contain ':'", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            print("smtpfw passwd: the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("smtpfw passwd: empty password", file=sys.stderr)
+        return 2
+    print(f"{args.user}:{hash_password(password)}")
+    return 0

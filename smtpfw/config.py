@@ -63,6 +63,8 @@ class Config:
     recording_headers: tuple[str, ...] = ("subject", "from", "to", "message-id", "date")
     log_format: str = "kv"
     log_level: str = "info"
+    auth_users_file: str = ""            # "" = AUTH not offered
+    auth_allow_plaintext: bool = False   # offer AUTH without STARTTLS (only for trusted links)
     tls_cert: str = ""
     tls_key: str = ""
     source: str = ""                     # the file it came from, for messages
@@ -203,6 +205,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "logging": {"format": ("log_format", _choice("kv", "json")),
                 "level": ("log_level", _choice("debug", "info", "warning", "error"))},
     "tls": {"cert": ("tls_cert", _str), "key": ("tls_key", _str)},
+    "auth": {"users_file": ("auth_users_file", _str), "allow_plaintext": ("auth_allow_plaintext", _bool)},
 }
 
 
@@ -248,6 +251,8 @@ def from_mapping(data, where: str = "config", base: str | None = None) -> Config
     cfg = Config(**values)
     if base and cfg.rules and not os.path.isabs(cfg.rules):
         cfg = replace(cfg, rules=os.path.join(base, cfg.rules))
+    if base and cfg.auth_users_file and not os.path.isabs(cfg.auth_users_file):
+        cfg = replace(cfg, auth_users_file=os.path.join(base, cfg.auth_users_file))
     if cfg.delivery_mode == "forward" and not cfg.forward_host:
         raise ConfigError(f"{where}: delivery.mode is forward but delivery.forward (HOST:PORT) is not set")
     return cfg

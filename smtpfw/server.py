@@ -21,6 +21,7 @@ import ssl
 import sys
 import time
 
+from smtpfw.auth import Users
 from smtpfw.checks.dns import Resolver
 from smtpfw.config import Config, Listener
 from smtpfw.delivery import ForwardDelivery, MaildirDelivery
@@ -52,6 +53,7 @@ class Server:
         self.resolver = Resolver(list(config.dns_nameservers) or None, timeout=config.dns_timeout,
                                  cache_size=config.dns_cache_size)
         self.delivery = make_delivery(config)
+        self.users = Users.load(config.auth_users_file) if config.auth_users_file else None
         self.recorder = (Recorder(config.recording_path, config.recording_rotate, config.recording_max_bytes)
                          if config.recording_enabled else None)
         self.sessions: set = set()

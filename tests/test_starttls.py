@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from tests.smtp_client import RawClient
 from tests.support.server import running_server
 
 RULES = """
@@ -54,3 +55,81 @@ def test_no_starttls_without_certificate():
             s.ehlo("client.example")
             assert not s.has_extn("starttls")
             assert s.docmd("STARTTLS")[0] == 502
+
+
+# ---- SMTP AUTH (after STARTTLS) -------------------------------------------
+
+AUTH_RULES = """
+on rcpt:
+    [authenticated] accept if auth and auth.user = "alice"
+    accept if rcpt.domain in localnames
+    reject 554 5.7.1 "Relaying denied"
+"""
+
+
+@pytest.fixture(scope="module")
+def users(tmp_path_factory):
+    from smtpfw.auth import hash_password
+    path = tmp_path_factory.mktemp("auth") / "users"
+    path.write_text(f"# test users\nalice:{hash_password('s3cret')}\n")
+    return path
+
+
+def _tls(s):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s.starttls(context=ctx)
+    s.ehlo("client.example")
+
+
+def test_auth_offered_only_after_starttls_and_lets_users_relay(cert, users):
+    certfile, keyfile = cert
+    with running_server(rules_text=AUTH_RULES, tls_cert=str(certfile), tls_key=str(keyfile),
+                        auth_users_file=str(users)) as srv:
+        with smtplib.SMTP(*srv.address, timeout=10) as s:
+            s.ehlo("client.example")
+            assert not s.has_extn("auth")
+            assert s.docmd("AUTH", "PLAIN AGFsaWNlAHMzY3JldA==")[0] == 538   # encryption required
+            _tls(s)
+            assert s.has_extn("auth") and "PLAIN" in s.esmtp_features["auth"]
+            with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+                s.login("alice", "wrong")
+            assert err.value.smtp_code == 535
+            s.login("alice", "s3cret")
+            assert s.sendmail("alice@example.org", ["bob@far.example"], b"Subject: relayed\r\n\r\nx\r\n") == {}
+        with smtplib.SMTP(*srv.address, timeout=10) as s:          # no AUTH: no relay
+            s.ehlo("client.example")
+            _tls(s)
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                s.sendmail("alice@example.org", ["bob@far.example"], b"Subject: x\r\n\r\nx\r\n")
+
+
+def test_auth_login_mechanism_plaintext_allowed(users):
+    with running_server(rules_text=AUTH_RULES, auth_users_file=str(users), auth_allow_plaintext=True) as srv:
+        with smtplib.SMTP(*srv.address, timeout=10) as s:
+            s.ehlo("client.example")
+            s.user, s.password = "alice", "s3cret"
+            assert s.auth("LOGIN", s.auth_login)[0] == 235
+            assert s.sendmail("alice@example.org", ["bob@far.example"], b"Subject: x\r\n\r\nx\r\n") == {}
+
+
+def test_failed_logins_are_cut_off(users):
+    with running_server(rules_text=AUTH_RULES, auth_users_file=str(users), auth_allow_plaintext=True,
+                        max_errors=3) as srv:
+        c = RawClient(srv.address)
+        c.reply()
+        c.cmd("EHLO client.example")
+        replies = [c.cmd("AUTH PLAIN AGFsaWNlAG5vcGU=") for _ in range(4)]     # alice / nope
+        assert all(r.startswith("535 5.7.8") for r in replies)
+        assert c.line().startswith("421 4.7.0")          # more failures than max_errors
+        assert c.closed()
+
+
+def test_users_file_errors_name_the_line(tmp_path):
+    from smtpfw.auth import Users
+    from smtpfw.config import ConfigError
+    bad = tmp_path / "users"
+    bad.write_text("alice:plaintext\n")
+    with pytest.raises(ConfigError, match=r"users:1: expected USER:scrypt"):
+        Users.load(str(bad))

@@ -75,6 +75,9 @@ class FirewallSMTP(SMTP):
         self.server = server
         self.cfg = cfg
         self.listener = listener
+        if server.users is not None:
+            self._auth_callback = lambda mechanism, login, password: server.users.check(login, password)
+            self._auth_require_tls = not cfg.auth_allow_plaintext
         self.ruleset = server.ruleset          # a session keeps the ruleset it started with
         self.state = SessionState()
         self.policy: Policy | None = None
@@ -334,6 +337,8 @@ class FirewallSMTP(SMTP):
                  "SMTPUTF8", "ENHANCEDSTATUSCODES"]
         if self.tls_context is not None and self._tls_protocol is None:
             lines.append("STARTTLS")
+        if self._auth_offered():
+            lines.append("AUTH PLAIN LOGIN")
         text = "\r\n".join(f"250-{x}" for x in lines[:-1]) + f"\r\n250 {lines[-1]}"
         event["reply"] = "250"
         await self.push(text)
@@ -605,6 +610,32 @@ class FirewallSMTP(SMTP):
         self.state.set_helo("", False)       # RFC 3207: start over after TLS
         self._new_transaction()
 
+    def _auth_offered(self) -> bool:
+        return (self.server.users is not None and not self.session.authenticated
+                and (self._tls_protocol is not None or self.cfg.auth_allow_plaintext))
+
+    async def cmd_auth(self, arg: str) -> None:
+        st = self.state
+        if self.server.users is None:
+            await self._error("502 5.5.1 AUTH not available")
+            return
+        if not st.esmtp:
+            await self._error("503 5.5.1 Error: send EHLO first")
+            return
+        if st.sender is not None:
+            await self._error("503 5.5.1 Error: AUTH not allowed during a mail transaction")
+            return
+        await self.smtp_AUTH(arg)     # aiosmtpd: PLAIN/LOGIN exchange, TLS requirement, replies
+        if self.session.authenticated and not st.auth:
+            st.auth = True
+            st.auth_user = (self.session.login_data or b"").decode("utf-8", "replace")
+            st.events.append({"cmd": "auth", "user": st.auth_user})
+        elif not self.session.authenticated:
+            self.errors += 1          # failed logins count toward max_errors
+            if self.errors > self.cfg.max_errors:
+                await self.push(replies.TOO_MANY_ERRORS)
+                self.close()
+
     async def cmd_not_implemented(self, arg: str) -> None:
         await self._error("502 5.5.1 Command not implemented")
 
@@ -622,7 +653,7 @@ _COMMANDS = {
     "HELP": FirewallSMTP.cmd_help,
     "STARTTLS": FirewallSMTP.cmd_starttls,
     "EXPN": FirewallSMTP.cmd_not_implemented,
-    "AUTH": FirewallSMTP.cmd_not_implemented,
+    "AUTH": FirewallSMTP.cmd_auth,
     "TURN": FirewallSMTP.cmd_not_implemented,
     "ETRN": FirewallSMTP.cmd_not_implemented,
     "BDAT": FirewallSMTP.cmd_not_implemented,
