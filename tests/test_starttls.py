@@ -133,3 +133,24 @@ def test_users_file_errors_name_the_line(tmp_path):
     bad.write_text("alice:plaintext\n")
     with pytest.raises(ConfigError, match=r"users:1: expected USER:scrypt"):
         Users.load(str(bad))
+
+
+def test_recorded_auth_replays(tmp_path, users):
+    """AUTH is a session event: a dry-run of the recording sees who authenticated, and when."""
+    from smtpfw.lang.compiler import compile_ruleset
+    from smtpfw.recording import read_records
+    from smtpfw.replay.session import replay_record, same_as_recorded
+
+    rec_dir = tmp_path / "sessions"
+    with running_server(rules_text=AUTH_RULES, auth_users_file=str(users), auth_allow_plaintext=True,
+                        recording_enabled=True, recording_path=str(rec_dir)) as srv:
+        with smtplib.SMTP(*srv.address, timeout=10) as s:
+            s.ehlo("client.example")
+            s.login("alice", "s3cret")
+            s.sendmail("alice@example.org", ["bob@far.example"], b"Subject: x\r\n\r\nx\r\n")
+        rules_path = srv.server.rules_path
+    (record,) = [r for f in rec_dir.iterdir() for r in read_records(str(f))]
+    assert {"cmd": "auth", "user": "alice"} in record["events"]
+    ruleset, _ = compile_ruleset(rules_path)
+    result = replay_record(ruleset, record)
+    assert same_as_recorded(record, result)

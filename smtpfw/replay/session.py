@@ -511,8 +511,8 @@ class Replayer:
         events = record["events"]
         if record.get("tls"):
             st.tls = not any(e.get("cmd") == "starttls" for e in events)
-        if record.get("auth"):
-            st.auth = True
+        if record.get("auth") and not any(e.get("cmd") == "auth" for e in events):
+            st.auth = True      # an older record: authenticated, but not when
             st.auth_user = str(record.get("auth_user") or "")
         if answers:
             st.dns = answers
@@ -634,6 +634,10 @@ class Replayer:
             st.reset_transaction()
             policy.forget_transaction()
             return EventResult(cmd, "", True, None, None, "220 2.0.0 Ready to start TLS")
+        if cmd == "auth":
+            st.auth = True
+            st.auth_user = str(ev.get("user") or "")
+            return EventResult(cmd, st.auth_user, True, None, None, "235 2.7.0 Authentication successful")
         if cmd == "unrecognized":
             # An unknown command: no hook runs, the count is a field
             # (session.unrecognized).  Recorded only by servers that log it.
