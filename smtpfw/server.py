@@ -23,7 +23,7 @@ import time
 
 from smtpfw.auth import Users
 from smtpfw.checks.dns import Resolver
-from smtpfw.config import Config, Listener
+from smtpfw.config import Config, ConfigError, Listener
 from smtpfw.delivery import ForwardDelivery, MaildirDelivery
 from smtpfw.diagnostics import Diagnostic
 from smtpfw.engine import Ruleset
@@ -184,8 +184,19 @@ def _tls_context(cfg: Config) -> ssl.SSLContext | None:
     if not cfg.tls_cert:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"tls.cert/tls.key: cannot load {cfg.tls_cert}"
+                          f"{' / ' + cfg.tls_key if cfg.tls_key else ''}: {getattr(err, 'strerror', None) or err}") from None
     return ctx
+
+
+def preflight(cfg: Config) -> None:
+    """Fail before binding or forking on what every worker would fail on."""
+    _tls_context(cfg)
+    if cfg.auth_users_file:
+        Users.load(cfg.auth_users_file)
 
 
 # ---- running it -------------------------------------------------------------
@@ -232,6 +243,7 @@ def bind_sockets(cfg: Config) -> dict[Listener, socket.socket]:
 
 def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
     """Run until SIGTERM/SIGINT.  Returns the process exit code."""
+    preflight(cfg)
     sockets = bind_sockets(cfg)
     where = ", ".join(f"{l.host}:{s.getsockname()[1]}" for l, s in sockets.items())
     target = (f"forward to {cfg.forward_host}:{cfg.forward_port}" if cfg.delivery_mode == "forward"
@@ -247,8 +259,9 @@ def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
 
 
 def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
-    children: set[int] = set()
+    children: dict[int, float] = {}     # pid -> start time
     stopping = False
+    quick_deaths = 0                    # workers that died right after starting, in a row
 
     def spawn() -> None:
         pid = os.fork()
@@ -265,7 +278,7 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
             finally:
                 logging.shutdown()
                 os._exit(code)
-        children.add(pid)
+        children[pid] = time.monotonic()
 
     def forward(sig, _frame) -> None:
         nonlocal stopping
@@ -288,9 +301,17 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
             break
         except InterruptedError:
             continue
-        children.discard(pid)
-        if not stopping:
-            log.error("worker %d exited (status %d); starting a new one", pid, status)
-            time.sleep(0.5)
-            spawn()
+        started = children.pop(pid, time.monotonic())
+        if stopping:
+            continue
+        quick_deaths = quick_deaths + 1 if time.monotonic() - started < 5 else 0
+        if quick_deaths >= 5:
+            log.error("workers keep failing at start; giving up")
+            forward(signal.SIGTERM, None)
+            for other in list(children):
+                os.waitpid(other, 0)
+            return 1
+        log.error("worker %d exited (status %d); starting a new one", pid, status)
+        time.sleep(0.5)
+        spawn()
     return 0

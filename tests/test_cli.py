@@ -204,3 +204,15 @@ def test_reload_on_file_change(tmp_path):
             time.sleep(0.2)
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("tls:\n  cert: /nonexistent/cert.pem\n", "tls.cert/tls.key: cannot load /nonexistent/cert.pem"),
+    ("auth:\n  users_file: /nonexistent/users\n", "/nonexistent/users: cannot read the AUTH users file"),
+])
+def test_bad_tls_or_auth_files_refuse_to_start(tmp_path, yaml_text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    proc = run("serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--workers", "2")
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
