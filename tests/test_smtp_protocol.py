@@ -338,3 +338,15 @@ def test_idle_timeout_shortens_under_stress():
         assert time.monotonic() - start < 3
         for c in calm + [stressed]:
             c.close()
+
+
+def test_every_reply_has_an_enhanced_code(client):
+    """ENHANCEDSTATUSCODES is advertised: every reply but the greeting and the
+    HELO/EHLO replies carries one (RFC 2034), aiosmtpd's own ones too."""
+    import re
+    enhanced = re.compile(r"^[245]\d\d [245]\.\d{1,3}\.\d{1,3} ")
+    greet(client)
+    for command in ("STARTTLS", "AUTH PLAIN", "NOOP", "VRFY x", "RSET", "MAIL FROM:<a@b.example>",
+                    "RCPT TO:<u@localhost>", "RCPT TO:<x@far.example>", "FOO", "QUIT"):
+        reply = client.cmd(command)
+        assert enhanced.match(reply), (command, reply)

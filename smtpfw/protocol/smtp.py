@@ -42,6 +42,8 @@ TEXT_LINE_LIMIT = 1000         # RFC 5321 4.5.3.1.6, including CRLF
 # leading CRLF makes the first line start with "\n" too.  The literal "\n"
 # prefix lets re skip to line starts (a bare [^\n]{999} tried every offset:
 # 3 ms per 100 KB message).
+# a one-line 2xx/4xx/5xx reply without an enhanced code (x.y.z)
+_NEEDS_ENHANCED = re.compile(r"[245]\d\d (?!\d\.\d{1,3}\.\d{1,3}\b)[^\r\n]*$")
 _LONG_LINE = re.compile(rb"\n[^\n]{%d}" % TEXT_LINE_LIMIT)   # 998 octets + CR is the most allowed
 _ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}"
@@ -142,8 +144,14 @@ class FirewallSMTP(SMTP):
         except Exception:  # the transport may be gone already
             pass
 
-    async def push(self, status: str):
-        self.state.final_reply = status
+    async def push(self, status):
+        """Every reply goes out here.  aiosmtpd's own replies (STARTTLS, AUTH)
+        get an enhanced status code too, as ENHANCEDSTATUSCODES promises
+        (RFC 2034); the greeting and the HELO/EHLO replies carry none."""
+        if isinstance(status, str):
+            if _NEEDS_ENHANCED.match(status) and status[4:4 + len(self.hostname)] != self.hostname:
+                status = f"{status[:4]}{status[0]}.0.0 {status[4:]}"
+            self.state.final_reply = status
         await super().push(status)
 
     def close(self) -> None:
