@@ -476,7 +476,7 @@ def test_compile_crash_becomes_a_diagnostic(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise ValueError("bad")
-    monkeypatch.setattr(check, "compile_ruleset", boom)
+    monkeypatch.setattr(check, "compile_program", boom)
     diags = lint(tmp_path, NO_RELAY)
     assert [d.code for d in diags] == ["E002"] and "internal error" in diags[0].message
 

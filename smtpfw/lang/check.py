@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file
 from smtpfw.diagnostics import Diagnostic, Span
 from smtpfw.lang import ast
-from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_ruleset, dedupe, load_program
+from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_program, dedupe, load_program
 from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, lookup_field
 from smtpfw.session import SessionState
 
@@ -54,17 +54,18 @@ def check_ruleset(path: str | os.PathLike) -> tuple[list[Diagnostic], dict[str, 
     """Diagnostics for one ruleset file, and the sources read (for context)."""
     path = str(path)
     try:
-        ruleset, compiled_diags = compile_ruleset(path, load_plugins=True)
+        prog, load_diags = load_program(path)
+    except RecursionError:
+        return [Diagnostic("E002", "rules nested too deeply", Span.point(path, 1, 1))], {}
+    except Exception as err:  # lint must never crash
+        return [_internal("E002", "reading the rules", err, Span.point(path, 1, 1))], {}
+    try:
+        ruleset, compiled_diags = compile_program(prog, load_diags, load_plugins=True)
         diags = list(compiled_diags)
     except Exception as err:  # lint must never crash
         ruleset = None
-        diags = [_internal("E002", "compiling", err, Span.point(path, 1, 1))]
-    sources: dict[str, str] = dict(ruleset.sources) if ruleset is not None else {}
-    try:
-        prog, _ = load_program(path)
-    except Exception:  # already reported by compile_ruleset
-        return dedupe(diags), sources
-    sources.update(prog.sources)
+        diags = list(load_diags) + [_internal("E002", "compiling", err, Span.point(path, 1, 1))]
+    sources: dict[str, str] = dict(prog.sources)
     complete = not any(d.code in ("E001", "E002", "E003") for d in diags)
     try:
         diags += _Linter(prog, ruleset, complete).run()

@@ -140,9 +140,19 @@ def compile_ruleset(path: str | os.PathLike, text: str | None = None,
     """Compile a ruleset file.  Returns (None, diagnostics) if any error."""
     try:
         prog, diags = load_program(path, text)
-        ruleset = _Compiler(prog, diags, load_plugins).compile()
     except RecursionError:
         return None, [Diagnostic("E002", "rules nested too deeply", Span.point(str(path), 1, 1))]
+    return compile_program(prog, diags, load_plugins)
+
+
+def compile_program(prog: Program, diags: list[Diagnostic],
+                    load_plugins: bool = True) -> tuple[Ruleset | None, list[Diagnostic]]:
+    """Compile what ``load_program`` read (lint uses the Program as well)."""
+    diags = list(diags)
+    try:
+        ruleset = _Compiler(prog, diags, load_plugins).compile()
+    except RecursionError:
+        return None, [Diagnostic("E002", "rules nested too deeply", Span.point(prog.root, 1, 1))]
     diags = dedupe(diags)
     if has_errors(diags):
         return None, diags
