@@ -8,12 +8,11 @@ the same keys with their defaults (a test keeps them in step).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 
-from smtpfw import paths
 from smtpfw.diagnostics import did_you_mean
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from smtpfw.diagnostics import CODES, Diagnostic, Severity
+from smtpfw.diagnostics import Diagnostic, Severity
 
 DOCS_URL = "docs/lint.md#{code}"
 _COLORS = {Severity.ERROR: "\033[1;31m", Severity.WARNING: "\033[1;33m", Severity.HINT: "\033[1;36m"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from smtpfw.plugins import Plugin, PluginResult
-from smtpfw.verdict import Stage
 
 _SUBJECT_SHOUTING = re.compile(rb"^Subject:[^\r\n]*[A-Z]{8,}", re.MULTILINE)
 

@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import ssl
-import sys
 import time
 
 from smtpfw.auth import Users

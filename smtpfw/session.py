@@ -10,8 +10,6 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from smtpfw.checks.dnsresult import DnsAnswer, Lookup
-from smtpfw.verdict import Decision, Stage
 
 
 def split_address(address: str) -> tuple[str, str]:

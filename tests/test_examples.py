@@ -9,7 +9,7 @@ import pytest
 
 from tests.smtp_client import RawClient
 from tests.support.dnsserver import DnsServer
-from tests.support.server import REPO, SHARED, maildir_messages, running_server
+from tests.support.server import REPO, maildir_messages, running_server
 
 EXAMPLES = REPO / "rules" / "examples"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import smtplib
 import socket
-import statistics
 import threading
 import time
 

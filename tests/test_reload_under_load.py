@@ -27,7 +27,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 import smtpfw.server
 from smtpfw.lang.compiler import compile_ruleset

@@ -5,7 +5,6 @@ a test here."""
 from __future__ import annotations
 
 import smtplib
-import socket
 import time
 
 import pytest

@@ -8,7 +8,7 @@ same values are recorded with a session, so a replay is deterministic offline.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class LookupKind(str, enum.Enum):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import importlib
 import ipaddress
 import os
 import re
@@ -130,7 +129,7 @@ def _declare(table: dict, name: str, value, span: Span, what: str, diags: list) 
     if name in table:
         first = table[name][0] if isinstance(table[name], tuple) else table[name]
         diags.append(Diagnostic("E107", f"{what} `{name}` is declared twice (first at {first.span})", span,
-                                help=f"rename one of them or remove the duplicate"))
+                                help="rename one of them or remove the duplicate"))
         return
     table[name] = value
 
