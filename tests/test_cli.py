@@ -40,6 +40,13 @@ class Serve:
                 return
         raise AssertionError("serve did not start: " + "".join(self.lines) + self.proc.stderr.read())
 
+    def rcpt_code(self, domain: str) -> int:
+        """The reply code to RCPT TO:<u@domain>."""
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as s:
+            s.ehlo("client.example")
+            s.mail("x@y.example")
+            return s.rcpt(f"u@{domain}")[0]
+
     def signal(self, sig):
         self.proc.send_signal(sig)
 
@@ -144,11 +151,7 @@ def test_sighup_reloads_and_keeps_old_rules_when_broken(tmp_path):
     srv = Serve("--rules", str(rules), "--listen", "127.0.0.1:0", "--workers", "1",
                 "--maildir", str(tmp_path / "md"))
 
-    def rcpt(domain):
-        with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
-            s.ehlo("client.example")
-            s.mail("x@y.example")
-            return s.rcpt(f"u@{domain}")[0]
+    rcpt = srv.rcpt_code
 
     try:
         assert rcpt("a.example") == 554 and rcpt("b.example") == 250
@@ -187,11 +190,7 @@ def test_reload_on_file_change(tmp_path):
     srv = Serve("--config", str(cfg), "--rules", str(rules), "--listen", "127.0.0.1:0", "--workers", "1",
                 "--maildir", str(tmp_path / "md"))
 
-    def rcpt(domain):
-        with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
-            s.ehlo("client.example")
-            s.mail("x@y.example")
-            return s.rcpt(f"u@{domain}")[0]
+    rcpt = srv.rcpt_code
 
     try:
         assert rcpt("b.example") == 250

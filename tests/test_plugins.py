@@ -7,30 +7,18 @@ import smtplib
 import pytest
 
 from smtpfw.lang.compiler import compile_ruleset
+from tests.support.plugins import plugin_rules, send_one
 from tests.support.server import running_server
 
 BODY = b"Subject: p\r\n\r\n" + b"x" * 100 + b"\r\n"
 
 
 def rules(plugin: str, args: str = "") -> str:
-    return f"""
-plugin p = "tests.support.plugins:{plugin}" {args}
-on data:
-    run p
-on rcpt:
-    accept if rcpt.domain in localnames
-    reject 554 5.7.1 "Relaying denied"
-"""
+    return plugin_rules(f"tests.support.plugins:{plugin}", "data", args)
 
 
 def send(srv):
-    with smtplib.SMTP(*srv.address, timeout=10) as s:
-        s.ehlo("client.example")
-        try:
-            s.sendmail("a@b.example", ["u@localhost"], BODY)
-            return 250, b""
-        except smtplib.SMTPDataError as err:
-            return err.smtp_code, err.smtp_error
+    return send_one(srv, BODY)
 
 
 @pytest.mark.parametrize("plugin", ["Raises", "Hangs", "Garbage", "Undeclared"])

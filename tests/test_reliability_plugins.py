@@ -10,6 +10,7 @@ import smtplib
 
 import pytest
 
+from tests.support.plugins import plugin_rules, send_one
 from tests.support.server import maildir_messages, running_server
 
 BODY = b"Subject: plugin-garbage\r\n\r\nhello\r\n"
@@ -17,26 +18,11 @@ TEMPFAIL = (451, b"4.3.0 Temporary local problem, try again later")
 
 
 def rules(plugin: str, hook: str) -> str:
-    return f"""
-plugin p = "tests.support.faults:{plugin}"
-on {hook}:
-    run p
-on rcpt:
-    accept if rcpt.domain in localnames
-    reject 554 5.7.1 "Relaying denied"
-"""
+    return plugin_rules(f"tests.support.faults:{plugin}", hook)
 
 
 def send(srv):
-    with smtplib.SMTP(*srv.address, timeout=10) as s:
-        s.ehlo("client.example")
-        try:
-            s.sendmail("a@b.example", ["u@localhost"], BODY)
-            return 250, b""
-        except smtplib.SMTPDataError as err:
-            return err.smtp_code, err.smtp_error
-        except smtplib.SMTPRecipientsRefused as err:
-            return err.recipients["u@localhost"]
+    return send_one(srv, BODY)
 
 
 @pytest.mark.parametrize("plugin", ["RejectWith250", "TempfailWith550", "OutcomeIsAString",

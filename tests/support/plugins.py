@@ -45,3 +45,30 @@ class Rejects(Plugin):
 class BadInit(Plugin):
     def __init__(self, **args):
         raise ValueError("needs a key")
+
+
+def plugin_rules(target: str, hook: str = "data", args: str = "") -> str:
+    """A ruleset that runs plugin `p` (target "module:Class") at ``hook``."""
+    return f"""
+plugin p = "{target}" {args}
+on {hook}:
+    run p
+on rcpt:
+    accept if rcpt.domain in localnames
+    reject 554 5.7.1 "Relaying denied"
+"""
+
+
+def send_one(srv, body: bytes) -> tuple[int, bytes]:
+    """(code, text) of the refusal a message to u@localhost meets, or (250, b"")."""
+    import smtplib
+
+    with smtplib.SMTP(*srv.address, timeout=10) as s:
+        s.ehlo("client.example")
+        try:
+            s.sendmail("a@b.example", ["u@localhost"], body)
+            return 250, b""
+        except smtplib.SMTPDataError as err:
+            return err.smtp_code, err.smtp_error
+        except smtplib.SMTPRecipientsRefused as err:
+            return err.recipients["u@localhost"]
