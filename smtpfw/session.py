@@ -67,6 +67,7 @@ class SessionState:
     events: list = field(default_factory=list)     # commands that reached a hook, for recording
     connect_reply: str = ""
     final_reply: str = ""
+    refusal: str = ""                              # the last 4xx/5xx reply the client got ("" if none)
     messages: int = 0                              # transactions completed
     _ip: object = None
 

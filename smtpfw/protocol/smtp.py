@@ -152,6 +152,8 @@ class FirewallSMTP(SMTP):
             if _NEEDS_ENHANCED.match(status) and status[4:4 + len(self.hostname)] != self.hostname:
                 status = f"{status[:4]}{status[0]}.0.0 {status[4:]}"
             self.state.final_reply = status
+            if status[:1] in ("4", "5"):
+                self.state.refusal = status
         await super().push(status)
 
     def close(self) -> None:
