@@ -34,7 +34,7 @@ from smtpfw.checks.lists import Entry, build_matcher, read_list_file
 from smtpfw.diagnostics import Diagnostic, Span
 from smtpfw.lang import ast
 from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_program, dedupe, load_program
-from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, lookup_field
+from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, fold, lookup_field
 from smtpfw.session import SessionState
 
 try:  # the regex parser, to see what a pattern requires
@@ -181,11 +181,7 @@ def _norm_value(field: str, v: ast.Value):
             return ("ip", str(ipaddress.ip_address(text)))
         except ValueError:
             return ("text", text)
-    if ftype == DOMAIN:
-        return ("text", text.lower().rstrip("."))
-    if field.startswith("header.") or (lookup_field(field) is not None and lookup_field(field).choices):
-        return ("text", text)
-    return ("text", text.lower())
+    return ("text", fold(ftype or STRING, text))
 
 
 def _norm_target(field: str, target) -> tuple:

@@ -22,7 +22,7 @@ from smtpfw.diagnostics import Diagnostic, Span, did_you_mean, has_errors
 from smtpfw.engine import CompiledRule, Ruleset
 from smtpfw.lang import ast
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, INT, IP, LIST,
-                                STRING, FieldSpec, lookup_field)
+                                STRING, FieldSpec, fold, lookup_field)
 from smtpfw.lang.parser import HOOKS, MAX_SOURCE_BYTES, parse
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
@@ -493,6 +493,7 @@ class _Compiler:
         value = self._coerce(spec, v)
         if value is _BAD:
             return None
+        get = spec.compared
         if spec.type == LIST:
             return (lambda s: value in get(s)) if op == "=" else (lambda s: value not in get(s))
         if op != "=":
@@ -526,15 +527,13 @@ class _Compiler:
         if v.kind != "string" and not (v.kind == "address" and t in (STRING, DOMAIN)):
             self.error("E202", f"`{spec.name}` is {_tname(t)}; write the value in quotes", v.span)
             return _BAD
-        text = str(v.value)
+        text = fold(t, str(v.value))
         if spec.choices and text not in spec.choices:
             guess = did_you_mean(text, spec.choices)
-            self.error("E202", f"`{spec.name}` is one of {', '.join(spec.choices)}; not \"{text}\"", v.span,
+            self.error("E202", f"`{spec.name}` is one of {', '.join(spec.choices)}; not {v.text}", v.span,
                        help=f"did you mean \"{guess}\"?" if guess else None)
             return _BAD
-        if t in (DOMAIN, ADDRESS, LIST):
-            return text.lower().rstrip(".") if t == DOMAIN else text.lower()
-        return text if spec.choices else text.lower() if spec.name.startswith("header.") is False else text
+        return text
 
     def _member(self, spec: FieldSpec, node: ast.Member):
         if node.within and spec.type != DOMAIN:
@@ -548,13 +547,9 @@ class _Compiler:
         matcher = self._matcher(node.target, element_type, node.within)
         if matcher is None:
             return None
-        get = spec.get
+        get = spec.compared
         if spec.type == LIST:
             test = lambda s: any(matcher(x) for x in get(s))
-        elif spec.type == STRING and not spec.name.startswith("header."):
-            test = lambda s: matcher(get(s))
-        elif spec.type == STRING:
-            test = lambda s: matcher(get(s).lower())
         else:
             test = lambda s: matcher(get(s))
         return (lambda s: not test(s)) if node.negated else test
@@ -625,7 +620,7 @@ class _Compiler:
                        help="regular expressions use Python syntax; write \\. for a literal dot")
             return None
         search = rx.search if node.kind == "regex" else rx.match
-        get = spec.get
+        get = spec.compared
         if node.negated:
             return lambda s: search(str(get(s))) is None
         return lambda s: search(str(get(s))) is not None

@@ -8,14 +8,28 @@ fields, did-you-mean) and docs/rules.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Callable
 
 from smtpfw.checks.dnsresult import Lookup, LookupKind
 from smtpfw.session import SessionState
 from smtpfw.verdict import Stage
 
-# Field types.  Equality on domain/address is case-insensitive.
+# Field types.  Every test of a text-like type ignores case (see ``fold``).
 IP, DOMAIN, ADDRESS, STRING, INT, BOOL, LIST = "ip", "domain", "address", "string", "int", "bool", "list"
+
+
+def fold(ftype: str, text: str) -> str:
+    """The form in which a value of ``ftype`` is compared, by rule constants,
+    list entries and session values alike: domains lower-case without a
+    trailing dot, addresses (local part included, as every MTA's lists and
+    policies treat them) and text lower-case.  One rule for every test, so
+    `rcpt.local = "root"` cannot be bypassed with `ROOT@` (docs/rules.md, "Case")."""
+    if ftype == DOMAIN:
+        return text.lower().rstrip(".")
+    if ftype in (ADDRESS, STRING, LIST):
+        return text.lower()
+    return text
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,19 @@ class FieldSpec:
     doc: str
     lookup: Callable[[SessionState], Lookup | None] | None = None  # DNS it needs
     choices: tuple[str, ...] = ()
+    folded: bool = False               # ``get`` already returns the folded form
+
+    @cached_property
+    def compared(self) -> Callable[[SessionState], object]:
+        """The getter every test uses: the value folded by type (``get`` is
+        the value as received, for placeholders and traces).  One function
+        per field, so the engine can index `field = value` rules by it."""
+        get, ftype = self.get, self.type
+        if self.folded or ftype not in (DOMAIN, ADDRESS, STRING, LIST):
+            return get
+        if ftype == LIST:
+            return lambda s: [fold(ADDRESS, str(x)) for x in get(s)]
+        return lambda s: fold(ftype, str(get(s)))
 
 
 def _ptr_lookup(s: SessionState) -> Lookup:
@@ -75,26 +102,27 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("client.port", INT, C, lambda s: s.client_port, "the client's source port"),
         FieldSpec("client.rdns", DOMAIN, C, _rdns, "first PTR name of the client IP, \"\" if none", _ptr_lookup),
         FieldSpec("client.ptr", STRING, C, _ptr_status, "PTR lookup result: found, none or failed",
-                  _ptr_lookup, ("found", "none", "failed")),
+                  _ptr_lookup, ("found", "none", "failed"), folded=True),
         FieldSpec("client.fcrdns", BOOL, C, _fcrdns, "a PTR name resolves back to the client IP", _ptr_lookup),
         FieldSpec("session.unrecognized", INT, C, lambda s: s.unrecognized,
                   "unknown commands the client sent so far"),
-        FieldSpec("helo", DOMAIN, H, lambda s: s.helo_lower, "the HELO/EHLO name"),
+        FieldSpec("helo", DOMAIN, H, lambda s: s.helo_lower, "the HELO/EHLO name", folded=True),
         FieldSpec("esmtp", BOOL, H, lambda s: s.esmtp, "the client said EHLO (not HELO)"),
         FieldSpec("tls", BOOL, H, lambda s: s.tls, "the session is encrypted (STARTTLS)"),
         FieldSpec("auth", BOOL, M, lambda s: s.auth, "the client authenticated (SMTP AUTH)"),
         FieldSpec("auth.user", STRING, M, lambda s: s.auth_user, "the authenticated user name"),
-        FieldSpec("sender", ADDRESS, M, lambda s: s.sender_lower, "MAIL FROM address (\"\" for <>)"),
+        FieldSpec("sender", ADDRESS, M, lambda s: s.sender_lower, "MAIL FROM address (\"\" for <>)",
+                  folded=True),
         FieldSpec("sender.local", STRING, M, lambda s: s.sender_local, "local part of the sender"),
-        FieldSpec("sender.domain", DOMAIN, M, lambda s: s.sender_domain, "domain of the sender"),
+        FieldSpec("sender.domain", DOMAIN, M, lambda s: s.sender_domain, "domain of the sender", folded=True),
         FieldSpec("sender.null", BOOL, M, lambda s: s.sender == "", "the sender is the null sender <>"),
         FieldSpec("sender.resolvable", STRING, M, _resolvable,
                   "sender domain has MX or A/AAAA: yes, no, nullmx or failed",
-                  _resolvable_lookup, ("yes", "no", "nullmx", "failed")),
+                  _resolvable_lookup, ("yes", "no", "nullmx", "failed"), folded=True),
         FieldSpec("mail.size", INT, M, lambda s: s.mail_size, "SIZE= declared at MAIL FROM (0 if none)"),
-        FieldSpec("rcpt", ADDRESS, R, lambda s: s.rcpt_lower, "the recipient being decided"),
+        FieldSpec("rcpt", ADDRESS, R, lambda s: s.rcpt_lower, "the recipient being decided", folded=True),
         FieldSpec("rcpt.local", STRING, R, lambda s: s.rcpt_local, "local part of the recipient"),
-        FieldSpec("rcpt.domain", DOMAIN, R, lambda s: s.rcpt_domain, "domain of the recipient"),
+        FieldSpec("rcpt.domain", DOMAIN, R, lambda s: s.rcpt_domain, "domain of the recipient", folded=True),
         FieldSpec("rcpts", LIST, R, lambda s: s.rcpts, "recipients accepted so far in this message"),
         FieldSpec("rcpt.count", INT, R, lambda s: len(s.rcpts), "number of recipients accepted so far"),
         FieldSpec("rcpt.rejected", INT, R, lambda s: s.rcpt_rejected, "number of recipients refused so far"),
@@ -105,6 +133,7 @@ FIELDS: dict[str, FieldSpec] = {
 HEADER_PREFIX = "header."
 
 
+@lru_cache(maxsize=1024)      # one spec (and one ``compared`` getter) per header name
 def header_field(name: str) -> FieldSpec:
     key = name[len(HEADER_PREFIX):].lower()
     return FieldSpec(name, STRING, D, lambda s, k=key: s.headers.get(k, ""),
