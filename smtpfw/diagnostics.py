@@ -70,6 +70,7 @@ CODES: dict[str, Code] = {
         _c("E106", "unknown-option", E, "`option` names an unknown option or gives a bad value"),
         _c("E107", "duplicate-name", E, "a list, zone, plugin or rule id is declared twice"),
         _c("E108", "rule-outside-hook", E, "a rule appears before any `on <hook>:`"),
+        _c("E109", "hook-never-runs", E, "`on disconnect:` names a hook the server never runs"),
         # fields and types
         _c("E201", "field-not-available", E, "a field is used in a hook where it is not yet known"),
         _c("E202", "type-mismatch", E, "a value or operator does not fit the field's type"),

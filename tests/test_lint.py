@@ -454,8 +454,9 @@ def test_list_file_problems_point_into_the_list(tmp_path, capsys):
     assert "4 | 300.1.2.3" in out
 
 
-def test_disconnect_hook_can_be_written(tmp_path):
-    assert lint(tmp_path, 'on disconnect:\n    log "bye {client.ip}"\n' + NO_RELAY) == []
+def test_disconnect_hook_is_refused(tmp_path):
+    """The server never runs it (issue 12 item 13; tests/test_hardening_lint_semantics.py)."""
+    assert codes(lint(tmp_path, 'on disconnect:\n    log "bye {client.ip}"\n' + NO_RELAY)) == [("E109", 1)]
 
 
 # ---- robustness ---------------------------------------------------------------------

@@ -36,12 +36,15 @@ MAX_INCLUDE_DEPTH = 16
 
 _OUTCOMES = {"accept": Outcome.ACCEPT, "reject": Outcome.REJECT,
              "tempfail": Outcome.TEMPFAIL, "disconnect": Outcome.DISCONNECT}
-# Actions a hook can take: disconnect happens after the client has gone.
-_HOOK_ACTIONS = {
-    "disconnect": {"tag", "log", "warn", "run"},
-    "data": set(ast.ACTIONS),
-    "queue": set(ast.ACTIONS) - {"add_header"},
-}
+# Hook names the parser knows but the server never runs: refused (E109) so
+# that no rule silently does nothing.  After the client has gone a hook
+# could not answer it anyway.
+NOT_RUN_HOOKS = ("disconnect",)
+RUN_HOOKS = tuple(h for h in HOOKS if h not in NOT_RUN_HOOKS)
+# Actions a hook can take (add_header only where there is a message).
+_HOOK_ACTIONS = {"data": set(ast.ACTIONS)}
+
+
 def _localnames() -> list[str]:
     import socket
 
@@ -111,7 +114,9 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
         return
     base = os.path.dirname(path)
     for st in tree.statements:
-        if isinstance(st, ast.Include):
+        if isinstance(st, ast.HookHeader) and st.name in NOT_RUN_HOOKS:
+            diags.append(_hook_not_run(st))
+        elif isinstance(st, ast.Include):
             _load_file(prog, os.path.join(base, st.path), None, diags, stack + [real], st.span)
         elif isinstance(st, ast.Rule):
             prog.rules.append(st)
@@ -123,6 +128,14 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
             _declare(prog.plugins, st.name, st, st.name_span, "plugin", diags)
         elif isinstance(st, ast.OptionDecl):
             prog.options[st.name] = st
+
+
+def _hook_not_run(header: ast.HookHeader) -> Diagnostic:
+    """`on disconnect:` parses, but the server never runs it: say so, once per header."""
+    return Diagnostic(
+        "E109", f"`on {header.name}:` rules never run: smtpfw has no {header.name} hook", header.span,
+        help="the hooks that run are " + ", ".join(RUN_HOOKS) + "; the session log line already records "
+             "how each session ended, and a `log` or `tag` rule in one of those hooks can note more")
 
 
 def _declare(table: dict, name: str, value, span: Span, what: str, diags: list) -> None:
@@ -202,7 +215,7 @@ class _Compiler:
                     self.error("E107", f"rule id `{rule.rule_id}` is used twice (first at {ids[rule.rule_id].span})",
                                rule.span, help="give each rule its own id")
                 ids[rule.rule_id] = rule
-            if rule.hook not in HOOKS:
+            if rule.hook not in RUN_HOOKS:
                 continue
             compiled = self._rule(rule, options)
             if compiled is not None:
@@ -269,8 +282,7 @@ class _Compiler:
         ok = True
         if action.kind not in allowed:
             self.error("E203", f"`{action.kind}` cannot be used in `on {rule.hook}:`", action.span,
-                       help="add_header works only in `on data:`" if action.kind == "add_header"
-                       else "the client has gone by the disconnect hook: only tag, log, warn and run work there")
+                       help="add_header works only in `on data:`")
             ok = False
         leaves: list = []
         listings: list = []
