@@ -94,6 +94,7 @@ CODES: dict[str, Code] = {
         _c("E701", "open-relay", E, "an untrusted client can relay to a non-local domain"),
         _c("W702", "rejects-null-sender", W, "the null sender <> is rejected at MAIL"),
         _c("H703", "public-zone-without-codes", H, "a public DNSBL is used without a return-code filter"),
+        _c("E704", "monitor-mode-relays", E, "`option mode = \"monitor\"` lets mail to any domain through"),
         # plugins
         _c("E801", "plugin-load-error", E, "a plugin cannot be imported or constructed"),
         # ruleset tests (smtpfw test)

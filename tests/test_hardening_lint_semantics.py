@@ -63,3 +63,53 @@ def test_every_command_refuses_it_the_same_way(tmp_path, command):
     assert run.returncode == 2, run.stdout + run.stderr
     assert "error[E109] `on disconnect:` rules never run" in run.stderr
     assert "the ruleset has errors" in run.stderr
+
+
+# ---- item 18: option mode = "monitor" ---------------------------------------------
+
+CLOSED = 'list local = ["example.com"]\non rcpt:\n    [no-relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in local\n'
+
+
+def test_monitor_mode_is_an_open_relay(tmp_path):
+    diags = lint(tmp_path, 'option mode = "monitor"\n' + CLOSED)
+    assert codes(diags) == [("E704", 1)]
+    [d] = diags
+    assert "open relay" in d.message and "rule `no-relay` (line 4) never refuses" in d.message
+    assert "mail for any domain is accepted" in d.message
+    assert "monitor reject" in d.help and "remove the option" in d.help
+    assert (d.span.column, d.span.end_column) == (1, 24)       # the whole option
+
+
+def test_monitor_mode_set_in_an_include_is_reported_there(tmp_path):
+    diags = lint(tmp_path, 'include "opts.rules"\n' + CLOSED, files={"opts.rules": '\noption mode = "monitor"\n'})
+    assert [(d.code, Path(d.span.file).name, d.span.line) for d in diags] == [("E704", "opts.rules", 2)]
+    assert "rule `no-relay` (" in diags[0].message and "t.rules:4)" in diags[0].message
+
+
+@pytest.mark.parametrize("option", ["", 'option mode = "enforce"\n'])
+def test_enforced_rulesets_are_not_reported(tmp_path, option):
+    assert lint(tmp_path, option + CLOSED) == []
+
+
+def test_monitor_mode_on_an_open_ruleset_is_e701_alone(tmp_path):
+    diags = lint(tmp_path, 'option mode = "monitor"\non rcpt:\n    accept\n')
+    assert [d.code for d in diags] == ["E701"]
+
+
+def test_what_lint_says_is_what_the_server_does(tmp_path):
+    """In monitor mode the real server accepts a recipient on any domain
+    (the relay rule only logs), which is what E704 reports."""
+    import smtplib
+
+    from tests.support.server import running_server
+
+    text = 'option mode = "monitor"\non rcpt:\n    [no-relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames\n'
+    with running_server(rules_text=text, maildir=tmp_path / "md") as srv, \
+            smtplib.SMTP(*srv.address, timeout=30) as client:
+        client.ehlo("client.example")
+        client.mail("someone@client.example")
+        assert client.rcpt("victim@relay.invalid")[0] == 250
+    rules = tmp_path / "site.rules"
+    rules.write_text(text)
+    run = smtpfw("lint", "--color", "never", rules)
+    assert run.returncode == 1 and "error[E704]" in run.stdout, run.stdout

@@ -10,6 +10,7 @@ the parsed rules:
 - W602  a rule whose condition an earlier terminal rule already covers
 - W603  a list, zone or plugin that is declared but never used
 - E701  open relay: an untrusted client can get a non-local recipient accepted
+- E704  the same, because `option mode = "monitor"` only logs the refusal that closes it
 - W702  a rule that refuses the null sender <> (bounces)
 - H703  a well-known public DNSBL used without a return-code filter
 
@@ -450,7 +451,7 @@ class _Linter:
                   ("H703", "checking DNS lists", self.check_public_zones)]
         if self.complete:
             checks += [("W603", "looking for unused declarations", self.check_unused),
-                       ("E701", "checking for an open relay", self.check_open_relay)]
+                       ("E701", "checking for an open relay", self.check_relay)]
         for code, what, check in checks:
             try:
                 check()
@@ -804,7 +805,25 @@ class _Linter:
             return UNKNOWN
         return UNKNOWN
 
-    def check_open_relay(self) -> None:
+    def check_relay(self) -> None:
+        """E701, and E704 when only monitor mode keeps the closing rule from refusing."""
+        closer = self.check_open_relay()
+        if closer is not None:
+            self.check_monitor_mode(closer)
+
+    def check_monitor_mode(self, closer: ast.Rule) -> None:
+        option = self.prog.options.get("mode")
+        if option is None or option.value.value != "monitor":
+            return
+        here = option.span.file
+        self.add("E704", f"open relay in monitor mode: `option mode = \"monitor\"` only logs refusals, so "
+                 f"{_where(closer, here)} never refuses and mail for any domain is accepted", option.span,
+                 help="delivered to a downstream MTA that trusts smtpfw (forward mode), that mail is relayed "
+                      "anywhere; remove the option (enforce is the default) and mark only the rules you are "
+                      "trying out as `monitor` (`[rule-id] monitor reject ...`), so the relay check still refuses")
+
+    def check_open_relay(self) -> ast.Rule | None:
+        """E701; returns the rule that closes the relay (None when open)."""
         # tags an untrusted client may get, anywhere before its recipients are decided
         tag_rules = [r for h in ("connect", "helo", "mail", "rcpt") for r in self.rules(h)
                      if r.action.kind == "tag" and r.action.arg]
@@ -837,7 +856,7 @@ class _Linter:
                     if v != FALSE:
                         break       # the client may skip the rest of this hook
                 elif v == TRUE:
-                    return
+                    return rule
         rcpt_rules = self.rules("rcpt")
         local = self._local_list_name()
         fix = f'reject 554 5.7.1 "Relaying denied" if rcpt.domain not in {local}'
@@ -845,7 +864,7 @@ class _Linter:
             self.add("E701", "open relay: there are no `on rcpt:` rules, so every recipient on every domain "
                      "is accepted", Span.point(self.prog.root, 1, 1),
                      help=f"add `on rcpt:` followed by `{fix}`" + self._local_note(local))
-            return
+            return None
         passed: list[ast.Rule] = []
         probe = f"a client at any address sending `RCPT TO:<someone@{RELAY_DOMAIN}>`"
         for rule in rcpt_rules:
@@ -863,9 +882,9 @@ class _Linter:
                               f"{f' (rule `{rule.rule_id}`)' if rule.label_given else ''}, {why}; "
                               f"restrict it (e.g. `accept if rcpt.domain in {local}`) or put "
                               f"`{fix}` before it" + self._local_note(local))
-                return
+                return None
             if rule.action.kind != "accept" and v == TRUE:
-                return
+                return rule
             passed.append(rule)
         last = rcpt_rules[-1]
         self.add("E701", "open relay: a recipient on any domain is accepted by default after the last "
@@ -873,6 +892,7 @@ class _Linter:
                  help=f"{probe}{self._passing(passed, last.span.file)} reaches the end of `on rcpt:`, "
                       "where every recipient is accepted, because no rule refuses recipients outside your "
                       f"domains; add as the last rcpt rule: `{fix}`" + self._local_note(local))
+        return None
 
     @staticmethod
     def _passing(passed: list[ast.Rule], here: str) -> str:
