@@ -7,6 +7,7 @@ the same keys with their defaults (a test keeps them in step).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,7 +48,12 @@ class Config:
     max_connections_per_ip: int = 20
     max_unrecognized_commands: int = 10
     max_errors: int = 20
-    max_junk_commands: int = 100          # NOOP/RSET/VRFY/HELP per session
+    max_junk_commands: int = 100          # HELO/EHLO/NOOP/RSET/VRFY/HELP per session
+    max_transactions: int = 1000          # MAIL commands per session (Exim: smtp_accept_max_per_connection)
+    per_ip_ipv4_prefix: int = 32          # the per-IP connection cap counts clients by network:
+    per_ip_ipv6_prefix: int = 64          # one IPv6 /64 is one client (a host owns a whole /64)
+    exempt_networks: tuple = ()           # ip_network objects exempt from per-IP caps and AUTH throttling
+    message_memory: int = 256 * 1024 * 1024   # message bytes held at once by one worker; past it: 452 4.3.1
     idle_timeout: float = 300.0
     stress_idle_timeout: float = 10.0     # idle timeout while connections >= 75% of max_connections
     data_timeout: float = 600.0
@@ -55,17 +61,22 @@ class Config:
     dns_timeout: float = 2.0
     dns_session_budget: float = 10.0
     dns_cache_size: int = 10000
+    dns_session_max_lookups: int = 100    # distinct lookups one session may start
     recording_enabled: bool = False
     recording_path: str = "./var/sessions"
     recording_rotate: str = "daily"
     recording_max_bytes: int = 100 * 1024 * 1024
     recording_headers: tuple[str, ...] = ("subject", "from", "to", "message-id", "date")
+    recording_max_events: int = 1000      # events kept per session record; the rest are counted
     log_format: str = "kv"
     log_level: str = "info"
     auth_users_file: str = ""            # "" = AUTH not offered
     auth_allow_plaintext: bool = False   # offer AUTH without STARTTLS (only for trusted links)
+    auth_max_failures: int = 10          # failed AUTH attempts per client network in auth_failure_window ...
+    auth_failure_window: float = 600.0   # ... after which AUTH is refused (454) until the window passes
     tls_cert: str = ""
     tls_key: str = ""
+    tls_handshake_timeout: float = 30.0  # a STARTTLS handshake that takes longer ends the session
     source: str = ""                     # the file it came from, for messages
 
     @property
@@ -159,6 +170,27 @@ def _nameservers(v, where):
     return tuple(_hostport(x, f"{where}[{i}]", 53) for i, x in enumerate(v))
 
 
+def _networks(v, where):
+    if not isinstance(v, list):
+        raise ConfigError(f"{where}: expected a list of addresses or networks (CIDR)")
+    out = []
+    for i, item in enumerate(v):
+        try:
+            out.append(ipaddress.ip_network(str(item).strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{where}[{i}]: not an IP address or network: {item!r}") from None
+    return tuple(out)
+
+
+def _prefix(bits: int):
+    def conv(v, where):
+        n = _num(int)(v, where)
+        if not 1 <= n <= bits:
+            raise ConfigError(f"{where}: expected a prefix length from 1 to {bits}, got {v!r}")
+        return n
+    return conv
+
+
 def _headers(v, where):
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise ConfigError(f"{where}: expected a list of header names")
@@ -184,6 +216,11 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "max_unrecognized_commands": ("max_unrecognized_commands", _num(int)),
         "max_errors": ("max_errors", _num(int)),
         "max_junk_commands": ("max_junk_commands", _num(int)),
+        "max_transactions": ("max_transactions", _num(int)),
+        "per_ip_ipv4_prefix": ("per_ip_ipv4_prefix", _prefix(32)),
+        "per_ip_ipv6_prefix": ("per_ip_ipv6_prefix", _prefix(128)),
+        "exempt_networks": ("exempt_networks", _networks),
+        "message_memory": ("message_memory", _size),
         "idle_timeout": ("idle_timeout", _num(float)),
         "stress_idle_timeout": ("stress_idle_timeout", _num(float)),
         "data_timeout": ("data_timeout", _num(float)),
@@ -193,6 +230,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "timeout": ("dns_timeout", _num(float)),
         "session_budget": ("dns_session_budget", _num(float)),
         "cache_size": ("dns_cache_size", _num(int)),
+        "session_max_lookups": ("dns_session_max_lookups", _num(int)),
     },
     "recording": {
         "enabled": ("recording_enabled", _bool),
@@ -200,11 +238,15 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "rotate": ("recording_rotate", _choice("daily", "size")),
         "max_bytes": ("recording_max_bytes", _size),
         "headers": ("recording_headers", _headers),
+        "max_events": ("recording_max_events", _num(int)),
     },
     "logging": {"format": ("log_format", _choice("kv", "json")),
                 "level": ("log_level", _choice("debug", "info", "warning", "error"))},
-    "tls": {"cert": ("tls_cert", _str), "key": ("tls_key", _str)},
-    "auth": {"users_file": ("auth_users_file", _str), "allow_plaintext": ("auth_allow_plaintext", _bool)},
+    "tls": {"cert": ("tls_cert", _str), "key": ("tls_key", _str),
+            "handshake_timeout": ("tls_handshake_timeout", _num(float))},
+    "auth": {"users_file": ("auth_users_file", _str), "allow_plaintext": ("auth_allow_plaintext", _bool),
+             "max_failures": ("auth_max_failures", _num(int)),
+             "failure_window": ("auth_failure_window", _num(float))},
 }
 
 

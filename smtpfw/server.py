@@ -13,6 +13,7 @@ forwards signals and replaces a worker that dies.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ import socket
 import ssl
 import time
 
-from smtpfw.auth import Users
+from smtpfw.auth import AuthThrottle, Users
 from smtpfw.checks.dns import Resolver
 from smtpfw.config import Config, ConfigError, Listener
 from smtpfw.delivery import ForwardDelivery, MaildirDelivery
@@ -57,25 +58,34 @@ class Server:
                          if config.recording_enabled else None)
         self.sessions: set = set()
         self.connections = 0
-        self.per_ip: dict[str, int] = {}
+        self.per_ip: dict[str, int] = {}       # client network key -> open connections
+        self.message_bytes = 0                 # message bytes held by all sessions (limits.message_memory)
+        self.auth_throttle = AuthThrottle(config.auth_max_failures, config.auth_failure_window)
         self.listeners: list[asyncio.AbstractServer] = []
         self.accepting = True
         self.reloads = 0
 
     # ---- limits -------------------------------------------------------------
 
-    def admit(self, ip: str) -> str | None:
+    def client_key(self, ip: str) -> str | None:
+        """The key per-client limits count by: the client's /32 or /64 (by
+        default), or None for an exempt network (Postfix exempts $mynetworks
+        from its client limits: a site's own relays are not one abusive host)."""
+        return client_network(ip, self.config)
+
+    def admit(self, key: str | None) -> str | None:
         """Count a new connection, or say why it is refused (421)."""
         if not self.accepting:
             return replies.SHUTTING_DOWN
         if self.connections >= self.config.max_connections:
-            log.warning("connection from %s refused: %d connections open", ip, self.connections)
+            log.warning("connection from %s refused: %d connections open", key, self.connections)
             return replies.TOO_MANY_CONNECTIONS
-        if self.per_ip.get(ip, 0) >= self.config.max_connections_per_ip:
-            log.warning("connection from %s refused: per-IP limit %d", ip, self.config.max_connections_per_ip)
+        if key is not None and self.per_ip.get(key, 0) >= self.config.max_connections_per_ip:
+            log.warning("connection from %s refused: per-IP limit %d", key, self.config.max_connections_per_ip)
             return replies.TOO_MANY_FROM_IP
         self.connections += 1
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        if key is not None:
+            self.per_ip[key] = self.per_ip.get(key, 0) + 1
         return None
 
     @property
@@ -84,13 +94,27 @@ class Server:
         (Postfix's stress mode), so slow or idle clients cannot hold them."""
         return self.connections >= 0.75 * self.config.max_connections
 
-    def release(self, ip: str) -> None:
+    def release(self, key: str | None) -> None:
         self.connections -= 1
-        left = self.per_ip.get(ip, 1) - 1
+        if key is None:
+            return
+        left = self.per_ip.get(key, 1) - 1
         if left <= 0:
-            self.per_ip.pop(ip, None)
+            self.per_ip.pop(key, None)
         else:
-            self.per_ip[ip] = left
+            self.per_ip[key] = left
+
+    def reserve_message(self, size: int) -> bool:
+        """Take ``size`` bytes of the worker's message memory, if there is room.
+        Sessions hold messages whole; without a shared budget 1,000 sessions
+        of 10 MB each could ask one worker for 10 GB."""
+        if self.message_bytes + size > self.config.message_memory:
+            return False
+        self.message_bytes += size
+        return True
+
+    def free_message(self, size: int) -> None:
+        self.message_bytes -= size
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -177,6 +201,21 @@ class Server:
         await self.delivery.close()
         if self.recorder is not None:
             self.recorder.close()
+
+
+def client_network(ip: str, cfg: Config) -> str | None:
+    """``ip``'s network at the configured per-client prefix, as text; None
+    when it lies in an exempt network."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if any(addr in net for net in cfg.exempt_networks):
+        return None
+    prefix = cfg.per_ip_ipv4_prefix if addr.version == 4 else cfg.per_ip_ipv6_prefix
+    if prefix >= addr.max_prefixlen:
+        return str(addr)
+    return str(ipaddress.ip_network((addr, prefix), strict=False))
 
 
 def _tls_context(cfg: Config) -> ssl.SSLContext | None:

@@ -69,6 +69,7 @@ class SessionState:
     final_reply: str = ""
     refusal: str = ""                              # the last 4xx/5xx reply the client got ("" if none)
     messages: int = 0                              # transactions completed
+    events_dropped: int = 0                        # events past the record's cap (recording.max_events)
     _ip: object = None
 
     @property
@@ -80,6 +81,22 @@ class SessionState:
             except ValueError:
                 self._ip = ipaddress.ip_address("0.0.0.0")
         return self._ip
+
+    def note(self, event: dict, cap: int) -> dict:
+        """Keep ``event`` for the record unless ``cap`` are kept already: a
+        session's record (and memory) stays bounded however long it runs."""
+        if len(self.events) < cap:
+            self.events.append(event)
+        else:
+            self.events_dropped += 1
+        return event
+
+    def trim_history(self, cap: int) -> None:
+        """Bound what the engine appends per hook run (called between
+        transactions, off the hot path)."""
+        for kept in (self.hits, self.log_lines, self.monitored, self.decisions):
+            if len(kept) > cap:
+                del kept[cap:]
 
     def set_helo(self, name: str, esmtp: bool) -> None:
         self.helo = name

@@ -84,6 +84,7 @@ class Resolver:
         self.negative_ttl = negative_ttl
         self._cache: OrderedDict[Lookup, tuple[float, DnsAnswer]] = OrderedDict()
         self._inflight: dict[Lookup, asyncio.Task[DnsAnswer]] = {}
+        self._wanted: dict[Lookup, int] = {}      # sessions still waiting for an in-flight lookup
         self._logged: dict[tuple[str, str], float] = {}
 
     # -- public -------------------------------------------------------------
@@ -103,8 +104,9 @@ class Resolver:
         """Start ``lookup`` or join the identical one already in flight.
 
         The returned task never fails; do not cancel it (it is shared), await
-        it through ``asyncio.shield``/``asyncio.wait`` instead.  Must be called
-        with a running event loop.
+        it through ``asyncio.shield``/``asyncio.wait`` instead, and call
+        ``release`` when the answer is no longer wanted.  Must be called with
+        a running event loop.
         """
         loop = asyncio.get_running_loop()
         hit = self.cached(lookup)
@@ -117,14 +119,35 @@ class Resolver:
             task = loop.create_task(self._run(lookup))
             self._inflight[lookup] = task
             task.add_done_callback(lambda t, k=lookup: self._done(k, t))
+        self._wanted[lookup] = self._wanted.get(lookup, 0) + 1
         return task
+
+    def release(self, lookup: Lookup) -> None:
+        """One waiter gave up on ``lookup`` (its session ended, or its budget
+        was spent); the query is cancelled when nobody waits for it any more,
+        so an abandoned session leaves no DNS work behind."""
+        left = self._wanted.get(lookup, 0) - 1
+        if left > 0:
+            self._wanted[lookup] = left
+            return
+        self._wanted.pop(lookup, None)
+        task = self._inflight.pop(lookup, None)
+        if task is not None and not task.done():
+            task.cancel()
 
     async def lookup(self, lookup: Lookup) -> DnsAnswer:
         """Answer ``lookup``; never raises except CancelledError."""
         hit = self.cached(lookup)
         if hit is not None:
             return hit
-        return await asyncio.shield(self.submit(lookup))
+        fut = self.submit(lookup)
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            if not fut.done():
+                self.release(lookup)
+            else:
+                self._wanted.pop(lookup, None)
 
     def clear(self) -> None:
         self._cache.clear()
@@ -134,6 +157,7 @@ class Resolver:
     def _done(self, lookup: Lookup, task: asyncio.Task) -> None:
         if self._inflight.get(lookup) is task:
             del self._inflight[lookup]
+            self._wanted.pop(lookup, None)
 
     async def _run(self, lookup: Lookup) -> DnsAnswer:
         try:
@@ -216,7 +240,7 @@ class Resolver:
             rev = ip.reverse_pointer.rsplit(".", 2)[0]   # drop in-addr.arpa / ip6.arpa
             return await self._list_query(_make_name(rev, lookup.zone))
         if kind is LookupKind.RHSBL:
-            return await self._list_query(_make_name(_domain(lookup.name), lookup.zone))
+            return await self._list_query(_make_name(_fit_below(_domain(lookup.name), lookup.zone), lookup.zone))
         if kind is LookupKind.PTR:
             return await self._ptr(_parse_ip(lookup.name))
         if kind is LookupKind.RESOLVABLE:
@@ -297,16 +321,21 @@ class DnsSession:
     """One SMTP session's lookups, run concurrently under one time budget.
 
     The budget starts at construction (connection time), so the total DNS
-    delay a client can cause is bounded however many stages ask for lookups.
+    delay a client can cause is bounded however many stages ask for lookups;
+    once it is spent, or ``max_lookups`` distinct lookups were started, no new
+    query is sent for this session (the answer is "dns budget exceeded"), and
+    what it still waits for is released when it no longer needs it.
     """
 
-    __slots__ = ("_resolver", "_deadline", "_answers", "_pending")
+    __slots__ = ("_resolver", "_deadline", "_answers", "_pending", "_started", "_max_lookups")
 
-    def __init__(self, resolver: Resolver, budget: float = 10.0) -> None:
+    def __init__(self, resolver: Resolver, budget: float = 10.0, max_lookups: int = 100) -> None:
         self._resolver = resolver
         self._deadline = time.monotonic() + budget
         self._answers: dict[Lookup, DnsAnswer] = {}
         self._pending: dict[Lookup, asyncio.Future[DnsAnswer]] = {}
+        self._started = 0
+        self._max_lookups = max_lookups
 
     @property
     def answers(self) -> dict[Lookup, DnsAnswer]:
@@ -323,7 +352,10 @@ class DnsSession:
             hit = resolver.cached(lk)
             if hit is not None:
                 answers[lk] = hit
+            elif self._started >= self._max_lookups or time.monotonic() >= self._deadline:
+                answers[lk] = failed(BUDGET_EXCEEDED)
             else:
+                self._started += 1
                 pending[lk] = resolver.submit(lk)
 
     async def results(self, lookups: Iterable[Lookup]) -> dict[Lookup, DnsAnswer]:
@@ -339,20 +371,22 @@ class DnsSession:
             self._collect()
             for lk in lookups:
                 if lk not in answers:
-                    # Fixed now so the record matches what the rules saw; the
-                    # shared query goes on and fills the cache for later.
+                    # Fixed now so the record matches what the rules saw; a
+                    # query other sessions share goes on and fills the cache.
                     answers[lk] = failed(BUDGET_EXCEEDED)
-                    self._pending.pop(lk, None)
+                    self._release(lk)
         return {lk: answers[lk] for lk in lookups}
 
     def close(self) -> None:
-        """Forget pending lookups.
+        """The session is over: give up every lookup it still waits for
+        (queries shared with other sessions go on for them)."""
+        for lk in list(self._pending):
+            self._release(lk)
 
-        Their queries are shared with other sessions and bounded by the
-        resolver timeout, so they finish and fill the cache rather than being
-        cancelled under the other awaiters.
-        """
-        self._pending.clear()
+    def _release(self, lookup: Lookup) -> None:
+        fut = self._pending.pop(lookup, None)
+        if fut is not None and not fut.done():
+            self._resolver.release(lookup)
 
     def _collect(self) -> None:
         done = [lk for lk, f in self._pending.items() if f.done()]
@@ -381,6 +415,24 @@ def _domain(text: str) -> str:
     if not name or any(c.isspace() or c in "\\\"()" for c in name):
         raise _Failure("invalid domain")
     return name
+
+
+def _fit_below(name: str, zone: str) -> str:
+    """``name``, without as many leading labels as it takes for
+    ``name.zone`` to be a legal DNS name (253 octets, labels of 63).
+
+    Domain lists hold registered domains (evil.example), which are short;
+    a sender domain too long to query (a.b.c...x.evil.example, 250 octets)
+    would otherwise make the lookup fail and count as "not listed".  Leading
+    labels are what an attacker controls, so they are what is dropped.
+    """
+    room = 253 - len(zone.strip(".")) - 1
+    labels = name.split(".")
+    while labels and (len(".".join(labels)) > room or any(len(x) > 63 for x in labels)):
+        labels.pop(0)
+    if not labels:
+        raise _Failure("domain too long to look up")
+    return ".".join(labels)
 
 
 def _make_name(name: str, zone: str = "") -> dns.name.Name:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import itertools
 import logging
 import os
@@ -25,6 +26,7 @@ import time
 from aiosmtpd.smtp import SMTP
 
 from smtpfw import replies
+from smtpfw.protocol import sasl
 from smtpfw.checks.dns import DnsSession
 from smtpfw.delivery import Message
 from smtpfw.policy import Policy
@@ -44,7 +46,9 @@ TEXT_LINE_LIMIT = 1000         # RFC 5321 4.5.3.1.6, including CRLF
 # 3 ms per 100 KB message).
 # a one-line 2xx/4xx/5xx reply without an enhanced code (x.y.z)
 _NEEDS_ENHANCED = re.compile(r"[245]\d\d (?!\d\.\d{1,3}\.\d{1,3}\b)[^\r\n]*$")
-_LONG_LINE = re.compile(rb"\n[^\n]{%d}" % TEXT_LINE_LIMIT)   # 998 octets + CR is the most allowed
+# 998 octets + CR is the most allowed; a leading transparency dot is not
+# counted (RFC 5321 4.5.2: the client added it, we remove it).
+_LONG_LINE = re.compile(rb"\n(?:[^.\n]|\.[^\n])[^\n]{%d}" % (TEXT_LINE_LIMIT - 1))
 _ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}"
 
@@ -77,9 +81,6 @@ class FirewallSMTP(SMTP):
         self.server = server
         self.cfg = cfg
         self.listener = listener
-        if server.users is not None:
-            self._auth_callback = lambda mechanism, login, password: server.users.check(login, password)
-            self._auth_require_tls = not cfg.auth_allow_plaintext
         self.ruleset = server.ruleset          # a session keeps the ruleset it started with
         self.state = SessionState()
         self.policy: Policy | None = None
@@ -92,7 +93,12 @@ class FirewallSMTP(SMTP):
         self.finished = False
         self.busy = False                      # inside a command (shutdown waits for it)
         self.admitted = False                  # counted against the connection limits
-        self.junk = 0                          # NOOP/RSET/VRFY/HELP so far
+        self.client_key: str | None = None     # the client's network, as the per-IP limits count it
+        self.junk = 0                          # HELO/EHLO/NOOP/RSET/VRFY/HELP so far
+        self.transactions = 0                  # MAIL commands so far
+        self.handshaking = False               # inside a STARTTLS handshake
+        self.held = 0                          # message bytes reserved from the server's budget
+        self.in_message = False                # deciding or delivering a message read whole
 
     # ---- connection lifecycle ----------------------------------------------
 
@@ -103,10 +109,21 @@ class FirewallSMTP(SMTP):
             self.server.sessions.add(self)
 
     def connection_lost(self, error) -> None:
-        try:
-            super().connection_lost(error)
-        finally:
-            self._finish()
+        if not self.in_message:
+            try:
+                super().connection_lost(error)      # aiosmtpd: cancels the session task
+            finally:
+                self._finish()
+            return
+        # A message was read whole and is being decided or delivered: finish
+        # that (a client that closes right after its final dot, or after a
+        # TLS close_notify, has sent its message; cutting the work off half-way
+        # could leave it delivered without a record, or half-delivered).  The
+        # reader sees EOF; the reply goes nowhere; _handle_client finishes.
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        asyncio.StreamReaderProtocol.connection_lost(self, error)
+        self.transport = None
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         if duration is None and self.server.under_stress:
@@ -131,11 +148,11 @@ class FirewallSMTP(SMTP):
     def eof_received(self):
         # aiosmtpd cancels the session at EOF, even with commands still
         # buffered: a client that pipelines a whole transaction and then
-        # half-closes (shutdown(SHUT_WR)) lost its replies, and its message
-        # was delivered without the 250 (it retries: a duplicate).  Instead
-        # the session reads what was sent, then ends at the EOF.
-        if self.session is not None and self.session.ssl is not None:
-            return super().eof_received()
+        # half-closes (shutdown(SHUT_WR), or a TLS close_notify) lost its
+        # replies, and its message was delivered without the 250 (it
+        # retries: a duplicate).  Instead the session reads what was sent,
+        # then ends at the EOF.  StreamReaderProtocol knows whether the
+        # transport is TLS (where half-close is impossible).
         return asyncio.StreamReaderProtocol.eof_received(self)
 
     def _write_line(self, text: str) -> None:
@@ -163,10 +180,21 @@ class FirewallSMTP(SMTP):
 
     async def shutdown(self) -> None:
         """Server shutdown past the grace period: 421 and close."""
+        if self.handshaking:
+            self._abandon()          # nothing can be said inside a TLS handshake
+            return
         self._write_line(replies.SHUTTING_DOWN)
         self.state.final_reply = replies.SHUTTING_DOWN
         self.close()
         self._abort_if_stuck()
+
+    def _abandon(self) -> None:
+        """End the session now, without a reply: the connection is unusable."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
 
     def _finish(self) -> None:
         if self.finished:
@@ -175,9 +203,11 @@ class FirewallSMTP(SMTP):
         srv = self.server
         srv.sessions.discard(self)
         if self.admitted:
-            srv.release(self.state.client_ip)
+            srv.release(self.client_key)
+        self._free_message()
         if self.dns is not None:
             self.dns.close()
+        self.state.trim_history(self.cfg.recording_max_events)
         if not self.greeted and not self.state.connect_reply:
             return   # refused by a connection limit: nothing to log
         record = session_record(self.state, self.ruleset.version, time.monotonic() - self.started)
@@ -195,29 +225,36 @@ class FirewallSMTP(SMTP):
             await self._session()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass      # the client went away (EOF inside an over-long line, say)
+        except Exception:
+            log.exception("session %s: internal error", self.state.session_id)
         finally:
             # The session ended (QUIT, EOF, a limit) or was cancelled by a lost
-            # connection; either way it is over: close so connection_lost runs.
+            # connection; either way it is over: close, and release its slot
+            # here rather than wait for connection_lost, which asyncio does not
+            # call for a connection lost inside a TLS handshake.
             if self.transport is not None:
                 self.transport.close()
+            self._finish()
 
     async def _session(self) -> None:
         st = self.state
         peer = self.session.peer or ("", 0)
         st.session_id = new_session_id()
         st.started = time.time()
-        st.client_ip, st.client_port = str(peer[0]), int(peer[1])
+        st.client_ip, st.client_port = plain_ip(str(peer[0])), int(peer[1])
         sock = self.transport.get_extra_info("sockname") or ("", 0)
-        st.listener_address, st.listener_port = str(sock[0]), int(sock[1])
+        st.listener_address, st.listener_port = plain_ip(str(sock[0])), int(sock[1])
         st.listener_name = self.listener.name
-        refusal = self.server.admit(st.client_ip)
+        self.client_key = self.server.client_key(st.client_ip)
+        refusal = self.server.admit(self.client_key)
         if refusal:
             await self.push(refusal)
             self.close()
             return
         self.admitted = True
         self._reset_timeout()                   # the stress timeout may apply now
-        self.dns = DnsSession(self.server.resolver, self.cfg.dns_session_budget)
+        self.dns = DnsSession(self.server.resolver, self.cfg.dns_session_budget,
+                              self.cfg.dns_session_max_lookups)
         self.policy = Policy(self.ruleset, st, self.dns, notify=self._notify)
         decision = await self.policy.run(Stage.CONNECT)
         if decision.outcome.refuses:
@@ -261,13 +298,13 @@ class FirewallSMTP(SMTP):
                 await reader.readexactly(err.consumed)
 
     async def _error(self, reply: str) -> None:
-        """A client error; too many of them and the client is cut off."""
+        """A client error or a refusal: the client hears it, and past
+        max_errors of them it is cut off (Postfix smtpd_hard_error_limit)."""
+        await self.push(reply)
         self.errors += 1
         if self.errors > self.cfg.max_errors:
             await self.push(replies.TOO_MANY_ERRORS)
             self.close()
-            return
-        await self.push(reply)
 
     async def _command(self, raw: bytes) -> None:
         limit = COMMAND_LIMIT + (ESMTP_EXTRA if self.state.esmtp else 0)
@@ -289,21 +326,26 @@ class FirewallSMTP(SMTP):
         if handler is None:
             self.unrecognized += 1
             self.state.unrecognized = self.unrecognized
-            self.state.events.append({"cmd": "unrecognized"})
+            self.state.note({"cmd": "unrecognized"}, self.cfg.recording_max_events)
             if self.unrecognized >= self.cfg.max_unrecognized_commands:
                 await self.push(replies.TOO_MANY_UNRECOGNIZED)
                 self.close()
                 return
             await self._error(replies.SYNTAX_UNRECOGNIZED)
             return
-        if verb in _JUNK:
-            self.junk += 1
-            if self.junk > self.cfg.max_junk_commands:
-                await self.push(replies.TOO_MANY_JUNK)
-                self.close()
-                return
+        if verb in _JUNK and not await self._count_junk():
+            return
         self._reset_timeout()
         await handler(self, arg)
+
+    async def _count_junk(self) -> bool:
+        """Count a command that moves no mail; False (and 421) past the limit."""
+        self.junk += 1
+        if self.junk > self.cfg.max_junk_commands:
+            await self.push(replies.TOO_MANY_JUNK)
+            self.close()
+            return False
+        return True
 
     def _notify(self, stage: Stage, kind: str, rule_id: str, text: str) -> None:
         """`log`/`warn` actions and monitor-mode refusals, as they happen."""
@@ -314,10 +356,14 @@ class FirewallSMTP(SMTP):
     # ---- decisions -> replies ----------------------------------------------
 
     async def _refuse(self, stage: Stage, decision: Decision) -> str:
+        """Send a policy refusal.  It counts as an error, as in Postfix
+        (smtpd_hard_error_limit): 20,000 refused RCPTs are not a session."""
         reply = replies.for_decision(stage, decision)
-        await self.push(reply)
         if decision.outcome is Outcome.DISCONNECT:
+            await self.push(reply)
             self.close()
+        else:
+            await self._error(reply)
         return reply
 
     # ---- commands -----------------------------------------------------------
@@ -329,8 +375,7 @@ class FirewallSMTP(SMTP):
         st = self.state
         self._new_transaction()
         st.set_helo(arg, esmtp)
-        event = {"cmd": "ehlo" if esmtp else "helo", "arg": arg}
-        st.events.append(event)
+        event = st.note({"cmd": "ehlo" if esmtp else "helo", "arg": arg}, self.cfg.recording_max_events)
         decision = await self.policy.run(Stage.HELO, subject=arg)
         event["decision"] = decision.to_json()
         if decision.outcome.refuses:
@@ -345,7 +390,7 @@ class FirewallSMTP(SMTP):
             return
         lines = [self.hostname, "PIPELINING", f"SIZE {self.cfg.max_message_size}", "8BITMIME",
                  "SMTPUTF8", "ENHANCEDSTATUSCODES"]
-        if self.tls_context is not None and self._tls_protocol is None:
+        if self.tls_context is not None and not st.tls:
             lines.append("STARTTLS")
         if self._auth_offered():
             lines.append("AUTH PLAIN LOGIN")
@@ -358,6 +403,7 @@ class FirewallSMTP(SMTP):
 
     def _new_transaction(self) -> None:
         self.state.reset_transaction()
+        self.state.trim_history(self.cfg.recording_max_events)
         if self.policy is not None:
             self.policy.forget_transaction()
 
@@ -372,6 +418,11 @@ class FirewallSMTP(SMTP):
         if arg[:5].upper() != "FROM:":
             await self._error("501 5.5.4 Syntax: MAIL FROM:<address>")
             return
+        self.transactions += 1
+        if self.transactions > self.cfg.max_transactions:
+            await self.push(replies.TOO_MANY_TRANSACTIONS)
+            self.close()
+            return
         address, params = self._address_and_params(arg[5:])
         if address is None:
             await self._error(replies.BAD_SENDER_SYNTAX)
@@ -384,8 +435,7 @@ class FirewallSMTP(SMTP):
             await self._error(problem)
             return
         st.set_sender(address, params)
-        event = {"cmd": "mail", "addr": address, "params": params}
-        st.events.append(event)
+        event = st.note({"cmd": "mail", "addr": address, "params": params}, self.cfg.recording_max_events)
         decision = await self.policy.run(Stage.MAIL, subject=address)
         event["decision"] = decision.to_json()
         if decision.outcome.refuses:
@@ -402,6 +452,8 @@ class FirewallSMTP(SMTP):
                 return "501 5.5.4 Syntax: SIZE=<number>"
             if int(size) > self.cfg.max_message_size:
                 return replies.SIZE_EXCEEDED
+            if int(size) > self.cfg.message_memory - self.server.message_bytes:
+                return replies.NO_MEMORY
         body = params.get("BODY")
         if body is not None and body not in ("7BIT", "8BITMIME"):
             return "501 5.5.4 BODY must be 7BIT or 8BITMIME"
@@ -454,11 +506,13 @@ class FirewallSMTP(SMTP):
             await self._error("501 5.5.4 Syntax error in parameters")
             return
         if len(st.rcpts) >= self.cfg.max_recipients:
-            await self.push(replies.TOO_MANY_RCPTS)
+            # Not an error (a pipelining client sends them all before it sees
+            # a reply), but work that moves no mail.
+            if await self._count_junk():
+                await self.push(replies.TOO_MANY_RCPTS)
             return
         st.set_rcpt(address)
-        event = {"cmd": "rcpt", "addr": address}
-        st.events.append(event)
+        event = st.note({"cmd": "rcpt", "addr": address}, self.cfg.recording_max_events)
         decision = await self.policy.run(Stage.RCPT, subject=address)
         event["decision"] = decision.to_json()
         if decision.outcome.refuses:
@@ -485,20 +539,28 @@ class FirewallSMTP(SMTP):
             return
         await self.push(replies.DATA_START)
         self._reset_timeout(self.cfg.data_timeout)
-        message, problem = await self._read_data()
+        try:
+            message, problem = await self._read_data()
+        except BaseException:
+            self._free_message()
+            raise
         self._reset_timeout()
         if problem is not None:
+            self._free_message()
             self._new_transaction()
             await self.push(problem)
             return
-        event = {"cmd": "data", "size": len(message)}
-        st.events.append(event)
+        event = st.note({"cmd": "data", "size": len(message)}, self.cfg.recording_max_events)
         # The client waits for us now (RFC 5321 4.5.3.2.6: up to 10 minutes):
         # a slow downstream or disk is not an idle client.
         self._reset_timeout(self.cfg.data_timeout)
+        self.in_message = True
         try:
             reply = await self._accept_message(message, event)
         finally:
+            self.in_message = False
+            del message
+            self._free_message()
             self._new_transaction()
             if self.transport is not None:
                 self._reset_timeout()
@@ -556,7 +618,7 @@ class FirewallSMTP(SMTP):
         limit = self.cfg.max_message_size
         buf = bytearray(b"\r\n")          # the DATA line's CRLF starts the first line
         total = 0
-        too_big = False
+        too_big = no_room = False
         scan = 0
         while True:
             end = buf.find(b"\r\n.\r\n", scan)
@@ -564,13 +626,15 @@ class FirewallSMTP(SMTP):
                 break
             keep = len(buf) - 4
             scan = max(keep, 0)
-            if too_big and keep > 0:
+            if (too_big or no_room) and keep > 0:
                 total += keep
                 del buf[:keep]
                 scan = 0
             chunk = await reader.read(65536)
             if not chunk:
                 raise ConnectionResetError("client closed the connection during DATA")
+            if not (too_big or no_room) and not self._hold_message(len(chunk)):
+                no_room = True
             buf += chunk
             if not too_big and len(buf) - 2 > limit + 5:
                 too_big = True
@@ -579,6 +643,10 @@ class FirewallSMTP(SMTP):
             reader._buffer[0:0] = leftover     # pipelined commands after the data
         if too_big or total + end > limit:
             return None, replies.SIZE_EXCEEDED
+        if no_room:
+            log.warning("session %s: message refused, %d bytes of message memory in use (limits.message_memory)",
+                        self.state.session_id, self.server.message_bytes)
+            return None, replies.NO_MEMORY
         body = bytes(memoryview(buf)[2:end + 2])     # one copy (a bytearray slice is two)
         crlf = body.count(b"\r\n")
         if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
@@ -591,9 +659,21 @@ class FirewallSMTP(SMTP):
             body = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
         return body, None
 
+    def _hold_message(self, size: int) -> bool:
+        """Reserve ``size`` more bytes of the worker's message memory."""
+        if not self.server.reserve_message(size):
+            return False
+        self.held += size
+        return True
+
+    def _free_message(self) -> None:
+        if self.held:
+            self.server.free_message(self.held)
+            self.held = 0
+
     async def cmd_rset(self, arg: str) -> None:
         self._new_transaction()
-        self.state.events.append({"cmd": "rset"})
+        self.state.note({"cmd": "rset"}, self.cfg.recording_max_events)
         await self.push("250 2.0.0 OK")
 
     async def cmd_noop(self, arg: str) -> None:
@@ -611,40 +691,97 @@ class FirewallSMTP(SMTP):
                         + (" STARTTLS" if self.tls_context else ""))
 
     async def cmd_starttls(self, arg: str) -> None:
-        if self.tls_context is None or self._tls_protocol is not None:
+        st = self.state
+        if self.tls_context is None or st.tls:
             await self._error("502 5.5.1 STARTTLS not available")
             return
-        await self.smtp_STARTTLS(arg)
-        self.state.tls = True
-        self.state.events.append({"cmd": "starttls"})
-        self.state.set_helo("", False)       # RFC 3207: start over after TLS
+        if arg:
+            await self._error("501 5.5.4 Syntax: STARTTLS")
+            return
+        await self.push("220 2.0.0 Ready to start TLS")
+        if not await self._start_tls():
+            return
+        # RFC 3207 4.2: everything the client said before TLS is forgotten.
+        st.tls = True
+        st.note({"cmd": "starttls"}, self.cfg.recording_max_events)
+        st.set_helo("", False)
+        st.auth, st.auth_user = False, ""
         self._new_transaction()
 
+    async def _start_tls(self) -> bool:
+        """The TLS handshake, under its own timeout (tls.handshake_timeout).
+        A handshake that fails or stalls ends the session: its connection
+        slot is released by _handle_client whatever happened on the wire."""
+        # RFC 3207 5: plaintext sent after STARTTLS is an injection attempt.
+        self._reader._buffer.clear()
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()      # the idle timer must not write into the handshake
+        self.handshaking = True
+        try:
+            await self._writer.start_tls(self.tls_context,
+                                         ssl_handshake_timeout=self.cfg.tls_handshake_timeout or None)
+        except Exception as err:  # noqa: BLE001 - ssl, timeout and connection errors alike
+            log.info("session %s: TLS handshake with %s failed: %s", self.state.session_id,
+                     self.state.client_ip, _short(err))
+            self.closing = True
+            if self.transport is not None:
+                self.transport.abort()
+            return False
+        finally:
+            self.handshaking = False
+        self.transport = self._writer.transport
+        self._tls_protocol = self.transport     # aiosmtpd tests it for "TLS is on"
+        self.session.ssl = {"cipher": self.transport.get_extra_info("cipher")}
+        self.session.authenticated = False
+        self._reset_timeout()
+        return True
+
     def _auth_offered(self) -> bool:
-        return (self.server.users is not None and not self.session.authenticated
-                and (self._tls_protocol is not None or self.cfg.auth_allow_plaintext))
+        return (self.server.users is not None and not self.state.auth
+                and (self.state.tls or self.cfg.auth_allow_plaintext))
 
     async def cmd_auth(self, arg: str) -> None:
+        """AUTH PLAIN/LOGIN (RFC 4954).  The password check runs off the
+        event loop and costs the same for unknown and known users; failures
+        are throttled per client network across connections."""
         st = self.state
-        if self.server.users is None:
-            await self._error("502 5.5.1 AUTH not available")
+        users = self.server.users
+        problem = (replies.AUTH_UNAVAILABLE if users is None
+                   else replies.NEED_EHLO if not st.esmtp
+                   else replies.ALREADY_AUTHENTICATED if st.auth
+                   else replies.AUTH_IN_TRANSACTION if st.sender is not None
+                   else replies.AUTH_NEEDS_TLS if not (st.tls or self.cfg.auth_allow_plaintext)
+                   else None)
+        if problem:
+            await self._error(problem)
             return
-        if not st.esmtp:
-            await self._error("503 5.5.1 Error: send EHLO first")
+        mechanism, _, initial = arg.partition(" ")
+        if mechanism.upper() not in sasl.MECHANISMS:
+            await self._error(replies.AUTH_UNKNOWN_MECHANISM)
             return
-        if st.sender is not None:
-            await self._error("503 5.5.1 Error: AUTH not allowed during a mail transaction")
+        throttle = self.server.auth_throttle
+        if throttle.blocked(self.client_key):
+            await self._error(replies.AUTH_THROTTLED)
             return
-        await self.smtp_AUTH(arg)     # aiosmtpd: PLAIN/LOGIN exchange, TLS requirement, replies
-        if self.session.authenticated and not st.auth:
-            st.auth = True
-            st.auth_user = (self.session.login_data or b"").decode("utf-8", "replace")
-            st.events.append({"cmd": "auth", "user": st.auth_user})
-        elif not self.session.authenticated:
-            self.errors += 1          # failed logins count toward max_errors
-            if self.errors > self.cfg.max_errors:
-                await self.push(replies.TOO_MANY_ERRORS)
-                self.close()
+        exchange = sasl.Exchange(mechanism.upper(), initial.strip())
+        while exchange.challenge is not None:
+            await self.push(f"334 {exchange.challenge}")
+            line = await self._reader.readuntil(b"\n")
+            exchange.respond(line.rstrip(b"\r\n"))
+        if exchange.error:
+            await self._error(exchange.error)
+            return
+        ok = await users.check_async(exchange.login, exchange.password)
+        if ok is None:
+            await self.push(replies.AUTH_BUSY)
+        elif ok:
+            st.auth, st.auth_user = True, exchange.login.decode("utf-8", "replace")
+            self.session.authenticated = True
+            st.note({"cmd": "auth", "user": st.auth_user}, self.cfg.recording_max_events)
+            await self.push(replies.AUTH_OK)
+        else:
+            throttle.failed(self.client_key)
+            await self._error(replies.AUTH_FAILED)
 
     async def cmd_not_implemented(self, arg: str) -> None:
         await self._error("502 5.5.1 Command not implemented")
@@ -783,8 +920,9 @@ def _date_now() -> str:
     return _date[1]
 
 
-# Commands that cost us work but move no mail (Postfix smtpd_junk_command_limit).
-_JUNK = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
+# Commands that cost us work but move no mail (Postfix smtpd_junk_command_limit,
+# plus HELO/EHLO: each one runs the helo hook and may start DNS lookups).
+_JUNK = frozenset({"HELO", "EHLO", "NOOP", "RSET", "VRFY", "HELP"})
 
 
 def _mail_options(params: dict) -> tuple[str, ...]:
@@ -794,6 +932,25 @@ def _mail_options(params: dict) -> tuple[str, ...]:
     if params.get("SMTPUTF8"):
         out.append("SMTPUTF8")
     return tuple(out)
+
+
+def _short(err: BaseException) -> str:
+    return str(err) or type(err).__name__
+
+
+def plain_ip(text: str) -> str:
+    """An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, what a dual-stack
+    listener reports for IPv4 clients) as the IPv4 address it is; anything
+    else unchanged.  Done once at the edge, so rules, limits, DNSBL lookups,
+    logs and recordings all see one form."""
+    if text.startswith("::ffff:") or text.startswith("::FFFF:"):
+        try:
+            mapped = ipaddress.IPv6Address(text).ipv4_mapped
+        except ValueError:
+            return text
+        if mapped is not None:
+            return str(mapped)
+    return text
 
 
 def _clean(text: str) -> str:

@@ -72,3 +72,12 @@ def send_one(srv, body: bytes) -> tuple[int, bytes]:
             return err.smtp_code, err.smtp_error
         except smtplib.SMTPRecipientsRefused as err:
             return err.recipients["u@localhost"]
+
+
+class Slow(Plugin):
+    """Takes half a second, then has no opinion: a window in which a
+    client can go away while its message is being handled."""
+
+    async def run(self, stage, state, message):
+        await asyncio.sleep(0.5)
+        return None
