@@ -60,7 +60,8 @@ CODES: dict[str, Code] = {
         # reading and syntax
         _c("E001", "io-error", E, "a rule file cannot be read"),
         _c("E002", "syntax-error", E, "the text is not valid rule syntax"),
-        _c("E003", "include-error", E, "an include is missing or includes itself"),
+        _c("E003", "include-error", E, "an include is missing, is not a .rules file or includes itself"),
+        _c("W004", "invisible-character", W, "an invisible character (no-break or zero-width space, bidi control) in a rule or list file"),
         # names
         _c("E101", "unknown-hook", E, "`on` names a hook that does not exist"),
         _c("E102", "unknown-field", E, "a condition or placeholder names an unknown field"),
@@ -85,7 +86,7 @@ CODES: dict[str, Code] = {
         # replies
         _c("E501", "reply-code-contradicts-action", E, "a reply code does not fit the action"),
         _c("E502", "bad-enhanced-code", E, "an enhanced status code is malformed or contradicts the reply code"),
-        _c("E503", "unknown-placeholder", E, "reply or log text names an unknown {placeholder}"),
+        _c("E503", "unknown-placeholder", E, "reply or log text names an unknown {placeholder} or leaves one unclosed"),
         # rule structure
         _c("W601", "unreachable-rule", W, "a rule comes after an unconditional terminal rule"),
         _c("W602", "shadowed-rule", W, "an earlier rule already matches everything this rule matches"),
@@ -155,3 +156,20 @@ def did_you_mean(word: str, candidates, n: int = 1) -> str | None:
         best = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)
         best = [lowered[b] for b in best]
     return best[0] if best else None
+
+
+def nearest_file(path: str, suffix: str = "") -> str | None:
+    """For a path that does not exist: the closest name of a file in its
+    folder (ending in ``suffix``), so a misspelt include or list file gets a
+    did-you-mean like a misspelt name does."""
+    import os
+
+    folder, name = os.path.split(path)
+    if os.path.exists(path):
+        return None
+    try:
+        names = [n for n in os.listdir(folder or ".") if n.endswith(suffix)
+                 and os.path.isfile(os.path.join(folder, n))]
+    except OSError:
+        return None
+    return did_you_mean(name, names)

@@ -32,8 +32,9 @@ def _source_line(d: Diagnostic, sources: dict[str, str] | None, cache: dict) -> 
                     text = fh.read(4 * 1024 * 1024).decode("utf-8", "replace")
             except OSError:
                 text = None
-        # line numbers count "\n" only, as the parser does (not str.splitlines)
-        lines = cache[span.file] = text.split("\n") if text is not None else []
+        # line numbers count "\n" only, as the parser does (not str.splitlines);
+        # columns do not count a byte-order mark, which readers strip
+        lines = cache[span.file] = text.removeprefix("\ufeff").split("\n") if text is not None else []
     if 1 <= span.line <= len(lines):
         return lines[span.line - 1].rstrip("\r")
     return None
@@ -47,10 +48,10 @@ def format_text(diags: list[Diagnostic], sources: dict[str, str] | None = None,
         c = (lambda code, s: f"{code}{s}{_RESET}") if color else (lambda code, s: s)
         level = d.level
         where = f"{d.span}: " if d.span else ""
-        out.append(f"{c(_BOLD, where)}{c(_COLORS[level], f'{level.value}[{d.code}]')} {d.message}")
+        out.append(f"{c(_BOLD, where)}{c(_COLORS[level], f'{level.value}[{d.code}]')} {_shown(d.message)}")
         line = _source_line(d, sources, cache) if d.code != "E001" else None   # E001: cannot be read
         if line is not None and d.span is not None:
-            line = "".join(ch if ch.isprintable() else ("\ufffd" if ch != "\t" else " ") for ch in line[:300])
+            line = _shown(line[:300])
             num = str(d.span.line)
             pad = " " * len(num)
             width = (d.span.end_column - d.span.column) if d.span.end_line == d.span.line else len(line) - d.span.column + 1
@@ -59,10 +60,16 @@ def format_text(diags: list[Diagnostic], sources: dict[str, str] | None = None,
             out.append(f"{c(_BLUE, num)} {c(_BLUE, '|')} {line}")
             out.append(f"{pad} {c(_BLUE, '|')} {' ' * (d.span.column - 1)}{c(_COLORS[level], '^' * width)}")
         if d.help:
-            out.append(f"{' ' * (len(str(d.span.line)) if d.span else 0)} = help: {d.help}")
+            out.append(f"{' ' * (len(str(d.span.line)) if d.span else 0)} = help: {_shown(d.help)}")
     if summary:
         out.append(summary_line(diags))
     return "\n".join(out) + ("\n" if out else "")
+
+
+def _shown(text: str) -> str:
+    """Text from rule and list files as a terminal shows it safely: a control,
+    bidi or zero-width character becomes a visible \ufffd (a tab a space)."""
+    return "".join(ch if ch.isprintable() else ("\ufffd" if ch != "\t" else " ") for ch in text)
 
 
 def summary_line(diags: list[Diagnostic]) -> str:

@@ -17,16 +17,19 @@ number.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
+import stat
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress
 from typing import Callable
 
-from smtpfw.diagnostics import Diagnostic, Span
+from smtpfw.diagnostics import Diagnostic, Span, nearest_file
 from smtpfw.lang.fields import ADDRESS, BOOL, DOMAIN, INT, IP, LIST, STRING
+from smtpfw.lang.invisible import describe, is_invisible
 
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _DOMAIN_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
@@ -92,6 +95,10 @@ class FileEntries(Sequence):
 
     __slots__ = ("texts", "_numbers", "_lines", "_file")
 
+    @property
+    def file(self) -> str:
+        return self._file
+
     def __init__(self, file: str, lines: list[str], numbers, texts: list[str]):
         self.texts = texts          # stripped, comment-free, non-empty
         self._numbers = numbers     # 1-based line number of each text
@@ -113,14 +120,16 @@ class FileEntries(Sequence):
         return (self[i] for i in range(len(self.texts)))
 
 
+MAX_LIST_BYTES = 64 * 1024 * 1024   # ~2.5 million entries; bigger lists belong in a DNS zone
+
+
 def read_list_file(path: str, shown_name: str) -> tuple[FileEntries | None, list[Diagnostic]]:
-    """Entries of a list file: one a line, `#` comments, blank lines ignored."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as err:
-        return None, [Diagnostic("E301", f"cannot read list file {shown_name}: {err.strerror or err}")]
-    text = raw.decode("utf-8", errors="replace")
+    """Entries of a list file: one a line, `#` comments, blank lines ignored.
+    A byte-order mark (Notepad writes one) is not part of the first entry."""
+    raw, problem = _read_capped(path, shown_name)
+    if raw is None:
+        return None, [Diagnostic("E301", problem)]
+    text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
     lines = text.splitlines()
     contents = [line.strip() if "#" not in line else line.split("#", 1)[0].strip() for line in lines]
     texts = list(filter(None, contents))
@@ -129,6 +138,39 @@ def read_list_file(path: str, shown_name: str) -> tuple[FileEntries | None, list
     else:
         numbers = array("l", compress(range(1, len(lines) + 1), contents))
     return FileEntries(shown_name, lines, numbers, texts), []
+
+
+def read_list_text(path: str) -> str | None:
+    """A list file's text as ``read_list_file`` sees it (lint scans it), or None."""
+    raw, _ = _read_capped(path, path)
+    return None if raw is None else raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
+
+
+def _read_capped(path: str, shown_name: str) -> tuple[bytes | None, str]:
+    """The bytes of a regular file of at most MAX_LIST_BYTES, or None and why
+    not: /dev/zero, a FIFO or a stray log must not hang or exhaust memory."""
+    try:
+        with open(path, "rb", opener=_open_nonblocking) as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None, f"list file {shown_name} is not a regular file"
+            raw = fh.read(MAX_LIST_BYTES + 1)
+    except OSError as err:
+        return None, f"cannot read list file {shown_name}: {err.strerror or err}{_nearest_note(path, shown_name)}"
+    if len(raw) > MAX_LIST_BYTES:
+        return None, (f"list file {shown_name} is larger than {MAX_LIST_BYTES // 2**20} MiB: "
+                      "split it, or serve a list that big as a DNS zone (rbldnsd)")
+    return raw, ""
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """open(2) that does not wait for a writer when the path is a FIFO."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def _nearest_note(path: str, shown_name: str) -> str:
+    """A did-you-mean in the message (the compiler puts its own help on E301)."""
+    guess = nearest_file(path)
+    return f"; did you mean {os.path.join(os.path.dirname(shown_name), guess)}?" if guess else ""
 
 
 class CidrTable:
@@ -205,6 +247,7 @@ def _plain_address_sets(lowered: list[str], joined: str | None) -> tuple[set[str
     """(addresses, domains) for distinct valid ``user@domain`` / ``@domain``
     entries without <> or trailing dots, or None when there is anything else."""
     if (joined is None or not _plain(joined, "<") or joined.endswith(".") or ".\n" in joined
+            or "*" in joined or "?" in joined
             or joined.count("@") != len(lowered) or not all("@" in t for t in lowered)):
         return None             # (so each entry has exactly one "@")
     if not all(valid_domain(d) for d in _BAD_ADDRESS_DOMAIN.findall(joined)):
@@ -217,11 +260,20 @@ def _plain_address_sets(lowered: list[str], joined: str | None) -> tuple[set[str
     return {t for t in everything if t[0] != "@"}, {t[1:] for t in everything if t[0] == "@"}
 
 
-def _address_entries(lowered, addresses, domains, seen, bad, dup) -> None:
+def _has_glob(text: str) -> bool:
+    return "*" in text or "?" in text
+
+
+def _address_entries(lowered, addresses, domains, seen, bad, dup, pattern) -> None:
     match = _DOMAIN_RE.match
     for i, text in enumerate(lowered):
         if text.startswith("<") and text.endswith(">"):
             text = text[1:-1]
+        if _has_glob(text):
+            if not (text.startswith("*@") and not _has_glob(text[2:])):
+                pattern(i, _address_glob_hint(text))
+                continue
+            text = text[1:]             # *@domain: anyone at domain, as @domain
         local, at, domain = text.rpartition("@")
         if text == "":
             bad(i, "an address")
@@ -242,8 +294,83 @@ def _address_entries(lowered, addresses, domains, seen, bad, dup) -> None:
             domains.add(domain)
 
 
+def _invisible_note(e: Entry) -> str | None:
+    """Why an entry that looks right is malformed: a character that does not show."""
+    hit = next((i for i, ch in enumerate(e.text) if not ch.isascii() and is_invisible(ch)), None)
+    if hit is None:
+        return None
+    return (f"it contains an invisible character, {describe(e.text[hit])} (column {e.span.column + hit}): "
+            "delete it")
+
+
+_KINDS = {IP: "IP addresses or networks", DOMAIN: "domains", ADDRESS: "addresses", INT: "whole numbers"}
+
+
+def _address_glob_hint(text: str) -> str:
+    domain = text.rpartition("@")[2]
+    if _has_glob(domain):
+        d = domain.lstrip("*?.")
+        return (f"`@{d}` matches anyone at {d} but not at its subdomains; for those, put `{d}` in a "
+                "domain list and test `sender.domain within` it (or `rcpt.domain`)")
+    return (f"write `@{domain}` for anyone at {domain}, or list each address; "
+            f"for a pattern, test the field in a rule: `like \"{text}\"`")
+
+
+def _domain_form(text: str) -> tuple[str, bool]:
+    """(name, subdomains only) a domain-list entry stands for: `.d` and
+    `*.d` the subdomains of d; `@d` and `*@d` (anyone at d, as written in
+    address lists) d itself."""
+    for prefix, sub in (("*.", True), (".", True), ("*@", False), ("@", False)):
+        if text.startswith(prefix):
+            return text[len(prefix):], sub
+    return text, False
+
+
+def _domain_glob_hint(text: str) -> str:
+    rest = text.lstrip("*")
+    if rest != text and not _has_glob(rest) and valid_domain(rest.lstrip(".")):
+        d = rest.lstrip(".")
+        return f"write `{d}` for the domain itself and `.{d}` for its subdomains, one a line"
+    labels = text.split(".")
+    last = max(i for i, label in enumerate(labels) if _has_glob(label))
+    parent = ".".join(labels[last + 1:])
+    return ("list each name" + (f", or `.{parent}` for every subdomain of {parent}" if parent else "")
+            + f"; for a pattern, test the field in a rule: `like \"{text}\"`")
+
+
+def _ip_glob_hint(text: str) -> str:
+    """10.* and 192.168.1.* are networks: say which, in CIDR form."""
+    parts = text.split(".")
+    fixed = [p for p in parts if p != "*"]
+    if (0 < len(fixed) < len(parts) <= 4 and parts[:len(fixed)] == fixed
+            and all(p.isdigit() and int(p) <= 255 for p in fixed)):
+        net = ".".join(fixed + ["0"] * (4 - len(fixed)))
+        return f"write `{net}/{8 * len(fixed)}`: networks are written in CIDR form"
+    return "write networks in CIDR form: 192.0.2.0/24, 10.0.0.0/8 or 2001:db8::/32"
+
+
 def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object], bool] | None, list[Diagnostic]]:
-    """A membership test for values of ``ftype``, and what is wrong with the entries.
+    """A membership test for values of ``ftype``, and what is wrong with the entries."""
+    matcher, diags = _build_matcher(entries, ftype, within)
+    return matcher, _unless_not_a_list(entries, ftype, diags)
+
+
+def _unless_not_a_list(entries, ftype: str, diags: list[Diagnostic]) -> list[Diagnostic]:
+    """When most entries of a list file are malformed, the path names some
+    other file (/etc/shadow, a log): say so once, and quote none of its lines."""
+    if not isinstance(entries, FileEntries):
+        return diags
+    bad = sum(1 for d in diags if d.code == "E302")
+    if bad * 2 <= len(entries):
+        return diags
+    kind = _KINDS.get(ftype, "entries")
+    return [Diagnostic("E302", f"list file {entries.file} does not look like a list of {kind}: "
+                               f"{bad} of its {len(entries)} entries are not (none is shown)",
+                       help="check the path of the list file: one entry a line, `#` starts a comment")]
+
+
+def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object], bool] | None, list[Diagnostic]]:
+    """build_matcher without the not-a-list check.
 
     The loops work on the entries' texts and make an ``Entry`` (for its span)
     only for a diagnostic: loading a million-entry list is one pass of plain
@@ -259,7 +386,12 @@ def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object],
 
     def bad(index: int, what: str, hint: str | None = None) -> None:
         e = entries[index]
-        diags.append(Diagnostic("E302", f"`{e.text}` is not {what}", e.span, help=hint))
+        diags.append(Diagnostic("E302", f"`{e.text}` is not {what}", e.span, help=_invisible_note(e) or hint))
+
+    def pattern(index: int, hint: str) -> None:
+        e = entries[index]
+        diags.append(Diagnostic("E302", f"`{e.text}` is a pattern, but list entries are matched exactly",
+                                e.span, help=hint))
 
     if ftype == IP:
         fast = _plain_ipv4_table(texts)
@@ -283,7 +415,10 @@ def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object],
                 try:
                     net = ipaddress.ip_network(text, strict=False)
                 except ValueError:
-                    bad(i, "an IP address or network", "write 192.0.2.1, 10.0.0.0/8 or 2001:db8::/32")
+                    if _has_glob(text):
+                        pattern(i, _ip_glob_hint(text))
+                    else:
+                        bad(i, "an IP address or network", "write 192.0.2.1, 10.0.0.0/8 or 2001:db8::/32")
                     continue
                 bits = 32 if net.version == 4 else 128
                 key = (net.version, net.prefixlen, int(net.network_address) >> (bits - net.prefixlen))
@@ -311,13 +446,15 @@ def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object],
         below: set[str] = set()     # subdomains of these
         match = _DOMAIN_RE.match
         for i, text in enumerate(lowered):
-            sub = text.startswith(".") or text.startswith("*.")
-            name = text.lstrip("*").lstrip(".") if text[:1] in ("*", ".") else text
+            name, sub = _domain_form(text)
+            if _has_glob(name):
+                pattern(i, _domain_glob_hint(text))
+                continue
             if not (name and len(name) <= 253 and name.isascii() and match(name)) and not valid_domain(name):
                 hint = "an address list entry goes with sender or rcpt, not a domain field" if "@" in name else None
                 bad(i, "a domain", hint)
                 continue
-            first = seen.setdefault(text, i)
+            first = seen.setdefault((name, sub), i)
             if first != i:
                 dup(i, first)
                 continue
@@ -344,7 +481,7 @@ def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object],
             addresses, domains = fast
         else:
             addresses, domains = set(), set()
-            _address_entries(lowered, addresses, domains, seen, bad, dup)
+            _address_entries(lowered, addresses, domains, seen, bad, dup, pattern)
 
         def address_match(value, addresses=addresses, domains=domains) -> bool:
             if value in addresses:

@@ -5,6 +5,7 @@ compiles the ruleset (``compile_ruleset`` reports syntax, names, types,
 lists, regexes, reply codes and plugins) and then runs semantic checks over
 the parsed rules:
 
+- W004  an invisible character in a rule or list file
 - W402  a glob or regex that can never match its field
 - W601  a rule after an unconditional terminal rule in the same hook
 - W602  a rule whose condition an earlier terminal rule already covers
@@ -28,14 +29,15 @@ import fnmatch
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file
-from smtpfw.diagnostics import Diagnostic, Span
 from smtpfw.lang import ast
+from smtpfw.diagnostics import Diagnostic, Span, nearest_file
 from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_program, dedupe, load_program
 from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, fold, lookup_field
+from smtpfw.lang.invisible import invisible_in_ruleset
 from smtpfw.session import SessionState
 
 try:  # the regex parser, to see what a pattern requires
@@ -69,10 +71,39 @@ def check_ruleset(path: str | os.PathLike) -> tuple[list[Diagnostic], dict[str, 
     sources: dict[str, str] = dict(prog.sources)
     complete = not any(d.code in ("E001", "E002", "E003") for d in diags)
     try:
+        diags = _one_for_a_broken_include(diags, prog)
         diags += _Linter(prog, ruleset, complete).run()
+        diags += invisible_in_ruleset(prog, diags)
     except Exception as err:  # each check is guarded; this is the last line of defence
         diags.append(_internal("E002", "checking the rules", err, Span.point(path, 1, 1)))
     return dedupe(diags), sources
+
+
+_UNKNOWN_NAME = ("E102", "E103", "E104", "E105", "E503")
+_INCLUDE_PATH = re.compile(r'include\s+"((?:[^"\\\n]|\\.)*)"')
+
+
+def _one_for_a_broken_include(diags: list[Diagnostic], prog: Program) -> list[Diagnostic]:
+    """An include that cannot be read is one error, with the nearest .rules
+    file as did-you-mean: the names it would declare are not reported as
+    unknown (they are checked once it can be read)."""
+    if not any(d.code == "E003" for d in diags):
+        return diags
+    return [_include_guess(d, prog) if d.code == "E003" else d for d in diags if d.code not in _UNKNOWN_NAME]
+
+
+def _include_guess(d: Diagnostic, prog: Program) -> Diagnostic:
+    if d.help is not None or d.span is None:
+        return d
+    line = prog.sources.get(d.span.file, "").split("\n")[d.span.line - 1:d.span.line] or [""]
+    m = _INCLUDE_PATH.match(line[0], d.span.column - 1)
+    if m is None:
+        return d
+    written = m.group(1)
+    guess = nearest_file(os.path.join(os.path.dirname(d.span.file), written), ".rules")
+    note = "the path is relative to this file's folder; the names the file declares are checked once it can be read"
+    return replace(d, help=(f"did you mean `{os.path.join(os.path.dirname(written), guess)}`? " if guess else "")
+                   + note)
 
 
 def _internal(code: str, what: str, err: BaseException, span: Span | None) -> Diagnostic:

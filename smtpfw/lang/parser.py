@@ -17,6 +17,7 @@ from lark import Token, Transformer, v_args
 from smtpfw import paths
 from smtpfw.diagnostics import Diagnostic, Span, did_you_mean
 from smtpfw.lang import ast
+from smtpfw.lang.invisible import describe, is_invisible
 
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
 MAX_NESTING = 200
@@ -37,7 +38,9 @@ def _parser() -> lark.Lark:
 
 
 def parse(text: str, filename: str) -> tuple[ast.SourceFile | None, list[Diagnostic]]:
-    """Parse one rule file.  Never raises: problems come back as diagnostics."""
+    """Parse one rule file.  Never raises: problems come back as diagnostics.
+    A byte-order mark (Notepad writes one) is not part of the text."""
+    text = text.removeprefix("\ufeff")
     if len(text) > MAX_SOURCE_BYTES:
         return None, [Diagnostic("E001", f"rule file is larger than {MAX_SOURCE_BYTES // 2**20} MiB",
                                  Span.point(filename, 1, 1))]
@@ -54,8 +57,9 @@ def parse(text: str, filename: str) -> tuple[ast.SourceFile | None, list[Diagnos
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as err:
         return None, [_syntax_diagnostic(err, text, filename)]
+    to_ast = _ToAst(filename)
     try:
-        statements = _ToAst(filename).transform(tree)
+        statements = to_ast.transform(tree)
     except lark.exceptions.VisitError as err:
         inner = err.orig_exc
         if isinstance(inner, _AstError):
@@ -63,7 +67,8 @@ def parse(text: str, filename: str) -> tuple[ast.SourceFile | None, list[Diagnos
         return None, [Diagnostic("E002", f"cannot read this rule: {inner}", Span.point(filename, 1, 1))]
     except RecursionError:
         return None, [Diagnostic("E002", "rule nested too deeply", Span.point(filename, 1, 1))]
-    return _assign_hooks(filename, statements)
+    source, diags = _assign_hooks(filename, statements)
+    return source, to_ast.problems + diags
 
 
 def _nesting_depth(text: str) -> int:
@@ -116,6 +121,9 @@ class _AstError(Exception):
 
 
 _ESCAPE = re.compile(r'\\(["\\])')
+# a "{" with no "}" before the next "{" or the end ({{ and }} already masked)
+_UNCLOSED_PLACEHOLDER = re.compile(r"\{[^{}]*(?=\{|$)")
+_PLACEHOLDER_START = re.compile(r"\{[\w.-]*")
 
 
 def _unquote(token: Token) -> str:
@@ -138,6 +146,7 @@ class _ToAst(Transformer):
     def __init__(self, filename: str):
         super().__init__(visit_tokens=False)
         self.filename = filename
+        self.problems: list[Diagnostic] = []     # found while building the AST; not fatal
 
     # spans
     def _span(self, meta) -> Span:
@@ -149,11 +158,19 @@ class _ToAst(Transformer):
         return Span(self.filename, tok.line, tok.column, tok.end_line, tok.end_column)
 
     def start(self, meta, items):
-        return items
+        return [it for it in items if it is not None]
 
     # declarations
     def include(self, meta, items):
-        return ast.Include(_unquote(items[0]), self._span(meta))
+        """Only a .rules file is read as rules: an include of /etc/shadow
+        must not have its lines quoted back by a syntax error."""
+        path = _unquote(items[0])
+        if not path.endswith(".rules"):
+            self.problems.append(Diagnostic(
+                "E003", f"an include names a rule file ending in .rules, not `{path}`", self._tspan(items[0]),
+                help='lists are declared with `list NAME = file "PATH"`; rules go in a file named NAME.rules'))
+            return None
+        return ast.Include(path, self._span(meta))
 
     def list_file(self, meta, items):
         return ("file", _unquote(items[0]))
@@ -225,8 +242,23 @@ class _ToAst(Transformer):
             span=self._span(meta),
         )
 
+    def _text(self, tok: Token) -> str:
+        """A reply, log or header text; an unclosed {placeholder} is reported
+        (the compiler would otherwise send it as written)."""
+        raw = str(tok)[1:-1]
+        m = _UNCLOSED_PLACEHOLDER.search(raw.replace("{{", "\0\0").replace("}}", "\0\0"))
+        if m:
+            word = _PLACEHOLDER_START.match(m.group()).group()
+            self.problems.append(Diagnostic(
+                "E503", f"placeholder `{word}` is not closed", Span.point(self.filename, tok.line,
+                                                                         tok.column + 1 + m.start(), len(word)),
+                help=f"close it: `{word}}}`; write `{{{{` for a brace that is just text"))
+        return _unquote(tok)
+
     def reply(self, meta, items):
         code, enhanced, text = items
+        if text is not None:
+            self._text(text)
         return ast.Reply(
             _number(str(code)) if code is not None else None,
             str(enhanced) if enhanced is not None else None,
@@ -257,14 +289,14 @@ class _ToAst(Transformer):
         return ast.Action("tag", self._span(meta), arg=str(items[0]), arg_span=self._tspan(items[0]))
 
     def log(self, meta, items):
-        return ast.Action("log", self._span(meta), arg=_unquote(items[1]), arg_span=self._tspan(items[1]))
+        return ast.Action("log", self._span(meta), arg=self._text(items[1]), arg_span=self._tspan(items[1]))
 
     def warn(self, meta, items):
-        return ast.Action("warn", self._span(meta), arg=_unquote(items[1]), arg_span=self._tspan(items[1]))
+        return ast.Action("warn", self._span(meta), arg=self._text(items[1]), arg_span=self._tspan(items[1]))
 
     def add_header(self, meta, items):
         return ast.Action("add_header", self._span(meta), arg=_unquote(items[0]),
-                          arg2=_unquote(items[1]), arg_span=self._tspan(items[0]))
+                          arg2=self._text(items[1]), arg_span=self._tspan(items[0]))
 
     def run(self, meta, items):
         return ast.Action("run", self._span(meta), arg=str(items[0]), arg_span=self._tspan(items[0]))
@@ -436,39 +468,145 @@ def _expected_in_words(expected: set[str]) -> tuple[str, list[str]]:
 
 
 def _syntax_diagnostic(err: lark.exceptions.UnexpectedInput, text: str, filename: str) -> Diagnostic:
-    line = getattr(err, "line", 1) or 1
-    column = getattr(err, "column", 1) or 1
+    """One diagnostic for the first syntax error: a known slip gets its fix,
+    anything else what the parser expected at that point, in words."""
+    if isinstance(err, lark.exceptions.UnexpectedCharacters):
+        return _unexpected_character(err, text, filename)
     if isinstance(err, lark.exceptions.UnexpectedToken) and err.token.type == "$END":
         lines = text.rstrip().splitlines() or [""]
-        line, column = len(lines), len(lines[-1]) + 1
         expected, _ = _expected_in_words(set(err.expected))
         return Diagnostic("E002", f"the file ends in the middle of a statement; expected {expected}",
-                          Span.point(filename, line, column))
+                          Span.point(filename, len(lines), len(lines[-1]) + 1))
     if isinstance(err, lark.exceptions.UnexpectedToken):
-        tok = err.token
-        found = str(tok)
-        span = Span(filename, tok.line, tok.column, tok.end_line or tok.line,
-                    tok.end_column or tok.column + len(found))
-        expected_set = set(err.expected)
-        expected, keywords = _expected_in_words(expected_set)
-        help_ = _suggest(found, tok.type, expected_set, keywords)
-        return Diagnostic("E002", f"unexpected {_token_words(tok)}; expected {expected}", span, help=help_)
-    if isinstance(err, lark.exceptions.UnexpectedCharacters):
-        ch = text[err.pos_in_stream] if err.pos_in_stream < len(text) else ""
-        allowed = set(err.allowed or ())
-        span = Span.point(filename, line, column)
-        if ch == '"':
-            return Diagnostic("E002", "this text has no closing quote", span,
-                              help='close it with " on the same line')
-        word = _word_at(text, err.pos_in_stream)
-        if allowed:
-            expected, keywords = _expected_in_words(allowed)
-            help_ = _suggest(word, "NAME", allowed, keywords) if word else None
-            shown = f"`{word}`" if word else f"character {ch!r}"
-            return Diagnostic("E002", f"unexpected {shown}; expected {expected}",
-                              Span.point(filename, line, column, len(word) or 1), help=help_)
-        return Diagnostic("E002", f"unexpected character {ch!r}", span)
+        return _unexpected_token(err, text, filename)
+    line, column = getattr(err, "line", 1) or 1, getattr(err, "column", 1) or 1
     return Diagnostic("E002", str(err).splitlines()[0], Span.point(filename, line, column))
+
+
+def _unexpected_token(err: lark.exceptions.UnexpectedToken, text: str, filename: str) -> Diagnostic:
+    tok = err.token
+    expected = set(err.expected)
+    prev = _token_before(text, tok.start_pos)
+    for slip in (_runaway_text, _missing_colon, _unquoted_value):
+        found = slip(tok, prev, expected, text, filename)
+        if found is not None:
+            return found
+    span = Span(filename, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + len(tok))
+    words, keywords = _expected_in_words(expected)
+    return Diagnostic("E002", f"unexpected {_token_words(tok)}; expected {words}", span,
+                      help=_suggest(str(tok), tok.type, expected, keywords))
+
+
+def _token_before(text: str, pos: int) -> Token | None:
+    """The token that ends before ``pos`` (the lexer already got that far)."""
+    prev = None
+    try:
+        for t in _parser().lex(text):
+            if t.start_pos >= pos:
+                break
+            prev = t
+    except lark.exceptions.LarkError:
+        pass
+    return prev
+
+
+def _tok_span(filename: str, tok: Token) -> Span:
+    return Span(filename, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+def _runaway_text(tok, prev, expected, text, filename) -> Diagnostic | None:
+    """`reject "Bad HELO if helo = "x"`: the text swallowed code up to the
+    next quote and the parser stumbles later; point at the text instead."""
+    if prev is None or prev.type != "STRING" or prev.line != tok.line:
+        return None
+    line = text.split("\n")[tok.line - 1]
+    if len(re.findall(r'(?<!\\)"', line)) % 2 == 0:
+        return None
+    body = str(prev)
+    cut = body.find(" if ")
+    fix = (f"`{body[:cut]}\"{line[prev.column - 1 + cut:].rstrip()}`" if cut > 0
+           else 'put " where the text ends')
+    return Diagnostic("E002", "this text has no closing quote, so it runs on to the next quote on the line",
+                      _tok_span(filename, prev), help=f"close it where it ends: {fix}" if cut > 0 else fix)
+
+
+def _missing_colon(tok, prev, expected, text, filename) -> Diagnostic | None:
+    """`on mail` without its colon: report it where the colon belongs, not
+    at the first word of the next line."""
+    if "COLON" not in expected or prev is None:
+        return None
+    header = f"on {prev}" if prev.type in ("NAME", "DISCONNECT") else str(prev)
+    return Diagnostic("E002", f"`{header}` needs a colon at the end", Span.point(filename, prev.end_line,
+                                                                                prev.end_column),
+                      help=f"write `{header}:`")
+
+
+_VALUES = {"STRING", "INT", "IPV4", "BOOL"}
+
+
+def _unquoted_value(tok, prev, expected, text, filename) -> Diagnostic | None:
+    """`option mode = monitor`, `helo = mx.example.org`: a word where only a
+    value can go is text without its quotes."""
+    if not expected & {"STRING"} or expected - _VALUES - {"LSQB"} or not re.match(r"[A-Za-z_]", str(tok)):
+        return None
+    return Diagnostic("E002", f"`{tok}` is not a value here: text values are written in double quotes",
+                      _tok_span(filename, tok), help=f'write "{tok}"')
+
+
+_CURLY_QUOTES = "\u201c\u201d\u201e\u201f\u2018\u2019\u201a\u201b\u00ab\u00bb\u2039\u203a"
+_OPERATOR_SLIPS = {"&&": "and", "&": "and", "||": "or", "|": "or", "!": "not"}
+_NUMBER_SLIP = re.compile(r"\d+[A-Za-z]\w*")
+
+
+def _unexpected_character(err: lark.exceptions.UnexpectedCharacters, text: str, filename: str) -> Diagnostic:
+    pos = err.pos_in_stream
+    ch = text[pos] if pos < len(text) else ""
+    span = Span.point(filename, err.line, err.column)
+    if ch == '"':
+        return Diagnostic("E002", "this text has no closing quote", span, help='close it with " on the same line')
+    if ch == "'" or ch in _CURLY_QUOTES:
+        return _wrong_quote(ch, text, pos, span)
+    if is_invisible(ch):
+        return Diagnostic("E002", f"invisible character {describe(ch)}", span,
+                          help="delete it, or type an ordinary space instead")
+    word = _word_at(text, pos)
+    op = re.match(r"[&|!]+", text[pos:pos + 2])
+    if op and op.group() in _OPERATOR_SLIPS:
+        op = op.group()
+        return Diagnostic("E002", f"`{op}` is not an operator here", Span.point(filename, err.line, err.column, len(op)),
+                          help=f"write `{_OPERATOR_SLIPS[op]}`: conditions are joined with `and`, `or` and `not`")
+    if _NUMBER_SLIP.fullmatch(word):
+        return _number_slip(word, Span.point(filename, err.line, err.column, len(word)))
+    words, _ = _expected_in_words(_acceptable(err))
+    return Diagnostic("E002", f"unexpected character {ch!r}; expected {words}", span)
+
+
+def _acceptable(err: lark.exceptions.UnexpectedInput) -> set[str]:
+    """The terminals the parser could take where the lexer failed."""
+    try:
+        return set(err.interactive_parser.accepts()) - {"$END"} or {"$END"}
+    except Exception:  # no parser state to ask: fall back to what the lexer allowed
+        return set(getattr(err, "allowed", ()) or ())
+
+
+def _wrong_quote(ch: str, text: str, pos: int, span: Span) -> Diagnostic:
+    """'x' and “x”: text goes in straight double quotes."""
+    end_of_line = text.find("\n", pos)
+    line = text[pos + 1:end_of_line if end_of_line != -1 else len(text)]
+    close = min((i for i in (line.find(c) for c in "'" + _CURLY_QUOTES) if i != -1), default=-1)
+    what = "single quotes" if ch == "'" else f"a typographic quote {ch}"
+    fix = f'write "{line[:close]}"' if close > 0 else 'write text between straight double quotes: "like this"'
+    return Diagnostic("E002", f"text is written in straight double quotes, not {what}", span,
+                      help=fix + (" (turn off smart quotes in your editor)" if ch != "'" else ""))
+
+
+def _number_slip(word: str, span: Span) -> Diagnostic:
+    """`10X`, `10MB`, `5k`: a number takes only K, M or G right after it."""
+    digits = re.match(r"\d+", word).group()
+    unit = word[len(digits)].upper()
+    fix = f"write `{digits}{unit}`" if unit in "KMG" else f"write `{digits}`, or `{digits}M` for {digits} MiB"
+    return Diagnostic("E002", f"`{word}` is not a number", span,
+                      help=f"{fix}: a number is digits, optionally followed by K, M or G (1024, 1024² or 1024³)")
 
 
 def _word_at(text: str, pos: int) -> str:
