@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--forward", metavar="HOST:PORT", help="forward accepted mail to this SMTP server")
     target.add_argument("--maildir", metavar="DIR", help="write accepted mail to this Maildir (default ./var/maildir)")
-    p.add_argument("--workers", metavar="N", type=int, help="worker processes (default: one per CPU)")
+    p.add_argument("--workers", metavar="N", type=nonnegative,
+                   help="worker processes (default: one per CPU; 0 also means one per CPU)")
     p.add_argument("--record", metavar="DIR", help="record sessions as JSON Lines under DIR")
     p.add_argument("--log-format", choices=("kv", "json"), help="per-session log line format")
     p.set_defaults(func=cmd_serve)
@@ -46,13 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     p.add_argument("--fail-on", choices=("error", "warning", "hint"), default="error",
                    help="lowest severity that makes the exit code 1 (default error)")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text output: auto (on a terminal, unless NO_COLOR is set), always, never")
     p.set_defaults(func=cmd_lint)
 
     p = sub.add_parser("passwd", help="make a line for the AUTH users file",
                        description="Print USER:scrypt$... for auth.users_file. The password is read "
                                    "from standard input (asked for on a terminal).")
-    p.add_argument("user", metavar="USER")
+    p.add_argument("user", metavar="USER", help="the user name (no ':')")
     p.set_defaults(func=cmd_passwd)
 
     for register in _EXTRA_COMMANDS:
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Other modules add subcommands here (dry-run, trace, test, import).
 _EXTRA_COMMANDS: list = []
 
-from smtpfw.replay.commands import register as _register_replay  # noqa: E402  dry-run, trace, test, import
+from smtpfw.replay.commands import nonnegative, register as _register_replay  # noqa: E402  dry-run, trace, test, import
 
 _EXTRA_COMMANDS.append(_register_replay)
 
@@ -93,21 +95,17 @@ def load_settings(args) -> tuple[Config, str]:
     return cfg, rules
 
 
+log = logging.getLogger("smtpfw")
+
+
 def _setup_logging(cfg: Config) -> None:
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper()),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's own chatter
+    from smtpfw import logformat
+
+    logformat.setup(cfg.log_format, cfg.log_level, sys.stderr)
 
 
-def cmd_serve(args) -> int:
-    from smtpfw.lang.compiler import compile_ruleset
-    from smtpfw.lint_output import format_text
-    from smtpfw.server import serve
-
-    cfg, rules = load_settings(args)
+def _serve_config(args, cfg: Config) -> Config:
+    """The config with serve's flags applied over it."""
     if args.listen:
         listeners = []
         for item in args.listen:
@@ -125,18 +123,34 @@ def cmd_serve(args) -> int:
         cfg = replace(cfg, recording_enabled=True, recording_path=args.record)
     if args.log_format:
         cfg = replace(cfg, log_format=args.log_format)
+    return cfg
+
+
+def cmd_serve(args) -> int:
+    """Everything after the config is read goes to the log, in its format
+    (one JSON object per line with --log-format json), errors included."""
+    from smtpfw.lang.compiler import compile_ruleset
+    from smtpfw.server import serve
+
+    cfg, rules = load_settings(args)
+    cfg = _serve_config(args, cfg)
     _setup_logging(cfg)
     ruleset, diags = compile_ruleset(rules)
-    if diags:
-        sys.stderr.write(format_text(diags, color=False))
+    for d in diags:
+        log.log(logging.ERROR if d.level.value == "error" else logging.WARNING, "%s", _diagnostic_line(d))
     if ruleset is None:
-        print(f"smtpfw: {rules}: the ruleset has errors; not starting", file=sys.stderr)
+        log.error("%s: the ruleset has errors; not starting", rules)
         return 2
     try:
         return serve(cfg, ruleset, rules)
-    except OSError as err:
-        print(f"smtpfw: cannot listen: {err.strerror or err}", file=sys.stderr)
+    except ConfigError as err:
+        log.error("not starting: %s", err)
         return 2
+
+
+def _diagnostic_line(d) -> str:
+    where = f"{d.span}: " if d.span else ""
+    return f"{where}{d.level.value}[{d.code}] {d.message}" + (f" (help: {d.help})" if d.help else "")
 
 
 def cmd_lint(args) -> int:

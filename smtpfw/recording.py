@@ -13,7 +13,7 @@ Format version 1 (docs/recording.md):
                 {"cmd": "data", "size", "headers", "decision", "queue", "reply"},
                 {"cmd": "rset"}],
      "dns": [{"lookup": {...}, "answer": {...}}],
-     "tags", "monitored": [{"rule", "decision"}], "final_reply"}
+     "tags", "monitored": [{"rule", "decision"}], "final_reply", "refusal"}
 
 Bodies are never recorded.  Readers accept version 1 and say clearly when a
 record is newer or malformed.
@@ -30,6 +30,7 @@ import threading
 from typing import Iterator
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup
+from smtpfw.logformat import LogLine, kv_value
 from smtpfw.session import SessionState
 
 FORMAT_VERSION = 1
@@ -60,6 +61,7 @@ def session_record(state: SessionState, ruleset_version: str, duration: float) -
         "tags": sorted(state.tags),
         "monitored": [{"rule": rid, "decision": d.to_json()} for rid, d in state.monitored],
         "final_reply": state.final_reply,
+        "refusal": state.refusal,
     }
 
 
@@ -107,8 +109,23 @@ def read_records(path: str) -> Iterator[dict]:
             yield check_record(data, f"{path}:{number}")
 
 
-def log_line(record: dict, fmt: str) -> str:
-    """The one structured line per session."""
+def log_line(record: dict, fmt: str) -> LogLine:
+    """The one structured line per session (its fields ride along for the
+    json log format; docs/recording.md#the-session-log-line)."""
+    fields = _log_fields(record)
+    if fmt == "json":
+        return LogLine(json.dumps(fields, separators=(",", ":")), fields)
+    parts = []
+    for k, v in fields.items():
+        if v is None or v == [] or v == "":
+            continue
+        if isinstance(v, list):
+            v = ",".join(v)
+        parts.append(f"{k}={kv_value(str(v))}")
+    return LogLine(" ".join(parts), fields)
+
+
+def _log_fields(record: dict) -> dict:
     events = record["events"]
     helo = next((e["arg"] for e in events if e["cmd"] in ("helo", "ehlo")), "")
     senders = [e["addr"] for e in events if e["cmd"] == "mail"]
@@ -118,32 +135,23 @@ def log_line(record: dict, fmt: str) -> str:
                if e.get("decision") and e["decision"].get("rule")]
     if record["connect"].get("decision") and record["connect"]["decision"].get("rule"):
         decided.insert(0, ("connect", record["connect"]["decision"]["rule"]))
-    fields = {
+    refusal = record.get("refusal") or ""
+    reply = ((data[-1].get("reply") if data else None) or refusal
+             or record.get("final_reply") or record["connect"]["reply"])
+    return {
         "session": record["id"],
         "client": record["client"]["ip"],
         "helo": helo,
-        "from": senders[-1] if senders else None,
+        "from": (senders[-1] or "<>") if senders else None,
         "rcpts": rcpts,
         "size": data[-1]["size"] if data else None,
-        "reply": (data[-1].get("reply") if data else None) or record.get("final_reply") or record["connect"]["reply"],
+        "reply": reply,
+        "refusal": refusal if refusal != reply else None,
         "decided_by": [f"{stage}:{rule}" for stage, rule in decided],
         "would": [f"{m['rule']}:{m['decision']['outcome']}" for m in record.get("monitored", ())],
         "ruleset": record["ruleset"],
         "duration_ms": round(record["duration"] * 1000, 1),
     }
-    if fmt == "json":
-        return json.dumps(fields, separators=(",", ":"))
-    parts = []
-    for k, v in fields.items():
-        if v is None or v == [] or v == "":
-            continue
-        if isinstance(v, list):
-            v = ",".join(v)
-        text = str(v)
-        if any(c in text for c in ' "=') or not text:
-            text = json.dumps(text)
-        parts.append(f"{k}={text}")
-    return " ".join(parts)
 
 
 class Recorder:

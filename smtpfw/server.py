@@ -23,8 +23,11 @@ import time
 
 from smtpfw.auth import AuthThrottle, Users
 from smtpfw.checks.dns import Resolver
+from smtpfw import paths
 from smtpfw.config import Config, ConfigError, Listener
 from smtpfw.delivery import ForwardDelivery, MaildirDelivery
+from smtpfw.delivery.forward import check_downstream
+from smtpfw.delivery.maildir import prepare_maildir
 from smtpfw.diagnostics import Diagnostic
 from smtpfw.engine import Ruleset
 from smtpfw.lang.compiler import compile_ruleset
@@ -141,13 +144,11 @@ class Server:
         """Recompile the rules; keep the running ones if that fails."""
         ruleset, diags = compile_ruleset(self.rules_path)
         if ruleset is None:
-            for d in diags:
-                log.error("reload refused, keeping ruleset %s: %s %s: %s", self.ruleset.version,
-                          d.span or self.rules_path, d.code, d.message)
+            log_refused_reload(self.rules_path, self.ruleset.version, diags)
             return diags
         self.ruleset = ruleset
         self.reloads += 1
-        log.info("rules reloaded from %s: version %s", self.rules_path, ruleset.version)
+        log.info("%s: rules reloaded from %s: version %s", _role(), self.rules_path, ruleset.version)
         return None
 
     async def watch(self, interval: float = 1.0) -> None:
@@ -231,13 +232,54 @@ def _tls_context(cfg: Config) -> ssl.SSLContext | None:
 
 
 def preflight(cfg: Config) -> None:
-    """Fail before binding or forking on what every worker would fail on."""
+    """Fail before binding or forking on what every worker would fail on:
+    one clear line (ConfigError) instead of a traceback per worker, or a
+    server that answers every message 451.  A downstream that cannot be
+    reached only gets a warning: the MTA may well come up after smtpfw."""
     _tls_context(cfg)
     if cfg.auth_users_file:
         Users.load(cfg.auth_users_file)
+    if cfg.recording_enabled:
+        _usable_folder("recording.path", cfg.recording_path, paths.writable_folder)
+    if cfg.delivery_mode == "maildir":
+        _usable_folder("delivery.maildir", cfg.maildir, prepare_maildir)
+    else:
+        problem = check_downstream(cfg.forward_host, cfg.forward_port, min(cfg.forward_timeout, 5.0))
+        if problem:
+            log.warning("forward to %s: %s; starting anyway (mail is answered 451 until it is reachable)",
+                        _address(cfg.forward_host, cfg.forward_port), problem)
+
+
+def _usable_folder(key: str, path: str, prepare) -> None:
+    try:
+        prepare(path)
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot use {os.path.abspath(path)}: {err.strerror or err}") from None
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Which process logs: "server" (one process), "supervisor" or "worker"; with
+# several workers a line must say which of them wrote it.
+_ROLE = ["server"]
+
+
+def _role() -> str:
+    return f"{_ROLE[0]} {os.getpid()}"
+
+
+def log_refused_reload(rules_path: str, keeping: str, diags: list[Diagnostic]) -> None:
+    """One line per refused reload, naming the process and every error."""
+    errors = "; ".join(f"{d.span or rules_path} {d.code}: {d.message}" for d in diags if d.level.value == "error")
+    log.error("%s: reload refused, keeping ruleset %s: %s", _role(), keeping, errors or "no ruleset")
 
 
 # ---- running it -------------------------------------------------------------
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 
 def _use_uvloop() -> None:
     try:
@@ -257,6 +299,7 @@ async def _run_worker(cfg: Config, ruleset: Ruleset, rules_path: str,
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)    # held since start: delivered now
     if ready is not None:
         ready(server)
     await stop.wait()
@@ -267,22 +310,44 @@ async def _run_worker(cfg: Config, ruleset: Ruleset, rules_path: str,
 
 
 def bind_sockets(cfg: Config) -> dict[Listener, socket.socket]:
+    """Listening sockets for every listener; ConfigError naming the address
+    that cannot be bound (the others are closed again)."""
     out = {}
-    for listener in cfg.listen:
-        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    try:
+        for listener in cfg.listen:
+            out[listener] = _bind(listener)
+    except ConfigError:
+        for sock in out.values():
+            sock.close()
+        raise
+    return out
+
+
+def _bind(listener: Listener) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    try:
         sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {_address(listener.host, listener.port)}: {err.strerror or err}") from None
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((listener.host, listener.port))
         sock.listen(1024)
         sock.setblocking(False)
-        out[listener] = sock
-    return out
+    except OSError as err:
+        sock.close()
+        raise ConfigError(f"cannot listen on {_address(listener.host, listener.port)}: {err.strerror or err}") from None
+    return sock
 
 
 def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
     """Run until SIGTERM/SIGINT.  Returns the process exit code."""
     preflight(cfg)
     sockets = bind_sockets(cfg)
+    # From here until a process has its handlers, SIGTERM/SIGHUP are held,
+    # not lost and not fatal: a reload sent right after the "listening" line
+    # must not kill a worker that is still starting.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     where = ", ".join(f"{l.host}:{s.getsockname()[1]}" for l, s in sockets.items())
     target = (f"forward to {cfg.forward_host}:{cfg.forward_port}" if cfg.delivery_mode == "forward"
               else f"Maildir {os.path.abspath(cfg.maildir)}")
@@ -301,10 +366,15 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
     stopping = False
     quick_deaths = 0                    # workers that died right after starting, in a row
 
+    _ROLE[0] = "supervisor"
+    current = [ruleset.version]         # the version the workers run, as far as the supervisor knows
+
     def spawn() -> None:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         pid = os.fork()
         if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            _ROLE[0] = "worker"
+            for sig in _SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             code = 0
             try:
@@ -317,11 +387,14 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
                 logging.shutdown()
                 os._exit(code)
         children[pid] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def forward(sig, _frame) -> None:
         nonlocal stopping
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
+        if sig == signal.SIGHUP and not _reload_compiles(rules_path, current):
+            return
         for pid in list(children):
             try:
                 os.kill(pid, sig)
@@ -330,8 +403,9 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
 
     for _ in range(workers):
         spawn()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in _SIGNALS:
         signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     while children:
         try:
             pid, status = os.wait()
@@ -353,3 +427,14 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
         time.sleep(0.5)
         spawn()
     return 0
+
+
+def _reload_compiles(rules_path: str, current: list) -> bool:
+    """SIGHUP in the supervisor: check the rules once here, so a broken
+    ruleset is refused (and logged) once, not once per worker."""
+    ruleset, diags = compile_ruleset(rules_path)
+    if ruleset is None:
+        log_refused_reload(rules_path, current[0], diags)
+        return False
+    current[0] = ruleset.version
+    return True

@@ -2,61 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import smtplib
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.smtp_client import RawClient
-
-SMTPFW = [sys.executable, "-m", "smtpfw"]
-
-
-def run(*args, **kw):
-    return subprocess.run(SMTPFW + list(args), capture_output=True, text=True, timeout=60, **kw)
-
-
-class Serve:
-    """`smtpfw serve ...` in a subprocess; waits for its listening line."""
-
-    def __init__(self, *args, cwd=None):
-        self.proc = subprocess.Popen(SMTPFW + ["serve", *args], cwd=cwd, stderr=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, text=True)
-        self.lines: list[str] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.lines.append(line)
-            m = re.search(r"listening on [^ ]+:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                return
-        raise AssertionError("serve did not start: " + "".join(self.lines) + self.proc.stderr.read())
-
-    def rcpt_code(self, domain: str) -> int:
-        """The reply code to RCPT TO:<u@domain>."""
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as s:
-            s.ehlo("client.example")
-            s.mail("x@y.example")
-            return s.rcpt(f"u@{domain}")[0]
-
-    def signal(self, sig):
-        self.proc.send_signal(sig)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        finally:
-            self.rest = self.proc.stderr.read()
+from tests.support.cli import Serve, run
 
 
 def test_version_and_help():

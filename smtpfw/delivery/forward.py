@@ -14,7 +14,8 @@ Result mapping (``ForwardDelivery.deliver``):
 * a 4xx anywhere, a timeout, a refused/dropped connection, a malformed reply
   -> 451 with enhanced code 4.4.1 (no answer / connection refused), 4.4.2
   (connection dropped) or 4.3.0 (anything else), and a text naming the
-  downstream problem.
+  downstream problem but not the downstream: clients must not learn the
+  internal topology, so its address is only logged ("forward to HOST:PORT").
 * a 5xx at MAIL, at DATA or after the data -> passed through: downstream's
   code and enhanced code (554 / 5.0.0 when it gave none / an odd code).
 * recipients: if all are refused with 5xx, the first 5xx is passed on; if all
@@ -278,6 +279,8 @@ class ForwardDelivery:
                 self._release(conn)
             else:
                 conn.close()
+            if result.code // 100 == 4:
+                log.warning("forward to %s: %s %s %s", self._where, result.code, result.enhanced, result.text)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -304,10 +307,10 @@ class ForwardDelivery:
             # One write for MAIL, every RCPT and DATA; replies in order.
             mail = await self._mail_step(conn, b"".join((mail_cmd, *rcpt_cmds, b"DATA\r\n")), reused)
             if mail.code == 421:
-                return _tempfail(mail, "MAIL", self._where), False
+                return _tempfail(mail, "MAIL"), False
             replies = await self._read_replies(conn, len(rcpts) + 1, "RCPT/DATA")
             rcpt_replies, data = replies[:-1], replies[-1]
-            failure = _envelope_failure(mail, rcpt_replies, self._where)
+            failure = _envelope_failure(mail, rcpt_replies)
             if failure is not None:
                 if data.code == 354:
                     # DATA was accepted but we must not send the message:
@@ -320,22 +323,22 @@ class ForwardDelivery:
         else:
             mail = await self._mail_step(conn, mail_cmd, reused)
             if mail.code // 100 != 2:
-                return _reply_failure(mail, "MAIL", self._where), mail.code != 421 and await self._rset(conn)
+                return _reply_failure(mail, "MAIL"), mail.code != 421 and await self._rset(conn)
             rcpt_replies = []
             for cmd in rcpt_cmds:
                 reply = await self._command(conn, cmd, "RCPT")
                 if reply.code == 421:
-                    return _tempfail(reply, "RCPT", self._where), False
+                    return _tempfail(reply, "RCPT"), False
                 rcpt_replies.append(reply)
-            failure = _envelope_failure(mail, rcpt_replies, self._where)
+            failure = _envelope_failure(mail, rcpt_replies)
             if failure is not None:
                 return failure, await self._rset(conn)
             data = await self._command(conn, b"DATA\r\n", "DATA")
 
         if data.code != 354:
             if data.code // 100 in (2, 3):      # 2xx to DATA: protocol error
-                return _protocol_failure(data, "DATA", self._where), False
-            return _reply_failure(data, "DATA", self._where), data.code != 421 and await self._rset(conn)
+                return _protocol_failure(data, "DATA"), False
+            return _reply_failure(data, "DATA"), data.code != 421 and await self._rset(conn)
 
         # Message content.  From here on nothing is retried.
         final = await self._command(conn, payload, "end of DATA")
@@ -343,9 +346,9 @@ class ForwardDelivery:
             # FINAL: the downstream owns the message now.
             return DeliveryResult(250, "2.0.0", final.text or "Message accepted by downstream"), True
         if final.code // 100 not in (4, 5):
-            return _protocol_failure(final, "end of DATA", self._where), False
+            return _protocol_failure(final, "end of DATA"), False
         # A failed DATA ends the transaction: a new MAIL is legal.
-        return _reply_failure(final, "end of DATA", self._where), final.code != 421
+        return _reply_failure(final, "end of DATA"), final.code != 421
 
     # -- steps ----------------------------------------------------------------
 
@@ -455,20 +458,19 @@ class ForwardDelivery:
             self._idle.popleft().close(quit=True)
 
     async def _connect(self) -> _Conn:
-        where = self._where
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await asyncio.open_connection(
                     self.host, self.port, limit=_STREAM_LIMIT)
         except TimeoutError:
             raise _DownstreamError(DeliveryResult(
-                451, "4.4.1", f"downstream {where} unavailable: connect timed out")) from None
+                451, "4.4.1", "downstream MTA unavailable: connect timed out")) from None
         except ConnectionRefusedError:
             raise _DownstreamError(DeliveryResult(
-                451, "4.4.1", f"downstream {where} unavailable: connection refused")) from None
+                451, "4.4.1", "downstream MTA unavailable: connection refused")) from None
         except OSError as exc:
             raise _DownstreamError(DeliveryResult(
-                451, "4.4.1", f"downstream {where} unavailable: {exc.strerror or exc}")) from None
+                451, "4.4.1", f"downstream MTA unavailable: {exc.strerror or exc}")) from None
         conn = _Conn(reader, writer)
         try:
             try:
@@ -480,7 +482,7 @@ class ForwardDelivery:
                 raise self._dropped("greeting", exc) from None
             if greeting.code != 220:
                 raise _DownstreamError(DeliveryResult(
-                    451, "4.3.0", f"downstream {where} refused the session: {greeting}"))
+                    451, "4.3.0", f"downstream MTA refused the session: {greeting}"))
             ehlo = await self._command(conn, b"EHLO " + self.helo_name.encode() + b"\r\n", "EHLO")
             if ehlo.code // 100 == 2:
                 conn.ext = _parse_ehlo(ehlo)
@@ -488,10 +490,10 @@ class ForwardDelivery:
                 helo = await self._command(conn, b"HELO " + self.helo_name.encode() + b"\r\n", "HELO")
                 if helo.code // 100 != 2:
                     raise _DownstreamError(DeliveryResult(
-                        451, "4.3.0", f"downstream {where} refused HELO: {helo}"))
+                        451, "4.3.0", f"downstream MTA refused HELO: {helo}"))
             else:
                 raise _DownstreamError(DeliveryResult(
-                    451, "4.3.0", f"downstream {where} refused EHLO: {ehlo}"))
+                    451, "4.3.0", f"downstream MTA refused EHLO: {ehlo}"))
         except BaseException:
             conn.close()
             raise
@@ -502,17 +504,42 @@ class ForwardDelivery:
     def _no_answer(self, stage: str) -> _DownstreamError:
         return _DownstreamError(DeliveryResult(
             451, "4.4.1",
-            f"no answer from downstream {self._where} within {self.timeout:g}s at {stage}"))
+            f"no answer from downstream MTA within {self.timeout:g}s at {stage}"))
 
     def _dropped(self, stage: str, exc: BaseException | None) -> _DownstreamError:
         why = f" ({exc.strerror or exc})" if isinstance(exc, OSError) else ""
         return _DownstreamError(DeliveryResult(
-            451, "4.4.2", f"downstream {self._where} dropped the connection at {stage}{why}"))
+            451, "4.4.2", f"downstream MTA dropped the connection at {stage}{why}"))
 
     def _malformed(self, stage: str, line: bytes) -> _DownstreamError:
         shown = line[:80].decode("ascii", "backslashreplace").rstrip("\r\n")
         return _DownstreamError(DeliveryResult(
-            451, "4.3.0", f"malformed reply from downstream {self._where} at {stage}: {shown!r}"))
+            451, "4.3.0", f"malformed reply from downstream MTA at {stage}: {shown!r}"))
+
+
+# --------------------------------------------------------------------------
+# Start-up check
+
+
+def check_downstream(host: str, port: int, timeout: float) -> str | None:
+    """Why ``host:port`` cannot take mail right now, or None: resolved,
+    connected to, greeted with 220 (then QUIT).  Blocking; for start-up."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        return f"cannot resolve {host}: {getattr(err, 'strerror', None) or err}"
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            greeting = sock.recv(512)
+            if greeting[:3] == b"220":
+                sock.sendall(b"QUIT\r\n")
+                return None
+            shown = greeting[:80].decode("ascii", "backslashreplace").strip()
+            return f"no 220 greeting ({shown or 'connection closed'})"
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except OSError as err:
+        return f"cannot connect: {err.strerror or err}"
 
 
 # --------------------------------------------------------------------------
@@ -566,29 +593,29 @@ def _mail_params(msg: Message, ext: dict[str, str]) -> bytes:
     return b"".join(params)
 
 
-def _tempfail(reply: _Reply, stage: str, where: str) -> DeliveryResult:
-    return DeliveryResult(451, "4.3.0", f"downstream {where} tempfailed {stage}: {reply}")
+def _tempfail(reply: _Reply, stage: str) -> DeliveryResult:
+    return DeliveryResult(451, "4.3.0", f"downstream MTA tempfailed {stage}: {reply}")
 
 
-def _protocol_failure(reply: _Reply, stage: str, where: str) -> DeliveryResult:
-    return DeliveryResult(451, "4.3.0", f"unexpected reply from downstream {where} at {stage}: {reply}")
+def _protocol_failure(reply: _Reply, stage: str) -> DeliveryResult:
+    return DeliveryResult(451, "4.3.0", f"unexpected reply from downstream MTA at {stage}: {reply}")
 
 
-def _reply_failure(reply: _Reply, stage: str, where: str) -> DeliveryResult:
+def _reply_failure(reply: _Reply, stage: str) -> DeliveryResult:
     """Map a non-success reply: 4xx -> 451, 5xx -> passed through."""
     klass = reply.code // 100
     if klass == 4:
-        return _tempfail(reply, stage, where)
+        return _tempfail(reply, stage)
     if klass == 5:
         return DeliveryResult(reply.code, reply.enhanced or "5.0.0",
                               reply.text or f"rejected by downstream at {stage}")
-    return _protocol_failure(reply, stage, where)
+    return _protocol_failure(reply, stage)
 
 
-def _envelope_failure(mail: _Reply, rcpts: list[_Reply], where: str) -> DeliveryResult | None:
+def _envelope_failure(mail: _Reply, rcpts: list[_Reply]) -> DeliveryResult | None:
     """None when MAIL and every RCPT were accepted, else the result."""
     if mail.code // 100 != 2:
-        return _reply_failure(mail, "MAIL", where)
+        return _reply_failure(mail, "MAIL")
     refused = [r for r in rcpts if r.code // 100 != 2]
     if not refused:
         return None
@@ -599,8 +626,8 @@ def _envelope_failure(mail: _Reply, rcpts: list[_Reply], where: str) -> Delivery
             f"first: {refused[0]}); nothing delivered, try again later")
     # All refused: a 5xx only if every refusal is permanent.
     if all(r.code // 100 == 5 for r in refused):
-        return _reply_failure(refused[0], "RCPT", where)
+        return _reply_failure(refused[0], "RCPT")
     first_temp = next((r for r in refused if r.code // 100 != 5), refused[0])
     if first_temp.code // 100 == 4:
-        return _tempfail(first_temp, "RCPT", where)
-    return _protocol_failure(first_temp, "RCPT", where)
+        return _tempfail(first_temp, "RCPT")
+    return _protocol_failure(first_temp, "RCPT")

@@ -18,6 +18,7 @@ import socket
 import time
 
 from smtpfw.delivery.message import DeliveryResult, Message
+from smtpfw.paths import writable_folder
 
 log = logging.getLogger("smtpfw.delivery.maildir")
 
@@ -34,6 +35,15 @@ def _safe_hostname() -> str:
     # Maildir spec: "/" -> \057 and ":" -> \072 in the host part.
     host = socket.gethostname() or "localhost"
     return host.replace("/", r"\057").replace(":", r"\072")
+
+
+def prepare_maildir(path: str) -> None:
+    """Create the Maildir (tmp/new/cur, mode 0700) and prove it writable,
+    at start-up: an unusable one would otherwise answer every message 451.
+    Raises OSError."""
+    writable_folder(path, 0o700)
+    for sub in _SUBDIRS:
+        writable_folder(os.path.join(path, sub), 0o700)
 
 
 class MaildirDelivery:

@@ -27,9 +27,9 @@ def register(sub) -> None:
                    help="ask DNS again instead of using the recorded answers")
     p.add_argument("--dns", metavar="HOST:PORT", help="DNS server for --live-dns (implies it)")
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.add_argument("--examples", metavar="N", type=_nonneg, default=3, help="examples per group (default 3)")
+    p.add_argument("--examples", metavar="N", type=nonnegative, default=3, help="examples per group (default 3)")
     p.add_argument("--fail-on-change", action="store_true", help="exit 1 if any session changes")
-    p.add_argument("--jobs", metavar="N", type=_nonneg, default=0,
+    p.add_argument("--jobs", metavar="N", type=nonnegative, default=0,
                    help="worker processes (default: one per CPU for inputs over 16 MB, else 1)")
     p.set_defaults(func=_dry_run)
 
@@ -43,8 +43,8 @@ def register(sub) -> None:
     p.add_argument("--session", metavar="FILE[:N]",
                    help="a recorded session: the Nth record of FILE (1-based) or the one with id N (default 1)")
     p.add_argument("--ip", metavar="IP", help="client IP address (default 192.0.2.1)")
-    p.add_argument("--client-port", metavar="N", type=_nonneg, default=0)
-    p.add_argument("--port", metavar="N", type=_nonneg, default=25, help="listener port (default 25)")
+    p.add_argument("--client-port", metavar="N", type=nonnegative, default=0)
+    p.add_argument("--port", metavar="N", type=nonnegative, default=25, help="listener port (default 25)")
     p.add_argument("--helo", metavar="NAME", help="HELO/EHLO name (sent as EHLO)")
     p.add_argument("--plain-helo", action="store_true", help="send HELO instead of EHLO")
     p.add_argument("--tls", action="store_true", help="the session is encrypted")
@@ -53,7 +53,7 @@ def register(sub) -> None:
     p.add_argument("--rcpt", metavar="ADDR", action="append", default=[], help="recipient (repeatable)")
     p.add_argument("--header", metavar="'Name: value'", action="append", default=[],
                    help="a header field the DATA hook sees (repeatable)")
-    p.add_argument("--size", metavar="N", type=_nonneg, help="message size in bytes (default 1000)")
+    p.add_argument("--size", metavar="N", type=nonnegative, help="message size in bytes (default 1000)")
     p.add_argument("--no-data", action="store_true", help="stop after RCPT (no DATA)")
     dns = p.add_mutually_exclusive_group()
     dns.add_argument("--dns", metavar="HOST:PORT", help="ask this DNS server (default: the config's, else the system's)")
@@ -85,7 +85,8 @@ def register(sub) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _nonneg(text: str) -> int:
+def nonnegative(text: str) -> int:
+    """argparse type: a whole number >= 0 (a usage error otherwise)."""
     try:
         n = int(text)
     except ValueError:
