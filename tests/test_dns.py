@@ -146,10 +146,18 @@ def test_rhsbl(resolver):
     assert lookup(resolver, rhsbl("spam.example.")).status == "listed"
 
 
-@pytest.mark.parametrize("bad", ["", ".", "a..b", "x" * 64 + ".example", "sp am.example"])
+@pytest.mark.parametrize("bad", ["", ".", "a..b", "example." + "x" * 64, "sp am.example"])
 def test_rhsbl_invalid_domain(resolver, bad):
     ans = lookup(resolver, rhsbl(bad))
     assert ans.failed and ans.error == "invalid domain"
+
+
+def test_rhsbl_lookup_of_a_name_not_fit_for_the_zone_drops_leading_labels(resolver):
+    """Not "invalid domain" (read by rules as not listed): the listed domain
+    below the attacker's labels is what is looked up.  (Names too long in
+    total: tests/test_hardening_protocol.py, with a zone that lists subdomains.)"""
+    ans = lookup(resolver, rhsbl("x" * 64 + ".spam.example"))
+    assert ans.listed
 
 
 # -- PTR ----------------------------------------------------------------------

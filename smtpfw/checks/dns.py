@@ -419,7 +419,8 @@ def _domain(text: str) -> str:
 
 def _fit_below(name: str, zone: str) -> str:
     """``name``, without as many leading labels as it takes for
-    ``name.zone`` to be a legal DNS name (253 octets, labels of 63).
+    ``name.zone`` to be a legal DNS name (253 octets, labels of 63); the
+    lookup fails ("invalid domain") only when no label is left.
 
     Domain lists hold registered domains (evil.example), which are short;
     a sender domain too long to query (a.b.c...x.evil.example, 250 octets)
@@ -431,7 +432,7 @@ def _fit_below(name: str, zone: str) -> str:
     while labels and (len(".".join(labels)) > room or any(len(x) > 63 for x in labels)):
         labels.pop(0)
     if not labels:
-        raise _Failure("domain too long to look up")
+        raise _Failure("invalid domain")
     return ".".join(labels)
 
 
