@@ -61,7 +61,7 @@ CODES: dict[str, Code] = {
         _c("E001", "io-error", E, "a rule file cannot be read"),
         _c("E002", "syntax-error", E, "the text is not valid rule syntax"),
         _c("E003", "include-error", E, "an include is missing, is not a .rules file or includes itself"),
-        _c("W004", "invisible-character", W, "an invisible character (no-break or zero-width space, bidi control) in a rule or list file"),
+        _c("W004", "invisible-character", W, "an invisible character (no-break or zero-width space, bidi control) in a file"),
         # names
         _c("E101", "unknown-hook", E, "`on` names a hook that does not exist"),
         _c("E102", "unknown-field", E, "a condition or placeholder names an unknown field"),

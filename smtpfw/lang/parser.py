@@ -573,7 +573,8 @@ def _unexpected_character(err: lark.exceptions.UnexpectedCharacters, text: str, 
     op = re.match(r"[&|!]+", text[pos:pos + 2])
     if op and op.group() in _OPERATOR_SLIPS:
         op = op.group()
-        return Diagnostic("E002", f"`{op}` is not an operator here", Span.point(filename, err.line, err.column, len(op)),
+        return Diagnostic("E002", f"`{op}` is not an operator here",
+                          Span.point(filename, err.line, err.column, len(op)),
                           help=f"write `{_OPERATOR_SLIPS[op]}`: conditions are joined with `and`, `or` and `not`")
     if _NUMBER_SLIP.fullmatch(word):
         return _number_slip(word, Span.point(filename, err.line, err.column, len(word)))
