@@ -83,6 +83,7 @@ CODES: dict[str, Code] = {
         # patterns
         _c("E401", "bad-regex", E, "a regular expression does not compile"),
         _c("W402", "pattern-never-matches", W, "a glob or regex can never match the field"),
+        _c("W403", "catastrophic-backtracking", W, "a regular expression can take exponential time"),
         # replies
         _c("E501", "reply-code-contradicts-action", E, "a reply code does not fit the action"),
         _c("E502", "bad-enhanced-code", E, "an enhanced status code is malformed or contradicts the reply code"),

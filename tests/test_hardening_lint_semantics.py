@@ -1,6 +1,8 @@
 """Issue 12: rules that compiled and linted clean but did not do what they
-say.  Item 13: `on disconnect:` (never run by the server) is refused with
-E109."""
+say.  Item 7: regexes that can stall a worker get W403, and a pattern test
+reads at most 4,096 characters; item 13: `on disconnect:` (never run by the
+server) is refused with E109; item 18: `option mode = "monitor"` is an open
+relay (E704)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from smtpfw.lang.compiler import compile_ruleset
+from smtpfw.verdict import Stage
 from tests.support.server import REPO
 from tests.test_lint import NO_RELAY, codes, lint
 
@@ -18,6 +21,81 @@ from tests.test_lint import NO_RELAY, codes, lint
 def smtpfw(*args, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "smtpfw", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=60)
+
+
+# ---- item 7: regexes that backtrack catastrophically -----------------------------
+
+@pytest.mark.parametrize("pattern", [
+    "(a+)+$", "(a|a)*$", "(a|aa)*$", "^(\\w+\\s?)*$", "(\\w+.)*\\w+$", "(\\w+\\.\\w+)*$",
+    "(.|\\s)*x", "(a|b|ab)*c", "(\\d+)*x", "(a+){2,9}", "(a{1,3})*b", "(x(a|aa)*y)+",
+    "^[a-z]+(([a-z]+)+)?$",
+])
+def test_w403_catastrophic_shapes(tmp_path, pattern):
+    diags = lint(tmp_path, f'on helo:\n    reject if helo matches "{pattern}"\n' + NO_RELAY)
+    assert codes(diags) == [("W403", 2)], diags
+    assert diags[0].span.column == 28           # the pattern itself
+    assert "exponential time" in diags[0].message
+
+
+@pytest.mark.parametrize("pattern", [
+    "(\\w+\\.)*\\w+$",            # each word ends at a dot: one way to split
+    "^(\\d{1,3}\\.){3}\\d{1,3}$", "([^,]+,)*x", "(a+b)+", "(\\w+\\s)*$",
+    "(a|b)*", "(\\w|\\d)*", "(foo|bar)+", "(foo|foobar)*", "(a|)*",
+    "(\\w++\\.)*\\w+-$", "(?>a+)+$", "(?>a|aa)*$", "^(\\w++\\s?)*x$",   # possessive, atomic: the fixes
+    ".*viagra", "\\s+$", "^mx\\.example\\.org$", "(a)\\1+",
+])
+def test_w403_silent_on_patterns_that_match_one_way(tmp_path, pattern):
+    assert lint(tmp_path, f'on helo:\n    reject if helo matches "{pattern}"\n' + NO_RELAY) == []
+
+
+def test_w403_never_for_globs(tmp_path):
+    assert lint(tmp_path, 'on helo:\n    reject if helo like "*.*.*.*.dyn.example"\n' + NO_RELAY) == []
+
+
+def test_pattern_tests_read_the_first_4096_characters(tmp_path):
+    """Documented bound: a longer value (only a header can be) is tested on its start."""
+    from tests.test_rules_lang import outcome
+
+    early, late = "viagra " + "x" * 5000, "x" * 5000 + " viagra"
+    assert outcome(tmp_path, 'header.subject matches "viagra"', Stage.DATA, headers={"subject": early})
+    assert not outcome(tmp_path, 'header.subject matches "viagra"', Stage.DATA, headers={"subject": late})
+    assert outcome(tmp_path, 'header.subject matches "viagra"', Stage.DATA,
+                   headers={"subject": "x" * 4089 + "viagra"})
+
+
+def _folded_subject(size: int) -> bytes:
+    """A legal Subject of ``size`` characters: words, folded under 998 octets a line."""
+    line = " ".join(["word"] * 180)
+    lines = [line] * (size // len(line))
+    return b"Subject: " + "\r\n ".join(lines).encode() + b"\r\n"
+
+
+def test_a_long_header_cannot_stall_a_real_server(tmp_path):
+    """`.*viagra` is quadratic in its input: on a 60 KB folded Subject it
+    held the event loop for 13 s; with the 4,096-character bound it is
+    milliseconds.  Measured against a real `smtpfw serve` process."""
+    import smtplib
+    import time
+
+    from tests.support.cli import Serve
+
+    rules = tmp_path / "site.rules"
+    rules.write_text('on data:\n    [spam] reject 550 5.7.1 "spam" if header.subject matches ".*viagra"\n'
+                     + NO_RELAY)
+    srv = Serve("--rules", rules, "--listen", "127.0.0.1:0", "--workers", "1", "--maildir", tmp_path / "md")
+    try:
+        message = _folded_subject(60_000) + b"\r\nhello\r\n"
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=60) as client:
+            client.ehlo("client.example")
+            client.mail("alice@client.example")
+            assert client.rcpt("root@localhost")[0] == 250
+            started = time.monotonic()
+            code, _text = client.data(message)
+            elapsed = time.monotonic() - started
+        assert code == 250
+        assert elapsed < 3, f"DATA took {elapsed:.1f} s"
+    finally:
+        srv.stop()
 
 
 # ---- item 13: on disconnect: ----------------------------------------------------

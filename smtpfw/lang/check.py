@@ -7,6 +7,7 @@ the parsed rules:
 
 - W004  an invisible character in a rule or list file
 - W402  a glob or regex that can never match its field
+- W403  a regex with a catastrophic-backtracking shape (nested quantifiers, overlapping alternatives)
 - W601  a rule after an unconditional terminal rule in the same hook
 - W602  a rule whose condition an earlier terminal rule already covers
 - W603  a list, zone or plugin that is declared but never used
@@ -33,8 +34,8 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file
-from smtpfw.lang import ast
 from smtpfw.diagnostics import Diagnostic, Span, nearest_file
+from smtpfw.lang import ast, backtracking
 from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_program, dedupe, load_program
 from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, fold, lookup_field
 from smtpfw.lang.invisible import invisible_in_ruleset
@@ -569,6 +570,17 @@ class _Linter:
             for leaf in _leaves(rule.condition):
                 if isinstance(leaf, ast.Pattern):
                     self._pattern(leaf)
+                    self._backtracking(leaf)
+
+    def _backtracking(self, node: ast.Pattern) -> None:
+        """W403: a regex shape that can stall a worker (smtpfw/lang/backtracking.py)."""
+        if node.kind != "regex":
+            return      # a glob's `*` cannot nest
+        found = backtracking.find(str(node.pattern.value))
+        if found is not None:
+            self.add("W403", f"this regular expression can take exponential time on a text that almost matches: "
+                     f"{found.reason}", node.pattern.span,
+                     help=f"{found.fix}; a 30-character value can stall the server for seconds")
 
     def _pattern(self, node: ast.Pattern) -> None:
         spec = lookup_field(node.field.name)
