@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", metavar="USER", help="the user name (no ':')")
     p.set_defaults(func=cmd_passwd)
 
+    p = sub.add_parser("docs", help="print the documentation installed with smtpfw",
+                       description="Print a page of the documentation installed with smtpfw, or one "
+                                   "section of it: diagnostics' URLs (docs/lint.md#e102) work as they are.")
+    p.add_argument("page", nargs="?", metavar="PAGE[#SECTION]",
+                   help="lint, rules, dry-run, ... or a URL such as docs/lint.md#e102 (none: list the pages)")
+    p.set_defaults(func=cmd_docs)
+
     for register in _EXTRA_COMMANDS:
         register(sub)
     return parser
@@ -154,9 +161,23 @@ def _diagnostic_line(d) -> str:
 
 
 def cmd_lint(args) -> int:
+    """Without a PATH, lint the configured ruleset, and say which it is
+    (otherwise "no problems found" could be about a file nobody meant)."""
     from smtpfw.lint import run_lint
 
+    if not args.paths:
+        cfg, rules = load_settings(args)
+        origin = ("--rules" if args.rules else f"rules: in {args.config}" if cfg.rules
+                  else "no PATH given: the packaged default ruleset")
+        print(f"smtpfw lint: checking {rules} ({origin})", file=sys.stderr)
+        args.paths = [rules]
     return run_lint(args)
+
+
+def cmd_docs(args) -> int:
+    from smtpfw import docs
+
+    return docs.run(args)
 
 
 def cmd_passwd(args) -> int:

@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--live-dns", action="store_true",
                    help="ask DNS again instead of using the recorded answers")
     p.add_argument("--dns", metavar="HOST:PORT", help="DNS server for --live-dns (implies it)")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="report format: text, or json for scripts (default text)")
     p.add_argument("--examples", metavar="N", type=nonnegative, default=3, help="examples per group (default 3)")
     p.add_argument("--fail-on-change", action="store_true", help="exit 1 if any session changes")
     p.add_argument("--jobs", metavar="N", type=nonnegative, default=0,
@@ -37,13 +38,15 @@ def register(sub) -> None:
         "trace", help="show step by step how a ruleset decides one session",
         description="Run one session through the ruleset and show each hook, each rule with its "
                     "condition's values, the DNS answers used and the replies (like exim -bh). "
-                    "Give the session with --ip/--helo/--from/--rcpt, or --session FILE[:N].")
+                    "Give the session with --ip/--helo/--from/--rcpt, or --session FILE[:N] or FOLDER:ID.")
     p.add_argument("--rules", metavar="FILE", help="ruleset (default: the config's, else rules/default.rules)")
     p.add_argument("--config", metavar="FILE", help="YAML config (DNS servers, hostname, limits)")
     p.add_argument("--session", metavar="FILE[:N]",
-                   help="a recorded session: the Nth record of FILE (1-based) or the one with id N (default 1)")
+                   help="a recorded session: the Nth record of FILE (1-based) or the one with id N "
+                        "(default 1); FOLDER:ID searches every recording under FOLDER")
     p.add_argument("--ip", metavar="IP", help="client IP address (default 192.0.2.1)")
-    p.add_argument("--client-port", metavar="N", type=nonnegative, default=0)
+    p.add_argument("--client-port", metavar="N", type=nonnegative, default=0,
+                   help="client source port, as rules see it in client.port (default 0)")
     p.add_argument("--port", metavar="N", type=nonnegative, default=25, help="listener port (default 25)")
     p.add_argument("--helo", metavar="NAME", help="HELO/EHLO name (sent as EHLO)")
     p.add_argument("--plain-helo", action="store_true", help="send HELO instead of EHLO")
@@ -59,16 +62,19 @@ def register(sub) -> None:
     dns.add_argument("--dns", metavar="HOST:PORT", help="ask this DNS server (default: the config's, else the system's)")
     dns.add_argument("--no-dns", action="store_true", help="no DNS: every lookup counts as failed")
     dns.add_argument("--live-dns", action="store_true", help="with --session: ask DNS again, not the recording")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="output format: text, or json for scripts (default text)")
     p.set_defaults(func=_trace)
 
     p = sub.add_parser(
         "test", help="run the ruleset tests that live beside rule files (RULES.tests)",
-        description="Run the expectations in <ruleset>.tests files (docs/dry-run.md#ruleset-tests). "
+        description="Run the expectations in <ruleset>.tests files (`smtpfw docs dry-run#ruleset-tests`). "
                     "Failures are printed like lint diagnostics (E901, E902) with a trace.")
     p.add_argument("paths", nargs="+", metavar="RULES", help="rule files, .tests files or folders")
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="output format: text, or json like `smtpfw lint --format json` (default text)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text output: auto (on a terminal, unless NO_COLOR is set), always, never")
     p.add_argument("-v", "--verbose", action="store_true", help="list every test")
     p.set_defaults(func=_test)
 
@@ -78,7 +84,7 @@ def register(sub) -> None:
     q = isub.add_parser("postfix", help="Postfix smtpd/cleanup/qmgr log lines",
                         description="Read a Postfix mail log (plain, .gz, or - for stdin) and write one "
                                     "session record per smtpd connection.")
-    q.add_argument("maillog", metavar="MAILLOG")
+    q.add_argument("maillog", metavar="MAILLOG", help="the Postfix log: a file, a .gz file, or - for stdin")
     q.add_argument("-o", "--output", metavar="OUT.jsonl", help="output file (.gz compresses; default stdout)")
     q.add_argument("--year", type=int, help="year for syslog time stamps without one (default: this year)")
     q.set_defaults(func=_import_postfix)

@@ -18,6 +18,7 @@ and each command's decision.  A session is
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
@@ -56,17 +57,15 @@ def session_files(paths: list[str]) -> list[str]:
     return out
 
 
-def iter_records(path: str):
-    """(line number, checked record) from a .jsonl / .jsonl.gz file or "-"."""
+def iter_records(path: str, progress: "Progress | None" = None):
+    """(line number, checked record) from a .jsonl / .jsonl.gz file or "-".
+    ``progress`` is shown the raw file, to count the bytes read."""
     try:
-        if path == "-":
-            fh = sys.stdin
-        elif path.endswith(".gz"):
-            fh = gzip.open(path, "rt", encoding="utf-8")
-        else:
-            fh = open(path, "r", encoding="utf-8")
+        fh, raw = _open_text(path)
     except OSError as err:
         raise RecordError(f"{path}: {err.strerror or err}") from None
+    if progress is not None:
+        progress.reading(raw)
     loads = json.loads
     try:
         number = 0
@@ -84,6 +83,16 @@ def iter_records(path: str):
     finally:
         if fh is not sys.stdin:
             fh.close()
+            raw.close()      # GzipFile does not close the file it was given
+
+
+def _open_text(path: str):
+    """(text stream, underlying raw file or None for stdin)."""
+    if path == "-":
+        return sys.stdin, None
+    raw = open(path, "rb")
+    binary = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+    return io.TextIOWrapper(binary, encoding="utf-8"), raw
 
 
 # ---- the report ---------------------------------------------------------------
@@ -363,33 +372,66 @@ def format_text(rep: Report) -> str:
 # ---- the command --------------------------------------------------------------
 
 class Progress:
-    """A one-line progress display on stderr, only on a terminal."""
+    """A one-line progress display on stderr, only on a terminal.  It
+    counts bytes (of .gz files: compressed bytes), not files: a single
+    268 MB recording moves the bar too."""
 
-    def __init__(self, stream, files: int):
+    WIDTH = 20
+
+    def __init__(self, stream, files: int, sizes: list[int] = ()):
         self.stream = stream
         self.enabled = hasattr(stream, "isatty") and stream.isatty()
         self.files = files
+        self.sizes = list(sizes) or [0] * files      # sizes unknown: files only
+        self.total = sum(self.sizes)
+        self.raw = None
         self.start = time.monotonic()
         self.last = 0.0
 
-    def update(self, sessions: int, file_index: int, force: bool = False) -> None:
+    def reading(self, raw) -> None:
+        """The raw file being read now (its position is the progress)."""
+        self.raw = raw
+
+    def update(self, sessions: int, file_index: int, force: bool = False, position: int | None = None) -> None:
+        """``position``: bytes done in file ``file_index`` (default: where its raw file is)."""
         if not self.enabled:
             return
         now = time.monotonic()
         if not force and now - self.last < 0.2:
             return
         self.last = now
+        done = sum(self.sizes[:file_index - 1]) + self._position(file_index, position)
         rate = sessions / max(now - self.start, 1e-6)
-        width = 30
-        done = int(width * (file_index - 1) / max(self.files, 1))
-        bar = "#" * done + "-" * (width - done)
-        self.stream.write(f"\r[{bar}] file {file_index}/{self.files}  {sessions:,} sessions  {rate:,.0f}/s ")
+        self.stream.write(f"\r{self._bar(done)}file {file_index}/{self.files}  {sessions:,} sessions  {rate:,.0f}/s ")
         self.stream.flush()
+
+    def _position(self, file_index: int, position: int | None) -> int:
+        size = self.sizes[file_index - 1] if 0 < file_index <= self.files else 0
+        if position is None:
+            try:
+                position = self.raw.tell() if self.raw is not None else size
+            except (ValueError, OSError):     # closed: the file is done
+                position = size
+        return min(position, size)
+
+    def _bar(self, done: int) -> str:
+        if not self.total:                   # stdin: no size to measure against
+            return ""
+        filled = int(self.WIDTH * done / self.total)
+        return (f"[{'#' * filled}{'-' * (self.WIDTH - filled)}] {100 * done // self.total:3d}% "
+                f"{done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB  ")
 
     def done(self) -> None:
         if self.enabled:
-            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.write("\r" + " " * 90 + "\r")
             self.stream.flush()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path) if path != "-" else 0
+    except OSError:
+        return 0
 
 
 # ---- parallel replay ----------------------------------------------------------
@@ -515,7 +557,7 @@ def _run_parallel(jobs: int, files: list[str], report: Report, examples: int, pr
                 pool.terminate()
                 return _locate(error)
             merge(report, part, examples)
-            progress.update(report.sessions, index[chunk[0]], force=True)
+            progress.update(report.sessions, index[chunk[0]], force=True, position=chunk[2] or _size(chunk[0]))
     return None
 
 
@@ -561,7 +603,7 @@ def run(args) -> int:
         jobs = 1                 # one resolver and its cache; stdin cannot be split
     factory, synchronous = (dns_source_factory(cfg, args.dns), False) if live else (None, None)
     examples = args.examples
-    progress = Progress(err, len(files))
+    progress = Progress(err, len(files), [_size(path) for path in files])
     started = time.perf_counter()
     if jobs > 1:
         _FORK_STATE.update(ruleset=ruleset, rules=args.rules, baseline=baseline, baseline_path=args.baseline,
@@ -585,7 +627,7 @@ def run(args) -> int:
             for index, path in enumerate(files, start=1):
                 number = 0
                 try:
-                    for number, record in iter_records(path):
+                    for number, record in iter_records(path, progress):
                         try:
                             add(record)
                         except (KeyError, TypeError, ValueError, AttributeError) as e:

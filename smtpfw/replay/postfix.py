@@ -610,6 +610,10 @@ def run(args) -> int:
     if rep.without_recipients:
         print(f"  {rep.without_recipients:,} accepted messages have no delivery lines, so their recipients "
               f"are unknown", file=err)
+    if not rep.sessions:
+        print(f"smtpfw import: {path}: no Postfix smtpd sessions recognised (is it a Postfix mail log?)",
+              file=err)
+        return 2
     return 0
 
 

@@ -448,7 +448,7 @@ def collect(paths: list[str]) -> tuple[list[tuple[str, str]], list[str], list[st
             if os.path.exists(tests):
                 pairs.append((path, tests))
             else:
-                problems.append(f"{path}: no tests file {tests} (see docs/dry-run.md#ruleset-tests)")
+                problems.append(f"{path}: no tests file {tests} (see `smtpfw docs dry-run#ruleset-tests`)")
         else:
             problems.append(f"{path}: no such file or folder")
     return list(dict.fromkeys(pairs)), problems, untested

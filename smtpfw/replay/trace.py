@@ -167,7 +167,7 @@ def trace_json(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) ->
 
 
 def load_session(spec: str) -> dict:
-    """FILE, FILE:N (Nth record, 1-based) or FILE:ID."""
+    """FILE, FILE:N (Nth record, 1-based), FILE:ID or FOLDER:ID."""
     from smtpfw.replay.dryrun import iter_records
 
     path, selector = spec, None
@@ -175,12 +175,30 @@ def load_session(spec: str) -> dict:
         path, _, selector = spec.rpartition(":")
     if not os.path.exists(path):
         raise RecordError(f"{path}: no such file")
+    if os.path.isdir(path):
+        return _find_in_folder(path, selector)
     for number, record in iter_records(path):
         if selector is None or (selector.isdigit() and number == int(selector)) or record.get("id") == selector:
             return record
     if selector is None:
         raise RecordError(f"{path}: no session records")
     raise RecordError(f"{path}: no session {selector!r} (give a 1-based line number or a session id)")
+
+
+def _find_in_folder(folder: str, session_id: str | None) -> dict:
+    """The session with this id in any recording under ``folder`` (the
+    server writes one file per worker and day, so an id from a log line
+    could be in any of them)."""
+    from smtpfw.replay.dryrun import iter_records, session_files
+
+    if not session_id:
+        raise RecordError(f"{folder}: a folder of recordings needs a session id: {folder}:ID")
+    files = session_files([folder])
+    for path in files:
+        for _number, record in iter_records(path):
+            if record.get("id") == session_id:
+                return record
+    raise RecordError(f"{folder}: no session {session_id!r} in {len(files)} files")
 
 
 def run(args) -> int:
