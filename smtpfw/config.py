@@ -32,6 +32,7 @@ class Listener:
 class Config:
     listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525, "127.0.0.1:2525"),)
     hostname: str = ""
+    smtp_banner: str = "ESMTP smtpfw"    # the greeting after the host name: 220 HOSTNAME BANNER
     rules: str = ""                      # "" = the shipped rules/default.rules
     workers: int = 0                     # 0 = one per CPU
     shutdown_grace: float = 30.0
@@ -191,6 +192,16 @@ def _prefix(bits: int):
     return conv
 
 
+def _banner(v, where):
+    """One line of printable text: a CR or LF would let the config forge
+    further replies; a reply line holds 512 octets with the host name."""
+    text = _str(v, where)
+    if not text.strip() or not text.isprintable() or len(text.encode()) > 200:
+        raise ConfigError(f"{where}: expected one line of printable text (no CR, LF or control "
+                          f"characters, at most 200 octets), got {v!r}")
+    return text
+
+
 def _headers(v, where):
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise ConfigError(f"{where}: expected a list of header names")
@@ -240,6 +251,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "headers": ("recording_headers", _headers),
         "max_events": ("recording_max_events", _num(int)),
     },
+    "smtp": {"banner": ("smtp_banner", _banner)},
     "logging": {"format": ("log_format", _choice("kv", "json")),
                 "level": ("log_level", _choice("debug", "info", "warning", "error"))},
     "tls": {"cert": ("tls_cert", _str), "key": ("tls_key", _str),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.smtp_client import RawClient
 from tests.support.cli import Serve, run
 from tests.support.server import REPO
 
@@ -105,6 +106,21 @@ def test_every_option_of_every_subcommand_has_help():
                 yield f"{name} {'/'.join(action.option_strings)}", action.help
     missing = [opt for opt, text in walk(build_parser(), "smtpfw") if not text]
     assert missing == []
+
+
+def test_banner_is_configurable_and_checked(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('hostname: mx.test\nsmtp:\n  banner: "ESMTP Example Corp gateway"\n')
+    srv = Serve("--config", str(cfg), "--listen", "127.0.0.1:0", "--workers", "1",
+                "--maildir", str(tmp_path / "md"))
+    try:
+        with RawClient(("127.0.0.1", srv.port)) as c:
+            assert c.reply() == "220 mx.test ESMTP Example Corp gateway"
+    finally:
+        srv.stop()
+    cfg.write_text('smtp:\n  banner: "ESMTP\\r\\n250 fake"\n')
+    proc = run("serve", "--config", str(cfg), "--listen", "127.0.0.1:0")
+    assert proc.returncode == 2 and "smtp.banner" in proc.stderr and "one line" in proc.stderr
 
 
 def test_readme_example_and_log_line_match_the_real_ones(tmp_path):

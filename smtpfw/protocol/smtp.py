@@ -265,7 +265,7 @@ class FirewallSMTP(SMTP):
             return
         st.connect_reply = f"220 {self.hostname}"
         self.greeted = True
-        await self.push(f"220 {self.hostname} ESMTP smtpfw")
+        await self.push(f"220 {self.hostname} {self.cfg.smtp_banner}")
         reader = self._reader
         while self.transport is not None and not self.closing:
             try:
