@@ -8,6 +8,7 @@ import re
 import signal
 import smtplib
 import socket
+import threading
 
 import pytest
 
@@ -164,6 +165,37 @@ def test_forward_target_down_warns_at_start_and_clients_do_not_see_it(tmp_path):
         srv.wait_for(rf"forward to 127\.0\.0\.1:{port}: .*refused")    # the log says where
     finally:
         srv.stop()
+
+
+def test_downstream_greeting_is_logged_not_sent_to_clients(tmp_path):
+    """A downstream's refusal names its host: the log gets it, clients do not."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        threading.Thread(target=_refuse_every_session, args=(listener,), daemon=True).start()
+        srv = Serve("--listen", "127.0.0.1:0", "--workers", "1", "--forward", f"127.0.0.1:{port}")
+        try:
+            with smtplib.SMTP("127.0.0.1", srv.port, timeout=10) as s:
+                s.ehlo("client.example")
+                s.mail("a@b.example")
+                s.rcpt("root@localhost")
+                code, text = s.data(b"Subject: x\r\n\r\nx\r\n")
+            srv.wait_for(rf"forward to 127\.0\.0\.1:{port}: downstream MTA refused the session "
+                         r"\(554 mx\.internal\.example")
+        finally:
+            srv.stop()
+    assert code == 451 and b"internal" not in text
+
+
+def _refuse_every_session(listener: socket.socket) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.sendall(b"554 mx.internal.example no service here\r\n")
 
 
 def test_unresolvable_forward_target_warns_but_starts(tmp_path):

@@ -136,11 +136,14 @@ class _Reply:
 
 
 class _DownstreamError(Exception):
-    """A failure whose result is already decided; the connection is dead."""
+    """A failure whose result is already decided; the connection is dead.
+    ``detail`` (the downstream's own words: its greeting names its host) is
+    logged, not sent to the client."""
 
-    def __init__(self, result: DeliveryResult) -> None:
+    def __init__(self, result: DeliveryResult, detail: str = "") -> None:
         super().__init__(result.text)
         self.result = result
+        self.detail = detail
 
 
 class _Stale(Exception):
@@ -269,7 +272,8 @@ class ForwardDelivery:
             except _DownstreamError as exc:
                 if conn is not None:
                     conn.close()
-                log.warning("forward to %s: %s", self._where, exc.result.text)
+                log.warning("forward to %s: %s%s", self._where, exc.result.text,
+                            f" ({exc.detail})" if exc.detail else "")
                 return exc.result
             except BaseException:
                 if conn is not None:
@@ -482,7 +486,7 @@ class ForwardDelivery:
                 raise self._dropped("greeting", exc) from None
             if greeting.code != 220:
                 raise _DownstreamError(DeliveryResult(
-                    451, "4.3.0", f"downstream MTA refused the session: {greeting}"))
+                    451, "4.3.0", "downstream MTA refused the session"), str(greeting))
             ehlo = await self._command(conn, b"EHLO " + self.helo_name.encode() + b"\r\n", "EHLO")
             if ehlo.code // 100 == 2:
                 conn.ext = _parse_ehlo(ehlo)
@@ -490,10 +494,10 @@ class ForwardDelivery:
                 helo = await self._command(conn, b"HELO " + self.helo_name.encode() + b"\r\n", "HELO")
                 if helo.code // 100 != 2:
                     raise _DownstreamError(DeliveryResult(
-                        451, "4.3.0", f"downstream MTA refused HELO: {helo}"))
+                        451, "4.3.0", "downstream MTA refused HELO"), str(helo))
             else:
                 raise _DownstreamError(DeliveryResult(
-                    451, "4.3.0", f"downstream MTA refused EHLO: {ehlo}"))
+                    451, "4.3.0", "downstream MTA refused EHLO"), str(ehlo))
         except BaseException:
             conn.close()
             raise
@@ -514,7 +518,7 @@ class ForwardDelivery:
     def _malformed(self, stage: str, line: bytes) -> _DownstreamError:
         shown = line[:80].decode("ascii", "backslashreplace").rstrip("\r\n")
         return _DownstreamError(DeliveryResult(
-            451, "4.3.0", f"malformed reply from downstream MTA at {stage}: {shown!r}"))
+            451, "4.3.0", f"malformed reply from downstream MTA at {stage}"), repr(shown))
 
 
 # --------------------------------------------------------------------------
