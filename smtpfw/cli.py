@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", metavar="N", type=nonnegative,
                    help="worker processes (default: one per CPU; 0 also means one per CPU)")
     p.add_argument("--record", metavar="DIR", help="record sessions as JSON Lines under DIR")
-    p.add_argument("--log-format", choices=("kv", "json"), help="per-session log line format")
+    p.add_argument("--log-format", choices=("kv", "json"),
+                   help="format of every log line: kv (text, the default) or json (one object per line)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("lint", help="check rule files", description="Check rule files and print diagnostics.")

@@ -91,4 +91,5 @@ def setup(fmt: str, level: str, stream) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    logging.captureWarnings(True)       # Python's warnings too: in json mode every line is JSON
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's own chatter
