@@ -56,11 +56,12 @@ def session_record(state: SessionState, ruleset_version: str, duration: float) -
         "auth_user": state.auth_user,
         "connect": {"reply": state.connect_reply,
                     "decision": _first_decision(state, "connect")},
-        "events": state.events,
+        "events": [e.to_json() for e in state.events],
         "dns": [{"lookup": lk.to_json(), "answer": ans.to_json()} for lk, ans in state.dns.items()],
         "tags": sorted(state.tags),
         "monitored": [{"rule": rid, "decision": d.to_json()} for rid, d in state.monitored],
         "final_reply": state.final_reply,
+        **({"events_dropped": state.events_dropped} if state.events_dropped else {}),
         "refusal": state.refusal,
     }
 

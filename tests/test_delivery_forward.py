@@ -9,6 +9,7 @@ import pytest
 
 from smtpfw.delivery import Delivery, DeliveryResult, ForwardDelivery, Message
 from smtpfw.delivery.forward import dot_stuff
+from tests.support.cli import wait_until
 from tests.support.downstream import Downstream, closed_port
 
 SENDER = "alice@example.org"
@@ -132,7 +133,8 @@ def test_pool_reuse_counts_connections(ds):
 
     assert all(r.ok for r in run(go()))
     assert ds.connections == 1 and len(ds.messages) == 3
-    assert "QUIT" in ds.commands          # close() says goodbye
+    # close() says goodbye; the downstream reads it on its own thread
+    wait_until(lambda: "QUIT" in ds.commands, 5, "QUIT at the downstream")
 
 
 def test_stale_pooled_connection_retried_once(ds):

@@ -29,10 +29,11 @@ from smtpfw import replies
 from smtpfw.protocol import sasl
 from smtpfw.checks.dns import DnsSession
 from smtpfw.delivery import Message
-from smtpfw.policy import Policy
+from smtpfw.core.conversation import Conversation, Limits
+from smtpfw.core.events import Step
 from smtpfw.recording import log_line, session_record
 from smtpfw.session import SessionState
-from smtpfw.verdict import Decision, Outcome, Stage
+from smtpfw.verdict import Stage
 
 log = logging.getLogger("smtpfw.smtp")
 session_log = logging.getLogger("smtpfw.session")
@@ -83,19 +84,15 @@ class FirewallSMTP(SMTP):
         self.listener = listener
         self.ruleset = server.ruleset          # a session keeps the ruleset it started with
         self.state = SessionState()
-        self.policy: Policy | None = None
+        self.conv: Conversation | None = None
         self.dns: DnsSession | None = None
         self.greeted = False
         self.closing = False
-        self.unrecognized = 0
-        self.errors = 0
         self.started = time.monotonic()
         self.finished = False
         self.busy = False                      # inside a command (shutdown waits for it)
         self.admitted = False                  # counted against the connection limits
         self.client_key: str | None = None     # the client's network, as the per-IP limits count it
-        self.junk = 0                          # HELO/EHLO/NOOP/RSET/VRFY/HELP so far
-        self.transactions = 0                  # MAIL commands so far
         self.handshaking = False               # inside a STARTTLS handshake
         self.held = 0                          # message bytes reserved from the server's budget
         self.in_message = False                # deciding or delivering a message read whole
@@ -255,17 +252,11 @@ class FirewallSMTP(SMTP):
         self._reset_timeout()                   # the stress timeout may apply now
         self.dns = DnsSession(self.server.resolver, self.cfg.dns_session_budget,
                               self.cfg.dns_session_max_lookups)
-        self.policy = Policy(self.ruleset, st, self.dns, notify=self._notify)
-        decision = await self.policy.run(Stage.CONNECT)
-        if decision.outcome.refuses:
-            reply = replies.for_decision(Stage.CONNECT, decision)
-            st.connect_reply = reply
-            await self.push(reply)
-            self.close()
-            return
-        st.connect_reply = f"220 {self.hostname}"
-        self.greeted = True
-        await self.push(f"220 {self.hostname} {self.cfg.smtp_banner}")
+        self.conv = Conversation(self.ruleset, st, self.dns, Limits.from_config(self.cfg), hostname=self.hostname,
+                                 greeting=f"220 {self.hostname} {self.cfg.smtp_banner}", notify=self._notify)
+        step = await self.conv.connect()
+        self.greeted = not step.close
+        await self._do(step)
         reader = self._reader
         while self.transport is not None and not self.closing:
             try:
@@ -297,14 +288,18 @@ class FirewallSMTP(SMTP):
             except asyncio.LimitOverrunError as err:
                 await reader.readexactly(err.consumed)
 
-    async def _error(self, reply: str) -> None:
-        """A client error or a refusal: the client hears it, and past
-        max_errors of them it is cut off (Postfix smtpd_hard_error_limit)."""
-        await self.push(reply)
-        self.errors += 1
-        if self.errors > self.cfg.max_errors:
-            await self.push(replies.TOO_MANY_ERRORS)
+    async def _do(self, step: Step) -> Step:
+        """Carry out one step of the conversation: its reply, the 421 that
+        may follow it, the close."""
+        await self.push(step.reply)
+        if step.after:
+            await self.push(step.after)
+        if step.close:
             self.close()
+        return step
+
+    async def _error(self, reply: str) -> None:
+        await self._do(self.conv.error(reply))
 
     async def _command(self, raw: bytes) -> None:
         limit = COMMAND_LIMIT + (ESMTP_EXTRA if self.state.esmtp else 0)
@@ -324,28 +319,15 @@ class FirewallSMTP(SMTP):
         arg = arg.strip()
         handler = _COMMANDS.get(verb)
         if handler is None:
-            self.unrecognized += 1
-            self.state.unrecognized = self.unrecognized
-            self.state.note({"cmd": "unrecognized"}, self.cfg.recording_max_events)
-            if self.unrecognized >= self.cfg.max_unrecognized_commands:
-                await self.push(replies.TOO_MANY_UNRECOGNIZED)
-                self.close()
+            await self._do(self.conv.unrecognized_command())
+            return
+        if verb in _JUNK:
+            over = self.conv.junk_command()
+            if over is not None:
+                await self._do(over)
                 return
-            await self._error(replies.SYNTAX_UNRECOGNIZED)
-            return
-        if verb in _JUNK and not await self._count_junk():
-            return
         self._reset_timeout()
         await handler(self, arg)
-
-    async def _count_junk(self) -> bool:
-        """Count a command that moves no mail; False (and 421) past the limit."""
-        self.junk += 1
-        if self.junk > self.cfg.max_junk_commands:
-            await self.push(replies.TOO_MANY_JUNK)
-            self.close()
-            return False
-        return True
 
     def _notify(self, stage: Stage, kind: str, rule_id: str, text: str) -> None:
         """`log`/`warn` actions and monitor-mode refusals, as they happen."""
@@ -353,97 +335,33 @@ class FirewallSMTP(SMTP):
         session_log.log(level, "session=%s %s rule=%s at=%s client=%s: %s", self.state.session_id, kind,
                         rule_id, stage.value, self.state.client_ip, text)
 
-    # ---- decisions -> replies ----------------------------------------------
-
-    async def _refuse(self, stage: Stage, decision: Decision) -> str:
-        """Send a policy refusal.  It counts as an error, as in Postfix
-        (smtpd_hard_error_limit): 20,000 refused RCPTs are not a session."""
-        reply = replies.for_decision(stage, decision)
-        if decision.outcome is Outcome.DISCONNECT:
-            await self.push(reply)
-            self.close()
-        else:
-            await self._error(reply)
-        return reply
-
-    # ---- commands -----------------------------------------------------------
+    # ---- commands: wire syntax here, the rest in the conversation -----------
 
     async def cmd_helo(self, arg: str, esmtp: bool = False) -> None:
         if not arg:
             await self._error(f"501 5.5.4 Syntax: {'EHLO' if esmtp else 'HELO'} hostname")
             return
-        st = self.state
-        self._new_transaction()
-        st.set_helo(arg, esmtp)
-        event = st.note({"cmd": "ehlo" if esmtp else "helo", "arg": arg}, self.cfg.recording_max_events)
-        decision = await self.policy.run(Stage.HELO, subject=arg)
-        event["decision"] = decision.to_json()
-        if decision.outcome.refuses:
-            st.set_helo("", False)
-            event["reply"] = await self._refuse(Stage.HELO, decision)
-            return
-        self.session.host_name = arg
-        self.session.extended_smtp = esmtp
-        if not esmtp:
-            event["reply"] = f"250 {self.hostname}"
-            await self.push(event["reply"])
-            return
-        lines = [self.hostname, "PIPELINING", f"SIZE {self.cfg.max_message_size}", "8BITMIME",
-                 "SMTPUTF8", "ENHANCEDSTATUSCODES"]
-        if self.tls_context is not None and not st.tls:
-            lines.append("STARTTLS")
+        extensions = ["PIPELINING", f"SIZE {self.cfg.max_message_size}", "8BITMIME", "SMTPUTF8",
+                      "ENHANCEDSTATUSCODES"]
+        if self.tls_context is not None and not self.state.tls:
+            extensions.append("STARTTLS")
         if self._auth_offered():
-            lines.append("AUTH PLAIN LOGIN")
-        text = "\r\n".join(f"250-{x}" for x in lines[:-1]) + f"\r\n250 {lines[-1]}"
-        event["reply"] = "250"
-        await self.push(text)
+            extensions.append("AUTH PLAIN LOGIN")
+        await self._do(await self.conv.helo(arg, esmtp, tuple(extensions)))
 
     async def cmd_ehlo(self, arg: str) -> None:
         await self.cmd_helo(arg, esmtp=True)
 
-    def _new_transaction(self) -> None:
-        self.state.reset_transaction()
-        self.state.trim_history(self.cfg.recording_max_events)
-        if self.policy is not None:
-            self.policy.forget_transaction()
-
     async def cmd_mail(self, arg: str) -> None:
-        st = self.state
-        if not st.helo:
-            await self._error(replies.NEED_HELO)
-            return
-        if st.sender is not None:
-            await self._error(replies.NESTED_MAIL)
-            return
+        address, params, problem = "", {}, None
         if arg[:5].upper() != "FROM:":
-            await self._error("501 5.5.4 Syntax: MAIL FROM:<address>")
-            return
-        self.transactions += 1
-        if self.transactions > self.cfg.max_transactions:
-            await self.push(replies.TOO_MANY_TRANSACTIONS)
-            self.close()
-            return
-        address, params = self._address_and_params(arg[5:])
-        if address is None:
-            await self._error(replies.BAD_SENDER_SYNTAX)
-            return
-        if params is None:
-            await self._error("501 5.5.4 Syntax error in parameters")
-            return
-        problem = self._check_mail_params(params)
-        if problem:
-            await self._error(problem)
-            return
-        st.set_sender(address, params)
-        event = st.note({"cmd": "mail", "addr": address, "params": params}, self.cfg.recording_max_events)
-        decision = await self.policy.run(Stage.MAIL, subject=address)
-        event["decision"] = decision.to_json()
-        if decision.outcome.refuses:
-            st.reset_transaction()
-            event["reply"] = await self._refuse(Stage.MAIL, decision)
-            return
-        event["reply"] = replies.line(*replies.render(Stage.MAIL, Decision(Outcome.ACCEPT)))
-        await self.push(event["reply"])
+            problem = "501 5.5.4 Syntax: MAIL FROM:<address>"
+        else:
+            address, params = self._address_and_params(arg[5:])
+            problem = (replies.BAD_SENDER_SYNTAX if address is None
+                       else "501 5.5.4 Syntax error in parameters" if params is None
+                       else self._check_mail_params(params))
+        await self._do(await self.conv.mail(address or "", params or {}, problem))
 
     def _check_mail_params(self, params: dict) -> str | None:
         size = params.get("SIZE")
@@ -485,59 +403,21 @@ class FirewallSMTP(SMTP):
         return address, params
 
     async def cmd_rcpt(self, arg: str) -> None:
-        st = self.state
-        if not st.helo:
-            await self._error(replies.NEED_HELO)
-            return
-        if st.sender is None:
-            await self._error(replies.NEED_MAIL)
-            return
+        address, params, problem = "", {}, None
         if arg[:3].upper() != "TO:":
-            await self._error("501 5.5.4 Syntax: RCPT TO:<address>")
-            return
-        address, params = self._address_and_params(arg[3:])
-        if not address:
-            await self._error(replies.BAD_RCPT_SYNTAX)
-            return
-        if params:
-            await self._error(f"555 5.5.4 RCPT parameter {sorted(params)[0]} not supported")
-            return
-        if params is None:
-            await self._error("501 5.5.4 Syntax error in parameters")
-            return
-        if len(st.rcpts) >= self.cfg.max_recipients:
-            # Not an error (a pipelining client sends them all before it sees
-            # a reply), but work that moves no mail.
-            if await self._count_junk():
-                await self.push(replies.TOO_MANY_RCPTS)
-            return
-        st.set_rcpt(address)
-        event = st.note({"cmd": "rcpt", "addr": address}, self.cfg.recording_max_events)
-        decision = await self.policy.run(Stage.RCPT, subject=address)
-        event["decision"] = decision.to_json()
-        if decision.outcome.refuses:
-            st.rcpt_rejected += 1
-            event["reply"] = await self._refuse(Stage.RCPT, decision)
-            return
-        st.rcpts.append(address)
-        event["reply"] = replies.line(*replies.render(Stage.RCPT, Decision(Outcome.ACCEPT)))
-        await self.push(event["reply"])
+            problem = "501 5.5.4 Syntax: RCPT TO:<address>"
+        else:
+            address, params = self._address_and_params(arg[3:])
+            problem = (replies.BAD_RCPT_SYNTAX if not address
+                       else f"555 5.5.4 RCPT parameter {sorted(params)[0]} not supported" if params
+                       else "501 5.5.4 Syntax error in parameters" if params is None
+                       else None)
+        await self._do(await self.conv.rcpt(address or "", problem))
 
     async def cmd_data(self, arg: str) -> None:
-        st = self.state
-        if arg:
-            await self._error("501 5.5.4 Syntax: DATA")
+        step = await self._do(self.conv.data("501 5.5.4 Syntax: DATA" if arg else None))
+        if step.reply != replies.DATA_START:
             return
-        if not st.helo:
-            await self._error(replies.NEED_HELO)
-            return
-        if st.sender is None:
-            await self._error(replies.NEED_MAIL)
-            return
-        if not st.rcpts:
-            await self._error(replies.NO_VALID_RCPTS if st.rcpt_rejected else replies.NEED_RCPT)
-            return
-        await self.push(replies.DATA_START)
         self._reset_timeout(self.cfg.data_timeout)
         try:
             message, problem = await self._read_data()
@@ -547,52 +427,39 @@ class FirewallSMTP(SMTP):
         self._reset_timeout()
         if problem is not None:
             self._free_message()
-            self._new_transaction()
-            await self.push(problem)
+            await self._do(self.conv.unreadable(problem))
             return
-        event = st.note({"cmd": "data", "size": len(message)}, self.cfg.recording_max_events)
         # The client waits for us now (RFC 5321 4.5.3.2.6: up to 10 minutes):
         # a slow downstream or disk is not an idle client.
         self._reset_timeout(self.cfg.data_timeout)
         self.in_message = True
         try:
-            reply = await self._accept_message(message, event)
+            step = await self._accept_message(message)
         finally:
             self.in_message = False
             del message
             self._free_message()
-            self._new_transaction()
             if self.transport is not None:
                 self._reset_timeout()
-        event["reply"] = reply
-        await self.push(reply)
-        if reply.startswith("421"):
-            self.close()
+        await self._do(step)
 
-    async def _accept_message(self, message: bytes, event: dict) -> str:
+    async def _accept_message(self, message: bytes) -> Step:
         st = self.state
-        st.message_size = len(message)
-        st.headers = parse_headers(message)
+        headers = parse_headers(message)
         wanted = self.cfg.recording_headers
-        event["headers"] = {k: v for k, v in st.headers.items() if k in wanted}
-        decision = await self.policy.run(Stage.DATA, message)
-        event["decision"] = decision.to_json()
-        if decision.outcome.refuses:
-            return replies.for_decision(Stage.DATA, decision)
-        decision = await self.policy.run(Stage.QUEUE, message)
-        event["queue"] = decision.to_json()
-        if decision.outcome.refuses:
-            return replies.for_decision(Stage.QUEUE, decision)
-        st.messages += 1
+        step = await self.conv.message(len(message), headers, {k: v for k, v in headers.items() if k in wanted},
+                                       message)
+        if not step.deliver:
+            return step
         queue_id = f"{st.session_id}.{st.messages}"
         data = self._trace_headers(queue_id) + message
         result = await self.server.delivery.deliver(
             Message(st.sender or "", tuple(st.rcpts), data, _mail_options(st.mail_params)))
         if result.ok:
-            return replies.line(250, result.enhanced or "2.0.0", f"Ok: queued as {queue_id}")
+            return self.conv.delivered(replies.line(250, result.enhanced or "2.0.0", f"Ok: queued as {queue_id}"))
         log.warning("session %s: delivery failed: %s %s %s", st.session_id, result.code,
                     result.enhanced, result.text)
-        return replies.line(result.code, result.enhanced, result.text)
+        return self.conv.delivered(replies.line(result.code, result.enhanced, result.text))
 
     def _trace_headers(self, queue_id: str) -> bytes:
         st = self.state
@@ -672,9 +539,7 @@ class FirewallSMTP(SMTP):
             self.held = 0
 
     async def cmd_rset(self, arg: str) -> None:
-        self._new_transaction()
-        self.state.note({"cmd": "rset"}, self.cfg.recording_max_events)
-        await self.push("250 2.0.0 OK")
+        await self._do(self.conv.rset())
 
     async def cmd_noop(self, arg: str) -> None:
         await self.push("250 2.0.0 OK")
@@ -699,14 +564,8 @@ class FirewallSMTP(SMTP):
             await self._error("501 5.5.4 Syntax: STARTTLS")
             return
         await self.push("220 2.0.0 Ready to start TLS")
-        if not await self._start_tls():
-            return
-        # RFC 3207 4.2: everything the client said before TLS is forgotten.
-        st.tls = True
-        st.note({"cmd": "starttls"}, self.cfg.recording_max_events)
-        st.set_helo("", False)
-        st.auth, st.auth_user = False, ""
-        self._new_transaction()
+        if await self._start_tls():
+            self.conv.tls_started()
 
     async def _start_tls(self) -> bool:
         """The TLS handshake, under its own timeout (tls.handshake_timeout).
@@ -732,7 +591,6 @@ class FirewallSMTP(SMTP):
         self.transport = self._writer.transport
         self._tls_protocol = self.transport     # aiosmtpd tests it for "TLS is on"
         self.session.ssl = {"cipher": self.transport.get_extra_info("cipher")}
-        self.session.authenticated = False
         self._reset_timeout()
         return True
 
@@ -744,14 +602,8 @@ class FirewallSMTP(SMTP):
         """AUTH PLAIN/LOGIN (RFC 4954).  The password check runs off the
         event loop and costs the same for unknown and known users; failures
         are throttled per client network across connections."""
-        st = self.state
         users = self.server.users
-        problem = (replies.AUTH_UNAVAILABLE if users is None
-                   else replies.NEED_EHLO if not st.esmtp
-                   else replies.ALREADY_AUTHENTICATED if st.auth
-                   else replies.AUTH_IN_TRANSACTION if st.sender is not None
-                   else replies.AUTH_NEEDS_TLS if not (st.tls or self.cfg.auth_allow_plaintext)
-                   else None)
+        problem = replies.AUTH_UNAVAILABLE if users is None else self.conv.auth_problem()
         if problem:
             await self._error(problem)
             return
@@ -775,10 +627,7 @@ class FirewallSMTP(SMTP):
         if ok is None:
             await self.push(replies.AUTH_BUSY)
         elif ok:
-            st.auth, st.auth_user = True, exchange.login.decode("utf-8", "replace")
-            self.session.authenticated = True
-            st.note({"cmd": "auth", "user": st.auth_user}, self.cfg.recording_max_events)
-            await self.push(replies.AUTH_OK)
+            await self._do(self.conv.authenticated(exchange.login.decode("utf-8", "replace")))
         else:
             throttle.failed(self.client_key)
             await self._error(replies.AUTH_FAILED)
@@ -920,9 +769,9 @@ def _date_now() -> str:
     return _date[1]
 
 
-# Commands that cost us work but move no mail (Postfix smtpd_junk_command_limit,
-# plus HELO/EHLO: each one runs the helo hook and may start DNS lookups).
-_JUNK = frozenset({"HELO", "EHLO", "NOOP", "RSET", "VRFY", "HELP"})
+# Commands that cost us work but move no mail (Postfix smtpd_junk_command_limit);
+# the conversation counts HELO/EHLO and RSET itself, as replay does.
+_JUNK = frozenset({"NOOP", "VRFY", "HELP"})
 
 
 def _mail_options(params: dict) -> tuple[str, ...]:

@@ -1,12 +1,11 @@
 """Replay one recorded session through a ruleset.
 
 ``replay_record(ruleset, record)`` rebuilds the ``SessionState`` a live
-session had (connect info, TLS/AUTH) and drives ``Policy`` through the
-recorded commands in order, with the same state changes the SMTP front end
-(``smtpfw.protocol.smtp``) makes: ``set_helo``, ``set_sender``,
-``set_rcpt``, the accepted-recipients list, ``reset_transaction`` on RSET,
-HELO and after DATA, message size and recorded headers at DATA.  Message
-bodies are not recorded, so plugins get ``message=None``.
+session had (connect info, TLS/AUTH) and feeds the recorded commands, in
+order, to the same ``Conversation`` (``smtpfw.core``) the SMTP front end
+drives: the same sequence rules, limits, state changes and Policy calls.
+Replay is one more front end.  Message bodies are not recorded, so plugins
+get ``message=None``.
 
 When the ruleset under test decides differently from the one recorded, the
 client would have seen different replies.  Replay follows what the server
@@ -36,7 +35,9 @@ from smtpfw import replies
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
 from smtpfw.engine import Ruleset, TraceStep
 from smtpfw.lang.fields import lookup_field
-from smtpfw.policy import Policy, RecordedDns
+from smtpfw.core.conversation import Conversation, Limits
+from smtpfw.core.events import Step
+from smtpfw.policy import RecordedDns
 from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
 
@@ -51,10 +52,7 @@ _KIND_OF = {Outcome.REJECT: REJECTED, Outcome.TEMPFAIL: TEMPFAILED, Outcome.DISC
 _REFUSALS = frozenset(_KIND_OF)
 
 _ACCEPT = Decision(Outcome.ACCEPT)
-MAIL_OK = replies.line(*replies.render(Stage.MAIL, _ACCEPT))
-RCPT_OK = replies.line(*replies.render(Stage.RCPT, _ACCEPT))
 DATA_OK = replies.line(*replies.render(Stage.DATA, _ACCEPT))
-RSET_OK = "250 2.0.0 OK"
 
 
 class EventResult:
@@ -448,10 +446,10 @@ class Replayer:
         self.prefill = dns_factory is None and not trace
         self.dns_factory = dns_factory or _default_dns
         self.max_recipients = max_recipients
+        self.limits = Limits(max_recipients=max_recipients)
         self.trace = trace
         self.hostname = hostname
         self.greeting = f"220 {hostname} ESMTP smtpfw"
-        self.helo_ok = f"250 {hostname}"
         if synchronous_dns is None:
             synchronous_dns = dns_factory is None
         self.synchronous = synchronous_dns and not ruleset.plugins
@@ -518,22 +516,18 @@ class Replayer:
             st.dns = answers
         detail = self.trace
         trace = _TraceList(self.ruleset, st) if detail else None
-        policy = Policy(self.ruleset, st, dns, trace)
+        conv = Conversation(self.ruleset, st, dns, self.limits, hostname=self.hostname, greeting=self.greeting,
+                            trace=trace)
 
         mark = (len(st.dns), 0) if detail else None
-        d = await policy.run(Stage.CONNECT)
-        if d.outcome in _REFUSALS:
-            connect = EventResult("connect", st.client_ip, True, d, Stage.CONNECT)
-            results = [EventResult(e.get("cmd", ""), _subject(e), False, note="connection refused at connect")
-                       for e in events]
-        else:
-            connect = EventResult("connect", st.client_ip, True, d, Stage.CONNECT, self.greeting)
-            if policy.delayed is not None and policy.delayed_stage is Stage.CONNECT:
-                connect.note = "refusal held until RCPT (delay_reject)"
-            results = []
+        step = await conv.connect()
+        connect = EventResult("connect", st.client_ip, True, step.decision, Stage.CONNECT,
+                              "" if step.close else step.reply, step.note)
+        results = ([EventResult(e.get("cmd", ""), _subject(e), False, note="connection refused at connect")
+                    for e in events] if step.close else [])
         if detail:
             self._fill(connect, st, trace, mark)
-        if not results:
+        if not step.close:
             closed = ""
             event = self._event
             for ev in events:
@@ -543,108 +537,50 @@ class Replayer:
                     continue
                 if detail:
                     mark = (len(st.dns), len(trace))
-                r = await event(cmd, ev, st, policy)
+                r, step = await event(cmd, ev, conv)
                 if detail:
                     self._fill(r, st, trace, mark)
                 results.append(r)
-                if r.refused and (r.reply.startswith("421") if cmd == "data"
-                                  else r.decision.outcome is Outcome.DISCONNECT):
+                if step is not None and step.close:
                     closed = f"connection closed after {cmd.upper()}"
         verdict = verdict_of(connect, results)
         return ReplayResult(record, connect, results, verdict, st.hits, st.decisions, st.monitored,
                             st if detail else None)
 
-    async def _event(self, cmd: str, ev: dict, st: SessionState, policy: Policy) -> EventResult:
+    async def _event(self, cmd: str, ev: dict, conv: Conversation) -> tuple[EventResult, Step | None]:
+        """One recorded command through the conversation, as the live server
+        would take it; the result and the step (None: no step)."""
         if cmd == "rcpt":
             addr = str(ev.get("addr") or "")
-            if not st.helo:
-                return EventResult(cmd, addr, False, fixed_reply=replies.NEED_HELO, note="no accepted HELO")
-            if st.sender is None:
-                return EventResult(cmd, addr, False, fixed_reply=replies.NEED_MAIL, note="no accepted MAIL")
-            if len(st.rcpts) >= self.max_recipients:
-                return EventResult(cmd, addr, False, fixed_reply=replies.TOO_MANY_RCPTS,
-                                   note="too many recipients")
-            st.set_rcpt(addr)
-            d = await policy.run(Stage.RCPT, subject=addr)
-            if d.outcome in _REFUSALS:
-                st.rcpt_rejected += 1
-                r = EventResult(cmd, addr, True, d, Stage.RCPT)
-                if d is policy.delayed:
-                    r.note = f"refusal held from {policy.delayed_stage.value} (delay_reject)"
-                return r
-            st.rcpts.append(addr)
-            return EventResult(cmd, addr, True, d, Stage.RCPT, RCPT_OK)
+            return _result(cmd, addr, await conv.rcpt(addr))
         if cmd == "mail":
             addr = str(ev.get("addr") or "")
-            if not st.helo:
-                return EventResult(cmd, addr, False, fixed_reply=replies.NEED_HELO, note="no accepted HELO")
-            if st.sender is not None:
-                return EventResult(cmd, addr, False, fixed_reply=replies.NESTED_MAIL,
-                                   note="a transaction is open")
-            st.set_sender(addr, ev.get("params") or {})
-            d = await policy.run(Stage.MAIL, subject=addr)
-            if d.outcome in _REFUSALS:
-                st.reset_transaction()
-                return EventResult(cmd, addr, True, d, Stage.MAIL)
-            r = EventResult(cmd, addr, True, d, Stage.MAIL, MAIL_OK)
-            if policy.delayed is not None and policy.delayed_stage is Stage.MAIL:
-                r.note = "refusal held until RCPT (delay_reject)"
-            return r
+            return _result(cmd, addr, await conv.mail(addr, ev.get("params") or {}))
         if cmd == "ehlo" or cmd == "helo":
             arg = str(ev.get("arg") or "")
-            st.reset_transaction()
-            policy.forget_transaction()
-            st.set_helo(arg, cmd == "ehlo")
-            d = await policy.run(Stage.HELO, subject=arg)
-            if d.outcome in _REFUSALS:
-                st.set_helo("", False)
-                return EventResult(cmd, arg, True, d, Stage.HELO)
-            r = EventResult(cmd, arg, True, d, Stage.HELO, self.helo_ok)
-            if policy.delayed is not None and policy.delayed_stage is Stage.HELO:
-                r.note = "refusal held until RCPT (delay_reject)"
-            return r
+            return _result(cmd, arg, await conv.helo(arg, cmd == "ehlo"))
         if cmd == "data":
-            if not st.helo:
-                return EventResult(cmd, "", False, fixed_reply=replies.NEED_HELO, note="no accepted HELO")
-            if st.sender is None:
-                return EventResult(cmd, "", False, fixed_reply=replies.NEED_MAIL, note="no accepted MAIL")
-            if not st.rcpts:
-                return EventResult(cmd, "", False,
-                                   fixed_reply=replies.NO_VALID_RCPTS if st.rcpt_rejected else replies.NEED_RCPT,
-                                   note="no accepted recipient")
-            st.message_size = int(ev.get("size") or 0)
-            st.headers = dict(ev.get("headers") or _EMPTY)
-            try:
-                d = await policy.run(Stage.DATA, None)
-                stage = Stage.DATA
-                if d.outcome not in _REFUSALS:
-                    d = await policy.run(Stage.QUEUE, None)
-                    stage = Stage.QUEUE
-            finally:
-                st.reset_transaction()
-                policy.forget_transaction()
-            return EventResult(cmd, "", True, d, stage, DATA_OK)
+            step = conv.data()
+            if step.reply != replies.DATA_START:
+                return _result(cmd, "", step)
+            headers = dict(ev.get("headers") or _EMPTY)
+            step = await conv.message(int(ev.get("size") or 0), headers, headers)
+            if step.deliver:
+                step = conv.delivered(DATA_OK)
+            return EventResult(cmd, "", True, step.decision, step.stage, DATA_OK), step
         if cmd == "rset":
-            st.reset_transaction()
-            policy.forget_transaction()
-            return EventResult(cmd, "", True, None, None, RSET_OK)
+            return _result(cmd, "", conv.rset())
         if cmd == "starttls":
-            st.tls = True
-            st.set_helo("", False)
-            st.reset_transaction()
-            policy.forget_transaction()
-            return EventResult(cmd, "", True, None, None, "220 2.0.0 Ready to start TLS")
+            conv.tls_started()
+            return EventResult(cmd, "", True, None, None, "220 2.0.0 Ready to start TLS"), None
         if cmd == "auth":
-            st.auth = True
-            st.auth_user = str(ev.get("user") or "")
-            return EventResult(cmd, st.auth_user, True, None, None, "235 2.7.0 Authentication successful")
+            user = str(ev.get("user") or "")
+            return EventResult(cmd, user, True, None, None, conv.authenticated(user).reply), None
         if cmd == "unrecognized":
             # An unknown command: no hook runs, the count is a field
             # (session.unrecognized).  Recorded only by servers that log it.
-            if hasattr(st, "unrecognized"):
-                st.unrecognized += 1
-            return EventResult(cmd, "", True, None, None, replies.SYNTAX_UNRECOGNIZED)
-        return EventResult(cmd, _subject(ev), False, note=f"unknown event {cmd!r} ignored")
+            return _result(cmd, "", conv.unrecognized_command())
+        return EventResult(cmd, _subject(ev), False, note=f"unknown event {cmd!r} ignored"), None
 
     @staticmethod
     def _fill(r: EventResult, st: SessionState, trace, mark) -> None:
@@ -654,6 +590,10 @@ class Replayer:
 
 
 _EMPTY: dict = {}
+
+
+def _result(cmd: str, subject: str, step: Step) -> tuple[EventResult, Step]:
+    return EventResult(cmd, subject, step.reached, step.decision, step.stage, step.reply, step.note), step
 
 
 def _subject(ev: dict) -> str:

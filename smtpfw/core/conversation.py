@@ -1,0 +1,289 @@
+"""The SMTP conversation, written once for every front end (sans-IO).
+
+A ``Conversation`` owns what a session's commands do to its state: the
+sequence rules (HELO before MAIL, MAIL before RCPT, ...), the protocol
+limits that are about the conversation (errors, junk commands,
+transactions, unrecognized commands, recipients), the calls into
+``Policy`` and the events recorded.  Each method takes one command, already
+parsed, and returns a ``Step``: the reply, whether to close, the decision.
+It reads no socket and writes none.
+
+The front ends translate what they receive into these calls:
+
+- ``smtpfw.protocol.smtp``: the SMTP wire (line reading and syntax, DATA,
+  STARTTLS handshakes, the AUTH exchange, delivery, timeouts);
+- ``smtpfw.replay.session``: a recorded session's commands, for dry-run,
+  trace and ``smtpfw test``.
+
+so live and replay cannot disagree about what a ruleset does with a command.
+Methods are coroutines only because ``Policy`` may wait for DNS or a
+plugin; with answers gathered up front nothing in here ever suspends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smtpfw import replies
+from smtpfw.core import events as ev
+from smtpfw.core.events import Step
+from smtpfw.policy import Policy
+from smtpfw.session import SessionState
+from smtpfw.verdict import Decision, Outcome, Stage
+
+_ACCEPT = Decision(Outcome.ACCEPT)
+MAIL_OK = replies.line(*replies.render(Stage.MAIL, _ACCEPT))
+RCPT_OK = replies.line(*replies.render(Stage.RCPT, _ACCEPT))
+RSET_OK = "250 2.0.0 OK"
+_HELD = "refusal held until RCPT (delay_reject)"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The conversation's limits (config ``limits.*``; Postfix names in brackets)."""
+
+    max_errors: int = 20                  # smtpd_hard_error_limit
+    max_junk_commands: int = 100          # smtpd_junk_command_limit
+    max_transactions: int = 1000
+    max_unrecognized_commands: int = 10
+    max_recipients: int = 100             # smtpd_recipient_limit
+    max_events: int = 1000                # events kept for the record
+    auth_allow_plaintext: bool = False
+
+    @classmethod
+    def from_config(cls, cfg) -> "Limits":
+        return cls(cfg.max_errors, cfg.max_junk_commands, cfg.max_transactions,
+                   cfg.max_unrecognized_commands, cfg.max_recipients, cfg.recording_max_events,
+                   cfg.auth_allow_plaintext)
+
+
+class Conversation:
+    def __init__(self, ruleset, state: SessionState, dns, limits: Limits = Limits(), *,
+                 hostname: str = "smtpfw", greeting: str = "", trace: list | None = None, notify=None):
+        self.state = state
+        self.limits = limits
+        self.hostname = hostname
+        self.greeting = greeting or f"220 {hostname} ESMTP smtpfw"
+        self.policy = Policy(ruleset, state, dns, trace, notify=notify)
+        self.errors = 0
+        self.junk = 0
+        self.transactions = 0
+        self.unrecognized = 0
+        self._pending: ev.Data | None = None     # a message the rules accepted, being delivered
+
+    # ---- what every command may end in -------------------------------------
+
+    def error(self, reply: str, *, note: str = "") -> Step:
+        """A client error or a refusal: the client hears it, and past
+        max_errors it is cut off (every 4xx/5xx counts, as in Postfix)."""
+        self.errors += 1
+        if self.errors > self.limits.max_errors:
+            return Step(reply, close=True, after=replies.TOO_MANY_ERRORS, reached=False, note=note)
+        return Step(reply, reached=False, note=note)
+
+    def junk_command(self) -> Step | None:
+        """Count a command that moves no mail; the 421 past the limit, else None."""
+        self.junk += 1
+        if self.junk > self.limits.max_junk_commands:
+            return Step(replies.TOO_MANY_JUNK, close=True, reached=False, note="too many junk commands")
+        return None
+
+    def unrecognized_command(self) -> Step:
+        self.unrecognized += 1
+        self.state.unrecognized = self.unrecognized
+        self._note(ev.Unrecognized())
+        if self.unrecognized >= self.limits.max_unrecognized_commands:
+            return Step(replies.TOO_MANY_UNRECOGNIZED, close=True)
+        step = self.error(replies.SYNTAX_UNRECOGNIZED)
+        return Step(step.reply, close=step.close, after=step.after)
+
+    def _refused(self, stage: Stage, decision: Decision, note: str = "") -> Step:
+        reply = replies.for_decision(stage, decision)
+        if decision.outcome is Outcome.DISCONNECT:
+            return Step(reply, close=True, decision=decision, stage=stage, note=note)
+        step = self.error(reply)
+        return Step(reply, close=step.close, after=step.after, decision=decision, stage=stage, note=note)
+
+    def _note(self, event) -> None:
+        self.state.note(event, self.limits.max_events)
+
+    def new_transaction(self) -> None:
+        """RSET, a new HELO, the end of a message: the envelope starts over."""
+        st = self.state
+        st.reset_transaction()
+        st.trim_history(self.limits.max_events)
+        self.policy.forget_transaction()
+
+    # ---- the commands -------------------------------------------------------
+
+    async def connect(self) -> Step:
+        decision = await self.policy.run(Stage.CONNECT)
+        if decision.outcome.refuses:
+            reply = replies.for_decision(Stage.CONNECT, decision)
+            self.state.connect_reply = reply
+            return Step(reply, close=True, decision=decision, stage=Stage.CONNECT)
+        self.state.connect_reply = f"220 {self.hostname}"
+        return Step(self.greeting, decision=decision, stage=Stage.CONNECT, note=self._held(Stage.CONNECT))
+
+    async def helo(self, name: str, esmtp: bool, extensions: tuple[str, ...] = ()) -> Step:
+        """HELO/EHLO ``name``; an accepted EHLO lists ``extensions``."""
+        over = self.junk_command()
+        if over is not None:
+            return over
+        st = self.state
+        self.new_transaction()
+        st.set_helo(name, esmtp)
+        decision = await self.policy.run(Stage.HELO, subject=name)
+        if decision.outcome.refuses:
+            st.set_helo("", False)
+            step = self._refused(Stage.HELO, decision)
+            self._note(ev.Helo(name, esmtp, decision, step.reply))
+            return step
+        lines = [self.hostname, *extensions] if esmtp else [self.hostname]
+        text = "\r\n".join(f"250-{x}" for x in lines[:-1]) + ("\r\n" if len(lines) > 1 else "") + f"250 {lines[-1]}"
+        self._note(ev.Helo(name, esmtp, decision, "250" if esmtp else text))
+        return Step(text, decision=decision, stage=Stage.HELO, note=self._held(Stage.HELO))
+
+    async def mail(self, address: str, params: dict, problem: str | None = None) -> Step:
+        """MAIL FROM:<address> params; ``problem``: the front end's syntax or
+        parameter error reply for this command (sequence errors come first)."""
+        st = self.state
+        if not st.helo:
+            return self.error(replies.NEED_HELO, note="no accepted HELO")
+        if st.sender is not None:
+            return self.error(replies.NESTED_MAIL, note="a transaction is open")
+        if problem:
+            return self.error(problem)
+        self.transactions += 1
+        if self.transactions > self.limits.max_transactions:
+            return Step(replies.TOO_MANY_TRANSACTIONS, close=True, reached=False, note="too many transactions")
+        st.set_sender(address, params)
+        decision = await self.policy.run(Stage.MAIL, subject=address)
+        if decision.outcome.refuses:
+            st.reset_transaction()
+            step = self._refused(Stage.MAIL, decision)
+            self._note(ev.Mail(address, params, decision, step.reply))
+            return step
+        self._note(ev.Mail(address, params, decision, MAIL_OK))
+        return Step(MAIL_OK, decision=decision, stage=Stage.MAIL, note=self._held(Stage.MAIL))
+
+    async def rcpt(self, address: str, problem: str | None = None) -> Step:
+        st = self.state
+        if not st.helo:
+            return self.error(replies.NEED_HELO, note="no accepted HELO")
+        if st.sender is None:
+            return self.error(replies.NEED_MAIL, note="no accepted MAIL")
+        if problem:
+            return self.error(problem)
+        if len(st.rcpts) >= self.limits.max_recipients:
+            # Not an error (a pipelining client sends them all before it
+            # sees a reply), but work that moves no mail.
+            return self.junk_command() or Step(replies.TOO_MANY_RCPTS, reached=False, note="too many recipients")
+        st.set_rcpt(address)
+        decision = await self.policy.run(Stage.RCPT, subject=address)
+        if decision.outcome.refuses:
+            st.rcpt_rejected += 1
+            policy = self.policy
+            held = (f"refusal held from {policy.delayed_stage.value} (delay_reject)"
+                    if decision is policy.delayed else "")
+            step = self._refused(Stage.RCPT, decision, held)
+            self._note(ev.Rcpt(address, decision, step.reply))
+            return step
+        st.rcpts.append(address)
+        self._note(ev.Rcpt(address, decision, RCPT_OK))
+        return Step(RCPT_OK, decision=decision, stage=Stage.RCPT)
+
+    def data(self, problem: str | None = None) -> Step:
+        """DATA: 354, or why not."""
+        st = self.state
+        if problem:
+            return self.error(problem)
+        if not st.helo:
+            return self.error(replies.NEED_HELO, note="no accepted HELO")
+        if st.sender is None:
+            return self.error(replies.NEED_MAIL, note="no accepted MAIL")
+        if not st.rcpts:
+            return self.error(replies.NO_VALID_RCPTS if st.rcpt_rejected else replies.NEED_RCPT,
+                              note="no accepted recipient")
+        return Step(replies.DATA_START)
+
+    def unreadable(self, reply: str) -> Step:
+        """The data could not be taken (too big, bare LF, ...): the
+        transaction ends with ``reply``."""
+        self.new_transaction()
+        return Step(reply, reached=False)
+
+    async def message(self, size: int, headers: dict, recorded_headers: dict,
+                      body: bytes | None = None) -> Step:
+        """The data was read whole: the data and queue hooks decide.  A
+        refusal ends the transaction; an acceptance asks the front end to
+        deliver (``Step.deliver``) and report back with ``delivered``."""
+        st = self.state
+        st.message_size = size
+        st.headers = headers
+        data = await self.policy.run(Stage.DATA, body)
+        if data.outcome.refuses:
+            return self._message_refused(ev.Data(size, recorded_headers, data, None, ""), Stage.DATA, data)
+        queue = await self.policy.run(Stage.QUEUE, body)
+        pending = ev.Data(size, recorded_headers, data, queue, "")
+        if queue.outcome.refuses:
+            return self._message_refused(pending, Stage.QUEUE, queue)
+        st.messages += 1
+        self._pending = pending
+        return Step("", decision=queue, stage=Stage.QUEUE, deliver=True)
+
+    def delivered(self, reply: str) -> Step:
+        """The outcome of the delivery ``message`` asked for, as the reply."""
+        pending, self._pending = self._pending, None
+        self._finish_message(pending, reply)
+        return Step(reply, close=reply.startswith("421"), decision=pending.queue, stage=Stage.QUEUE)
+
+    def _message_refused(self, pending: ev.Data, stage: Stage, decision: Decision) -> Step:
+        reply = replies.for_decision(stage, decision)
+        self._finish_message(pending, reply)
+        return Step(reply, close=reply.startswith("421"), decision=decision, stage=stage)
+
+    def _finish_message(self, pending: ev.Data, reply: str) -> None:
+        self._note(ev.Data(pending.size, pending.headers, pending.decision, pending.queue, reply))
+        self.new_transaction()
+
+    def rset(self) -> Step:
+        over = self.junk_command()
+        if over is not None:
+            return over
+        self.new_transaction()
+        self._note(ev.Rset())
+        return Step(RSET_OK)
+
+    def tls_started(self) -> None:
+        """After a completed STARTTLS handshake: RFC 3207 4.2, everything
+        the client said before TLS is forgotten."""
+        st = self.state
+        st.tls = True
+        self._note(ev.StartTls())
+        st.set_helo("", False)
+        st.auth, st.auth_user = False, ""
+        self.new_transaction()
+
+    def auth_problem(self) -> str | None:
+        """Why AUTH may not start now, as a reply; None if it may."""
+        st = self.state
+        if not st.esmtp:
+            return replies.NEED_EHLO
+        if st.auth:
+            return replies.ALREADY_AUTHENTICATED
+        if st.sender is not None:
+            return replies.AUTH_IN_TRANSACTION
+        if not (st.tls or self.limits.auth_allow_plaintext):
+            return replies.AUTH_NEEDS_TLS
+        return None
+
+    def authenticated(self, user: str) -> Step:
+        st = self.state
+        st.auth, st.auth_user = True, user
+        self._note(ev.Auth(user))
+        return Step(replies.AUTH_OK)
+
+    def _held(self, stage: Stage) -> str:
+        policy = self.policy
+        return _HELD if policy.delayed is not None and policy.delayed_stage is stage else ""
