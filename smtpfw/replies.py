@@ -55,8 +55,19 @@ def line(code: int, enhanced: str, text: str) -> str:
     return raw[:REPLY_LIMIT - 3].decode("utf-8", "ignore") + "..."
 
 
+_RENDERED: dict[tuple[Stage, Decision], str] = {}
+
+
 def for_decision(stage: Stage, decision: Decision) -> str:
-    return line(*render(stage, decision))
+    """The reply line for a decision at a stage.  Memoised: a ruleset has
+    few distinct refusals, and every refused command needs its line."""
+    key = (stage, decision)
+    reply = _RENDERED.get(key)
+    if reply is None:
+        if len(_RENDERED) >= 4096:      # texts with per-session placeholders keep it growing
+            _RENDERED.clear()
+        reply = _RENDERED[key] = line(*render(stage, decision))
+    return reply
 
 
 # Protocol replies (RFC 5321 / 3463).

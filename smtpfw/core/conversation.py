@@ -32,6 +32,7 @@ from smtpfw.session import SessionState
 from smtpfw.verdict import Decision, Outcome, Stage
 
 _ACCEPT = Decision(Outcome.ACCEPT)
+_REFUSING = frozenset(o for o in Outcome if o.refuses)
 MAIL_OK = replies.line(*replies.render(Stage.MAIL, _ACCEPT))
 RCPT_OK = replies.line(*replies.render(Stage.RCPT, _ACCEPT))
 RSET_OK = "250 2.0.0 OK"
@@ -59,17 +60,22 @@ class Limits:
 
 class Conversation:
     def __init__(self, ruleset, state: SessionState, dns, limits: Limits = Limits(), *,
-                 hostname: str = "smtpfw", greeting: str = "", trace: list | None = None, notify=None):
+                 hostname: str = "smtpfw", greeting: str = "", trace: list | None = None, notify=None,
+                 record: bool = True):
+        """``record``: keep events for the session record, bounded by
+        ``limits.max_events`` (replay, which reads a record, keeps none)."""
         self.state = state
         self.limits = limits
+        self.record = record
         self.hostname = hostname
         self.greeting = greeting or f"220 {hostname} ESMTP smtpfw"
+        self._helo_ok = f"250 {hostname}"
         self.policy = Policy(ruleset, state, dns, trace, notify=notify)
         self.errors = 0
         self.junk = 0
         self.transactions = 0
         self.unrecognized = 0
-        self._pending: ev.Data | None = None     # a message the rules accepted, being delivered
+        self._pending: tuple | None = None       # (size, headers, data and queue decisions) of a message
 
     # ---- what every command may end in -------------------------------------
 
@@ -91,34 +97,40 @@ class Conversation:
     def unrecognized_command(self) -> Step:
         self.unrecognized += 1
         self.state.unrecognized = self.unrecognized
-        self._note(ev.Unrecognized())
+        if self.record:
+            self._note(ev.Unrecognized())
         if self.unrecognized >= self.limits.max_unrecognized_commands:
             return Step(replies.TOO_MANY_UNRECOGNIZED, close=True)
         step = self.error(replies.SYNTAX_UNRECOGNIZED)
         return Step(step.reply, close=step.close, after=step.after)
 
     def _refused(self, stage: Stage, decision: Decision, note: str = "") -> Step:
+        """A policy refusal; it counts as an error unless it disconnects."""
         reply = replies.for_decision(stage, decision)
         if decision.outcome is Outcome.DISCONNECT:
-            return Step(reply, close=True, decision=decision, stage=stage, note=note)
-        step = self.error(reply)
-        return Step(reply, close=step.close, after=step.after, decision=decision, stage=stage, note=note)
+            return Step(reply, True, "", True, decision, stage, note)
+        self.errors += 1
+        over = self.errors > self.limits.max_errors
+        return Step(reply, over, replies.TOO_MANY_ERRORS if over else "", True, decision, stage, note)
 
     def _note(self, event) -> None:
+        """Keep an event for the record (callers test ``self.record`` first,
+        so replay does not even make the event)."""
         self.state.note(event, self.limits.max_events)
 
     def new_transaction(self) -> None:
         """RSET, a new HELO, the end of a message: the envelope starts over."""
         st = self.state
         st.reset_transaction()
-        st.trim_history(self.limits.max_events)
+        if self.record:
+            st.trim_history(self.limits.max_events)
         self.policy.forget_transaction()
 
     # ---- the commands -------------------------------------------------------
 
     async def connect(self) -> Step:
         decision = await self.policy.run(Stage.CONNECT)
-        if decision.outcome.refuses:
+        if decision.outcome in _REFUSING:
             reply = replies.for_decision(Stage.CONNECT, decision)
             self.state.connect_reply = reply
             return Step(reply, close=True, decision=decision, stage=Stage.CONNECT)
@@ -134,15 +146,20 @@ class Conversation:
         self.new_transaction()
         st.set_helo(name, esmtp)
         decision = await self.policy.run(Stage.HELO, subject=name)
-        if decision.outcome.refuses:
+        if decision.outcome in _REFUSING:
             st.set_helo("", False)
             step = self._refused(Stage.HELO, decision)
-            self._note(ev.Helo(name, esmtp, decision, step.reply))
+            if self.record:
+                self._note(ev.Helo(name, esmtp, decision, step.reply))
             return step
-        lines = [self.hostname, *extensions] if esmtp else [self.hostname]
-        text = "\r\n".join(f"250-{x}" for x in lines[:-1]) + ("\r\n" if len(lines) > 1 else "") + f"250 {lines[-1]}"
-        self._note(ev.Helo(name, esmtp, decision, "250" if esmtp else text))
-        return Step(text, decision=decision, stage=Stage.HELO, note=self._held(Stage.HELO))
+        if esmtp and extensions:
+            text = "\r\n".join([f"250-{self.hostname}", *(f"250-{x}" for x in extensions[:-1]),
+                                 f"250 {extensions[-1]}"])
+        else:
+            text = self._helo_ok
+        if self.record:
+            self._note(ev.Helo(name, esmtp, decision, "250" if esmtp else text))
+        return Step(text, False, "", True, decision, Stage.HELO, self._held(Stage.HELO))
 
     async def mail(self, address: str, params: dict, problem: str | None = None) -> Step:
         """MAIL FROM:<address> params; ``problem``: the front end's syntax or
@@ -159,13 +176,15 @@ class Conversation:
             return Step(replies.TOO_MANY_TRANSACTIONS, close=True, reached=False, note="too many transactions")
         st.set_sender(address, params)
         decision = await self.policy.run(Stage.MAIL, subject=address)
-        if decision.outcome.refuses:
+        if decision.outcome in _REFUSING:
             st.reset_transaction()
             step = self._refused(Stage.MAIL, decision)
-            self._note(ev.Mail(address, params, decision, step.reply))
+            if self.record:
+                self._note(ev.Mail(address, params, decision, step.reply))
             return step
-        self._note(ev.Mail(address, params, decision, MAIL_OK))
-        return Step(MAIL_OK, decision=decision, stage=Stage.MAIL, note=self._held(Stage.MAIL))
+        if self.record:
+            self._note(ev.Mail(address, params, decision, MAIL_OK))
+        return Step(MAIL_OK, False, "", True, decision, Stage.MAIL, self._held(Stage.MAIL))
 
     async def rcpt(self, address: str, problem: str | None = None) -> Step:
         st = self.state
@@ -181,17 +200,19 @@ class Conversation:
             return self.junk_command() or Step(replies.TOO_MANY_RCPTS, reached=False, note="too many recipients")
         st.set_rcpt(address)
         decision = await self.policy.run(Stage.RCPT, subject=address)
-        if decision.outcome.refuses:
+        if decision.outcome in _REFUSING:
             st.rcpt_rejected += 1
             policy = self.policy
             held = (f"refusal held from {policy.delayed_stage.value} (delay_reject)"
                     if decision is policy.delayed else "")
             step = self._refused(Stage.RCPT, decision, held)
-            self._note(ev.Rcpt(address, decision, step.reply))
+            if self.record:
+                self._note(ev.Rcpt(address, decision, step.reply))
             return step
         st.rcpts.append(address)
-        self._note(ev.Rcpt(address, decision, RCPT_OK))
-        return Step(RCPT_OK, decision=decision, stage=Stage.RCPT)
+        if self.record:
+            self._note(ev.Rcpt(address, decision, RCPT_OK))
+        return Step(RCPT_OK, False, "", True, decision, Stage.RCPT)
 
     def data(self, problem: str | None = None) -> Step:
         """DATA: 354, or why not."""
@@ -222,37 +243,35 @@ class Conversation:
         st.message_size = size
         st.headers = headers
         data = await self.policy.run(Stage.DATA, body)
-        if data.outcome.refuses:
-            return self._message_refused(ev.Data(size, recorded_headers, data, None, ""), Stage.DATA, data)
+        if data.outcome in _REFUSING:
+            return self._message_done((size, recorded_headers, data, None), Stage.DATA, data,
+                                      replies.for_decision(Stage.DATA, data))
         queue = await self.policy.run(Stage.QUEUE, body)
-        pending = ev.Data(size, recorded_headers, data, queue, "")
-        if queue.outcome.refuses:
-            return self._message_refused(pending, Stage.QUEUE, queue)
+        self._pending = (size, recorded_headers, data, queue)
+        if queue.outcome in _REFUSING:
+            return self._message_done(self._pending, Stage.QUEUE, queue, replies.for_decision(Stage.QUEUE, queue))
         st.messages += 1
-        self._pending = pending
-        return Step("", decision=queue, stage=Stage.QUEUE, deliver=True)
+        return Step("", False, "", True, queue, Stage.QUEUE, "", True)
 
     def delivered(self, reply: str) -> Step:
         """The outcome of the delivery ``message`` asked for, as the reply."""
-        pending, self._pending = self._pending, None
-        self._finish_message(pending, reply)
-        return Step(reply, close=reply.startswith("421"), decision=pending.queue, stage=Stage.QUEUE)
+        pending = self._pending
+        return self._message_done(pending, Stage.QUEUE, pending[3], reply)
 
-    def _message_refused(self, pending: ev.Data, stage: Stage, decision: Decision) -> Step:
-        reply = replies.for_decision(stage, decision)
-        self._finish_message(pending, reply)
-        return Step(reply, close=reply.startswith("421"), decision=decision, stage=stage)
-
-    def _finish_message(self, pending: ev.Data, reply: str) -> None:
-        self._note(ev.Data(pending.size, pending.headers, pending.decision, pending.queue, reply))
+    def _message_done(self, pending: tuple, stage: Stage, decision: Decision, reply: str) -> Step:
+        self._pending = None
+        if self.record:
+            self._note(ev.Data(*pending, reply))
         self.new_transaction()
+        return Step(reply, reply.startswith("421"), "", True, decision, stage)
 
     def rset(self) -> Step:
         over = self.junk_command()
         if over is not None:
             return over
         self.new_transaction()
-        self._note(ev.Rset())
+        if self.record:
+            self._note(ev.Rset())
         return Step(RSET_OK)
 
     def tls_started(self) -> None:
@@ -260,7 +279,8 @@ class Conversation:
         the client said before TLS is forgotten."""
         st = self.state
         st.tls = True
-        self._note(ev.StartTls())
+        if self.record:
+            self._note(ev.StartTls())
         st.set_helo("", False)
         st.auth, st.auth_user = False, ""
         self.new_transaction()
@@ -281,9 +301,10 @@ class Conversation:
     def authenticated(self, user: str) -> Step:
         st = self.state
         st.auth, st.auth_user = True, user
-        self._note(ev.Auth(user))
+        if self.record:
+            self._note(ev.Auth(user))
         return Step(replies.AUTH_OK)
 
     def _held(self, stage: Stage) -> str:
         policy = self.policy
-        return _HELD if policy.delayed is not None and policy.delayed_stage is stage else ""
+        return _HELD if policy.delayed_stage is stage and policy.delayed is not None else ""

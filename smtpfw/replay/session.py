@@ -517,7 +517,7 @@ class Replayer:
         detail = self.trace
         trace = _TraceList(self.ruleset, st) if detail else None
         conv = Conversation(self.ruleset, st, dns, self.limits, hostname=self.hostname, greeting=self.greeting,
-                            trace=trace)
+                            trace=trace, record=False)
 
         mark = (len(st.dns), 0) if detail else None
         step = await conv.connect()
