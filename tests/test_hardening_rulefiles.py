@@ -263,3 +263,25 @@ def test_other_globs_in_lists_are_refused_with_the_way_to_write_them(tmp_path, c
     assert "error[E302]" in out and f"`{entry}` is a pattern" in out, out
     assert fix in out, out
     assert out.count("error[") == 1
+
+
+# ---- follow-ups: what only the disconnect and FIFO cases show ------------------
+
+def test_an_include_that_is_a_fifo_is_refused_without_blocking(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.rules")           # open() on it would wait for a writer forever
+    code, out = lint(tmp_path, 'include "pipe.rules"\n' + NO_RELAY, capsys)
+    assert code == 1 and "error[E003]" in out and "not a regular file" in out
+
+
+def test_unknown_hook_help_names_only_hooks_that_run(tmp_path, capsys):
+    (d,) = [d for d in diagnostics(tmp_path, "on mial:\n    accept\n" + NO_RELAY, capsys) if d["code"] == "E101"]
+    assert "mail" in d["help"] and "disconnect" not in d["help"]
+
+
+def test_ruleset_tests_cannot_expect_a_stage_that_never_runs(tmp_path):
+    from tests.support.cli import run
+    (tmp_path / "t.rules").write_text(NO_RELAY)
+    (tmp_path / "t.tests").write_text("client 192.0.2.1 ehlo a.example from a@b.example rcpt x@far.example"
+                                      " -> reject at disconnect\n")
+    proc = run("test", str(tmp_path / "t.rules"))
+    assert proc.returncode != 0 and "unknown stage `disconnect`" in proc.stdout + proc.stderr

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,7 @@ from smtpfw.engine import CompiledRule, Ruleset
 from smtpfw.lang import ast
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, INT, IP, LIST,
                                 STRING, FieldSpec, fold, lookup_field)
-from smtpfw.lang.parser import HOOKS, MAX_SOURCE_BYTES, parse
+from smtpfw.lang.parser import HOOKS, MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
 
@@ -42,11 +43,8 @@ MAX_PATTERN_SUBJECT = 4096
 
 _OUTCOMES = {"accept": Outcome.ACCEPT, "reject": Outcome.REJECT,
              "tempfail": Outcome.TEMPFAIL, "disconnect": Outcome.DISCONNECT}
-# Hook names the parser knows but the server never runs: refused (E109) so
-# that no rule silently does nothing.  After the client has gone a hook
-# could not answer it anyway.
-NOT_RUN_HOOKS = ("disconnect",)
-RUN_HOOKS = tuple(h for h in HOOKS if h not in NOT_RUN_HOOKS)
+# Hook names the parser knows but the server never runs (parser.NOT_RUN_HOOKS)
+# are refused (E109) so that no rule silently does nothing.
 # Actions a hook can take (add_header only where there is a message).
 _HOOK_ACTIONS = {"data": set(ast.ACTIONS)}
 
@@ -99,6 +97,8 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
         return
     if text is None:
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):    # a FIFO would block, a device never end
+                raise OSError(0, "not a regular file")
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_SOURCE_BYTES + 1)     # not all of /dev/zero or a stray log
         except OSError as err:

@@ -23,6 +23,8 @@ MAX_SOURCE_BYTES = 16 * 1024 * 1024
 MAX_NESTING = 200
 
 HOOKS = ("connect", "helo", "mail", "rcpt", "data", "queue", "disconnect")
+NOT_RUN_HOOKS = ("disconnect",)          # known, refused by the compiler (E109)
+RUN_HOOKS = tuple(h for h in HOOKS if h not in NOT_RUN_HOOKS)
 STATEMENT_KEYWORDS = ("on", "list", "zone", "plugin", "option", "include")
 
 
@@ -95,7 +97,7 @@ def _assign_hooks(filename, statements) -> tuple[ast.SourceFile, list[Diagnostic
                 diags.append(Diagnostic(
                     "E101", f"unknown hook `{st.name}`", st.span,
                     help=(f"did you mean `{guess}`? " if guess else "")
-                    + "hooks are: " + ", ".join(HOOKS)))
+                    + "hooks are: " + ", ".join(RUN_HOOKS)))
         elif isinstance(st, ast.Rule):
             if hook is None:
                 diags.append(Diagnostic(

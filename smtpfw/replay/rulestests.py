@@ -43,7 +43,7 @@ from smtpfw.verdict import Stage
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\S+')
 _VERDICTS = {"accept": ACCEPTED, "no-mail": NO_MAIL, "reject": "rejected", "tempfail": "tempfailed",
              "disconnect": "disconnected"}
-_STAGES = [s.value for s in Stage]
+_STAGES = [s.value for s in Stage if s is not Stage.DISCONNECT]     # the hooks that run
 _STATUSES = {
     LookupKind.DNSBL: ("listed", "clear", "failed"),
     LookupKind.RHSBL: ("listed", "clear", "failed"),
