@@ -4,13 +4,11 @@ failed on the code before its fix.  Real server, real sockets, real TLS."""
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import pytest
@@ -151,7 +149,7 @@ def test_auth_does_not_survive_starttls(cert, users):
 
 def test_client_closing_tls_after_its_message_still_gets_it_delivered(cert, tmp_path):
     from tests.support.server import maildir_messages
-    rules = (f'plugin slow = "tests.support.plugins:Slow"\non queue:\n    run slow\n' + PLAIN_RULES)
+    rules = ('plugin slow = "tests.support.plugins:Slow"\non queue:\n    run slow\n' + PLAIN_RULES)
     with running_server(rules_text=rules, tls_cert=cert[0], tls_key=cert[1], maildir=tmp_path / "md") as srv:
         c = _starttls_then(srv, _silent)
         tls = _client_tls().wrap_socket(c.sock, server_hostname="mx.test")

@@ -24,7 +24,7 @@ from smtpfw.engine import CompiledRule, Ruleset
 from smtpfw.lang import ast
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, INT, IP, LIST,
                                 STRING, FieldSpec, fold, lookup_field)
-from smtpfw.lang.parser import HOOKS, MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
+from smtpfw.lang.parser import MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
 
