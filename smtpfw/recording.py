@@ -34,6 +34,7 @@ from smtpfw.logformat import LogLine, kv_value
 from smtpfw.session import SessionState
 
 FORMAT_VERSION = 1
+LOG_RCPTS = 20             # recipients shown on a session's log line
 log = logging.getLogger("smtpfw.session")
 
 
@@ -131,6 +132,8 @@ def _log_fields(record: dict) -> dict:
     helo = next((e["arg"] for e in events if e["cmd"] in ("helo", "ehlo")), "")
     senders = [e["addr"] for e in events if e["cmd"] == "mail"]
     rcpts = [f"{e['addr']}:{(e.get('reply') or '')[:3]}" for e in events if e["cmd"] == "rcpt"]
+    if len(rcpts) > LOG_RCPTS:          # one line per session stays a line (the record has them all)
+        rcpts[LOG_RCPTS:] = [f"+{len(rcpts) - LOG_RCPTS} more"]
     data = [e for e in events if e["cmd"] == "data"]
     decided = [(e["cmd"], e["decision"]["rule"]) for e in events
                if e.get("decision") and e["decision"].get("rule")]

@@ -192,6 +192,28 @@ def test_refused_recipients_count_as_errors(tmp_path):
         assert c.closed()
 
 
+def test_the_session_log_line_stays_short(tmp_path, caplog):
+    """Many recipients: the log line shows 20 and a count, the record all."""
+    import logging
+    from smtpfw.recording import read_records
+    rec = tmp_path / "rec"
+    with caplog.at_level(logging.INFO, logger="smtpfw.session"), \
+            running_server(rules_text=PLAIN_RULES, recording_enabled=True, recording_path=str(rec)) as srv:
+        c = RawClient(srv.address)
+        c.reply()
+        c.cmd("EHLO client.example")
+        c.cmd("MAIL FROM:<a@b.example>")
+        for i in range(60):
+            c.cmd(f"RCPT TO:<user{i}@localhost>")
+        c.cmd("QUIT")
+        c.close()
+        wait_until(lambda: any("rcpts=" in r.getMessage() for r in caplog.records), 5, "the session line")
+    (line,) = [r.getMessage() for r in caplog.records if "rcpts=" in r.getMessage()]
+    assert "user19@localhost:250" in line and "user20@localhost" not in line and "+40 more" in line
+    (record,) = [r for f in rec.glob("*.jsonl") for r in read_records(str(f))]
+    assert sum(e["cmd"] == "rcpt" for e in record["events"]) == 60
+
+
 def test_transactions_per_session_are_capped():
     with running_server(rules_text=PLAIN_RULES, max_transactions=3) as srv:
         c = RawClient(srv.address)
