@@ -11,6 +11,7 @@ import pytest
 
 from smtpfw.checks.dns import DnsSession, Resolver
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
+from tests.support.cli import wait_until
 from tests.support.dnsserver import DnsServer, guess_kind, load_rbldnsd
 
 ZONES = Path(__file__).resolve().parents[1].parent / "shared" / "zones"
@@ -269,11 +270,22 @@ def test_failure_recovers_after_short_cache(server, monkeypatch):
     server.mode = "servfail"
     try:
         assert lookup(r, dnsbl("10.1.2.3")).failed
+        n = server.queries
         assert lookup(r, dnsbl("10.1.2.3")).failed   # cached failure
+        assert server.queries == n
     finally:
         server.mode = None
-    time.sleep(0.25)
-    assert lookup(r, dnsbl("10.1.2.3")).status == "listed"
+
+    # The failure is cached for FAILURE_TTL (no query meanwhile), then the
+    # server is asked again: wait for that answer, not a fixed time.
+    def recovered():
+        answer = lookup(r, dnsbl("10.1.2.3"))
+        if answer.failed:
+            assert server.queries == n, "a cached failure was sent to the server again"
+            return False
+        return answer.status == "listed"
+
+    wait_until(recovered, 5, "the cached failure to expire")
 
 
 def test_truncated_udp_falls_back_to_tcp(server):
@@ -343,7 +355,12 @@ def test_session_start_then_results(server, resolver):
         session = DnsSession(resolver, budget=5)
         session.start([dnsbl("127.0.0.2"), rhsbl("bad.example")])
         session.start([dnsbl("127.0.0.2")])   # idempotent
-        await asyncio.sleep(0.05)
+        # start() runs the lookups without anyone awaiting them: both are
+        # answered while nobody asks for results (no fixed sleep: wait for it)
+        deadline = time.monotonic() + 5
+        while len(session.answers) < 2:
+            assert time.monotonic() < deadline, f"started lookups never answered: {session.answers}"
+            await asyncio.sleep(0.01)
         res = await session.results([rhsbl("bad.example"), resolvable("mx.example")])
         return session, res
 
