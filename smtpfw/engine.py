@@ -1,7 +1,7 @@
 """The compiled hook chain and its evaluation.
 
-Evaluation is pure and synchronous: it reads ``SessionState`` (whose DNS
-answers were gathered before) and returns a ``Decision``.  The only place
+Evaluation is pure and synchronous: it reads ``SessionState`` (whose facts,
+DNS answers among them, were gathered before) and returns a ``Decision``.  The only place
 it stops early is a ``run <plugin>`` step: it returns a ``PluginCall`` and
 the caller (server, replay) runs the plugin and resumes at ``next_index``.
 
@@ -20,7 +20,7 @@ from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
 
 Test = Callable[[SessionState], bool]
-LookupMaker = Callable[[SessionState], "Lookup | None"]
+FactKeyMaker = Callable[[SessionState], "Lookup | None"]      # a fact key (smtpfw.facts) or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +54,8 @@ class Ruleset:
     version: str                                       # content hash of the sources
     hooks: dict[Stage, tuple[CompiledRule, ...]]
     options: dict[str, object]
-    dns_needs: dict[Stage, tuple[LookupMaker, ...]]    # lookups a hook's rules test
-    dns_starts: dict[Stage, tuple[LookupMaker, ...]]   # lookups whose input is known at a stage
+    fact_needs: dict[Stage, tuple[FactKeyMaker, ...]]   # facts a hook's rules test
+    fact_starts: dict[Stage, tuple[FactKeyMaker, ...]]  # facts whose input is known at a stage
     plugins: dict[str, object] = field(default_factory=dict)   # name -> plugin instance
     sources: dict[str, str] = field(default_factory=dict)      # file -> text (for messages)
     rules: tuple[CompiledRule, ...] = ()                        # all rules, in source order
@@ -69,12 +69,13 @@ class Ruleset:
     def delay_reject(self) -> bool:
         return bool(self.options.get("delay_reject"))
 
-    def lookups(self, table: dict, stage: Stage, state: SessionState) -> list[Lookup]:
+    def fact_keys(self, table: dict, stage: Stage, state: SessionState) -> list:
+        """The keys of ``table`` (fact_needs or fact_starts) at ``stage``."""
         out = []
         for make in table.get(stage, ()):
-            lk = make(state)
-            if lk is not None:
-                out.append(lk)
+            key = make(state)
+            if key is not None:
+                out.append(key)
         return out
 
     def __post_init__(self) -> None:

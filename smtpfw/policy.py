@@ -1,18 +1,18 @@
-"""Runs a ruleset's hooks for one session: gather DNS, evaluate, run plugin
-steps, apply delayed rejection, and note every decision.
+"""Runs a ruleset's hooks for one session: gather facts (DNS, ...),
+evaluate, run plugin steps, apply delayed rejection, and note every decision.
 
 The live server, replay (dry-run), trace and ``smtpfw test`` all drive a
 session through this one class, so they cannot disagree about what a ruleset
-does.  Only the DNS source differs: live lookups, or recorded answers.
+does.  Only the fact source differs: live lookups, or recorded answers
+(smtpfw.facts).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Iterable, Protocol
 
-from smtpfw.checks.dnsresult import DnsAnswer, Lookup, failed
+from smtpfw.facts import FactSource
 from smtpfw.engine import PluginCall, Ruleset
 from smtpfw.plugins import PLUGIN_FAILED, run_plugin
 from smtpfw.session import SessionState
@@ -71,30 +71,12 @@ class _Contained:
             raise RuntimeError(f"plugin raised {type(exc).__name__}({exc})") from None
 
 
-class DnsSource(Protocol):
-    def start(self, lookups: Iterable[Lookup]) -> None: ...
-    async def results(self, lookups: Iterable[Lookup]) -> dict[Lookup, DnsAnswer]: ...
-
-
-class RecordedDns:
-    """DNS answers from a recording; anything not recorded is a failure."""
-
-    def __init__(self, answers: dict[Lookup, DnsAnswer]):
-        self.answers = answers
-
-    def start(self, lookups) -> None:
-        pass
-
-    async def results(self, lookups) -> dict[Lookup, DnsAnswer]:
-        return {lk: self.answers.get(lk) or failed("not in recording") for lk in lookups}
-
-
 class Policy:
-    def __init__(self, ruleset: Ruleset, state: SessionState, dns: DnsSource | None,
+    def __init__(self, ruleset: Ruleset, state: SessionState, facts: FactSource | None,
                  trace: list | None = None, notify=None):
         self.ruleset = ruleset
         self.state = state
-        self.dns = dns
+        self.facts = facts
         self.trace = trace
         # notify(stage, kind, rule_id, text): `log`/`warn` actions and
         # monitor-mode refusals as they happen (the live server logs them).
@@ -105,15 +87,15 @@ class Policy:
     async def run(self, stage: Stage, message: bytes | None = None, subject: str = "") -> Decision:
         """Decide one hook.  Never raises for rule or plugin trouble."""
         rs, state = self.ruleset, self.state
-        if self.dns is not None:
-            starts = rs.dns_starts.get(stage)
-            if starts:
-                self.dns.start(rs.lookups(rs.dns_starts, stage, state))
-            needs = rs.dns_needs.get(stage)
-            if needs:
-                wanted = [lk for lk in rs.lookups(rs.dns_needs, stage, state) if lk not in state.dns]
+        facts = self.facts
+        if facts is not None:
+            if rs.fact_starts.get(stage):
+                facts.start(rs.fact_keys(rs.fact_starts, stage, state))
+            if rs.fact_needs.get(stage):
+                known = state.facts
+                wanted = [k for k in rs.fact_keys(rs.fact_needs, stage, state) if k not in known]
                 if wanted:
-                    state.dns.update(await self.dns.results(wanted))
+                    known.update(await facts.results(wanted))
         logged, monitored = len(state.log_lines), len(state.monitored)
         decision = await self._evaluate(stage, message)
         if self.notify is not None:

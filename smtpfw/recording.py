@@ -1,9 +1,9 @@
 """Session records: one JSON object per SMTP session (JSON Lines on disk).
 
 The same record feeds the per-session log line, the recording and dry-run.
-Format version 1 (docs/recording.md):
+Format version 2 (docs/recording.md):
 
-    {"v": 1, "id", "time", "duration", "ruleset",
+    {"v": 2, "id", "time", "duration", "ruleset",
      "listener": {"address", "port", "name"}, "client": {"ip", "port"},
      "tls", "auth", "auth_user",
      "connect": {"decision", "reply"},
@@ -12,11 +12,14 @@ Format version 1 (docs/recording.md):
                 {"cmd": "rcpt", "addr", "decision", "reply"},
                 {"cmd": "data", "size", "headers", "decision", "queue", "reply"},
                 {"cmd": "rset"}],
-     "dns": [{"lookup": {...}, "answer": {...}}],
-     "tags", "monitored": [{"rule", "decision"}], "final_reply", "refusal"}
+     "facts": [{"provider": "dns", "key": {...}, "value": {...}}],
+     "tags", "monitored": [{"rule", "decision"}], "final_reply", "refusal",
+     "events_dropped" (only when some were)}
 
-Bodies are never recorded.  Readers accept version 1 and say clearly when a
-record is newer or malformed.
+Version 1 had the DNS answers as "dns": [{"lookup", "answer"}]; version 2
+keeps every fact (smtpfw.facts) under one key.  Bodies are never recorded.
+Readers accept versions 1 and 2 and say clearly when a record is newer or
+malformed.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ import os
 import threading
 from typing import Iterator
 
-from smtpfw.checks.dnsresult import DnsAnswer, Lookup
+from smtpfw import facts
 from smtpfw.logformat import LogLine, kv_value
 from smtpfw.session import SessionState
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # 1: DNS answers under "dns"; 2: every fact under "facts"
 LOG_RCPTS = 20             # recipients shown on a session's log line
 log = logging.getLogger("smtpfw.session")
 
@@ -58,7 +62,7 @@ def session_record(state: SessionState, ruleset_version: str, duration: float) -
         "connect": {"reply": state.connect_reply,
                     "decision": _first_decision(state, "connect")},
         "events": [e.to_json() for e in state.events],
-        "dns": [{"lookup": lk.to_json(), "answer": ans.to_json()} for lk, ans in state.dns.items()],
+        "facts": facts.encode(state.facts),
         "tags": sorted(state.tags),
         "monitored": [{"rule": rid, "decision": d.to_json()} for rid, d in state.monitored],
         "final_reply": state.final_reply,
@@ -74,18 +78,19 @@ def _first_decision(state: SessionState, stage: str):
     return None
 
 
-def dns_answers(record: dict) -> dict[Lookup, DnsAnswer]:
-    return {Lookup.from_json(d["lookup"]): DnsAnswer.from_json(d["answer"]) for d in record.get("dns", ())}
+def recorded_facts(record: dict) -> dict:
+    """The facts a session's rules saw (format 2 "facts", or format 1 "dns")."""
+    return facts.decode(record)
 
 
 def check_record(record, where: str) -> dict:
     if not isinstance(record, dict):
         raise RecordError(f"{where}: not a session record (a JSON object)")
     version = record.get("v")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise RecordError(f"{where}: recorded with format version {version}; this smtpfw reads "
-                              f"version {FORMAT_VERSION} — upgrade smtpfw to replay it")
+                              f"versions {READABLE_VERSIONS[0]} to {FORMAT_VERSION} — upgrade smtpfw to replay it")
         raise RecordError(f"{where}: unknown record format version {version!r}")
     for key in ("client", "events"):
         if key not in record:

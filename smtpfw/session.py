@@ -57,7 +57,7 @@ class SessionState:
     headers: dict = field(default_factory=dict)   # lower-case name -> first value
     # engine
     tags: set = field(default_factory=set)
-    dns: dict = field(default_factory=dict)        # Lookup -> DnsAnswer
+    facts: dict = field(default_factory=dict)      # fact key -> value (smtpfw.facts), e.g. Lookup -> DnsAnswer
     plugin_fields: dict = field(default_factory=dict)
     add_headers: list = field(default_factory=list)
     log_lines: list = field(default_factory=list)

@@ -44,7 +44,7 @@ def test_reads_gzip(tmp_path):
 
 
 @pytest.mark.parametrize("line,message", [
-    ('{"v": 99, "client": {}, "events": []}', "recorded with format version 99; this smtpfw reads version 1"),
+    ('{"v": 99, "client": {}, "events": []}', "recorded with format version 99; this smtpfw reads versions 1 to 2"),
     ('{"v": 1, "events": []}', "record has no 'client'"),
     ("not json", "s.jsonl:2: not JSON"),
     ('[1, 2]', "not a session record"),

@@ -397,7 +397,7 @@ def test_dry_run_errors_exit_2(tmp_path):
         messages[name] = run.stderr
     assert "missing.jsonl: no such file or folder" in messages["missing.jsonl"]
     assert "notjson.jsonl:2: not JSON" in messages["notjson.jsonl"]
-    assert "format version 2" in messages["newer.jsonl"] and "upgrade smtpfw" in messages["newer.jsonl"]
+    assert f"format version {FORMAT_VERSION + 1}" in messages["newer.jsonl"] and "upgrade smtpfw" in messages["newer.jsonl"]
     assert "noclient.jsonl:1: record has no 'client'" in messages["noclient.jsonl"]
     assert "badevents.jsonl:2: cannot replay this session" in messages["badevents.jsonl"]
     bad_gz = tmp_path / "bad.jsonl.gz"

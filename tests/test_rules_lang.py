@@ -11,7 +11,8 @@ import pytest
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
 from smtpfw.lang.compiler import compile_ruleset
 from smtpfw.lint_output import format_text
-from smtpfw.policy import Policy, RecordedDns
+from smtpfw.facts import RecordedFacts
+from smtpfw.policy import Policy
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
 
@@ -42,7 +43,7 @@ def state(ip="192.0.2.1", helo="mx.example.org", sender="a@example.org", rcpt="b
 
 
 def decide(ruleset, stage, st, dns=None):
-    policy = Policy(ruleset, st, RecordedDns(dns or {}))
+    policy = Policy(ruleset, st, RecordedFacts(dns or {}))
     return asyncio.run(policy.run(stage))
 
 
@@ -159,7 +160,7 @@ def test_tags_set_earlier_are_seen_later(tmp_path):
     rs = ok(tmp_path, 'on helo:\n    tag dyn if helo like "*.dyn.example"\n'
                       'on rcpt:\n    [t] reject "dynamic" if tagged dyn\n')
     st = state(helo="h1.dyn.example")
-    policy = Policy(rs, st, RecordedDns({}))
+    policy = Policy(rs, st, RecordedFacts({}))
     asyncio.run(policy.run(Stage.HELO))
     assert asyncio.run(policy.run(Stage.RCPT)).rule_id == "t"
 
@@ -180,7 +181,7 @@ def test_monitor_mode_for_whole_ruleset(tmp_path):
 def test_delay_reject_holds_refusal_until_rcpt(tmp_path):
     rs = ok(tmp_path, 'option delay_reject = yes\non helo:\n    [h] reject "bad helo"\n')
     st = state()
-    policy = Policy(rs, st, RecordedDns({}))
+    policy = Policy(rs, st, RecordedFacts({}))
     assert asyncio.run(policy.run(Stage.HELO)).outcome is Outcome.CONTINUE
     assert asyncio.run(policy.run(Stage.MAIL)).outcome is Outcome.CONTINUE
     d = asyncio.run(policy.run(Stage.RCPT))
@@ -246,7 +247,7 @@ ERRORS = [
     ('on recpt:\n    reject\n',
      "t.rules:1:4: error[E101] unknown hook `recpt`\n"
      "  |\n1 | on recpt:\n  |    ^^^^^\n"
-     "  = help: did you mean `rcpt`? hooks are: connect, helo, mail, rcpt, data, queue, disconnect\n"),
+     "  = help: did you mean `rcpt`? hooks are: connect, helo, mail, rcpt, data, queue\n"),
     ('list local = ["example.net"]\non rcpt:\n    reject if rcpt.domain not in locl\n',
      "t.rules:3:34: error[E103] unknown list `locl`\n"
      "  |\n3 |     reject if rcpt.domain not in locl\n  |                                  ^^^^\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class LookupKind(str, enum.Enum):
@@ -20,6 +21,9 @@ class LookupKind(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
+    """A DNS fact's key (smtpfw.facts: provider "dns")."""
+
+    provider: ClassVar[str] = "dns"
     kind: LookupKind
     name: str          # IP text or lower-case domain without trailing dot
     zone: str = ""     # DNSBL/RHSBL zone; "" for PTR/RESOLVABLE

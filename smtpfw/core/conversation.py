@@ -16,8 +16,8 @@ The front ends translate what they receive into these calls:
   trace and ``smtpfw test``.
 
 so live and replay cannot disagree about what a ruleset does with a command.
-Methods are coroutines only because ``Policy`` may wait for DNS or a
-plugin; with answers gathered up front nothing in here ever suspends.
+Methods are coroutines only because ``Policy`` may wait for facts (DNS) or
+a plugin; with facts gathered up front nothing in here ever suspends.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Limits:
 
 
 class Conversation:
-    def __init__(self, ruleset, state: SessionState, dns, limits: Limits = Limits(), *,
+    def __init__(self, ruleset, state: SessionState, facts, limits: Limits = Limits(), *,
                  hostname: str = "smtpfw", greeting: str = "", trace: list | None = None, notify=None,
                  record: bool = True):
         """``record``: keep events for the session record, bounded by
@@ -70,7 +70,7 @@ class Conversation:
         self.hostname = hostname
         self.greeting = greeting or f"220 {hostname} ESMTP smtpfw"
         self._helo_ok = f"250 {hostname}"
-        self.policy = Policy(ruleset, state, dns, trace, notify=notify)
+        self.policy = Policy(ruleset, state, facts, trace, notify=notify)
         self.errors = 0
         self.junk = 0
         self.transactions = 0

@@ -197,8 +197,8 @@ class _Compiler:
         self.matchers: dict[tuple, Callable | None] = {}
         self.plugin_objects: dict[str, object] = {}
         self.plugin_fields: dict[str, FieldSpec] = {}
-        self.dns_needs: dict[Stage, dict] = {}
-        self.dns_starts: dict[Stage, dict] = {}
+        self.fact_needs: dict[Stage, dict] = {}
+        self.fact_starts: dict[Stage, dict] = {}
         self.used_lists: set[str] = set()
         self.used_zones: set[str] = set()
         self.used_plugins: set[str] = set()
@@ -234,8 +234,8 @@ class _Compiler:
             version=version,
             hooks=hooks,
             options=options,
-            dns_needs={s: tuple(v.values()) for s, v in self.dns_needs.items()},
-            dns_starts={s: tuple(v.values()) for s, v in self.dns_starts.items()},
+            fact_needs={s: tuple(v.values()) for s, v in self.fact_needs.items()},
+            fact_starts={s: tuple(v.values()) for s, v in self.fact_starts.items()},
             plugins=self.plugin_objects,
             sources=dict(self.prog.sources),
             rules=tuple(rules),
@@ -401,7 +401,7 @@ class _Compiler:
             def listing(s, mine=tuple(mine), attr=attr):
                 for make, zone in mine:
                     lk = make(s)
-                    a = s.dns.get(lk) if lk is not None else None
+                    a = s.facts.get(lk) if lk is not None else None
                     if a is not None and a.status == "listed":
                         return {"zone": zone, "code": ",".join(a.codes), "txt": a.txt}[attr]
                 return ""
@@ -446,8 +446,8 @@ class _Compiler:
         return True
 
     def _need_lookup(self, key: str, make, input_stage: Stage, stage: Stage) -> None:
-        self.dns_needs.setdefault(stage, {})[key] = make
-        self.dns_starts.setdefault(input_stage, {})[key] = make
+        self.fact_needs.setdefault(stage, {})[key] = make
+        self.fact_starts.setdefault(input_stage, {})[key] = make
 
     def _cond(self, node, stage: Stage, leaves: list, listings: list):
         if isinstance(node, ast.And):
@@ -675,7 +675,7 @@ class _Compiler:
         if isinstance(node, ast.LookupFailed):
             def failed(s):
                 lk = make(s)
-                a = s.dns.get(lk) if lk is not None else None
+                a = s.facts.get(lk) if lk is not None else None
                 return lk is not None and (a is None or a.status == "failed")
             return failed
         codes_ok = _code_filter([f for f in (zone_codes, node.codes) if f is not None])
@@ -685,7 +685,7 @@ class _Compiler:
             lk = make(s)
             if lk is None:
                 return False
-            a = s.dns.get(lk)
+            a = s.facts.get(lk)
             return a is not None and a.status == "listed" and codes_ok(a.codes)
         if node.negated:
             return lambda s: not listed(s)

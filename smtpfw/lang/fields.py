@@ -65,7 +65,7 @@ def _resolvable_lookup(s: SessionState) -> Lookup | None:
 
 
 def _ptr(s: SessionState):
-    return s.dns.get(_ptr_lookup(s))
+    return s.facts.get(_ptr_lookup(s))
 
 
 def _rdns(s: SessionState) -> str:
@@ -86,7 +86,7 @@ def _fcrdns(s: SessionState) -> bool:
 def _resolvable(s: SessionState) -> str:
     if not s.sender_domain:
         return "no" if s.sender else "yes"   # <> has no domain: nothing to resolve
-    a = s.dns.get(_resolvable_lookup(s))
+    a = s.facts.get(_resolvable_lookup(s))
     return a.status if a is not None else "failed"
 
 

@@ -29,6 +29,7 @@ from smtpfw import replies
 from smtpfw.protocol import sasl
 from smtpfw.checks.dns import DnsSession
 from smtpfw.delivery import Message
+from smtpfw.facts import Facts
 from smtpfw.core.conversation import Conversation, Limits
 from smtpfw.core.events import Step
 from smtpfw.recording import log_line, session_record
@@ -252,7 +253,8 @@ class FirewallSMTP(SMTP):
         self._reset_timeout()                   # the stress timeout may apply now
         self.dns = DnsSession(self.server.resolver, self.cfg.dns_session_budget,
                               self.cfg.dns_session_max_lookups)
-        self.conv = Conversation(self.ruleset, st, self.dns, Limits.from_config(self.cfg), hostname=self.hostname,
+        self.conv = Conversation(self.ruleset, st, Facts({"dns": self.dns}), Limits.from_config(self.cfg),
+                                 hostname=self.hostname,
                                  greeting=f"220 {self.hostname} {self.cfg.smtp_banner}", notify=self._notify)
         step = await self.conv.connect()
         self.greeted = not step.close
@@ -464,7 +466,7 @@ class FirewallSMTP(SMTP):
     def _trace_headers(self, queue_id: str) -> bytes:
         st = self.state
         proto = ("ESMTPS" if st.tls else "ESMTP") if st.esmtp else "SMTP"
-        rdns = next((a.names[0] for lk, a in st.dns.items() if lk.kind == "ptr" and a.names), "unknown")
+        rdns = next((a.names[0] for lk, a in st.facts.items() if lk.provider == "dns" and lk.kind == "ptr" and a.names), "unknown")
         received = (f"Received: from {_clean(st.helo)} ({_clean(rdns)} [{st.client_ip}])\r\n"
                     f"\tby {self.hostname} (smtpfw) with {proto} id {queue_id}"
                     + (f"\r\n\tfor <{_clean(st.rcpts[0])}>" if len(st.rcpts) == 1 else "")

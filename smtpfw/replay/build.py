@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from smtpfw import facts
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind, failed
 from smtpfw.recording import FORMAT_VERSION
 
@@ -34,7 +35,7 @@ def make_record(*, ip: str = DEFAULT_CLIENT_IP, client_port: int = 0, listener_p
         "ruleset": "", "listener": {"address": "", "port": listener_port, "name": ""},
         "client": {"ip": ip, "port": client_port}, "tls": tls, "auth": auth_user is not None,
         "auth_user": auth_user or "", "connect": {}, "events": events,
-        "dns": [{"lookup": lk.to_json(), "answer": a.to_json()} for lk, a in (dns or {}).items()],
+        "facts": facts.encode(dns or {}),
         "tags": [], "monitored": [], "final_reply": "",
     }
 

@@ -31,13 +31,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from smtpfw import replies
+from smtpfw import facts, replies
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
-from smtpfw.engine import Ruleset, TraceStep
-from smtpfw.lang.fields import lookup_field
 from smtpfw.core.conversation import Conversation, Limits
 from smtpfw.core.events import Step
-from smtpfw.policy import RecordedDns
+from smtpfw.engine import Ruleset, TraceStep
+from smtpfw.facts import RecordedFacts
+from smtpfw.lang.fields import lookup_field
 from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
 
@@ -395,43 +395,51 @@ def _leaf_value(node, state: SessionState) -> str:
 _KINDS = {k.value: k for k in LookupKind}
 
 
-def recorded_answers(record: dict) -> dict:
-    """``dns_answers(record)``, built without the per-field JSON helpers and
-    with answers shared between sessions (the hot path of a dry-run; same
-    result)."""
-    out = {}
-    cache = _ANSWERS
-    for item in record.get("dns") or ():
-        lk, a = item["lookup"], item["answer"]
-        if len(a) == 1:
-            answer = cache.get(a["status"])
-            if answer is None:
-                answer = cache[a["status"]] = DnsAnswer(a["status"])
+def recorded_facts(record: dict) -> dict:
+    """``smtpfw.facts.decode(record)``, with DNS answers built without the
+    per-field JSON helpers and shared between sessions (the hot path of a
+    dry-run; same result).  Reads format 2 ("facts") and 1 ("dns")."""
+    out = {_lookup(d["lookup"]): _answer(d["answer"]) for d in record.get("dns") or ()}
+    for item in record.get("facts") or ():
+        if item["provider"] == "dns":
+            out[_lookup(item["key"])] = _answer(item["value"])
         else:
-            answer = DnsAnswer(a["status"], tuple(a.get("codes", ())), a.get("txt", ""),
-                               tuple(a.get("names", ())), bool(a.get("confirmed", False)), a.get("error", ""))
-        out[Lookup(_KINDS[lk["kind"]], lk["name"], lk.get("zone", ""))] = answer
+            out.update(facts.decode({"facts": [item]}))
     return out
+
+
+def _lookup(lk: dict) -> Lookup:
+    return Lookup(_KINDS[lk["kind"]], lk["name"], lk.get("zone", ""))
+
+
+def _answer(a: dict) -> DnsAnswer:
+    if len(a) == 1:
+        answer = _ANSWERS.get(a["status"])
+        if answer is None:
+            answer = _ANSWERS[a["status"]] = DnsAnswer(a["status"])
+        return answer
+    return DnsAnswer(a["status"], tuple(a.get("codes", ())), a.get("txt", ""),
+                     tuple(a.get("names", ())), bool(a.get("confirmed", False)), a.get("error", ""))
 
 
 _ANSWERS: dict = {}
 
 
-def _default_dns(record: dict):
-    return RecordedDns(recorded_answers(record))
+def _default_facts(record: dict):
+    return RecordedFacts(recorded_facts(record))
 
 
 class Replayer:
     """Replays many records through one ruleset.
 
     ``dns_factory(record)`` gives each session its DNS source; the default
-    is the recorded answers (``RecordedDns``).  Recorded DNS takes a fast
-    path: the answers are put into ``SessionState.dns`` up front and Policy
+    is the recorded answers (``RecordedFacts``).  Recorded DNS takes a fast
+    path: the answers are put into ``SessionState.facts`` up front and Policy
     runs without a DNS source.  That is the same thing for the rules: a
     compiled test treats an answer that is absent exactly like a failed one
-    (``RecordedDns`` answers "failed: not in recording" for those), and a
+    (``RecordedFacts`` answers "failed: not in recording" for those), and a
     recorded answer is keyed by its lookup, so it does not matter at which
-    hook it is put in.  Trace mode uses ``RecordedDns`` itself, to show
+    hook it is put in.  Trace mode uses ``RecordedFacts`` itself, to show
     which answers each hook asked for.
 
     With recorded (or declared) DNS and no plugins nothing ever waits, so a
@@ -444,7 +452,7 @@ class Replayer:
                  trace: bool = False, hostname: str = "smtpfw", synchronous_dns: bool | None = None):
         self.ruleset = ruleset
         self.prefill = dns_factory is None and not trace
-        self.dns_factory = dns_factory or _default_dns
+        self.dns_factory = dns_factory or _default_facts
         self.max_recipients = max_recipients
         self.limits = Limits(max_recipients=max_recipients)
         self.trace = trace
@@ -458,7 +466,7 @@ class Replayer:
     def replay(self, record: dict) -> ReplayResult:
         if self.synchronous:
             if self.prefill:
-                coro = self._session(record, None, recorded_answers(record))
+                coro = self._session(record, None, recorded_facts(record))
             else:
                 coro = self._session(record, self.dns_factory(record), None)
             try:
@@ -473,7 +481,7 @@ class Replayer:
 
     async def _replay_async(self, record: dict) -> ReplayResult:
         if self.prefill:
-            return await self._session(record, None, recorded_answers(record))
+            return await self._session(record, None, recorded_facts(record))
         dns = self.dns_factory(record)
         try:
             return await self._session(record, dns, None)
@@ -513,13 +521,13 @@ class Replayer:
             st.auth = True      # an older record: authenticated, but not when
             st.auth_user = str(record.get("auth_user") or "")
         if answers:
-            st.dns = answers
+            st.facts = answers
         detail = self.trace
         trace = _TraceList(self.ruleset, st) if detail else None
         conv = Conversation(self.ruleset, st, dns, self.limits, hostname=self.hostname, greeting=self.greeting,
                             trace=trace, record=False)
 
-        mark = (len(st.dns), 0) if detail else None
+        mark = (len(st.facts), 0) if detail else None
         step = await conv.connect()
         connect = EventResult("connect", st.client_ip, True, step.decision, Stage.CONNECT,
                               "" if step.close else step.reply, step.note)
@@ -536,7 +544,7 @@ class Replayer:
                     results.append(EventResult(cmd, _subject(ev), False, note=closed))
                     continue
                 if detail:
-                    mark = (len(st.dns), len(trace))
+                    mark = (len(st.facts), len(trace))
                 r, step = await event(cmd, ev, conv)
                 if detail:
                     self._fill(r, st, trace, mark)
@@ -585,7 +593,7 @@ class Replayer:
     @staticmethod
     def _fill(r: EventResult, st: SessionState, trace, mark) -> None:
         n_dns, n_trace = mark
-        r.dns = list(st.dns.items())[n_dns:]
+        r.dns = list(st.facts.items())[n_dns:]
         r.trace = list(trace[n_trace:])
 
 
@@ -603,11 +611,11 @@ def _subject(ev: dict) -> str:
 def replay_record(ruleset: Ruleset, record: dict, dns=None, *, trace: bool = False,
                   max_recipients: int = DEFAULT_MAX_RECIPIENTS) -> ReplayResult:
     """Replay one record.  ``dns``: a DnsSource (default: the recorded
-    answers, ``RecordedDns``)."""
+    answers, ``RecordedFacts``)."""
     if dns is None:
         replayer = Replayer(ruleset, trace=trace, max_recipients=max_recipients)
     else:
-        synchronous = isinstance(dns, RecordedDns) or getattr(dns, "synchronous", False)
+        synchronous = isinstance(dns, RecordedFacts) or getattr(dns, "synchronous", False)
         replayer = Replayer(ruleset, lambda rec: dns, trace=trace, max_recipients=max_recipients,
                             synchronous_dns=synchronous)
     try:

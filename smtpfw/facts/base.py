@@ -1,0 +1,107 @@
+"""Fact providers, the live router and the recorded source."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
+
+from smtpfw.checks.dnsresult import DnsAnswer, Lookup, failed
+
+
+class FactSource(Protocol):
+    """Where ``Policy`` gets facts: ``start`` begins gathering keys early
+    (their input is known), ``results`` waits for them (budgets apply)."""
+
+    def start(self, keys: Iterable[Any]) -> None: ...
+
+    async def results(self, keys: Iterable[Any]) -> dict: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """What smtpfw knows about one kind of fact without asking for it:
+    how its keys and values are recorded, and what a rule sees when the
+    fact could not be had (the provider's failed value)."""
+
+    name: str
+    key_from_json: Callable[[dict], Any]
+    value_from_json: Callable[[dict], Any]
+    unavailable: Callable[[str], Any]
+
+
+PROVIDERS: dict[str, Provider] = {
+    "dns": Provider("dns", Lookup.from_json, DnsAnswer.from_json, failed),
+}
+
+
+def provider_of(key) -> Provider:
+    return PROVIDERS[key.provider]
+
+
+class Facts:
+    """The live source of one session: one source per provider (a
+    ``DnsSession`` for "dns"), each key sent to its own; providers wait
+    concurrently."""
+
+    def __init__(self, sources: dict[str, FactSource]):
+        self.sources = sources
+
+    def start(self, keys) -> None:
+        for name, group in _by_provider(keys).items():
+            self.sources[name].start(group)
+
+    async def results(self, keys) -> dict:
+        groups = _by_provider(keys)
+        if len(groups) == 1:
+            ((name, group),) = groups.items()
+            return await self.sources[name].results(group)
+        out: dict = {}
+        for part in await asyncio.gather(*(self.sources[n].results(g) for n, g in groups.items())):
+            out.update(part)
+        return out
+
+    def close(self) -> None:
+        for source in self.sources.values():
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+
+def _by_provider(keys) -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for key in keys:
+        groups.setdefault(key.provider, []).append(key)
+    return groups
+
+
+class RecordedFacts:
+    """Facts from a recording; a fact not recorded is unavailable (its
+    provider's failed value, "not in recording")."""
+
+    synchronous = True
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def start(self, keys) -> None:
+        pass
+
+    async def results(self, keys) -> dict:
+        values = self.values
+        return {k: values.get(k) or provider_of(k).unavailable("not in recording") for k in keys}
+
+
+def encode(facts: dict) -> list[dict]:
+    """A session's facts as the record's "facts" list."""
+    return [{"provider": k.provider, "key": k.to_json(), "value": v.to_json()} for k, v in facts.items()]
+
+
+def decode(record: dict) -> dict:
+    """A record's facts, as {key: value}: its "dns" list (format 1) and its
+    "facts" list (format 2)."""
+    out = {Lookup.from_json(d["lookup"]): DnsAnswer.from_json(d["answer"]) for d in record.get("dns") or ()}
+    for item in record.get("facts") or ():
+        provider = PROVIDERS[item["provider"]]
+        out[provider.key_from_json(item["key"])] = provider.value_from_json(item["value"])
+    return out
