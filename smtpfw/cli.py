@@ -1,81 +1,36 @@
-"""Command line: subcommands -> functions -> exit codes.
+"""Command line: argv -> a command -> its report rendered -> an exit code.
 
 Exit codes (all subcommands): 0 success / nothing found, 1 findings (lint
 diagnostics, failed ruleset tests, dry-run changes with --fail-on-change),
-2 usage, configuration or I/O error.  Errors are one clear line, never a
-traceback.
+2 usage, configuration or I/O error, 3 an internal error (a bug in smtpfw,
+e.g. replay raising on a well-formed session record).  Errors are one clear
+line, never a traceback.
+
+The grammar is in smtpfw.cli_parser; the work is in smtpfw.commands, which
+return reports; this module prints them.  A handler imports its command
+when it runs, so `smtpfw docs` does not load the server or the compiler.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
+import json
 import logging
 import sys
 from dataclasses import replace
 
-from smtpfw import __version__, paths
-from smtpfw.config import Config, ConfigError, Listener, _hostport, load_config
+from smtpfw.cli_parser import build_parser as _build_parser
+from smtpfw.cli_parser import nonnegative  # noqa: F401  (re-exported: the argparse type)
+from smtpfw.commands.errors import CommandError, RulesetError
+from smtpfw.config import Config, ConfigError, Listener, _hostport
+from smtpfw.diagnostics import Severity
+from smtpfw.errors import InternalError
+from smtpfw.lint_output import format_json, format_text, use_color
+from smtpfw.settings import load_settings
 
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR, EXIT_BUG = 0, 1, 2, 3
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML config file (default: built-in defaults)")
-    p.add_argument("--rules", metavar="FILE", help="ruleset file (default: the config's, else rules/default.rules)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smtpfw", description="A declarative, rules-driven SMTP firewall.")
-    parser.add_argument("--version", action="version", version=f"smtpfw {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("serve", help="run the SMTP firewall",
-                       description="Run the SMTP firewall. Flags override the config file.")
-    _add_config_args(p)
-    p.add_argument("--listen", metavar="HOST:PORT", action="append",
-                   help="address to listen on (repeatable; default 127.0.0.1:2525)")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--forward", metavar="HOST:PORT", help="forward accepted mail to this SMTP server")
-    target.add_argument("--maildir", metavar="DIR", help="write accepted mail to this Maildir (default ./var/maildir)")
-    p.add_argument("--workers", metavar="N", type=nonnegative,
-                   help="worker processes (default: one per CPU; 0 also means one per CPU)")
-    p.add_argument("--record", metavar="DIR", help="record sessions as JSON Lines under DIR")
-    p.add_argument("--log-format", choices=("kv", "json"),
-                   help="format of every log line: kv (text, the default) or json (one object per line)")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("lint", help="check rule files", description="Check rule files and print diagnostics.")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="rule files or folders (default: the configured ruleset)")
-    _add_config_args(p)
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
-    p.add_argument("--fail-on", choices=("error", "warning", "hint"), default="error",
-                   help="lowest severity that makes the exit code 1 (default error)")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                   help="colour the text output: auto (on a terminal, unless NO_COLOR is set), always, never")
-    p.set_defaults(func=cmd_lint)
-
-    p = sub.add_parser("passwd", help="make a line for the AUTH users file",
-                       description="Print USER:scrypt$... for auth.users_file. The password is read "
-                                   "from standard input (asked for on a terminal).")
-    p.add_argument("user", metavar="USER", help="the user name (no ':')")
-    p.set_defaults(func=cmd_passwd)
-
-    p = sub.add_parser("docs", help="print the documentation installed with smtpfw",
-                       description="Print a page of the documentation installed with smtpfw, or one "
-                                   "section of it: diagnostics' URLs (docs/lint.md#e102) work as they are.")
-    p.add_argument("page", nargs="?", metavar="PAGE[#SECTION]",
-                   help="lint, rules, dry-run, ... or a URL such as docs/lint.md#e102 (none: list the pages)")
-    p.set_defaults(func=cmd_docs)
-
-    for register in _EXTRA_COMMANDS:
-        register(sub)
-    return parser
-
-
-# Other modules add subcommands here (dry-run, trace, test, import).
-_EXTRA_COMMANDS: list = []
-
-from smtpfw.replay.commands import nonnegative, register as _register_replay  # noqa: E402  dry-run, trace, test, import
-
-_EXTRA_COMMANDS.append(_register_replay)
+log = logging.getLogger("smtpfw")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,34 +38,44 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_ERROR
     try:
         return args.func(args)
     except ConfigError as err:
         print(f"smtpfw: {err}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     except OSError as err:
         print(f"smtpfw: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
-def load_settings(args) -> tuple[Config, str]:
-    """The config (file + flags) and the rules path to use."""
-    cfg = load_config(args.config) if getattr(args, "config", None) else Config()
-    rules = getattr(args, "rules", None) or cfg.rules or str(paths.default_rules())
-    return cfg, rules
+def build_parser():
+    return _build_parser(_HANDLERS)
 
 
-log = logging.getLogger("smtpfw")
+def _guarded(name: str, config_errors: bool = False):
+    """Turn a command's errors into `smtpfw NAME: ...` lines and an exit code
+    (ConfigError too if ``config_errors``; else main reports it)."""
+    caught = (CommandError, InternalError, ConfigError) if config_errors else (CommandError, InternalError)
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        def run(args) -> int:
+            try:
+                return handler(args)
+            except caught as err:
+                if isinstance(err, RulesetError):
+                    sys.stderr.write(format_text(err.diags))
+                for line in getattr(err, "problems", None) or [str(err)]:
+                    print(f"smtpfw {name}: {line}", file=sys.stderr)
+                return EXIT_BUG if isinstance(err, InternalError) else EXIT_ERROR
+        return run
+    return wrap
 
 
-def _setup_logging(cfg: Config) -> None:
-    from smtpfw import logformat
-
-    logformat.setup(cfg.log_format, cfg.log_level, sys.stderr)
-
+# ---- serve and passwd ---------------------------------------------------------
 
 def _serve_config(args, cfg: Config) -> Config:
     """The config with serve's flags applied over it."""
@@ -137,48 +102,29 @@ def _serve_config(args, cfg: Config) -> Config:
 def cmd_serve(args) -> int:
     """Everything after the config is read goes to the log, in its format
     (one JSON object per line with --log-format json), errors included."""
+    from smtpfw import logformat
     from smtpfw.lang.compiler import compile_ruleset
     from smtpfw.server import serve
 
-    cfg, rules = load_settings(args)
+    cfg, rules = load_settings(args.config, args.rules)
     cfg = _serve_config(args, cfg)
-    _setup_logging(cfg)
+    logformat.setup(cfg.log_format, cfg.log_level, sys.stderr)
     ruleset, diags = compile_ruleset(rules)
     for d in diags:
-        log.log(logging.ERROR if d.level.value == "error" else logging.WARNING, "%s", _diagnostic_line(d))
+        log.log(logging.ERROR if d.level is Severity.ERROR else logging.WARNING, "%s", _diagnostic_line(d))
     if ruleset is None:
         log.error("%s: the ruleset has errors; not starting", rules)
-        return 2
+        return EXIT_ERROR
     try:
         return serve(cfg, ruleset, rules)
     except ConfigError as err:
         log.error("not starting: %s", err)
-        return 2
+        return EXIT_ERROR
 
 
 def _diagnostic_line(d) -> str:
     where = f"{d.span}: " if d.span else ""
     return f"{where}{d.level.value}[{d.code}] {d.message}" + (f" (help: {d.help})" if d.help else "")
-
-
-def cmd_lint(args) -> int:
-    """Without a PATH, lint the configured ruleset, and say which it is
-    (otherwise "no problems found" could be about a file nobody meant)."""
-    from smtpfw.lint import run_lint
-
-    if not args.paths:
-        cfg, rules = load_settings(args)
-        origin = ("--rules" if args.rules else f"rules: in {args.config}" if cfg.rules
-                  else "no PATH given: the packaged default ruleset")
-        print(f"smtpfw lint: checking {rules} ({origin})", file=sys.stderr)
-        args.paths = [rules]
-    return run_lint(args)
-
-
-def cmd_docs(args) -> int:
-    from smtpfw import docs
-
-    return docs.run(args)
 
 
 def cmd_passwd(args) -> int:
@@ -188,16 +134,114 @@ def cmd_passwd(args) -> int:
 
     if ":" in args.user or not args.user.strip():
         print("smtpfw passwd: a user name cannot be empty or contain ':'", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.user}: ")
         if getpass.getpass("again: ") != password:
             print("smtpfw passwd: the passwords differ", file=sys.stderr)
-            return 2
+            return EXIT_ERROR
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         print("smtpfw passwd: empty password", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     print(f"{args.user}:{hash_password(password)}")
-    return 0
+    return EXIT_OK
+
+
+# ---- the commands that return reports -------------------------------------------
+
+@_guarded("lint")
+def cmd_lint(args) -> int:
+    """Without a PATH, lint the configured ruleset, and say which it is
+    (otherwise "no problems found" could be about a file nobody meant)."""
+    from smtpfw.commands.lint import lint
+
+    paths = args.paths
+    if not paths:
+        cfg, rules = load_settings(args.config, args.rules)
+        origin = ("--rules" if args.rules else f"rules: in {args.config}" if cfg.rules
+                  else "no PATH given: the packaged default ruleset")
+        print(f"smtpfw lint: checking {rules} ({origin})", file=sys.stderr)
+        paths = [rules]
+    report = lint(paths)
+    if args.format == "json":
+        sys.stdout.write(format_json(report.diagnostics, report.files))
+    else:
+        sys.stdout.write(format_text(report.diagnostics, report.sources, color=use_color(args.color, sys.stdout),
+                                     summary=True))
+    return EXIT_FINDINGS if report.fails(Severity(args.fail_on)) else EXIT_OK
+
+
+@_guarded("docs")
+def cmd_docs(args) -> int:
+    from smtpfw.commands.docs import docs
+
+    sys.stdout.write(docs(args.page))
+    return EXIT_OK
+
+
+@_guarded("dry-run", config_errors=True)
+def cmd_dry_run(args) -> int:
+    from smtpfw.commands.dryrun import dry_run
+    from smtpfw.replay.dryrun import format_text as dry_run_text
+
+    report = dry_run(args.sessions, rules=args.rules, config=args.config, baseline=args.baseline,
+                     live_dns=args.live_dns, dns=args.dns, examples=args.examples, jobs=args.jobs,
+                     progress_stream=sys.stderr)
+    sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n" if args.format == "json"
+                     else dry_run_text(report))
+    return EXIT_FINDINGS if args.fail_on_change and report.changed_sessions else EXIT_OK
+
+
+@_guarded("trace", config_errors=True)
+def cmd_trace(args) -> int:
+    from smtpfw.commands.trace import SessionSpec, trace
+
+    spec = SessionSpec(ip=args.ip, client_port=args.client_port, port=args.port, helo=args.helo,
+                       esmtp=not args.plain_helo, tls=args.tls, auth=args.auth, sender=args.sender,
+                       rcpts=args.rcpt, headers=args.header, size=args.size, data=not args.no_data)
+    report = trace(spec, session=args.session, rules=args.rules, config=args.config, dns=args.dns,
+                   no_dns=args.no_dns, live_dns=args.live_dns)
+    sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n" if args.format == "json" else report.to_text())
+    return EXIT_OK
+
+
+@_guarded("test", config_errors=True)
+def cmd_test(args) -> int:
+    from smtpfw.commands.ruleset_tests import run_tests
+    from smtpfw.replay.rulestests import format_suite, format_summary
+
+    report = run_tests(args.paths)
+    color = use_color(args.color, sys.stdout)
+    for suite in report.suites:
+        if suite.ruleset_diags:
+            sys.stderr.write(format_text(suite.ruleset_diags))
+            print(f"smtpfw test: {suite.rules}: the ruleset has errors", file=sys.stderr)
+        elif suite.read_error:
+            print(f"smtpfw test: {suite.read_error}", file=sys.stderr)
+        elif args.format == "text":
+            sys.stdout.write(format_suite(suite, color=color, verbose=args.verbose))
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        sys.stdout.write(format_summary(report, verbose=args.verbose))
+    return report.status
+
+
+@_guarded("import", config_errors=True)
+def cmd_import_postfix(args) -> int:
+    from smtpfw.commands.import_log import import_postfix
+    from smtpfw.replay.postfix import summary
+
+    report = import_postfix(args.maillog, args.output, args.year, stdin=sys.stdin, stdout=sys.stdout)
+    print(f"smtpfw import: {summary(args.maillog, report)}", file=sys.stderr)
+    if not report.sessions:
+        print(f"smtpfw import: {args.maillog}: no Postfix smtpd sessions recognised (is it a Postfix mail log?)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+_HANDLERS = {"serve": cmd_serve, "lint": cmd_lint, "passwd": cmd_passwd, "docs": cmd_docs,
+             "dry-run": cmd_dry_run, "trace": cmd_trace, "test": cmd_test, "import postfix": cmd_import_postfix}

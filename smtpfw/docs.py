@@ -10,7 +10,6 @@ links use (``<a id="e102">`` or a heading's GitHub-style slug).
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 from smtpfw import paths
@@ -57,26 +56,30 @@ def section(text: str, anchor: str) -> str | None:
     return "\n".join(body) + "\n"
 
 
-def run(args) -> int:
+class NoSuchPage(LookupError):
+    """A page or section that is not there (the message names what is)."""
+
+
+def listing() -> str:
+    """The pages, one a line, with their titles."""
+    lines = [f"Documentation in {paths.docs_dir()} (smtpfw docs PAGE, or PAGE#SECTION):"]
+    lines += [f"  {name:<12} {_title(path)}" for name, path in pages().items()]
+    return "\n".join(lines) + "\n"
+
+
+def show(spec: str) -> str:
+    """PAGE or PAGE#SECTION (docs/lint.md, lint.md and lint all work)."""
     available = pages()
-    if not args.page:
-        print(f"Documentation in {paths.docs_dir()} (smtpfw docs PAGE, or PAGE#SECTION):")
-        for name, path in available.items():
-            print(f"  {name:<12} {_title(path)}")
-        return 0
-    name, _, anchor = args.page.partition("#")
-    name = Path(name).name.removesuffix(".md")          # docs/lint.md, lint.md and lint all work
+    name, _, anchor = spec.partition("#")
+    name = Path(name).name.removesuffix(".md")
     if name not in available:
-        print(f"smtpfw docs: no page {name!r}; pages: {', '.join(available)}", file=sys.stderr)
-        return 2
+        raise NoSuchPage(f"no page {name!r}; pages: {', '.join(available)}")
     text = available[name].read_text(encoding="utf-8")
     if anchor:
         text = section(text, anchor)
         if text is None:
-            print(f"smtpfw docs: {name}: no section #{anchor}", file=sys.stderr)
-            return 2
-    sys.stdout.write(text)
-    return 0
+            raise NoSuchPage(f"{name}: no section #{anchor}")
+    return text
 
 
 def _title(path: Path) -> str:

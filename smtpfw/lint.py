@@ -1,21 +1,18 @@
-"""`smtpfw lint`: compile each ruleset, run the semantic checks, print."""
+"""The lint engine: find the rule files, check each ruleset, and report a
+file that another ruleset includes as part of it (smtpfw.commands.lint
+runs it for `smtpfw lint`)."""
 
 from __future__ import annotations
 
 import os
-import sys
 
-from smtpfw.diagnostics import Diagnostic, Severity
-from smtpfw.lint_output import format_json, format_text, use_color
-
-
-def collect_files(paths: list[str]) -> tuple[list[str], list[str]]:
-    """Rule files named or found under folders; and paths that do not exist."""
-    files, _found, missing = _collect(paths)
-    return files, missing
+from smtpfw.diagnostics import Diagnostic
+from smtpfw.lang.check import check_ruleset
 
 
-def _collect(paths: list[str]) -> tuple[list[str], set[str], list[str]]:
+def collect_files(paths: list[str]) -> tuple[list[str], set[str], list[str]]:
+    """Rule files named or found under folders, those found by walking a
+    folder, and the paths that do not exist."""
     files: list[str] = []
     found: set[str] = set()       # files found by walking a folder (not named)
     missing: list[str] = []
@@ -35,8 +32,6 @@ def _collect(paths: list[str]) -> tuple[list[str], set[str], list[str]]:
 
 def lint_file(path: str) -> tuple[list[Diagnostic], dict[str, str]]:
     """All diagnostics for one ruleset: compile errors plus lint checks."""
-    from smtpfw.lang.check import check_ruleset
-
     return check_ruleset(path)
 
 
@@ -71,27 +66,3 @@ def lint_files(files: list[str], walked: set[str] = frozenset()) -> tuple[list[D
                 seen.add(key)
                 diags.append(d)
     return diags, sources, linted
-
-
-def run_lint(args) -> int:
-    from smtpfw.cli import load_settings
-
-    paths = args.paths
-    if not paths:
-        _cfg, rules = load_settings(args)
-        paths = [rules]
-    files, walked, missing = _collect(paths)
-    if missing:
-        for m in missing:
-            print(f"smtpfw lint: {m}: no such file or folder", file=sys.stderr)
-        return 2
-    if not files:
-        print("smtpfw lint: no .rules files found", file=sys.stderr)
-        return 2
-    diags, sources, files = lint_files(files, walked)
-    threshold = Severity(args.fail_on).rank
-    if args.format == "json":
-        sys.stdout.write(format_json(diags, files))
-    else:
-        sys.stdout.write(format_text(diags, sources, color=use_color(args.color, sys.stdout), summary=True))
-    return 1 if any(d.level.rank >= threshold for d in diags) else 0

@@ -33,12 +33,13 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
-from smtpfw.checks.lists import Entry, build_matcher, read_list_file
+from smtpfw.checks.lists import Entry, build_matcher, read_list_file, read_list_text
 from smtpfw.diagnostics import Diagnostic, Span, nearest_file
 from smtpfw.lang import ast, backtracking
-from smtpfw.lang.compiler import BUILTIN_LISTS, Program, compile_program, dedupe, load_program
+from smtpfw.lang.compiler import (BUILTIN_LISTS, Program, _Compiler, _shown, compile_program, dedupe,
+                                  load_program)
 from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, fold, lookup_field
-from smtpfw.lang.invisible import invisible_in_ruleset
+from smtpfw.lang.invisible import find_invisible
 from smtpfw.session import SessionState
 
 try:  # the regex parser, to see what a pattern requires
@@ -78,6 +79,19 @@ def check_ruleset(path: str | os.PathLike) -> tuple[list[Diagnostic], dict[str, 
     except Exception as err:  # each check is guarded; this is the last line of defence
         diags.append(_internal("E002", "checking the rules", err, Span.point(path, 1, 1)))
     return dedupe(diags), sources
+
+
+def invisible_in_ruleset(prog, diags: list[Diagnostic]) -> list[Diagnostic]:
+    """W004 in the rule files and list files of a loaded ruleset, except on
+    a line whose syntax error (E002) or malformed entry (E302) names it."""
+    found = [d for path, text in prog.sources.items() for d in find_invisible(text, path)]
+    for decl, base in prog.lists.values():
+        if decl.file is not None:
+            path = os.path.join(base, decl.file)
+            text = read_list_text(path)
+            found += find_invisible(text, _shown(path)) if text is not None else []
+    taken = {(d.span.file, d.span.line) for d in diags if d.code in ("E002", "E302") and d.span}
+    return [d for d in found if (d.span.file, d.span.line) not in taken]
 
 
 _UNKNOWN_NAME = ("E102", "E103", "E104", "E105", "E503")
@@ -510,8 +524,6 @@ class _Linter:
             ruleset = self.ruleset
             if ruleset is None:
                 try:
-                    from smtpfw.lang.compiler import _Compiler
-
                     ruleset = _Compiler(self.prog, [], load_plugins=False).compile()
                 except Exception:
                     ruleset = None

@@ -8,7 +8,6 @@ with its line, column and Unicode name.
 
 from __future__ import annotations
 
-import os
 import re
 import unicodedata
 
@@ -50,19 +49,3 @@ def find_invisible(text: str, filename: str) -> list[Diagnostic]:
         out.append(Diagnostic("W004", f"invisible character {describe(m.group())}{tail}",
                               Span.point(filename, line, column), help=HELP))
     return out
-
-
-def invisible_in_ruleset(prog, diags: list[Diagnostic]) -> list[Diagnostic]:
-    """W004 in the rule files and list files of a loaded ruleset, except on
-    a line whose syntax error (E002) or malformed entry (E302) names it."""
-    from smtpfw.checks.lists import read_list_text
-    from smtpfw.lang.compiler import _shown
-
-    found = [d for path, text in prog.sources.items() for d in find_invisible(text, path)]
-    for decl, base in prog.lists.values():
-        if decl.file is not None:
-            path = os.path.join(base, decl.file)
-            text = read_list_text(path)
-            found += find_invisible(text, _shown(path)) if text is not None else []
-    taken = {(d.span.file, d.span.line) for d in diags if d.code in ("E002", "E302") and d.span}
-    return [d for d in found if (d.span.file, d.span.line) not in taken]

@@ -17,17 +17,16 @@ and each command's decision.  A session is
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
+import multiprocessing
 import os
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from smtpfw.recording import RecordError, check_record
+from smtpfw.replay.records import ReplayBug, iter_records, replay_failure
 from smtpfw.replay.session import (KINDS, REFUSING, Replayer, ReplayResult, Verdict, recorded_events,
                                    same_as_recorded, verdict_of)
 from smtpfw.verdict import Outcome, Stage
@@ -35,64 +34,6 @@ from smtpfw.verdict import Outcome, Stage
 NEWLY_REJECTED, NEWLY_ACCEPTED, CHANGED = "newly_rejected", "newly_accepted", "changed"
 CATEGORIES = (NEWLY_REJECTED, NEWLY_ACCEPTED, CHANGED)
 _TITLES = {NEWLY_REJECTED: "newly rejected", NEWLY_ACCEPTED: "newly accepted", CHANGED: "changed"}
-_SESSION_FILE = re.compile(r"\.jsonl(\.\d+)?(\.gz)?$")
-
-
-# ---- input --------------------------------------------------------------------
-
-def session_files(paths: list[str]) -> list[str]:
-    """Files named, and session files (.jsonl, .jsonl.gz, rotated .jsonl.N)
-    found under folders, sorted; a missing path is a RecordError."""
-    out = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = []
-            for root, _dirs, names in os.walk(path):
-                found += [os.path.join(root, n) for n in names if _SESSION_FILE.search(n)]
-            out += sorted(found)
-        elif os.path.exists(path) or path == "-":
-            out.append(path)
-        else:
-            raise RecordError(f"{path}: no such file or folder")
-    return out
-
-
-def iter_records(path: str, progress: "Progress | None" = None):
-    """(line number, checked record) from a .jsonl / .jsonl.gz file or "-".
-    ``progress`` is shown the raw file, to count the bytes read."""
-    try:
-        fh, raw = _open_text(path)
-    except OSError as err:
-        raise RecordError(f"{path}: {err.strerror or err}") from None
-    if progress is not None:
-        progress.reading(raw)
-    loads = json.loads
-    try:
-        number = 0
-        try:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    data = loads(line)
-                except ValueError as err:
-                    raise RecordError(f"{path}:{number}: not JSON: {err}") from None
-                yield number, check_record(data, f"{path}:{number}")
-        except (OSError, EOFError, UnicodeDecodeError) as err:
-            raise RecordError(f"{path}:{number + 1}: cannot read: {err}") from None
-    finally:
-        if fh is not sys.stdin:
-            fh.close()
-            raw.close()      # GzipFile does not close the file it was given
-
-
-def _open_text(path: str):
-    """(text stream, underlying raw file or None for stdin)."""
-    if path == "-":
-        return sys.stdin, None
-    raw = open(path, "rb")
-    binary = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
-    return io.TextIOWrapper(binary, encoding="utf-8"), raw
 
 
 # ---- the report ---------------------------------------------------------------
@@ -166,6 +107,12 @@ class Report:
         return sorted(gs, key=lambda g: (-g.count, g.key))
 
 
+def new_report(ruleset, rules_path: str, baseline=None, baseline_path: str | None = None) -> Report:
+    """An empty report for this ruleset (and baseline)."""
+    return Report(rules_path, ruleset.version, baseline_path, baseline.version if baseline is not None else None,
+                  rule_ids=list(dict.fromkeys(r.rule_id for r in ruleset.rules)))
+
+
 def _example(result: ReplayResult, base: Verdict, new: Verdict, what: str) -> dict:
     rec = result.record
     helo = sender = None
@@ -221,9 +168,7 @@ class DryRun:
         self.base_replayer = (Replayer(baseline, dns_factory, max_recipients=max_recipients,
                                        synchronous_dns=synchronous_dns) if baseline is not None else None)
         self.examples = examples
-        self.report = Report(rules_path, ruleset.version, baseline_path,
-                             baseline.version if baseline is not None else None,
-                             rule_ids=list(dict.fromkeys(r.rule_id for r in ruleset.rules)))
+        self.report = new_report(ruleset, rules_path, baseline, baseline_path)
         self._hooks: dict = {}
 
     def close(self) -> None:
@@ -427,6 +372,11 @@ class Progress:
             self.stream.flush()
 
 
+def progress_for(stream, files: list[str]) -> Progress:
+    """A progress display on ``stream`` (shown only if it is a terminal) for these files."""
+    return Progress(stream, len(files), [_size(path) for path in files])
+
+
 def _size(path: str) -> int:
     try:
         return os.path.getsize(path) if path != "-" else 0
@@ -485,28 +435,27 @@ def _iter_range(path: str, start: int, end: int):
             yield here, check_record(data, where)
 
 
-def _replay_chunk(chunk) -> tuple[Report | None, str | None, int]:
+def _replay_chunk(chunk) -> tuple[Report | None, str | None, bool]:
+    """(partial report, None, False), or (None, what went wrong, whether it is a bug)."""
     path, start, end = chunk
     state = _FORK_STATE
     dry = DryRun(state["ruleset"], state["rules"], state["baseline"], state["baseline_path"],
                  examples=state["examples"], max_recipients=state["max_recipients"])
-    where = path
+    records = (iter_records(path) if end is None
+               else ((f"@{offset}", record) for offset, record in _iter_range(path, start, end)))
     try:
-        if end is None:
-            for number, record in iter_records(path):
-                where = f"{path}:{number}"
+        for number, record in records:
+            try:
                 dry.add(record)
-        else:
-            for offset, record in _iter_range(path, start, end):
-                where = f"{path}:@{offset}"
-                dry.add(record)
+            except Exception as err:  # noqa: BLE001 -- told apart by replay_failure
+                raise replay_failure(err, record, f"{path}:{number}") from None
     except RecordError as err:
-        return None, str(err), 0
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        return None, f"{where}: cannot replay this session (malformed record?): {type(err).__name__}: {err}", 0
+        return None, str(err), False
+    except ReplayBug as err:
+        return None, str(err), True
     finally:
         dry.close()
-    return dry.finish(), None, 0
+    return dry.finish(), None, False
 
 
 _AT = re.compile(r"^(.*?):@(\d+):")
@@ -545,20 +494,19 @@ def merge(into: Report, part: Report, examples: int) -> None:
             mine.examples.extend(g.examples[:max(0, examples - len(mine.examples))])
 
 
-def _run_parallel(jobs: int, files: list[str], report: Report, examples: int, progress) -> str | None:
-    import multiprocessing
-
+def _run_parallel(jobs: int, files: list[str], report: Report, examples: int, progress) -> None:
+    """Replay ``files`` in ``jobs`` forked workers into ``report``; raises
+    RecordError or ReplayBug for the first chunk that fails."""
     chunks = plan_chunks(files)
     ctx = multiprocessing.get_context("fork")
     index = {path: i for i, path in enumerate(files, start=1)}
     with ctx.Pool(jobs) as pool:
-        for chunk, (part, error, _n) in zip(chunks, pool.imap(_replay_chunk, chunks)):
+        for chunk, (part, error, bug) in zip(chunks, pool.imap(_replay_chunk, chunks)):
             if error is not None:
                 pool.terminate()
-                return _locate(error)
+                raise (ReplayBug if bug else RecordError)(_locate(error))
             merge(report, part, examples)
             progress.update(report.sessions, index[chunk[0]], force=True, position=chunk[2] or _size(chunk[0]))
-    return None
 
 
 def _auto_jobs(files: list[str]) -> int:
@@ -574,82 +522,54 @@ def _auto_jobs(files: list[str]) -> int:
     return max(1, min(os.cpu_count() or 1, 8, len(plan_chunks(files))))
 
 
-# ---- the command --------------------------------------------------------------
+# ---- replaying files -------------------------------------------------------------
 
-def run(args) -> int:
-    from smtpfw.replay.commands import compile_or_report, dns_source_factory, load_config_arg
-
-    err = sys.stderr
-    cfg = load_config_arg(args)
-    ruleset = compile_or_report(args.rules, "dry-run")
-    if ruleset is None:
-        return 2
-    baseline = None
-    if args.baseline:
-        baseline = compile_or_report(args.baseline, "dry-run")
-        if baseline is None:
-            return 2
-    live = bool(args.live_dns or args.dns)
-    try:
-        files = session_files(args.sessions)
-    except RecordError as e:
-        print(f"smtpfw dry-run: {e}", file=err)
-        return 2
-    if not files:
-        print("smtpfw dry-run: no session files (.jsonl, .jsonl.gz) found", file=err)
-        return 2
-    jobs = args.jobs if args.jobs else _auto_jobs(files)
-    if live or "-" in files:
-        jobs = 1                 # one resolver and its cache; stdin cannot be split
-    factory, synchronous = (dns_source_factory(cfg, args.dns), False) if live else (None, None)
-    examples = args.examples
-    progress = Progress(err, len(files), [_size(path) for path in files])
+def replay_files(files: list[str], ruleset, rules_path: str, *, baseline=None, baseline_path: str | None = None,
+                 examples: int = 3, jobs: int = 1, dns_factory=None, max_recipients: int = 100,
+                 progress: Progress | None = None) -> Report:
+    """The report of replaying every record of ``files``.  Raises RecordError
+    for unreadable input and ReplayBug when replay itself fails."""
+    progress = progress or Progress(None, len(files))
     started = time.perf_counter()
     if jobs > 1:
-        _FORK_STATE.update(ruleset=ruleset, rules=args.rules, baseline=baseline, baseline_path=args.baseline,
-                           examples=examples, max_recipients=cfg.max_recipients)
-        report = Report(args.rules, ruleset.version, args.baseline,
-                        baseline.version if baseline is not None else None,
-                        rule_ids=list(dict.fromkeys(r.rule_id for r in ruleset.rules)))
+        _FORK_STATE.update(ruleset=ruleset, rules=rules_path, baseline=baseline, baseline_path=baseline_path,
+                           examples=examples, max_recipients=max_recipients)
+        report = new_report(ruleset, rules_path, baseline, baseline_path)
         try:
-            problem = _run_parallel(jobs, files, report, examples, progress)
+            _run_parallel(jobs, files, report, examples, progress)
         finally:
             progress.done()
             _FORK_STATE.clear()
-        if problem:
-            print(f"smtpfw dry-run: {problem}", file=err)
-            return 2
     else:
-        dry = DryRun(ruleset, args.rules, baseline, args.baseline, examples=examples,
-                     dns_factory=factory, synchronous_dns=synchronous, max_recipients=cfg.max_recipients)
-        add = dry.add
+        dry = DryRun(ruleset, rules_path, baseline, baseline_path, examples=examples, dns_factory=dns_factory,
+                     synchronous_dns=False if dns_factory is not None else None, max_recipients=max_recipients)
         try:
-            for index, path in enumerate(files, start=1):
-                number = 0
-                try:
-                    for number, record in iter_records(path, progress):
-                        try:
-                            add(record)
-                        except (KeyError, TypeError, ValueError, AttributeError) as e:
-                            raise RecordError(f"{path}:{number}: cannot replay this session (malformed "
-                                              f"record?): {type(e).__name__}: {e}") from None
-                        if not number & 1023:
-                            progress.update(dry.report.sessions, index)
-                except RecordError as e:
-                    progress.done()
-                    print(f"smtpfw dry-run: {e}", file=err)
-                    return 2
-            progress.update(dry.report.sessions, len(files), force=True)
+            _replay_serially(dry, files, progress)
         finally:
             progress.done()
             dry.close()
         report = dry.finish()
     report.files = files
     report.elapsed = time.perf_counter() - started
-    if args.format == "json":
-        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
-    else:
-        sys.stdout.write(format_text(report))
-    if args.fail_on_change and report.changed_sessions:
+    return report
+
+
+def _replay_serially(dry: DryRun, files: list[str], progress: Progress) -> None:
+    add = dry.add
+    for index, path in enumerate(files, start=1):
+        for number, record in iter_records(path, progress):
+            try:
+                add(record)
+            except Exception as err:  # noqa: BLE001 -- told apart by replay_failure
+                raise replay_failure(err, record, f"{path}:{number}") from None
+            if not number & 1023:
+                progress.update(dry.report.sessions, index)
+    progress.update(dry.report.sessions, len(files), force=True)
+
+
+def jobs_for(files: list[str], jobs: int, live_dns: bool) -> int:
+    """Worker processes: ``jobs`` if given, else by input size; one for live
+    DNS (one resolver and its cache) or stdin (it cannot be split)."""
+    if live_dns or "-" in files:
         return 1
-    return 0
+    return jobs or _auto_jobs(files)

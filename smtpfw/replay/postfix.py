@@ -25,10 +25,7 @@ and reported with their line numbers; they never stop the import.
 from __future__ import annotations
 
 import datetime as _dt
-import gzip
-import json
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -566,63 +563,13 @@ def import_lines(lines, year: int | None = None, source: str = "") -> tuple[list
     return records, imp.report
 
 
-def run(args) -> int:
-    err = sys.stderr
-    path = args.maillog
-    try:
-        if path == "-":
-            fh = sys.stdin
-        elif path.endswith(".gz"):
-            fh = gzip.open(path, "rt", encoding="utf-8", errors="replace")
-        else:
-            fh = open(path, "r", encoding="utf-8", errors="replace")
-    except OSError as e:
-        print(f"smtpfw import: {path}: {e.strerror or e}", file=err)
-        return 2
-    try:
-        with fh if fh is not sys.stdin else _nullcontext(fh):
-            records, rep = import_lines(fh, args.year, path)
-    except (OSError, EOFError) as e:
-        print(f"smtpfw import: {path}: cannot read: {e}", file=err)
-        return 2
-    out_path = args.output
-    try:
-        if not out_path or out_path == "-":
-            out = sys.stdout
-        elif out_path.endswith(".gz"):
-            out = gzip.open(out_path, "wt", encoding="utf-8")
-        else:
-            out = open(out_path, "w", encoding="utf-8")
-    except OSError as e:
-        print(f"smtpfw import: {out_path}: {e.strerror or e}", file=err)
-        return 2
-    try:
-        for rec in records:
-            out.write(json.dumps(rec, separators=(",", ":")) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    print(f"smtpfw import: {path}: {rep.lines:,} lines: {rep.sessions:,} sessions, {rep.messages:,} messages "
-          f"accepted, {rep.rejections:,} rejections; {rep.used:,} lines used, {rep.ignored:,} ignored "
-          f"(other programs and messages), {rep.unparseable:,} unparseable", file=err)
-    for number, text in rep.examples:
-        print(f"  unparseable {path}:{number}: {text}", file=err)
+def summary(path: str, rep: ImportReport) -> str:
+    """What the import found, for stderr."""
+    out = [f"{path}: {rep.lines:,} lines: {rep.sessions:,} sessions, {rep.messages:,} messages "
+           f"accepted, {rep.rejections:,} rejections; {rep.used:,} lines used, {rep.ignored:,} ignored "
+           f"(other programs and messages), {rep.unparseable:,} unparseable"]
+    out += [f"  unparseable {path}:{number}: {text}" for number, text in rep.examples]
     if rep.without_recipients:
-        print(f"  {rep.without_recipients:,} accepted messages have no delivery lines, so their recipients "
-              f"are unknown", file=err)
-    if not rep.sessions:
-        print(f"smtpfw import: {path}: no Postfix smtpd sessions recognised (is it a Postfix mail log?)",
-              file=err)
-        return 2
-    return 0
-
-
-class _nullcontext:
-    def __init__(self, v):
-        self.v = v
-
-    def __enter__(self):
-        return self.v
-
-    def __exit__(self, *exc):
-        return False
+        out.append(f"  {rep.without_recipients:,} accepted messages have no delivery lines, so their recipients "
+                   f"are unknown")
+    return "\n".join(out)

@@ -27,17 +27,17 @@ expectation-syntax) followed by the session's trace.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
 from smtpfw.diagnostics import Diagnostic, Span, did_you_mean
-from smtpfw.lint_output import format_text, use_color
+from smtpfw.lang.compiler import compile_ruleset
+from smtpfw.lint_output import format_text
 from smtpfw.replay.build import DeclaredDns, make_record, null_sender, parse_header
 from smtpfw.replay.session import ACCEPTED, NO_MAIL, Replayer, Verdict
+from smtpfw.replay.trace import format_trace
 from smtpfw.verdict import Stage
 
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\S+')
@@ -395,7 +395,6 @@ def run_file(tf: SuiteFile, ruleset) -> tuple[list, list]:
             ok = case.expect.holds(result.verdict)
             outcomes.append(CaseResult(case, result.verdict, ok))
             if not ok:
-                from smtpfw.replay.trace import format_trace
                 got = _describe_verdict(result.verdict)
                 d = Diagnostic("E901", f"expected {case.expect.describe()}; got {got}",
                                Span(tf.path, case.line, case.expect_column, case.line,
@@ -454,86 +453,118 @@ def collect(paths: list[str]) -> tuple[list[tuple[str, str]], list[str], list[st
     return list(dict.fromkeys(pairs)), problems, untested
 
 
-def run(args) -> int:
-    from smtpfw.lang.compiler import compile_ruleset
+@dataclass
+class SuiteRun:
+    """One ruleset's tests file, run (or why it could not be)."""
 
-    out, err = sys.stdout, sys.stderr
-    pairs, problems, untested = collect(args.paths)
-    for p in problems:
-        print(f"smtpfw test: {p}", file=err)
-    if problems:
-        return 2
-    if not pairs:
-        print("smtpfw test: no rulesets with a .tests file found", file=err)
-        return 2
-    color = use_color(args.color, out)
-    total = passed = broken = 0
-    summaries, json_items = [], []
-    status = 0
-    for rules, tests in pairs:
-        ruleset, diags = compile_ruleset(rules)
-        if ruleset is None:
-            err.write(format_text(diags))
-            print(f"smtpfw test: {rules}: the ruleset has errors", file=err)
-            status = 2
-            continue
-        try:
-            with open(tests, encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as e:
-            print(f"smtpfw test: {tests}: cannot read: {getattr(e, 'strerror', None) or e}", file=err)
-            status = 2
-            continue
-        rule_ids = list(dict.fromkeys(r.rule_id for r in ruleset.rules))
-        tf = parse_tests(tests, text, rule_ids)
-        outcomes, failures = run_file(tf, ruleset)
-        sources = {tests: text}
-        found = sorted([(d, None) for d in tf.diags] + failures, key=lambda item: item[0].span.line)
-        for d, trace in found:
-            json_items.append({**d.to_json(), "trace": trace})
-            if args.format == "text":
-                out.write(format_text([d], sources, color=color))
-                if trace:
-                    out.write("".join(f"   | {ln}\n" if ln else "   |\n"
-                                      for ln in trace.rstrip("\n").split("\n")))
-                    out.write("\n")
-        n_pass = sum(1 for o in outcomes if o.passed)
-        if args.verbose and args.format == "text":
-            for o in outcomes:
-                out.write(f"{'ok  ' if o.passed else 'FAIL'} {tests}:{o.case.line}  {o.case.text}\n")
-        total += len(outcomes)
-        passed += n_pass
-        broken += len(tf.diags)
-        summaries.append({"rules": rules, "tests": tests, "cases": len(outcomes), "passed": n_pass,
-                          "failed": len(outcomes) - n_pass, "unreadable": len(tf.diags)})
-        if len(outcomes) != n_pass or tf.diags:
-            status = max(status, 1)
-    failed = total - passed
-    if args.format == "json":
-        out.write(json.dumps({"version": 1, "rulesets": summaries, "untested": untested,
-                              "diagnostics": json_items,
-                              "summary": {"tests": total, "passed": passed, "failed": failed,
-                                          "unreadable": broken}}, indent=2) + "\n")
-        return status
-    for s in summaries:
-        line = f"{s['tests']}: {s['cases']} test{'s' if s['cases'] != 1 else ''}, {s['passed']} passed"
-        if s["failed"]:
-            line += f", {s['failed']} failed"
-        if s["unreadable"]:
-            line += f", {s['unreadable']} unreadable line{'s' if s['unreadable'] != 1 else ''}"
-        out.write(line + "\n")
-    if untested and args.verbose:
-        out.write("no tests for: " + ", ".join(untested) + "\n")
-    if status == 0:
-        out.write(f"ok: {total} test{'s' if total != 1 else ''} passed in {len(summaries)} "
-                  f"ruleset{'s' if len(summaries) != 1 else ''}\n")
+    rules: str
+    tests: str
+    ruleset_diags: list = field(default_factory=list)   # the ruleset does not compile
+    read_error: str | None = None                      # the tests file cannot be read
+    text: str = ""
+    outcomes: list = field(default_factory=list)
+    found: list = field(default_factory=list)          # (Diagnostic, trace or None), by line
+    unreadable: int = 0
+
+    @property
+    def loaded(self) -> bool:
+        return not self.ruleset_diags and self.read_error is None
+
+    @property
+    def passed(self) -> int:
+        return sum(1 for o in self.outcomes if o.passed)
+
+    def summary(self) -> dict:
+        return {"rules": self.rules, "tests": self.tests, "cases": len(self.outcomes), "passed": self.passed,
+                "failed": len(self.outcomes) - self.passed, "unreadable": self.unreadable}
+
+
+@dataclass
+class RulesetTestsReport:
+    """Every tests file `smtpfw test` ran; ``status`` is its exit code."""
+
+    suites: list
+    untested: list
+
+    @property
+    def loaded(self) -> list:
+        return [s for s in self.suites if s.loaded]
+
+    @property
+    def status(self) -> int:
+        if any(not s.loaded for s in self.suites):
+            return 2
+        return 1 if any(s.passed != len(s.outcomes) or s.unreadable for s in self.suites) else 0
+
+    def to_json(self) -> dict:
+        loaded = self.loaded
+        total, passed = sum(len(s.outcomes) for s in loaded), sum(s.passed for s in loaded)
+        return {"version": 1, "rulesets": [s.summary() for s in loaded], "untested": self.untested,
+                "diagnostics": [{**d.to_json(), "trace": trace} for s in loaded for d, trace in s.found],
+                "summary": {"tests": total, "passed": passed, "failed": total - passed,
+                            "unreadable": sum(s.unreadable for s in loaded)}}
+
+
+def run_suites(pairs: list[tuple[str, str]], untested: list[str]) -> RulesetTestsReport:
+    """Run each (rules, tests) pair."""
+    return RulesetTestsReport([_run_suite(rules, tests) for rules, tests in pairs], untested)
+
+
+def _run_suite(rules: str, tests: str) -> SuiteRun:
+    ruleset, diags = compile_ruleset(rules)
+    if ruleset is None:
+        return SuiteRun(rules, tests, ruleset_diags=list(diags))
+    try:
+        with open(tests, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as e:
+        return SuiteRun(rules, tests, read_error=f"{tests}: cannot read: {getattr(e, 'strerror', None) or e}")
+    rule_ids = list(dict.fromkeys(r.rule_id for r in ruleset.rules))
+    tf = parse_tests(tests, text, rule_ids)
+    outcomes, failures = run_file(tf, ruleset)
+    found = sorted([(d, None) for d in tf.diags] + failures, key=lambda item: item[0].span.line)
+    return SuiteRun(rules, tests, text=text, outcomes=outcomes, found=found, unreadable=len(tf.diags))
+
+
+def format_suite(suite: SuiteRun, color: bool = False, verbose: bool = False) -> str:
+    """A loaded suite's failures (lint format, each with its trace) and, verbose, every test."""
+    out = []
+    for d, trace in suite.found:
+        out.append(format_text([d], {suite.tests: suite.text}, color=color))
+        if trace:
+            out.append("".join(f"   | {ln}\n" if ln else "   |\n" for ln in trace.rstrip("\n").split("\n")))
+            out.append("\n")
+    if verbose:
+        out += [f"{'ok  ' if o.passed else 'FAIL'} {suite.tests}:{o.case.line}  {o.case.text}\n"
+                for o in suite.outcomes]
+    return "".join(out)
+
+
+def format_summary(report: RulesetTestsReport, verbose: bool = False) -> str:
+    """A line per loaded suite, then ok or FAILED."""
+    out = []
+    for s in report.loaded:
+        line = f"{s.tests}: {len(s.outcomes)} test{'s' if len(s.outcomes) != 1 else ''}, {s.passed} passed"
+        failed = len(s.outcomes) - s.passed
+        if failed:
+            line += f", {failed} failed"
+        if s.unreadable:
+            line += f", {s.unreadable} unreadable line{'s' if s.unreadable != 1 else ''}"
+        out.append(line + "\n")
+    if report.untested and verbose:
+        out.append("no tests for: " + ", ".join(report.untested) + "\n")
+    totals = report.to_json()["summary"]
+    total, failed, broken = totals["tests"], totals["failed"], totals["unreadable"]
+    if report.status == 0:
+        n = len(report.loaded)
+        out.append(f"ok: {total} test{'s' if total != 1 else ''} passed in {n} ruleset{'s' if n != 1 else ''}\n")
     else:
         parts = []
         if failed:
             parts.append(f"{failed} of {total} tests failed")
         if broken:
             parts.append(f"{broken} unreadable line{'s' if broken != 1 else ''}")
-        if status == 2:
+        if report.status == 2:
             parts.append("some rulesets could not be loaded")
-        out.write("FAILED: " + ", ".join(parts) + "\n")
-    return status
+        out.append("FAILED: " + ", ".join(parts) + "\n")
+    return "".join(out)

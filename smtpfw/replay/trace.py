@@ -7,14 +7,12 @@ the hook's decision, and the reply the client gets (<<<).
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import sys
+from dataclasses import dataclass
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup
 from smtpfw.recording import RecordError
-from smtpfw.replay.build import NoDns, make_record, null_sender, parse_header
+from smtpfw.replay.records import iter_records, replay_failure, session_files
 from smtpfw.replay.session import EventResult, Replayer, ReplayResult
 from smtpfw.verdict import Outcome, Stage
 
@@ -166,10 +164,38 @@ def trace_json(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) ->
             "verdict": result.verdict.to_json(), "hits": list(result.hits)}
 
 
+@dataclass
+class TraceReport:
+    """One session traced through a ruleset: what `smtpfw trace` shows."""
+
+    ruleset: object
+    rules: str
+    result: ReplayResult
+    dns: str                      # where the DNS answers came from, in words
+
+    def to_text(self) -> str:
+        return format_trace(self.ruleset, self.rules, self.result, self.dns)
+
+    def to_json(self) -> dict:
+        return trace_json(self.ruleset, self.rules, self.result, self.dns)
+
+
+def trace_record(ruleset, record: dict, where: str, *, dns_factory=None, synchronous_dns: bool | None = None,
+                 hostname: str = "smtpfw", max_recipients: int = 100) -> ReplayResult:
+    """Replay one record with tracing on.  ``dns_factory`` None: the answers
+    recorded in it.  Raises RecordError or ReplayBug (``where`` names the record)."""
+    replayer = Replayer(ruleset, dns_factory, trace=True, hostname=hostname, max_recipients=max_recipients,
+                        synchronous_dns=synchronous_dns)
+    try:
+        return replayer.replay(record)
+    except Exception as err:  # noqa: BLE001 -- told apart by replay_failure
+        raise replay_failure(err, record, where) from None
+    finally:
+        replayer.close()
+
+
 def load_session(spec: str) -> dict:
     """FILE, FILE:N (Nth record, 1-based), FILE:ID or FOLDER:ID."""
-    from smtpfw.replay.dryrun import iter_records
-
     path, selector = spec, None
     if not os.path.exists(spec) and ":" in spec:
         path, _, selector = spec.rpartition(":")
@@ -189,8 +215,6 @@ def _find_in_folder(folder: str, session_id: str | None) -> dict:
     """The session with this id in any recording under ``folder`` (the
     server writes one file per worker and day, so an id from a log line
     could be in any of them)."""
-    from smtpfw.replay.dryrun import iter_records, session_files
-
     if not session_id:
         raise RecordError(f"{folder}: a folder of recordings needs a session id: {folder}:ID")
     files = session_files([folder])
@@ -199,72 +223,3 @@ def _find_in_folder(folder: str, session_id: str | None) -> dict:
             if record.get("id") == session_id:
                 return record
     raise RecordError(f"{folder}: no session {session_id!r} in {len(files)} files")
-
-
-def run(args) -> int:
-    from smtpfw.replay.commands import compile_or_report, dns_source_factory, load_config_arg
-
-    err = sys.stderr
-    cfg = load_config_arg(args)
-    if args.session:
-        if args.ip or args.helo or args.sender is not None or args.rcpt:
-            print("smtpfw trace: give either --session or --ip/--helo/--from/--rcpt, not both", file=err)
-            return 2
-        try:
-            record = load_session(args.session)
-        except RecordError as e:
-            print(f"smtpfw trace: {e}", file=err)
-            return 2
-    else:
-        if args.sender is not None and not args.helo:
-            print("smtpfw trace: --from needs --helo (a client says HELO/EHLO before MAIL)", file=err)
-            return 2
-        if args.rcpt and args.sender is None:
-            print("smtpfw trace: --rcpt needs --from (MAIL comes before RCPT)", file=err)
-            return 2
-        try:
-            headers = [parse_header(h) for h in args.header]
-        except ValueError as e:
-            print(f"smtpfw trace: --header: {e}", file=err)
-            return 2
-        import ipaddress
-        ip = args.ip or "192.0.2.1"
-        try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            print(f"smtpfw trace: --ip: {ip!r} is not an IP address", file=err)
-            return 2
-        record = make_record(ip=ip, client_port=args.client_port, listener_port=args.port, helo=args.helo,
-                             esmtp=not args.plain_helo, tls=args.tls, auth_user=args.auth,
-                             sender=null_sender(args.sender) if args.sender is not None else None,
-                             rcpts=[null_sender(r) for r in args.rcpt], headers=headers, size=args.size,
-                             data=not args.no_data)
-    ruleset = compile_or_report(args.rules, "trace")
-    if ruleset is None:
-        return 2
-    hostname = cfg.hostname or socket.gethostname() or "smtpfw"
-    if args.session and not (args.live_dns or args.dns):
-        dns_desc = "recorded answers (a lookup not in the recording counts as failed)"
-        replayer = Replayer(ruleset, trace=True, hostname=hostname, max_recipients=cfg.max_recipients)
-    elif args.no_dns:
-        dns_desc = "none (--no-dns: every lookup counts as failed)"
-        replayer = Replayer(ruleset, lambda rec: NoDns(), trace=True, hostname=hostname,
-                            max_recipients=cfg.max_recipients, synchronous_dns=True)
-    else:
-        server = args.dns or (", ".join(f"{h}:{p}" for h, p in cfg.dns_nameservers) if cfg.dns_nameservers
-                              else "the system resolver")
-        dns_desc = f"live, from {server}"
-        replayer = Replayer(ruleset, dns_source_factory(cfg, args.dns), trace=True, hostname=hostname,
-                            max_recipients=cfg.max_recipients, synchronous_dns=False)
-    try:
-        result = replayer.replay(record)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        print(f"smtpfw trace: malformed session record: {type(e).__name__}: {e}", file=err)
-        return 2
-    finally:
-        replayer.close()
-    if args.format == "json":
-        sys.stdout.write(json.dumps(trace_json(ruleset, args.rules, result, dns_desc), indent=2) + "\n")
-    else:
-        sys.stdout.write(format_trace(ruleset, args.rules, result, dns_desc))
-    return 0

@@ -1,19 +1,98 @@
-"""The subcommands of this package: dry-run, trace, test, import.
+"""The command line's grammar: every subcommand, flag and help text.
 
-``smtpfw.cli`` calls ``register(sub)`` (listed in ``_EXTRA_COMMANDS``).
-Exit codes follow the CLI's: 0 fine, 1 findings (failed tests, changes with
---fail-on-change), 2 usage, rules or input error.
+``build_parser(handlers)`` sets each subcommand's ``func`` from
+``handlers`` (name, or "import postfix" -> function(args) -> exit code),
+which smtpfw.cli owns.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from smtpfw.config import ConfigError, _hostport
+from smtpfw import __version__
 
 
-def register(sub) -> None:
+def nonnegative(text: str) -> int:
+    """argparse type: a whole number >= 0 (a usage error otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {n}")
+    return n
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config file (default: built-in defaults)")
+    p.add_argument("--rules", metavar="FILE", help="ruleset file (default: the config's, else rules/default.rules)")
+
+
+def _color_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text output: auto (on a terminal, unless NO_COLOR is set), always, never")
+
+
+def build_parser(handlers: dict) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smtpfw", description="A declarative, rules-driven SMTP firewall.")
+    parser.add_argument("--version", action="version", version=f"smtpfw {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _serve(sub)
+    _lint(sub)
+    _passwd(sub)
+    _docs(sub)
+    _dry_run(sub)
+    _trace(sub)
+    _test(sub)
+    _import(sub, handlers["import postfix"])
+    for name, p in sub.choices.items():
+        if name in handlers:
+            p.set_defaults(func=handlers[name])
+    return parser
+
+
+def _serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the SMTP firewall",
+                       description="Run the SMTP firewall. Flags override the config file.")
+    _add_config_args(p)
+    p.add_argument("--listen", metavar="HOST:PORT", action="append",
+                   help="address to listen on (repeatable; default 127.0.0.1:2525)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--forward", metavar="HOST:PORT", help="forward accepted mail to this SMTP server")
+    target.add_argument("--maildir", metavar="DIR", help="write accepted mail to this Maildir (default ./var/maildir)")
+    p.add_argument("--workers", metavar="N", type=nonnegative,
+                   help="worker processes (default: one per CPU; 0 also means one per CPU)")
+    p.add_argument("--record", metavar="DIR", help="record sessions as JSON Lines under DIR")
+    p.add_argument("--log-format", choices=("kv", "json"),
+                   help="format of every log line: kv (text, the default) or json (one object per line)")
+
+
+def _lint(sub) -> None:
+    p = sub.add_parser("lint", help="check rule files", description="Check rule files and print diagnostics.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="rule files or folders (default: the configured ruleset)")
+    _add_config_args(p)
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    p.add_argument("--fail-on", choices=("error", "warning", "hint"), default="error",
+                   help="lowest severity that makes the exit code 1 (default error)")
+    _color_arg(p)
+
+
+def _passwd(sub) -> None:
+    p = sub.add_parser("passwd", help="make a line for the AUTH users file",
+                       description="Print USER:scrypt$... for auth.users_file. The password is read "
+                                   "from standard input (asked for on a terminal).")
+    p.add_argument("user", metavar="USER", help="the user name (no ':')")
+
+
+def _docs(sub) -> None:
+    p = sub.add_parser("docs", help="print the documentation installed with smtpfw",
+                       description="Print a page of the documentation installed with smtpfw, or one "
+                                   "section of it: diagnostics' URLs (docs/lint.md#e102) work as they are.")
+    p.add_argument("page", nargs="?", metavar="PAGE[#SECTION]",
+                   help="lint, rules, dry-run, ... or a URL such as docs/lint.md#e102 (none: list the pages)")
+
+
+def _dry_run(sub) -> None:
     p = sub.add_parser(
         "dry-run", help="replay recorded sessions through a ruleset and show what changes",
         description="Replay recorded sessions (.jsonl, .jsonl.gz, or folders of them) through a ruleset, "
@@ -32,8 +111,9 @@ def register(sub) -> None:
     p.add_argument("--fail-on-change", action="store_true", help="exit 1 if any session changes")
     p.add_argument("--jobs", metavar="N", type=nonnegative, default=0,
                    help="worker processes (default: one per CPU for inputs over 16 MB, else 1)")
-    p.set_defaults(func=_dry_run)
 
+
+def _trace(sub) -> None:
     p = sub.add_parser(
         "trace", help="show step by step how a ruleset decides one session",
         description="Run one session through the ruleset and show each hook, each rule with its "
@@ -64,8 +144,9 @@ def register(sub) -> None:
     dns.add_argument("--live-dns", action="store_true", help="with --session: ask DNS again, not the recording")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="output format: text, or json for scripts (default text)")
-    p.set_defaults(func=_trace)
 
+
+def _test(sub) -> None:
     p = sub.add_parser(
         "test", help="run the ruleset tests that live beside rule files (RULES.tests)",
         description="Run the expectations in <ruleset>.tests files (`smtpfw docs dry-run#ruleset-tests`). "
@@ -73,11 +154,11 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="RULES", help="rule files, .tests files or folders")
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="output format: text, or json like `smtpfw lint --format json` (default text)")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
-                   help="colour the text output: auto (on a terminal, unless NO_COLOR is set), always, never")
+    _color_arg(p)
     p.add_argument("-v", "--verbose", action="store_true", help="list every test")
-    p.set_defaults(func=_test)
 
+
+def _import(sub, postfix_handler) -> None:
     p = sub.add_parser("import", help="turn mail logs into recorded sessions",
                        description="Turn mail server logs into smtpfw session records (format v1) for dry-run.")
     isub = p.add_subparsers(dest="source", metavar="SOURCE")
@@ -87,91 +168,5 @@ def register(sub) -> None:
     q.add_argument("maillog", metavar="MAILLOG", help="the Postfix log: a file, a .gz file, or - for stdin")
     q.add_argument("-o", "--output", metavar="OUT.jsonl", help="output file (.gz compresses; default stdout)")
     q.add_argument("--year", type=int, help="year for syslog time stamps without one (default: this year)")
-    q.set_defaults(func=_import_postfix)
+    q.set_defaults(func=postfix_handler)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
-
-
-def nonnegative(text: str) -> int:
-    """argparse type: a whole number >= 0 (a usage error otherwise)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {n}")
-    return n
-
-
-# ---- shared helpers -----------------------------------------------------------
-
-def load_config_arg(args):
-    """The config and the rules path (flags over config); sets args.rules."""
-    from smtpfw.cli import load_settings
-
-    cfg, rules = load_settings(args)
-    args.rules = rules
-    return cfg
-
-
-def compile_or_report(path: str, command: str):
-    """The compiled ruleset, or None after printing its errors."""
-    from smtpfw.lang.compiler import compile_ruleset
-    from smtpfw.lint_output import format_text
-
-    ruleset, diags = compile_ruleset(path)
-    if ruleset is None:
-        sys.stderr.write(format_text(diags))
-        print(f"smtpfw {command}: {path}: the ruleset has errors", file=sys.stderr)
-    return ruleset
-
-
-def make_resolver(cfg, dns_arg: str | None):
-    from smtpfw.checks.dns import Resolver
-
-    if dns_arg:
-        servers = [_hostport(dns_arg, "--dns", 53)]
-    else:
-        servers = list(cfg.dns_nameservers) or None
-    return Resolver(servers, timeout=cfg.dns_timeout, cache_size=cfg.dns_cache_size)
-
-
-def dns_source_factory(cfg, dns_arg: str | None):
-    """record -> a live DnsSession (one shared caching Resolver)."""
-    from smtpfw.checks.dns import DnsSession
-
-    resolver = make_resolver(cfg, dns_arg)
-    return lambda record: DnsSession(resolver, cfg.dns_session_budget)
-
-
-def _guard(command: str, fn, args) -> int:
-    try:
-        return fn(args)
-    except ConfigError as err:
-        print(f"smtpfw {command}: {err}", file=sys.stderr)
-        return 2
-
-
-# ---- the commands -------------------------------------------------------------
-
-def _dry_run(args) -> int:
-    from smtpfw.replay import dryrun
-
-    return _guard("dry-run", dryrun.run, args)
-
-
-def _trace(args) -> int:
-    from smtpfw.replay import trace
-
-    return _guard("trace", trace.run, args)
-
-
-def _test(args) -> int:
-    from smtpfw.replay import rulestests
-
-    return _guard("test", rulestests.run, args)
-
-
-def _import_postfix(args) -> int:
-    from smtpfw.replay import postfix
-
-    return _guard("import", postfix.run, args)
