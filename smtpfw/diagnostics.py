@@ -3,7 +3,9 @@
 The parser, the compiler, `smtpfw lint`, `smtpfw test` and `serve` (when it
 loads or reloads rules) all report through ``Diagnostic``; the formatters in
 ``smtpfw.lint_output`` print them.  Codes live in one registry (``CODES``) so
-they stay stable and documented (docs/lint.md).
+they stay stable and documented (docs/lint.md): each is a member of
+``Code`` (``Code.E302_LIST_ENTRY_MALFORMED``), which producers name
+instead of writing "E302".
 """
 
 from __future__ import annotations
@@ -40,70 +42,93 @@ class Span:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-@dataclass(frozen=True, slots=True)
-class Code:
-    code: str
-    name: str
+E, W, H = Severity.ERROR, Severity.WARNING, Severity.HINT
+
+
+class Code(enum.StrEnum):
+    """A diagnostic code.  A member is its code string
+    (``Code.E302_LIST_ENTRY_MALFORMED == "E302"``) and carries its name,
+    default severity and summary; docs/lint.md documents each under the
+    anchor ``code.anchor`` (``#e302``).  Producers use the members, never
+    the bare strings, so a code cannot be misspelt or go unregistered."""
+
+    label: str
     severity: Severity
     summary: str
 
+    def __new__(cls, code: str, label: str, severity: Severity, summary: str) -> "Code":
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.label, member.severity, member.summary = label, severity, summary
+        return member
 
-def _c(code: str, name: str, severity: Severity, summary: str) -> Code:
-    return Code(code, name, severity, summary)
+    @property
+    def code(self) -> str:
+        return self.value
+
+    @property
+    def anchor(self) -> str:
+        """The section of docs/lint.md that explains it."""
+        return self.value.lower()
+
+    # reading and syntax
+    E001_IO_ERROR = "E001", "io-error", E, "a rule file cannot be read"
+    E002_SYNTAX_ERROR = "E002", "syntax-error", E, "the text is not valid rule syntax"
+    E003_INCLUDE_ERROR = "E003", "include-error", E, "an include is missing, is not a .rules file or includes itself"
+    W004_INVISIBLE_CHARACTER = ("W004", "invisible-character", W,
+                                "an invisible character (no-break or zero-width space, bidi control) in a file")
+    # names
+    E101_UNKNOWN_HOOK = "E101", "unknown-hook", E, "`on` names a hook that does not exist"
+    E102_UNKNOWN_FIELD = "E102", "unknown-field", E, "a condition or placeholder names an unknown field"
+    E103_UNKNOWN_LIST = "E103", "unknown-list", E, "a condition names a list that is not declared"
+    E104_UNKNOWN_ZONE = "E104", "unknown-zone", E, "a condition names a DNS zone that is not declared"
+    E105_UNKNOWN_PLUGIN = "E105", "unknown-plugin", E, "`run` names a plugin that is not declared"
+    E106_UNKNOWN_OPTION = "E106", "unknown-option", E, "`option` names an unknown option or gives a bad value"
+    E107_DUPLICATE_NAME = "E107", "duplicate-name", E, "a list, zone, plugin or rule id is declared twice"
+    E108_RULE_OUTSIDE_HOOK = "E108", "rule-outside-hook", E, "a rule appears before any `on <hook>:`"
+    E109_HOOK_NEVER_RUNS = "E109", "hook-never-runs", E, "`on disconnect:` names a hook the server never runs"
+    # fields and types
+    E201_FIELD_NOT_AVAILABLE = "E201", "field-not-available", E, "a field is used in a hook where it is not yet known"
+    E202_TYPE_MISMATCH = "E202", "type-mismatch", E, "a value or operator does not fit the field's type"
+    E203_ACTION_NOT_ALLOWED = "E203", "action-not-allowed", E, "an action cannot be used in this hook"
+    # lists
+    E301_LIST_FILE_MISSING = "E301", "list-file-missing", E, "a list file is missing or unreadable"
+    E302_LIST_ENTRY_MALFORMED = ("E302", "list-entry-malformed", E,
+                                 "a list entry is not a valid address, domain or network")
+    W303_LIST_ENTRY_DUPLICATE = "W303", "list-entry-duplicate", W, "a list has the same entry twice"
+    # patterns
+    E401_BAD_REGEX = "E401", "bad-regex", E, "a regular expression does not compile"
+    W402_PATTERN_NEVER_MATCHES = "W402", "pattern-never-matches", W, "a glob or regex can never match the field"
+    W403_CATASTROPHIC_BACKTRACKING = ("W403", "catastrophic-backtracking", W,
+                                      "a regular expression can take exponential time")
+    # replies
+    E501_REPLY_CODE_CONTRADICTS_ACTION = ("E501", "reply-code-contradicts-action", E,
+                                          "a reply code does not fit the action")
+    E502_BAD_ENHANCED_CODE = ("E502", "bad-enhanced-code", E,
+                              "an enhanced status code is malformed or contradicts the reply code")
+    E503_UNKNOWN_PLACEHOLDER = ("E503", "unknown-placeholder", E,
+                                "reply or log text names an unknown {placeholder} or leaves one unclosed")
+    # rule structure
+    W601_UNREACHABLE_RULE = "W601", "unreachable-rule", W, "a rule comes after an unconditional terminal rule"
+    W602_SHADOWED_RULE = "W602", "shadowed-rule", W, "an earlier rule already matches everything this rule matches"
+    W603_UNUSED_DECLARATION = "W603", "unused-declaration", W, "a list, zone or plugin is declared but never used"
+    # policy
+    E701_OPEN_RELAY = "E701", "open-relay", E, "an untrusted client can relay to a non-local domain"
+    W702_REJECTS_NULL_SENDER = "W702", "rejects-null-sender", W, "the null sender <> is rejected at MAIL"
+    H703_PUBLIC_ZONE_WITHOUT_CODES = ("H703", "public-zone-without-codes", H,
+                                      "a public DNSBL is used without a return-code filter")
+    E704_MONITOR_MODE_RELAYS = ("E704", "monitor-mode-relays", E,
+                                "`option mode = \"monitor\"` lets mail to any domain through")
+    # plugins
+    E801_PLUGIN_LOAD_ERROR = "E801", "plugin-load-error", E, "a plugin cannot be imported or constructed"
+    # ruleset tests (smtpfw test)
+    E901_EXPECTATION_FAILED = "E901", "expectation-failed", E, "a ruleset test expectation did not hold"
+    E902_EXPECTATION_SYNTAX = "E902", "expectation-syntax", E, "a ruleset test line cannot be read"
+    # smtpfw itself
+    E999_INTERNAL_ERROR = "E999", "internal-error", E, "checking the rules failed: a bug in smtpfw, not in the rules"
 
 
-E, W, H = Severity.ERROR, Severity.WARNING, Severity.HINT
-
-CODES: dict[str, Code] = {
-    c.code: c
-    for c in [
-        # reading and syntax
-        _c("E001", "io-error", E, "a rule file cannot be read"),
-        _c("E002", "syntax-error", E, "the text is not valid rule syntax"),
-        _c("E003", "include-error", E, "an include is missing, is not a .rules file or includes itself"),
-        _c("W004", "invisible-character", W, "an invisible character (no-break or zero-width space, bidi control) in a file"),
-        # names
-        _c("E101", "unknown-hook", E, "`on` names a hook that does not exist"),
-        _c("E102", "unknown-field", E, "a condition or placeholder names an unknown field"),
-        _c("E103", "unknown-list", E, "a condition names a list that is not declared"),
-        _c("E104", "unknown-zone", E, "a condition names a DNS zone that is not declared"),
-        _c("E105", "unknown-plugin", E, "`run` names a plugin that is not declared"),
-        _c("E106", "unknown-option", E, "`option` names an unknown option or gives a bad value"),
-        _c("E107", "duplicate-name", E, "a list, zone, plugin or rule id is declared twice"),
-        _c("E108", "rule-outside-hook", E, "a rule appears before any `on <hook>:`"),
-        _c("E109", "hook-never-runs", E, "`on disconnect:` names a hook the server never runs"),
-        # fields and types
-        _c("E201", "field-not-available", E, "a field is used in a hook where it is not yet known"),
-        _c("E202", "type-mismatch", E, "a value or operator does not fit the field's type"),
-        _c("E203", "action-not-allowed", E, "an action cannot be used in this hook"),
-        # lists
-        _c("E301", "list-file-missing", E, "a list file is missing or unreadable"),
-        _c("E302", "list-entry-malformed", E, "a list entry is not a valid address, domain or network"),
-        _c("W303", "list-entry-duplicate", W, "a list has the same entry twice"),
-        # patterns
-        _c("E401", "bad-regex", E, "a regular expression does not compile"),
-        _c("W402", "pattern-never-matches", W, "a glob or regex can never match the field"),
-        _c("W403", "catastrophic-backtracking", W, "a regular expression can take exponential time"),
-        # replies
-        _c("E501", "reply-code-contradicts-action", E, "a reply code does not fit the action"),
-        _c("E502", "bad-enhanced-code", E, "an enhanced status code is malformed or contradicts the reply code"),
-        _c("E503", "unknown-placeholder", E, "reply or log text names an unknown {placeholder} or leaves one unclosed"),
-        # rule structure
-        _c("W601", "unreachable-rule", W, "a rule comes after an unconditional terminal rule"),
-        _c("W602", "shadowed-rule", W, "an earlier rule already matches everything this rule matches"),
-        _c("W603", "unused-declaration", W, "a list, zone or plugin is declared but never used"),
-        # policy
-        _c("E701", "open-relay", E, "an untrusted client can relay to a non-local domain"),
-        _c("W702", "rejects-null-sender", W, "the null sender <> is rejected at MAIL"),
-        _c("H703", "public-zone-without-codes", H, "a public DNSBL is used without a return-code filter"),
-        _c("E704", "monitor-mode-relays", E, "`option mode = \"monitor\"` lets mail to any domain through"),
-        # plugins
-        _c("E801", "plugin-load-error", E, "a plugin cannot be imported or constructed"),
-        # ruleset tests (smtpfw test)
-        _c("E901", "expectation-failed", E, "a ruleset test expectation did not hold"),
-        _c("E902", "expectation-syntax", E, "a ruleset test line cannot be read"),
-    ]
-}
+CODES: dict[str, Code] = {c.value: c for c in Code}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +139,17 @@ class Diagnostic:
     help: str | None = None
     severity: Severity | None = None  # None = the code's default
 
+    def __post_init__(self) -> None:
+        """An unregistered code is a bug here, not a surprise in the output."""
+        object.__setattr__(self, "code", Code(self.code))
+
     @property
     def level(self) -> Severity:
         return self.severity or CODES[self.code].severity
 
     @property
     def name(self) -> str:
-        return CODES[self.code].name
+        return CODES[self.code].label
 
     def sort_key(self):
         s = self.span
@@ -129,7 +158,7 @@ class Diagnostic:
     def to_json(self) -> dict:
         s = self.span
         return {
-            "code": self.code,
+            "code": str(self.code),
             "name": self.name,
             "severity": self.level.value,
             "message": self.message,

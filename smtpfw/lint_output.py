@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from smtpfw.diagnostics import Diagnostic, Severity
+from smtpfw.diagnostics import Code, Diagnostic, Severity
 
 DOCS_URL = "docs/lint.md#{code}"
 _COLORS = {Severity.ERROR: "\033[1;31m", Severity.WARNING: "\033[1;33m", Severity.HINT: "\033[1;36m"}
@@ -49,7 +49,7 @@ def format_text(diags: list[Diagnostic], sources: dict[str, str] | None = None,
         level = d.level
         where = f"{d.span}: " if d.span else ""
         out.append(f"{c(_BOLD, where)}{c(_COLORS[level], f'{level.value}[{d.code}]')} {_shown(d.message)}")
-        line = _source_line(d, sources, cache) if d.code != "E001" else None   # E001: cannot be read
+        line = _source_line(d, sources, cache) if d.code != Code.E001_IO_ERROR else None   # E001: cannot be read
         if line is not None and d.span is not None:
             line = _shown(line[:300])
             num = str(d.span.line)

@@ -27,7 +27,8 @@ from smtpfw.lint_output import format_json, format_text, summary_line, use_color
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "lint"
 UPDATE = os.environ.get("SMTPFW_UPDATE_GOLDEN") == "1"
-NOT_IN_CORPUS = {"E901", "E902"}     # ruleset-test codes: tests/ for `smtpfw test`
+NOT_IN_CORPUS = {"E901", "E902",     # ruleset-test codes: tests/ for `smtpfw test`
+                 "E999"}             # lint's own bugs: test_*_crash_is_e999 below
 
 
 def corpus_cases() -> list[str]:
@@ -461,7 +462,8 @@ def test_disconnect_hook_is_refused(tmp_path):
 
 # ---- robustness ---------------------------------------------------------------------
 
-def test_check_crash_becomes_a_diagnostic(tmp_path, monkeypatch):
+def test_check_crash_is_e999(tmp_path, monkeypatch):
+    """A bug in a check is lint's own error, not the check's warning code."""
     from smtpfw.lang import check
 
     def boom(self):
@@ -469,17 +471,29 @@ def test_check_crash_becomes_a_diagnostic(tmp_path, monkeypatch):
     monkeypatch.setattr(check._Linter, "check_order", boom)
     diags = lint(tmp_path, 'on helo:\n    reject "x"\n' + NO_RELAY)
     [d] = diags
-    assert d.code == "W601" and "internal error" in d.message and "kaboom" in d.message
+    assert d.code == "E999" and d.level is Severity.ERROR and d.name == "internal-error"
+    assert "internal error while looking for unreachable" in d.message and "RuntimeError: kaboom" in d.message
+    assert "in boom)" in d.message                       # where it was raised
+    assert "bug in smtpfw, please report it" in d.help
 
 
-def test_compile_crash_becomes_a_diagnostic(tmp_path, monkeypatch):
+def test_compile_crash_is_e999_not_a_syntax_error(tmp_path, monkeypatch):
     from smtpfw.lang import check
 
     def boom(*a, **k):
         raise ValueError("bad")
     monkeypatch.setattr(check, "compile_program", boom)
     diags = lint(tmp_path, NO_RELAY)
-    assert [d.code for d in diags] == ["E002"] and "internal error" in diags[0].message
+    assert [d.code for d in diags] == ["E999"] and "internal error while compiling: ValueError: bad" in diags[0].message
+
+
+def test_load_crash_is_e999(tmp_path, monkeypatch):
+    from smtpfw.lang import check
+
+    def boom(*a, **k):
+        raise KeyError("x")
+    monkeypatch.setattr(check, "load_program", boom)
+    assert [d.code for d in lint(tmp_path, NO_RELAY)] == ["E999"]
 
 
 def test_deep_not_chain(tmp_path):
@@ -539,7 +553,53 @@ def test_docs_cover_every_code():
     text = (REPO / "docs" / "lint.md").read_text(encoding="utf-8")
     for code, info in CODES.items():
         assert f'<a id="{code.lower()}"></a>' in text, code
-        assert f"{code} {info.name}" in text, code
+        assert f"{code} {info.label}" in text, code
+
+
+# Producers not yet converted from "E302" to Code.E302_LIST_ENTRY_MALFORMED
+# (owned by another part of issue 13); the test below fails once they are, so
+# this set only shrinks.
+BARE_CODES_ALLOWED = {"smtpfw/checks/lists.py"}
+
+
+def _code_uses() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Per smtpfw source file: bare code strings ("E302") and Code.<member> names used."""
+    import ast
+
+    bare: dict[str, set[str]] = {}
+    members: dict[str, set[str]] = {}
+    for path in sorted((REPO / "smtpfw").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"[EWH]\d{3}",
+                                                                                                 node.value):
+                bare.setdefault(rel, set()).add(node.value)
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "Code"
+                  and re.fullmatch(r"[EWH]\d{3}_\w+", node.attr)):
+                members.setdefault(rel, set()).add(node.attr)
+    return bare, members
+
+
+def test_codes_are_named_constants_not_strings():
+    bare, _ = _code_uses()
+    assert set(bare) - {"smtpfw/diagnostics.py"} == BARE_CODES_ALLOWED, {f: sorted(c) for f, c in bare.items()}
+    assert set().union(*bare.values()) <= set(CODES)
+
+
+def test_every_code_used_is_registered_and_named_after_its_label():
+    from smtpfw.diagnostics import Code
+
+    _, members = _code_uses()
+    used = set().union(*members.values())
+    assert used and used <= set(Code.__members__), sorted(used - set(Code.__members__))
+    for member in Code:
+        assert member.name == f"{member.value}_{member.label.upper().replace('-', '_')}"
+        assert CODES[member.value] is member and member.anchor == member.value.lower()
+
+
+def test_an_unregistered_code_is_refused():
+    with pytest.raises(ValueError):
+        Diagnostic("E000", "no such code")
 
 
 def _doc_examples():

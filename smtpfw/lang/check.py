@@ -30,11 +30,13 @@ import fnmatch
 import ipaddress
 import os
 import re
+import traceback
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file, read_list_text
-from smtpfw.diagnostics import Diagnostic, Span, nearest_file
+from smtpfw.diagnostics import Code, Diagnostic, Span, nearest_file
+from smtpfw.errors import PLEASE_REPORT
 from smtpfw.lang import ast, backtracking
 from smtpfw.lang.compiler import (BUILTIN_LISTS, Program, _Compiler, _shown, compile_program, dedupe,
                                   load_program)
@@ -61,23 +63,24 @@ def check_ruleset(path: str | os.PathLike) -> tuple[list[Diagnostic], dict[str, 
     try:
         prog, load_diags = load_program(path)
     except RecursionError:
-        return [Diagnostic("E002", "rules nested too deeply", Span.point(path, 1, 1))], {}
+        return [Diagnostic(Code.E002_SYNTAX_ERROR, "rules nested too deeply", Span.point(path, 1, 1))], {}
     except Exception as err:  # lint must never crash
-        return [_internal("E002", "reading the rules", err, Span.point(path, 1, 1))], {}
+        return [_internal("reading the rules", err, Span.point(path, 1, 1))], {}
     try:
         ruleset, compiled_diags = compile_program(prog, load_diags, load_plugins=True)
         diags = list(compiled_diags)
     except Exception as err:  # lint must never crash
         ruleset = None
-        diags = list(load_diags) + [_internal("E002", "compiling", err, Span.point(path, 1, 1))]
+        diags = list(load_diags) + [_internal("compiling", err, Span.point(path, 1, 1))]
     sources: dict[str, str] = dict(prog.sources)
-    complete = not any(d.code in ("E001", "E002", "E003") for d in diags)
+    complete = not any(d.code in (Code.E001_IO_ERROR, Code.E002_SYNTAX_ERROR, Code.E003_INCLUDE_ERROR)
+                       for d in diags)
     try:
         diags = _one_for_a_broken_include(diags, prog)
         diags += _Linter(prog, ruleset, complete).run()
         diags += invisible_in_ruleset(prog, diags)
     except Exception as err:  # each check is guarded; this is the last line of defence
-        diags.append(_internal("E002", "checking the rules", err, Span.point(path, 1, 1)))
+        diags.append(_internal("checking the rules", err, Span.point(path, 1, 1)))
     return dedupe(diags), sources
 
 
@@ -90,11 +93,13 @@ def invisible_in_ruleset(prog, diags: list[Diagnostic]) -> list[Diagnostic]:
             path = os.path.join(base, decl.file)
             text = read_list_text(path)
             found += find_invisible(text, _shown(path)) if text is not None else []
-    taken = {(d.span.file, d.span.line) for d in diags if d.code in ("E002", "E302") and d.span}
+    taken = {(d.span.file, d.span.line) for d in diags if d.code in (Code.E002_SYNTAX_ERROR,
+                                                                     Code.E302_LIST_ENTRY_MALFORMED) and d.span}
     return [d for d in found if (d.span.file, d.span.line) not in taken]
 
 
-_UNKNOWN_NAME = ("E102", "E103", "E104", "E105", "E503")
+_UNKNOWN_NAME = (Code.E102_UNKNOWN_FIELD, Code.E103_UNKNOWN_LIST, Code.E104_UNKNOWN_ZONE, Code.E105_UNKNOWN_PLUGIN,
+                 Code.E503_UNKNOWN_PLACEHOLDER)
 _INCLUDE_PATH = re.compile(r'include\s+"((?:[^"\\\n]|\\.)*)"')
 
 
@@ -102,9 +107,10 @@ def _one_for_a_broken_include(diags: list[Diagnostic], prog: Program) -> list[Di
     """An include that cannot be read is one error, with the nearest .rules
     file as did-you-mean: the names it would declare are not reported as
     unknown (they are checked once it can be read)."""
-    if not any(d.code == "E003" for d in diags):
+    if not any(d.code == Code.E003_INCLUDE_ERROR for d in diags):
         return diags
-    return [_include_guess(d, prog) if d.code == "E003" else d for d in diags if d.code not in _UNKNOWN_NAME]
+    return [_include_guess(d, prog) if d.code == Code.E003_INCLUDE_ERROR else d
+            for d in diags if d.code not in _UNKNOWN_NAME]
 
 
 def _include_guess(d: Diagnostic, prog: Program) -> Diagnostic:
@@ -121,9 +127,13 @@ def _include_guess(d: Diagnostic, prog: Program) -> Diagnostic:
                    + note)
 
 
-def _internal(code: str, what: str, err: BaseException, span: Span | None) -> Diagnostic:
-    return Diagnostic(code, f"internal error while {what}: {type(err).__name__}: {err}"[:300], span,
-                      help="this is a bug in smtpfw lint, not in your rules; please report it with the rule file")
+def _internal(what: str, err: BaseException, span: Span | None) -> Diagnostic:
+    """E999: lint itself failed.  Never a syntax error or the check's own
+    code: the rules may be fine, and the report should reach us."""
+    frames = traceback.extract_tb(err.__traceback__)
+    at = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return Diagnostic(Code.E999_INTERNAL_ERROR, f"internal error while {what}: {type(err).__name__}: {err}"[:300] + at,
+                      span, help=f"{PLEASE_REPORT} with the rule file; this part of the check did not run")
 
 
 # ---- walking conditions ------------------------------------------------------
@@ -491,18 +501,18 @@ class _Linter:
         self._deep = {id(r) for r in prog.rules if r.condition is not None and _depth(r.condition) > MAX_DEPTH}
 
     def run(self) -> list[Diagnostic]:
-        checks = [("W402", "checking patterns", self.check_patterns),
-                  ("W601", "looking for unreachable and shadowed rules", self.check_order),
-                  ("W702", "checking how the null sender is treated", self.check_null_sender),
-                  ("H703", "checking DNS lists", self.check_public_zones)]
+        checks = [("checking patterns", self.check_patterns),
+                  ("looking for unreachable and shadowed rules", self.check_order),
+                  ("checking how the null sender is treated", self.check_null_sender),
+                  ("checking DNS lists", self.check_public_zones)]
         if self.complete:
-            checks += [("W603", "looking for unused declarations", self.check_unused),
-                       ("E701", "checking for an open relay", self.check_relay)]
-        for code, what, check in checks:
+            checks += [("looking for unused declarations", self.check_unused),
+                       ("checking for an open relay", self.check_relay)]
+        for what, check in checks:
             try:
                 check()
             except Exception as err:  # lint must never crash
-                self.diags.append(_internal(code, what, err, Span.point(self.prog.root, 1, 1)))
+                self.diags.append(_internal(what, err, Span.point(self.prog.root, 1, 1)))
         return self.diags
 
     def add(self, code: str, message: str, span: Span | None, help: str | None = None) -> None:
@@ -570,7 +580,7 @@ class _Linter:
         m = None
         if entries is not None:
             m, problems = build_matcher(entries, element, within)
-            if any(d.code == "E302" for d in problems):
+            if any(d.code == Code.E302_LIST_ENTRY_MALFORMED for d in problems):
                 m = None
         self._matchers[key] = m
         return m
@@ -590,7 +600,8 @@ class _Linter:
             return      # a glob's `*` cannot nest
         found = backtracking.find(str(node.pattern.value))
         if found is not None:
-            self.add("W403", f"this regular expression can take exponential time on a text that almost matches: "
+            self.add(Code.W403_CATASTROPHIC_BACKTRACKING,
+                     f"this regular expression can take exponential time on a text that almost matches: "
                      f"{found.reason}", node.pattern.span,
                      help=f"{found.fix}; a 30-character value can stall the server for seconds")
 
@@ -637,7 +648,7 @@ class _Linter:
         verb = "`not matches`" if node.kind == "regex" else "`not like`"
         outcome = (f", so {verb} is always true" if node.negated else "")
         message = f"this {what} can never match `{field}`{outcome}: {reason}"
-        self.add("W402", message, node.pattern.span, help_)
+        self.add(Code.W402_PATTERN_NEVER_MATCHES, message, node.pattern.span, help_)
 
     # -- W601 / W602 -------------------------------------------------------------
 
@@ -649,7 +660,8 @@ class _Linter:
             for rule in rules:
                 if blocker is not None:
                     here = rule.span.file
-                    self.add("W601", f"this rule can never run: {_where(blocker, here)} has no condition, "
+                    self.add(Code.W601_UNREACHABLE_RULE,
+                             f"this rule can never run: {_where(blocker, here)} has no condition, "
                              f"so `on {hook}:` always ends there", rule.span,
                              help=f"move this rule above {_where(blocker, here)}, or give that rule an `if` "
                                   "condition")
@@ -677,7 +689,7 @@ class _Linter:
                     here = rule.span.file
                     how = ("has the same condition" if same else "already matches everything this rule matches")
                     decides = "" if shadow.action.kind == rule.action.kind else f" and decides first (`{shadow.action.kind}`)"
-                    self.add("W602", f"this rule never matches: {_where(shadow, here)} {how}{decides}",
+                    self.add(Code.W602_SHADOWED_RULE, f"this rule never matches: {_where(shadow, here)} {how}{decides}",
                              rule.span,
                              help=("remove this rule" if same else
                                    f"remove this rule, or move it above {_where(shadow, here)} if it should decide first"))
@@ -799,22 +811,23 @@ class _Linter:
                     plugin_fields.setdefault(name.split(".", 1)[0], leaf.field)
         for name, (decl, _base) in self.prog.lists.items():
             if name not in used_lists:
-                self.add("W603", f"list `{name}` is declared but no rule uses it", decl.name_span,
+                self.add(Code.W603_UNUSED_DECLARATION, f"list `{name}` is declared but no rule uses it", decl.name_span,
                          help=f"remove the declaration, or test it in a rule, e.g. `reject if <field> in {name}`")
         for name, zone in self.prog.zones.items():
             if name not in used_zones:
                 field = "client.ip" if zone.kind == "dnsbl" else "sender.domain"
-                self.add("W603", f"zone `{name}` is declared but no rule uses it", zone.name_span,
+                self.add(Code.W603_UNUSED_DECLARATION, f"zone `{name}` is declared but no rule uses it", zone.name_span,
                          help=f"remove the declaration, or test it in a rule, e.g. `reject if {field} listed in {name}`")
         for name, plugin in self.prog.plugins.items():
             if name in run_plugins:
                 continue
             if name in plugin_fields:
-                self.add("W603", f"plugin `{name}` is declared but never run, so its fields such as "
+                self.add(Code.W603_UNUSED_DECLARATION,
+                         f"plugin `{name}` is declared but never run, so its fields such as "
                          f"`{plugin_fields[name].name}` are never set", plugin.name_span,
                          help=f"add `run {name}` before the rules that test `{plugin_fields[name].name}`")
             else:
-                self.add("W603", f"plugin `{name}` is declared but never run", plugin.name_span,
+                self.add(Code.W603_UNUSED_DECLARATION, f"plugin `{name}` is declared but never run", plugin.name_span,
                          help=f"remove the declaration, or add `run {name}` in the hook where it should run")
 
     # -- E701 ------------------------------------------------------------------
@@ -871,7 +884,8 @@ class _Linter:
         if option is None or option.value.value != "monitor":
             return
         here = option.span.file
-        self.add("E704", f"open relay in monitor mode: `option mode = \"monitor\"` only logs refusals, so "
+        self.add(Code.E704_MONITOR_MODE_RELAYS,
+                 f"open relay in monitor mode: `option mode = \"monitor\"` only logs refusals, so "
                  f"{_where(closer, here)} never refuses and mail for any domain is accepted", option.span,
                  help="delivered to a downstream MTA that trusts smtpfw (forward mode), that mail is relayed "
                       "anywhere; remove the option (enforce is the default) and mark only the rules you are "
@@ -916,7 +930,8 @@ class _Linter:
         local = self._local_list_name()
         fix = f'reject 554 5.7.1 "Relaying denied" if rcpt.domain not in {local}'
         if not rcpt_rules:
-            self.add("E701", "open relay: there are no `on rcpt:` rules, so every recipient on every domain "
+            self.add(Code.E701_OPEN_RELAY,
+                     "open relay: there are no `on rcpt:` rules, so every recipient on every domain "
                      "is accepted", Span.point(self.prog.root, 1, 1),
                      help=f"add `on rcpt:` followed by `{fix}`" + self._local_note(local))
             return None
@@ -930,7 +945,8 @@ class _Linter:
                 why = ("which accepts every recipient" if rule.condition is None else
                        "whose condition does not restrict the recipient domain or the client address "
                        "and does not require authentication")
-                self.add("E701", "open relay: an untrusted client can get mail for any domain accepted here",
+                self.add(Code.E701_OPEN_RELAY,
+                         "open relay: an untrusted client can get mail for any domain accepted here",
                          rule.span,
                          help=f"{probe}{self._passing(passed, rule.span.file)} reaches `accept` at "
                               f"{rule.span.file}:{rule.span.line}"
@@ -942,7 +958,7 @@ class _Linter:
                 return rule
             passed.append(rule)
         last = rcpt_rules[-1]
-        self.add("E701", "open relay: a recipient on any domain is accepted by default after the last "
+        self.add(Code.E701_OPEN_RELAY, "open relay: a recipient on any domain is accepted by default after the last "
                  "`on rcpt:` rule", self._hook_span("rcpt", last),
                  help=f"{probe}{self._passing(passed, last.span.file)} reaches the end of `on rcpt:`, "
                       "where every recipient is accepted, because no rule refuses recipients outside your "
@@ -1022,7 +1038,7 @@ class _Linter:
                     message = "this rule refuses every sender at MAIL FROM, including the null sender <> (bounces)"
                 else:
                     message = "this rule refuses the null sender <> at MAIL FROM: bounces and delivery reports use it"
-                self.add("W702", message, rule.span,
+                self.add(Code.W702_REJECTS_NULL_SENDER, message, rule.span,
                          help="RFC 5321 requires accepting <>; exclude it with `... and not sender.null`, "
                               "or put `accept if sender.null` before this rule")
 
@@ -1043,7 +1059,8 @@ class _Linter:
                 if known is None or leaf.codes is not None:
                     continue
                 name, info = known
-                self.add("H703", f"`{z.domain}` is a public list that documents its return codes, "
+                self.add(Code.H703_PUBLIC_ZONE_WITHOUT_CODES,
+                         f"`{z.domain}` is a public list that documents its return codes, "
                          "but this test accepts any answer", z.span,
                          help=f"{name}: {info.meaning}; write `... listed in {z.kind} \"{z.domain}\" codes [{info.codes}]`")
         for name, zone in self.prog.zones.items():
@@ -1051,7 +1068,8 @@ class _Linter:
             if known is None or zone.codes is not None or not uncoded_uses.get(name):
                 continue
             public, info = known
-            self.add("H703", f"zone `{name}` uses the public list {zone.domain}, which documents its return "
+            self.add(Code.H703_PUBLIC_ZONE_WITHOUT_CODES,
+                     f"zone `{name}` uses the public list {zone.domain}, which documents its return "
                      "codes, without a `codes [...]` filter", zone.span,
                      help=f"{public}: {info.meaning}; write "
                           f"`zone {name} = {zone.kind} \"{zone.domain}\" codes [{info.codes}]`")

@@ -19,7 +19,7 @@ from typing import Callable
 
 from smtpfw.checks.dnsresult import Lookup, LookupKind
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file
-from smtpfw.diagnostics import Diagnostic, Span, did_you_mean, has_errors
+from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean, has_errors
 from smtpfw.engine import CompiledRule, Ruleset
 from smtpfw.lang import ast
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, INT, IP, LIST,
@@ -89,11 +89,12 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
                include_span: Span | None = None) -> None:
     real = os.path.realpath(path)
     if real in stack:
-        diags.append(Diagnostic("E003", f"{path} includes itself (through {' -> '.join(stack)})",
+        diags.append(Diagnostic(Code.E003_INCLUDE_ERROR, f"{path} includes itself (through {' -> '.join(stack)})",
                                 include_span, help="remove the include that closes the loop"))
         return
     if len(stack) >= MAX_INCLUDE_DEPTH:
-        diags.append(Diagnostic("E003", f"includes nested deeper than {MAX_INCLUDE_DEPTH}", include_span))
+        diags.append(Diagnostic(Code.E003_INCLUDE_ERROR,
+                                f"includes nested deeper than {MAX_INCLUDE_DEPTH}", include_span))
         return
     if text is None:
         try:
@@ -102,12 +103,12 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_SOURCE_BYTES + 1)     # not all of /dev/zero or a stray log
         except OSError as err:
-            code = "E003" if include_span else "E001"
+            code = Code.E003_INCLUDE_ERROR if include_span else Code.E001_IO_ERROR
             diags.append(Diagnostic(code, f"cannot read {path}: {err.strerror or err}",
                                     include_span or Span.point(path, 1, 1)))
             return
         if len(raw) > MAX_SOURCE_BYTES:
-            diags.append(Diagnostic("E003" if include_span else "E001",
+            diags.append(Diagnostic(Code.E003_INCLUDE_ERROR if include_span else Code.E001_IO_ERROR,
                                     f"{path} is larger than {MAX_SOURCE_BYTES // 2**20} MiB: is it a rule file?",
                                     include_span or Span.point(path, 1, 1)))
             return
@@ -139,7 +140,8 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
 def _hook_not_run(header: ast.HookHeader) -> Diagnostic:
     """`on disconnect:` parses, but the server never runs it: say so, once per header."""
     return Diagnostic(
-        "E109", f"`on {header.name}:` rules never run: smtpfw has no {header.name} hook", header.span,
+        Code.E109_HOOK_NEVER_RUNS, f"`on {header.name}:` rules never run: smtpfw has no {header.name} hook",
+        header.span,
         help="the hooks that run are " + ", ".join(RUN_HOOKS) + "; the session log line already records "
              "how each session ended, and a `log` or `tag` rule in one of those hooks can note more")
 
@@ -147,7 +149,8 @@ def _hook_not_run(header: ast.HookHeader) -> Diagnostic:
 def _declare(table: dict, name: str, value, span: Span, what: str, diags: list) -> None:
     if name in table:
         first = table[name][0] if isinstance(table[name], tuple) else table[name]
-        diags.append(Diagnostic("E107", f"{what} `{name}` is declared twice (first at {first.span})", span,
+        diags.append(Diagnostic(Code.E107_DUPLICATE_NAME,
+                                f"{what} `{name}` is declared twice (first at {first.span})", span,
                                 help="rename one of them or remove the duplicate"))
         return
     table[name] = value
@@ -159,7 +162,7 @@ def compile_ruleset(path: str | os.PathLike, text: str | None = None,
     try:
         prog, diags = load_program(path, text)
     except RecursionError:
-        return None, [Diagnostic("E002", "rules nested too deeply", Span.point(str(path), 1, 1))]
+        return None, [Diagnostic(Code.E002_SYNTAX_ERROR, "rules nested too deeply", Span.point(str(path), 1, 1))]
     return compile_program(prog, diags, load_plugins)
 
 
@@ -170,7 +173,7 @@ def compile_program(prog: Program, diags: list[Diagnostic],
     try:
         ruleset = _Compiler(prog, diags, load_plugins).compile()
     except RecursionError:
-        return None, [Diagnostic("E002", "rules nested too deeply", Span.point(prog.root, 1, 1))]
+        return None, [Diagnostic(Code.E002_SYNTAX_ERROR, "rules nested too deeply", Span.point(prog.root, 1, 1))]
     diags = dedupe(diags)
     if has_errors(diags):
         return None, diags
@@ -218,7 +221,8 @@ class _Compiler:
         for rule in self.prog.rules:
             if rule.label_given:
                 if rule.rule_id in ids:
-                    self.error("E107", f"rule id `{rule.rule_id}` is used twice (first at {ids[rule.rule_id].span})",
+                    self.error(Code.E107_DUPLICATE_NAME,
+                               f"rule id `{rule.rule_id}` is used twice (first at {ids[rule.rule_id].span})",
                                rule.span, help="give each rule its own id")
                 ids[rule.rule_id] = rule
             if rule.hook not in RUN_HOOKS:
@@ -247,14 +251,14 @@ class _Compiler:
         for name, decl in self.prog.options.items():
             if name not in OPTIONS:
                 guess = did_you_mean(name, OPTIONS)
-                self.error("E106", f"unknown option `{name}`", decl.span,
+                self.error(Code.E106_UNKNOWN_OPTION, f"unknown option `{name}`", decl.span,
                            help=(f"did you mean `{guess}`? " if guess else "") + "options are: " + ", ".join(OPTIONS))
                 continue
             kind, choices = OPTIONS[name]
             v = decl.value
             if v.kind != kind or (choices and v.value not in choices):
                 want = " or ".join(f'"{c}"' for c in choices) if choices else "yes or no"
-                self.error("E106", f"option `{name}` takes {want}, not {v.text}", v.span)
+                self.error(Code.E106_UNKNOWN_OPTION, f"option `{name}` takes {want}, not {v.text}", v.span)
                 continue
             out[name] = v.value
         return out
@@ -268,7 +272,7 @@ class _Compiler:
             try:
                 obj = load_plugin(decl.target, dict(decl.args))
             except PluginError as err:
-                self.error("E801", f"plugin `{name}`: {err}", decl.span,
+                self.error(Code.E801_PLUGIN_LOAD_ERROR, f"plugin `{name}`: {err}", decl.span,
                            help="a plugin is named as \"package.module:ClassName\"")
                 continue
             self.plugin_objects[name] = obj
@@ -287,7 +291,8 @@ class _Compiler:
         allowed = _HOOK_ACTIONS.get(rule.hook, set(ast.ACTIONS) - {"add_header"})
         ok = True
         if action.kind not in allowed:
-            self.error("E203", f"`{action.kind}` cannot be used in `on {rule.hook}:`", action.span,
+            self.error(Code.E203_ACTION_NOT_ALLOWED,
+                       f"`{action.kind}` cannot be used in `on {rule.hook}:`", action.span,
                        help="add_header works only in `on data:`")
             ok = False
         leaves: list = []
@@ -315,13 +320,13 @@ class _Compiler:
             if render_arg is None:
                 ok = False
             if action.kind == "add_header" and not re.fullmatch(r"[!-9;-~]+", action.arg or ""):
-                self.error("E202", f"`{action.arg}` is not a valid header name", action.arg_span)
+                self.error(Code.E202_TYPE_MISMATCH, f"`{action.arg}` is not a valid header name", action.arg_span)
                 ok = False
         if action.kind == "run":
             self.used_plugins.add(action.arg)
             if action.arg not in self.prog.plugins:
                 guess = did_you_mean(action.arg, self.prog.plugins)
-                self.error("E105", f"unknown plugin `{action.arg}`", action.arg_span,
+                self.error(Code.E105_UNKNOWN_PLUGIN, f"unknown plugin `{action.arg}`", action.arg_span,
                            help=f"did you mean `{guess}`?" if guess else
                            "declare it first: plugin NAME = \"package.module:Class\"")
                 ok = False
@@ -341,20 +346,23 @@ class _Compiler:
                 fix = {"reject": "a 5xx code such as 550 or 554", "tempfail": "a 4xx code such as 450 or 451",
                        "disconnect": "421 (or a 5xx code)"}.get(kind, "")
                 other = {"4": "tempfail", "5": "reject"}.get(str(code)[0])
-                self.error("E501", f"`{kind} {code}`: {code} does not fit `{kind}`", reply.span,
+                self.error(Code.E501_REPLY_CODE_CONTRADICTS_ACTION,
+                           f"`{kind} {code}`: {code} does not fit `{kind}`", reply.span,
                            help=f"use {fix}" + (f", or write `{other}` if {code} is what you mean" if other and other != kind else ""))
                 return None, None
         if enhanced is not None:
             klass = enhanced.split(".")[0]
             parts = [int(p) for p in enhanced.split(".")]
             if parts[1] > 999 or parts[2] > 999:
-                self.error("E502", f"enhanced status code {enhanced} is malformed", reply.span,
+                self.error(Code.E502_BAD_ENHANCED_CODE, f"enhanced status code {enhanced} is malformed", reply.span,
                            help="write class.subject.detail, e.g. 5.7.1 (RFC 3463)")
             elif code is not None and str(code)[0] != klass:
-                self.error("E502", f"enhanced status code {enhanced} contradicts reply code {code}", reply.span,
+                self.error(Code.E502_BAD_ENHANCED_CODE,
+                           f"enhanced status code {enhanced} contradicts reply code {code}", reply.span,
                            help=f"use {str(code)[0]}.{parts[1]}.{parts[2]}")
             elif code is None and klass not in want:
-                self.error("E502", f"enhanced status code {enhanced} does not fit `{kind}`", reply.span,
+                self.error(Code.E502_BAD_ENHANCED_CODE,
+                           f"enhanced status code {enhanced} does not fit `{kind}`", reply.span,
                            help=f"a {kind} takes a {want[0]}.x.x code")
         return code, enhanced
 
@@ -394,7 +402,8 @@ class _Compiler:
             kind, _, attr = name.partition(".")
             mine = [(make, zone) for (k, make, zone) in listings if k == kind]
             if not mine:
-                self.error("E503", f"{{{name}}} needs a `listed in` {kind} test in the same rule", span,
+                self.error(Code.E503_UNKNOWN_PLACEHOLDER,
+                           f"{{{name}}} needs a `listed in` {kind} test in the same rule", span,
                            help=f"add `... listed in <{kind} zone>` to this rule's condition")
                 return None
 
@@ -409,7 +418,7 @@ class _Compiler:
         spec = lookup_field(name, self.plugin_fields)
         if spec is None:
             guess = did_you_mean(name, list(FIELDS) + list(EXTRA_PLACEHOLDERS) + list(self.plugin_fields))
-            self.error("E503", f"unknown placeholder {{{name}}}", span,
+            self.error(Code.E503_UNKNOWN_PLACEHOLDER, f"unknown placeholder {{{name}}}", span,
                        help=f"did you mean {{{guess}}}?" if guess else "placeholders are field names, e.g. {client.ip}")
             return None
         if not self._available(spec, stage, span):
@@ -430,7 +439,7 @@ class _Compiler:
             else:
                 hint = (f"did you mean `{guess}`?" if guess else
                         "fields are e.g. client.ip, helo, sender, sender.domain, rcpt, rcpt.domain")
-            self.error("E102", f"unknown field `{f.name}`", f.span, help=hint)
+            self.error(Code.E102_UNKNOWN_FIELD, f"unknown field `{f.name}`", f.span, help=hint)
             return None
         if not self._available(spec, stage, f.span):
             return None
@@ -440,7 +449,7 @@ class _Compiler:
 
     def _available(self, spec: FieldSpec, stage: Stage, span) -> bool:
         if spec.stage.order > stage.order:
-            self.error("E201", f"`{spec.name}` is not known yet in `on {stage.value}:`", span,
+            self.error(Code.E201_FIELD_NOT_AVAILABLE, f"`{spec.name}` is not known yet in `on {stage.value}:`", span,
                        help=f"`{spec.name}` is known from `on {spec.stage.value}:` on; move the rule there")
             return False
         return True
@@ -480,7 +489,7 @@ class _Compiler:
             if spec.type == LIST:
                 return lambda s: bool(get(s))
             if spec.type != BOOL:
-                self.error("E202", f"`{spec.name}` is {_tname(spec.type)}, not yes/no", node.span,
+                self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is {_tname(spec.type)}, not yes/no", node.span,
                            help=f"compare it, e.g. `{spec.name} = \"...\"` or `{spec.name} in <list>`")
                 return None
             return lambda s: bool(get(s))
@@ -498,11 +507,12 @@ class _Compiler:
         v, op, get = node.value, node.op, spec.get
         if op in ("<", "<=", ">", ">="):
             if spec.type != INT:
-                self.error("E202", f"`{op}` compares numbers, but `{spec.name}` is {_tname(spec.type)}", node.span,
+                self.error(Code.E202_TYPE_MISMATCH,
+                           f"`{op}` compares numbers, but `{spec.name}` is {_tname(spec.type)}", node.span,
                            help="use = or != for text; numeric fields are e.g. message.size, rcpt.count")
                 return None
             if v.kind != "number":
-                self.error("E202", f"`{op}` compares numbers, but {v.text} is not a number", v.span,
+                self.error(Code.E202_TYPE_MISMATCH, f"`{op}` compares numbers, but {v.text} is not a number", v.span,
                            help="write a number, optionally with K, M or G: `message.size > 10M`")
                 return None
             n = v.value
@@ -526,12 +536,12 @@ class _Compiler:
         t = spec.type
         if t == INT:
             if v.kind != "number":
-                self.error("E202", f"`{spec.name}` is a number; {v.text} is not", v.span)
+                self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is a number; {v.text} is not", v.span)
                 return _BAD
             return v.value
         if t == BOOL:
             if v.kind != "boolean":
-                self.error("E202", f"`{spec.name}` is yes or no; {v.text} is not", v.span,
+                self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is yes or no; {v.text} is not", v.span,
                            help=f"write `{spec.name}` or `not {spec.name}`")
                 return _BAD
             return v.value
@@ -539,27 +549,29 @@ class _Compiler:
             try:
                 return str(ipaddress.ip_address(str(v.value)))
             except ValueError:
-                self.error("E202", f"{v.text} is not an IP address", v.span,
+                self.error(Code.E202_TYPE_MISMATCH, f"{v.text} is not an IP address", v.span,
                            help="to test a network, write `client.ip in 10.0.0.0/8`" if "/" in str(v.value) else None)
                 return _BAD
         if v.kind != "string" and not (v.kind == "address" and t in (STRING, DOMAIN)):
-            self.error("E202", f"`{spec.name}` is {_tname(t)}; write the value in quotes", v.span)
+            self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is {_tname(t)}; write the value in quotes", v.span)
             return _BAD
         text = fold(t, str(v.value))
         if spec.choices and text not in spec.choices:
             guess = did_you_mean(text, spec.choices)
-            self.error("E202", f"`{spec.name}` is one of {', '.join(spec.choices)}; not {v.text}", v.span,
+            self.error(Code.E202_TYPE_MISMATCH,
+                       f"`{spec.name}` is one of {', '.join(spec.choices)}; not {v.text}", v.span,
                        help=f"did you mean \"{guess}\"?" if guess else None)
             return _BAD
         return text
 
     def _member(self, spec: FieldSpec, node: ast.Member):
         if node.within and spec.type != DOMAIN:
-            self.error("E202", f"`within` tests domains; `{spec.name}` is {_tname(spec.type)}", node.span,
+            self.error(Code.E202_TYPE_MISMATCH,
+                       f"`within` tests domains; `{spec.name}` is {_tname(spec.type)}", node.span,
                        help="use a domain field such as sender.domain or rcpt.domain")
             return None
         if spec.type == BOOL:
-            self.error("E202", f"`{spec.name}` is yes or no; it cannot be `in` a list", node.span)
+            self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is yes or no; it cannot be `in` a list", node.span)
             return None
         element_type = ADDRESS if spec.type == LIST else spec.type
         matcher = self._matcher(node.target, element_type, node.within)
@@ -578,7 +590,7 @@ class _Compiler:
             self.used_lists.add(name)
             if name not in self.prog.lists and name not in BUILTIN_LISTS:
                 guess = did_you_mean(name, list(self.prog.lists) + list(BUILTIN_LISTS))
-                self.error("E103", f"unknown list `{name}`", target.span,
+                self.error(Code.E103_UNKNOWN_LIST, f"unknown list `{name}`", target.span,
                            help=f"did you mean `{guess}`?" if guess else
                            f"declare it: list {name} = file \"lists/{name}\"")
                 return None
@@ -598,7 +610,7 @@ class _Compiler:
             entries = [Entry(str(target.value), target.span)]
         m, diags = build_matcher(entries, ftype, within)
         self.diags.extend(diags)
-        return None if any(d.code == "E302" for d in diags) else m
+        return None if any(d.code == Code.E302_LIST_ENTRY_MALFORMED for d in diags) else m
 
     def _list_entries(self, name: str) -> list[Entry] | None:
         if name in self.list_entries:
@@ -626,7 +638,8 @@ class _Compiler:
 
     def _pattern(self, spec: FieldSpec, node: ast.Pattern):
         if spec.type in (BOOL, LIST, INT):
-            self.error("E202", f"`{node.kind}` tests text; `{spec.name}` is {_tname(spec.type)}", node.span)
+            self.error(Code.E202_TYPE_MISMATCH,
+                       f"`{node.kind}` tests text; `{spec.name}` is {_tname(spec.type)}", node.span)
             return None
         source = str(node.pattern.value)
         if node.kind == "glob":
@@ -634,7 +647,7 @@ class _Compiler:
         try:
             rx = re.compile(source, re.IGNORECASE)
         except re.error as err:
-            self.error("E401", f"invalid regular expression: {err.msg}", node.pattern.span,
+            self.error(Code.E401_BAD_REGEX, f"invalid regular expression: {err.msg}", node.pattern.span,
                        help="regular expressions use Python syntax; write \\. for a literal dot")
             return None
         search = rx.search if node.kind == "regex" else rx.match
@@ -650,7 +663,7 @@ class _Compiler:
             decl = self.prog.zones.get(zref.name)
             if decl is None:
                 guess = did_you_mean(zref.name, self.prog.zones)
-                self.error("E104", f"unknown zone `{zref.name}`", zref.span,
+                self.error(Code.E104_UNKNOWN_ZONE, f"unknown zone `{zref.name}`", zref.span,
                            help=f"did you mean `{guess}`?" if guess else
                            f"declare it: zone {zref.name} = dnsbl \"zone.example\"")
                 return None
@@ -661,7 +674,8 @@ class _Compiler:
         if spec.type != want:
             hint = ("a dnsbl zone is looked up by IP: use client.ip" if kind == "dnsbl"
                     else "an rhsbl zone is looked up by domain: use sender.domain, helo or rcpt.domain")
-            self.error("E202", f"`{spec.name}` is {_tname(spec.type)}; a {kind} zone needs a{'n IP' if want == IP else ' domain'}",
+            self.error(Code.E202_TYPE_MISMATCH,
+                       f"`{spec.name}` is {_tname(spec.type)}; a {kind} zone needs a{'n IP' if want == IP else ' domain'}",
                        node.field.span, help=hint)
             return None
         lk_kind = LookupKind.DNSBL if kind == "dnsbl" else LookupKind.RHSBL

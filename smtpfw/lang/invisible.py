@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from smtpfw.diagnostics import Diagnostic, Span
+from smtpfw.diagnostics import Code, Diagnostic, Span
 
 # C1 controls, spaces other than " ", format characters (zero-width, bidi,
 # soft hyphen, word joiner, BOM), fillers, variation selectors, tags.
@@ -46,6 +46,6 @@ def find_invisible(text: str, filename: str) -> list[Diagnostic]:
         column = m.start() - text.rfind("\n", 0, m.start())
         more = len(hits) - MAX_PER_FILE
         tail = f" (and {more} more in this file)" if more > 0 and len(out) == MAX_PER_FILE - 1 else ""
-        out.append(Diagnostic("W004", f"invisible character {describe(m.group())}{tail}",
+        out.append(Diagnostic(Code.W004_INVISIBLE_CHARACTER, f"invisible character {describe(m.group())}{tail}",
                               Span.point(filename, line, column), help=HELP))
     return out

@@ -15,7 +15,7 @@ import lark
 from lark import Token, Transformer, v_args
 
 from smtpfw import paths
-from smtpfw.diagnostics import Diagnostic, Span, did_you_mean
+from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean
 from smtpfw.lang import ast
 from smtpfw.lang.invisible import describe, is_invisible
 
@@ -44,15 +44,15 @@ def parse(text: str, filename: str) -> tuple[ast.SourceFile | None, list[Diagnos
     A byte-order mark (Notepad writes one) is not part of the text."""
     text = text.removeprefix("\ufeff")
     if len(text) > MAX_SOURCE_BYTES:
-        return None, [Diagnostic("E001", f"rule file is larger than {MAX_SOURCE_BYTES // 2**20} MiB",
+        return None, [Diagnostic(Code.E001_IO_ERROR, f"rule file is larger than {MAX_SOURCE_BYTES // 2**20} MiB",
                                  Span.point(filename, 1, 1))]
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
-        return None, [Diagnostic("E002", "the file contains a NUL byte: is it a binary file?",
+        return None, [Diagnostic(Code.E002_SYNTAX_ERROR, "the file contains a NUL byte: is it a binary file?",
                                  Span.point(filename, line, 1),
                                  help="rule files are plain UTF-8 text")]
     if _nesting_depth(text) > MAX_NESTING:
-        return None, [Diagnostic("E002", f"parentheses nested more than {MAX_NESTING} deep",
+        return None, [Diagnostic(Code.E002_SYNTAX_ERROR, f"parentheses nested more than {MAX_NESTING} deep",
                                  Span.point(filename, 1, 1),
                                  help="split the condition into several rules or use tags")]
     try:
@@ -66,9 +66,9 @@ def parse(text: str, filename: str) -> tuple[ast.SourceFile | None, list[Diagnos
         inner = err.orig_exc
         if isinstance(inner, _AstError):
             return None, [inner.diagnostic]
-        return None, [Diagnostic("E002", f"cannot read this rule: {inner}", Span.point(filename, 1, 1))]
+        return None, [Diagnostic(Code.E002_SYNTAX_ERROR, f"cannot read this rule: {inner}", Span.point(filename, 1, 1))]
     except RecursionError:
-        return None, [Diagnostic("E002", "rule nested too deeply", Span.point(filename, 1, 1))]
+        return None, [Diagnostic(Code.E002_SYNTAX_ERROR, "rule nested too deeply", Span.point(filename, 1, 1))]
     source, diags = _assign_hooks(filename, statements)
     return source, to_ast.problems + diags
 
@@ -95,13 +95,13 @@ def _assign_hooks(filename, statements) -> tuple[ast.SourceFile, list[Diagnostic
             if st.name not in HOOKS:
                 guess = did_you_mean(st.name, HOOKS)
                 diags.append(Diagnostic(
-                    "E101", f"unknown hook `{st.name}`", st.span,
+                    Code.E101_UNKNOWN_HOOK, f"unknown hook `{st.name}`", st.span,
                     help=(f"did you mean `{guess}`? " if guess else "")
                     + "hooks are: " + ", ".join(RUN_HOOKS)))
         elif isinstance(st, ast.Rule):
             if hook is None:
                 diags.append(Diagnostic(
-                    "E108", "this rule is not inside a hook", st.span,
+                    Code.E108_RULE_OUTSIDE_HOOK, "this rule is not inside a hook", st.span,
                     help="put `on connect:`, `on helo:`, `on mail:`, `on rcpt:` or `on data:` before it"))
                 continue
             rule_id = st.rule_id if st.label_given else f"{_basename(filename)}:{st.span.line}"
@@ -169,7 +169,8 @@ class _ToAst(Transformer):
         path = _unquote(items[0])
         if not path.endswith(".rules"):
             self.problems.append(Diagnostic(
-                "E003", f"an include names a rule file ending in .rules, not `{path}`", self._tspan(items[0]),
+                Code.E003_INCLUDE_ERROR, f"an include names a rule file ending in .rules, not `{path}`",
+                self._tspan(items[0]),
                 help='lists are declared with `list NAME = file "PATH"`; rules go in a file named NAME.rules'))
             return None
         return ast.Include(path, self._span(meta))
@@ -252,8 +253,8 @@ class _ToAst(Transformer):
         if m:
             word = _PLACEHOLDER_START.match(m.group()).group()
             self.problems.append(Diagnostic(
-                "E503", f"placeholder `{word}` is not closed", Span.point(self.filename, tok.line,
-                                                                         tok.column + 1 + m.start(), len(word)),
+                Code.E503_UNKNOWN_PLACEHOLDER, f"placeholder `{word}` is not closed",
+                Span.point(self.filename, tok.line, tok.column + 1 + m.start(), len(word)),
                 help=f"close it: `{word}}}`; write `{{{{` for a brace that is just text"))
         return _unquote(tok)
 
@@ -477,12 +478,12 @@ def _syntax_diagnostic(err: lark.exceptions.UnexpectedInput, text: str, filename
     if isinstance(err, lark.exceptions.UnexpectedToken) and err.token.type == "$END":
         lines = text.rstrip().splitlines() or [""]
         expected, _ = _expected_in_words(set(err.expected))
-        return Diagnostic("E002", f"the file ends in the middle of a statement; expected {expected}",
+        return Diagnostic(Code.E002_SYNTAX_ERROR, f"the file ends in the middle of a statement; expected {expected}",
                           Span.point(filename, len(lines), len(lines[-1]) + 1))
     if isinstance(err, lark.exceptions.UnexpectedToken):
         return _unexpected_token(err, text, filename)
     line, column = getattr(err, "line", 1) or 1, getattr(err, "column", 1) or 1
-    return Diagnostic("E002", str(err).splitlines()[0], Span.point(filename, line, column))
+    return Diagnostic(Code.E002_SYNTAX_ERROR, str(err).splitlines()[0], Span.point(filename, line, column))
 
 
 def _unexpected_token(err: lark.exceptions.UnexpectedToken, text: str, filename: str) -> Diagnostic:
@@ -495,7 +496,7 @@ def _unexpected_token(err: lark.exceptions.UnexpectedToken, text: str, filename:
             return found
     span = Span(filename, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + len(tok))
     words, keywords = _expected_in_words(expected)
-    return Diagnostic("E002", f"unexpected {_token_words(tok)}; expected {words}", span,
+    return Diagnostic(Code.E002_SYNTAX_ERROR, f"unexpected {_token_words(tok)}; expected {words}", span,
                       help=_suggest(str(tok), tok.type, expected, keywords))
 
 
@@ -528,7 +529,8 @@ def _runaway_text(tok, prev, expected, text, filename) -> Diagnostic | None:
     cut = body.find(" if ")
     fix = (f"`{body[:cut]}\"{line[prev.column - 1 + cut:].rstrip()}`" if cut > 0
            else 'put " where the text ends')
-    return Diagnostic("E002", "this text has no closing quote, so it runs on to the next quote on the line",
+    return Diagnostic(Code.E002_SYNTAX_ERROR,
+                      "this text has no closing quote, so it runs on to the next quote on the line",
                       _tok_span(filename, prev), help=f"close it where it ends: {fix}" if cut > 0 else fix)
 
 
@@ -538,7 +540,8 @@ def _missing_colon(tok, prev, expected, text, filename) -> Diagnostic | None:
     if "COLON" not in expected or prev is None:
         return None
     header = f"on {prev}" if prev.type in ("NAME", "DISCONNECT") else str(prev)
-    return Diagnostic("E002", f"`{header}` needs a colon at the end", Span.point(filename, prev.end_line,
+    return Diagnostic(Code.E002_SYNTAX_ERROR,
+                      f"`{header}` needs a colon at the end", Span.point(filename, prev.end_line,
                                                                                 prev.end_column),
                       help=f"write `{header}:`")
 
@@ -551,7 +554,7 @@ def _unquoted_value(tok, prev, expected, text, filename) -> Diagnostic | None:
     value can go is text without its quotes."""
     if not expected & {"STRING"} or expected - _VALUES - {"LSQB"} or not re.match(r"[A-Za-z_]", str(tok)):
         return None
-    return Diagnostic("E002", f"`{tok}` is not a value here: text values are written in double quotes",
+    return Diagnostic(Code.E002_SYNTAX_ERROR, f"`{tok}` is not a value here: text values are written in double quotes",
                       _tok_span(filename, tok), help=f'write "{tok}"')
 
 
@@ -565,23 +568,24 @@ def _unexpected_character(err: lark.exceptions.UnexpectedCharacters, text: str, 
     ch = text[pos] if pos < len(text) else ""
     span = Span.point(filename, err.line, err.column)
     if ch == '"':
-        return Diagnostic("E002", "this text has no closing quote", span, help='close it with " on the same line')
+        return Diagnostic(Code.E002_SYNTAX_ERROR,
+                          "this text has no closing quote", span, help='close it with " on the same line')
     if ch == "'" or ch in _CURLY_QUOTES:
         return _wrong_quote(ch, text, pos, span)
     if is_invisible(ch):
-        return Diagnostic("E002", f"invisible character {describe(ch)}", span,
+        return Diagnostic(Code.E002_SYNTAX_ERROR, f"invisible character {describe(ch)}", span,
                           help="delete it, or type an ordinary space instead")
     word = _word_at(text, pos)
     op = re.match(r"[&|!]+", text[pos:pos + 2])
     if op and op.group() in _OPERATOR_SLIPS:
         op = op.group()
-        return Diagnostic("E002", f"`{op}` is not an operator here",
+        return Diagnostic(Code.E002_SYNTAX_ERROR, f"`{op}` is not an operator here",
                           Span.point(filename, err.line, err.column, len(op)),
                           help=f"write `{_OPERATOR_SLIPS[op]}`: conditions are joined with `and`, `or` and `not`")
     if _NUMBER_SLIP.fullmatch(word):
         return _number_slip(word, Span.point(filename, err.line, err.column, len(word)))
     words, _ = _expected_in_words(_acceptable(err))
-    return Diagnostic("E002", f"unexpected character {ch!r}; expected {words}", span)
+    return Diagnostic(Code.E002_SYNTAX_ERROR, f"unexpected character {ch!r}; expected {words}", span)
 
 
 def _acceptable(err: lark.exceptions.UnexpectedInput) -> set[str]:
@@ -599,7 +603,7 @@ def _wrong_quote(ch: str, text: str, pos: int, span: Span) -> Diagnostic:
     close = min((i for i in (line.find(c) for c in "'" + _CURLY_QUOTES) if i != -1), default=-1)
     what = "single quotes" if ch == "'" else f"a typographic quote {ch}"
     fix = f'write "{line[:close]}"' if close > 0 else 'write text between straight double quotes: "like this"'
-    return Diagnostic("E002", f"text is written in straight double quotes, not {what}", span,
+    return Diagnostic(Code.E002_SYNTAX_ERROR, f"text is written in straight double quotes, not {what}", span,
                       help=fix + (" (turn off smart quotes in your editor)" if ch != "'" else ""))
 
 
@@ -608,7 +612,7 @@ def _number_slip(word: str, span: Span) -> Diagnostic:
     digits = re.match(r"\d+", word).group()
     unit = word[len(digits)].upper()
     fix = f"write `{digits}{unit}`" if unit in "KMG" else f"write `{digits}`, or `{digits}M` for {digits} MiB"
-    return Diagnostic("E002", f"`{word}` is not a number", span,
+    return Diagnostic(Code.E002_SYNTAX_ERROR, f"`{word}` is not a number", span,
                       help=f"{fix}: a number is digits, optionally followed by K, M or G (1024, 1024² or 1024³)")
 
 

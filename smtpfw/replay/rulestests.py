@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
-from smtpfw.diagnostics import Diagnostic, Span, did_you_mean
+from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean
 from smtpfw.lang.compiler import compile_ruleset
 from smtpfw.lint_output import format_text
 from smtpfw.replay.build import DeclaredDns, make_record, null_sender, parse_header
@@ -190,7 +190,8 @@ def parse_tests(path: str, text: str, rule_ids: list[str] | None = None) -> Suit
 
 def _syntax(path: str, line_no: int, p: SyntaxProblem, line: str) -> Diagnostic:
     width = max(1, min(p.width, len(line) - p.column + 1))
-    return Diagnostic("E902", str(p), Span(path, line_no, p.column, line_no, p.column + width), help=p.help)
+    return Diagnostic(Code.E902_EXPECTATION_SYNTAX,
+                      str(p), Span(path, line_no, p.column, line_no, p.column + width), help=p.help)
 
 
 def _ip(tok: Token, what: str) -> str:
@@ -385,7 +386,8 @@ def run_file(tf: SuiteFile, ruleset) -> tuple[list, list]:
             try:
                 result = replayer.replay(case.record)
             except Exception as err:        # a ruleset or plugin bug: report it on this test
-                d = Diagnostic("E901", f"the ruleset raised {type(err).__name__} on this test: {err}",
+                d = Diagnostic(Code.E901_EXPECTATION_FAILED,
+                               f"the ruleset raised {type(err).__name__} on this test: {err}",
                                Span(tf.path, case.line, case.expect_column, case.line,
                                     case.expect_column + case.expect_width),
                                help="this is a bug in the rules engine or a plugin, not in the test")
@@ -396,7 +398,7 @@ def run_file(tf: SuiteFile, ruleset) -> tuple[list, list]:
             outcomes.append(CaseResult(case, result.verdict, ok))
             if not ok:
                 got = _describe_verdict(result.verdict)
-                d = Diagnostic("E901", f"expected {case.expect.describe()}; got {got}",
+                d = Diagnostic(Code.E901_EXPECTATION_FAILED, f"expected {case.expect.describe()}; got {got}",
                                Span(tf.path, case.line, case.expect_column, case.line,
                                     case.expect_column + case.expect_width),
                                help=_hint(case.expect, result.verdict))
