@@ -4,6 +4,9 @@
     srv = Serve("--listen", "127.0.0.1:0", "--workers", "1")
     srv.wait_for(r"session=")                           # a stderr line, waited for
     srv.stop()
+
+    with serve_with(tmp_path, {"limits": {"idle_timeout": 2}}) as srv:
+        ...                                             # one worker on 127.0.0.1:0, Maildir tmp_path/md
 """
 
 from __future__ import annotations
@@ -15,13 +18,21 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
 SMTPFW = [sys.executable, "-m", "smtpfw"]
 
 
-def run(*args, **kw) -> subprocess.CompletedProcess:
-    """`smtpfw ARGS...` to completion, output captured as text."""
-    return subprocess.run(SMTPFW + list(args), capture_output=True, text=True, timeout=60, **kw)
+def run(*args, stdin: str | None = None, **kw) -> subprocess.CompletedProcess:
+    """`smtpfw ARGS...` to completion (paths may be Path objects), output
+    captured as text; ``stdin`` is fed to it; the working directory is the
+    repository unless ``cwd`` says otherwise."""
+    kw.setdefault("cwd", REPO)
+    return subprocess.run(SMTPFW + [str(a) for a in args], capture_output=True, text=True, timeout=60,
+                          input=stdin, **kw)
 
 
 def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
@@ -43,8 +54,8 @@ class Serve:
     (``wait_for``) without blocking on a pipe."""
 
     def __init__(self, *args, cwd=None, env=None):
-        self.proc = subprocess.Popen(SMTPFW + ["serve", *args], cwd=cwd, env=env, stderr=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(SMTPFW + ["serve", *map(str, args)], cwd=cwd, env=env,
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
@@ -89,8 +100,28 @@ class Serve:
             s.mail("x@y.example")
             return s.rcpt(f"u@{domain}")[0]
 
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
     def signal(self, sig):
         self.proc.send_signal(sig)
+
+    def kill(self) -> int:
+        """SIGKILL, wait; ``rest`` is then the whole of stderr."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        try:
+            return self.proc.wait(10)
+        finally:
+            self._reader.join(10)
+            self.rest = self.text
+
+    def __enter__(self) -> "Serve":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def stop(self) -> int:
         """SIGTERM, wait; ``rest`` is then the whole of stderr."""
@@ -101,3 +132,17 @@ class Serve:
         finally:
             self._reader.join(10)
             self.rest = self.text
+
+
+def serve_with(tmp_path, settings: dict, *args) -> Serve:
+    """`smtpfw serve` with ``settings`` (the YAML file's sections, as a
+    mapping) in ``tmp_path/smtpfw.yaml``: one worker on 127.0.0.1:0, Maildir
+    ``tmp_path/md`` unless ``args`` (more command-line flags) say otherwise."""
+    cfg = Path(tmp_path) / "smtpfw.yaml"
+    cfg.write_text(yaml.safe_dump(settings))
+    defaults = {"--listen": "127.0.0.1:0", "--workers": "1", "--maildir": Path(tmp_path) / "md"}
+    flags = [str(a) for a in args]
+    for flag, value in defaults.items():
+        if flag not in flags and not (flag == "--maildir" and "--forward" in flags):
+            flags += [flag, str(value)]
+    return Serve("--config", cfg, *flags)
