@@ -63,26 +63,36 @@ def test_mixed_recipients_forward_only_accepted(downstream):
     assert downstream.messages[0][1] == ["u@example.net"]
 
 
-@pytest.mark.parametrize("mode", ["tempfail_mail", "tempfail_rcpt", "tempfail_data"])
-def test_downstream_4xx_gives_451(downstream, mode):
+def hides_the_downstream(text: str, port: int) -> bool:
+    """Clients learn what went wrong downstream, not where the downstream is."""
+    return "127.0.0.1" not in text and str(port) not in text
+
+
+@pytest.mark.parametrize("mode,stage", [("tempfail_mail", "MAIL"), ("tempfail_rcpt", "RCPT"),
+                                        ("tempfail_data", "end of DATA")])
+def test_downstream_4xx_gives_451(downstream, mode, stage):
     downstream.mode = mode
     with forwarding(downstream.port) as srv:
         refused, err = send(srv)
-    assert err is not None and err[0] == 451 and err[1].startswith("4.")
+    assert err[0] == 451 and err[1].startswith(f"4.3.0 downstream MTA tempfailed {stage}: 451 4."), err
+    assert hides_the_downstream(err[1], downstream.port)
     assert downstream.messages == []
 
 
 def test_downstream_5xx_passed_on(downstream):
+    """The downstream's code, enhanced code and text, as they are."""
     downstream.mode = "reject_data"
     with forwarding(downstream.port) as srv:
         _, err = send(srv)
-    assert err[0] == 554
+    assert err == (554, "5.7.1 Message rejected")
 
 
 def test_downstream_refused_connection_gives_451():
-    with forwarding(closed_port()) as srv:
+    port = closed_port()
+    with forwarding(port) as srv:
         _, err = send(srv)
-    assert err[0] == 451 and err[1].startswith("4.4.1")
+    assert err == (451, "4.4.1 downstream MTA unavailable: connection refused")
+    assert hides_the_downstream(err[1], port)
 
 
 def test_downstream_hang_gives_451_within_timeout(downstream):
@@ -91,14 +101,16 @@ def test_downstream_hang_gives_451_within_timeout(downstream):
         start = time.monotonic()
         _, err = send(srv)
         assert time.monotonic() - start < 5
-    assert err[0] == 451
+    assert err[0] == 451 and err[1].startswith("4.4.1 no answer from downstream MTA within 0.5s"), err
+    assert hides_the_downstream(err[1], downstream.port)
 
 
 def test_downstream_drop_mid_data_gives_451(downstream):
     downstream.mode = "drop_mid_data"
     with forwarding(downstream.port) as srv:
         _, err = send(srv, msg=MSG * 2000)
-    assert err[0] == 451
+    assert err[0] == 451 and err[1].startswith("4.4.2 downstream MTA dropped the connection"), err
+    assert hides_the_downstream(err[1], downstream.port)
     assert downstream.messages == []
 
 
@@ -113,8 +125,19 @@ def test_downstream_250_is_final_even_if_dropped_after(downstream):
 
 
 def test_downstream_5xx_for_recipient(downstream):
+    """Every recipient refused with 5xx: the first refusal is passed on."""
     downstream.reject_rcpts = {"u@example.net"}
     with forwarding(downstream.port) as srv:
         _, err = send(srv)
-    assert 500 <= err[0] < 600
+    assert err == (550, "5.1.1 <u@example.net>: Recipient address rejected")
+    assert downstream.messages == []
+
+
+def test_downstream_refusing_some_recipients_delivers_to_none(downstream):
+    """Never a partial delivery: 451 4.3.0, the client retries the whole message."""
+    downstream.reject_rcpts = {"u@example.net"}
+    with forwarding(downstream.port) as srv:
+        _, err = send(srv, rcpts=("u@example.net", "v@example.net"))
+    assert err[0] == 451 and err[1].startswith("4.3.0 downstream refused some recipients (1 of 2"), err
+    assert err[1].endswith("nothing delivered, try again later")
     assert downstream.messages == []

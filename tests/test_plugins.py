@@ -32,12 +32,23 @@ def test_misbehaving_plugin_costs_the_session_a_451(plugin, caplog):
     assert any("plugin p" in r.getMessage() for r in caplog.records)
 
 
+def tagging(threshold: int) -> str:
+    """Rules after the plugin: a tag from its field, then a refusal on the tag."""
+    return (f'on data:\n    [big] tag big if p.size > {threshold}\n'
+            f'    [by-tag] reject 550 5.7.2 "tagged big" if tagged big\n')
+
+
 def test_plugin_decision_and_fields():
-    with running_server(rules_text=rules("Rejects", "{limit = 50}") +
-                        'on data:\n    tag big if p.size > 20\n') as srv:
+    # the plugin's own decision is the session's
+    with running_server(rules_text=rules("Rejects", "{limit = 50}")) as srv:
         assert send(srv) == (550, b"5.7.1 too big for the plugin")
-    with running_server(rules_text=rules("Rejects", "{limit = 5000}")) as srv:
-        assert send(srv)[0] == 250
+    # no decision: the field it sets (the message size, over 100) is what the
+    # rules after it see, and the tag set from it is seen by the next rule
+    with running_server(rules_text=rules("Rejects", "{limit = 5000}") + tagging(20)) as srv:
+        assert send(srv) == (550, b"5.7.2 tagged big")
+    # the control: a field below the threshold sets no tag
+    with running_server(rules_text=rules("Rejects", "{limit = 5000}") + tagging(100_000)) as srv:
+        assert send(srv) == (250, b"")
 
 
 @pytest.mark.parametrize("target,message", [

@@ -118,3 +118,16 @@ def maildir_messages(path) -> list[bytes]:
     if not new.is_dir():
         return []
     return [p.read_bytes() for p in sorted(new.iterdir())]
+
+
+def recorded_sessions(path, count: int, timeout: float = 5.0) -> list[dict]:
+    """The session records in the folder ``path`` (a server's
+    ``recording_path``), once there are ``count`` of them: a record is
+    written when its session has ended, which the client may not wait for."""
+    from smtpfw.recording import read_records
+    from tests.support.cli import wait_until
+
+    files = lambda: sorted(Path(path).glob("*.jsonl"))  # noqa: E731
+    wait_until(lambda: sum(f.read_bytes().count(b"\n") for f in files()) >= count, timeout,
+               f"{count} session record(s) in {path}")
+    return [r for f in files() for r in read_records(str(f))]
