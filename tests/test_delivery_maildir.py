@@ -93,7 +93,7 @@ def test_fsync_failure_leaves_nothing_in_new(tmp_path, monkeypatch):
 
     monkeypatch.setattr(maildir_mod.os, "fsync", failing_fsync)
     result = deliver(md)
-    assert result.code == 451 and "No space left on device" in result.text
+    assert (result.code, result.enhanced) == (451, "4.3.0") and "No space left on device" in result.text
     assert listing(root, "new") == before
     assert listing(root, "tmp") == []
 

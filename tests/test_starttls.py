@@ -38,7 +38,8 @@ def test_starttls_and_tls_field(cert):
         with smtplib.SMTP(*srv.address, timeout=10) as s:
             s.ehlo("client.example")
             assert s.has_extn("starttls")
-            assert s.mail("a@b.example")[0] == 530
+            code, text = s.mail("a@b.example")
+            assert code == 530 and text.startswith(b"5.7.0 ")           # RFC 3207: STARTTLS first
             s.rset()
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
@@ -54,7 +55,8 @@ def test_no_starttls_without_certificate():
         with smtplib.SMTP(*srv.address, timeout=10) as s:
             s.ehlo("client.example")
             assert not s.has_extn("starttls")
-            assert s.docmd("STARTTLS")[0] == 502
+            code, text = s.docmd("STARTTLS")
+            assert code == 502 and text.startswith(b"5.5.1 "), text
 
 
 # ---- SMTP AUTH (after STARTTLS) -------------------------------------------
@@ -90,12 +92,13 @@ def test_auth_offered_only_after_starttls_and_lets_users_relay(cert, users):
         with smtplib.SMTP(*srv.address, timeout=10) as s:
             s.ehlo("client.example")
             assert not s.has_extn("auth")
-            assert s.docmd("AUTH", "PLAIN AGFsaWNlAHMzY3JldA==")[0] == 538   # encryption required
+            code, text = s.docmd("AUTH", "PLAIN AGFsaWNlAHMzY3JldA==")
+            assert code == 538 and text.startswith(b"5.7.11 ")           # RFC 4954: encryption required
             _tls(s)
             assert s.has_extn("auth") and "PLAIN" in s.esmtp_features["auth"]
             with pytest.raises(smtplib.SMTPAuthenticationError) as err:
                 s.login("alice", "wrong")
-            assert err.value.smtp_code == 535
+            assert err.value.smtp_code == 535 and err.value.smtp_error.startswith(b"5.7.8 ")
             s.login("alice", "s3cret")
             assert s.sendmail("alice@example.org", ["bob@far.example"], b"Subject: relayed\r\n\r\nx\r\n") == {}
         with smtplib.SMTP(*srv.address, timeout=10) as s:          # no AUTH: no relay
