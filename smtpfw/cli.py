@@ -87,15 +87,15 @@ def _serve_config(args, cfg: Config) -> Config:
         cfg = replace(cfg, listen=tuple(listeners))
     if args.forward:
         host, port = _hostport(args.forward, "--forward", 25)
-        cfg = replace(cfg, delivery_mode="forward", forward_host=host, forward_port=port)
+        cfg = replace(cfg, delivery=replace(cfg.delivery, mode="forward", forward_host=host, forward_port=port))
     if args.maildir:
-        cfg = replace(cfg, delivery_mode="maildir", maildir=args.maildir)
+        cfg = replace(cfg, delivery=replace(cfg.delivery, mode="maildir", maildir=args.maildir))
     if args.workers is not None:
-        cfg = replace(cfg, workers=args.workers)
+        cfg = replace(cfg, server=replace(cfg.server, workers=args.workers))
     if args.record:
-        cfg = replace(cfg, recording_enabled=True, recording_path=args.record)
+        cfg = replace(cfg, recording=replace(cfg.recording, enabled=True, path=args.record))
     if args.log_format:
-        cfg = replace(cfg, log_format=args.log_format)
+        cfg = replace(cfg, logging=replace(cfg.logging, format=args.log_format))
     return cfg
 
 
@@ -108,7 +108,7 @@ def cmd_serve(args) -> int:
 
     cfg, rules = load_settings(args.config, args.rules)
     cfg = _serve_config(args, cfg)
-    logformat.setup(cfg.log_format, cfg.log_level, sys.stderr)
+    logformat.setup(cfg.logging.format, cfg.logging.level, sys.stderr)
     ruleset, diags = compile_ruleset(rules)
     for d in diags:
         log.log(logging.ERROR if d.level is Severity.ERROR else logging.WARNING, "%s", _diagnostic_line(d))

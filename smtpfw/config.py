@@ -1,5 +1,6 @@
-"""YAML -> frozen Config.  Errors name the YAML path, the expected type and,
-for a misspelt key, the key that was probably meant.
+"""YAML -> frozen Config, one settings object per section of the file
+(``cfg.dns`` is a DnsSettings).  Errors name the YAML path, the expected
+type and, for a misspelt key, the key that was probably meant.
 
 The schema below is the single list of settings; config/smtpfw.yaml documents
 the same keys with their defaults (a test keeps them in step).
@@ -11,6 +12,8 @@ import ipaddress
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -29,20 +32,28 @@ class Listener:
 
 
 @dataclass(frozen=True)
-class Config:
-    listen: tuple[Listener, ...] = (Listener("127.0.0.1", 2525, "127.0.0.1:2525"),)
-    hostname: str = ""
-    smtp_banner: str = "ESMTP smtpfw"    # the greeting after the host name: 220 HOSTNAME BANNER
-    rules: str = ""                      # "" = the shipped rules/default.rules
+class ServerSettings:
     workers: int = 0                     # 0 = one per CPU
     shutdown_grace: float = 30.0
     reload_on_change: bool = False       # also reload when a rule or list file changes
-    delivery_mode: str = "maildir"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    mode: str = "maildir"
     maildir: str = "./var/maildir"
-    forward_host: str = ""
+    forward_host: str = ""               # delivery.forward: HOST:PORT
     forward_port: int = 25
-    forward_timeout: float = 30.0
-    forward_pool_size: int = 8
+    timeout: float = 30.0
+    pool_size: int = 8
+
+
+@dataclass(frozen=True)
+class LimitSettings:
     max_message_size: int = 10 * 1024 * 1024
     max_recipients: int = 100
     max_connections: int = 1000
@@ -58,31 +69,109 @@ class Config:
     idle_timeout: float = 300.0
     stress_idle_timeout: float = 10.0     # idle timeout while connections >= 75% of max_connections
     data_timeout: float = 600.0
-    dns_nameservers: tuple[tuple[str, int], ...] = ()
-    dns_timeout: float = 2.0
-    dns_session_budget: float = 10.0
-    dns_cache_size: int = 10000
-    dns_session_max_lookups: int = 100    # distinct lookups one session may start
-    recording_enabled: bool = False
-    recording_path: str = "./var/sessions"
-    recording_rotate: str = "daily"
-    recording_max_bytes: int = 100 * 1024 * 1024
-    recording_headers: tuple[str, ...] = ("subject", "from", "to", "message-id", "date")
-    recording_max_events: int = 1000      # events kept per session record; the rest are counted
-    log_format: str = "kv"
-    log_level: str = "info"
-    auth_users_file: str = ""            # "" = AUTH not offered
-    auth_allow_plaintext: bool = False   # offer AUTH without STARTTLS (only for trusted links)
-    auth_max_failures: int = 10          # failed AUTH attempts per client network in auth_failure_window ...
-    auth_failure_window: float = 600.0   # ... after which AUTH is refused (454) until the window passes
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_handshake_timeout: float = 30.0  # a STARTTLS handshake that takes longer ends the session
-    source: str = ""                     # the file it came from, for messages
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    nameservers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 2.0
+    session_budget: float = 10.0
+    cache_size: int = 10000
+    session_max_lookups: int = 100       # distinct lookups one session may start
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    enabled: bool = False
+    path: str = "./var/sessions"
+    rotate: str = "daily"
+    max_bytes: int = 100 * 1024 * 1024
+    headers: tuple[str, ...] = ("subject", "from", "to", "message-id", "date")
+    max_events: int = 1000               # events kept per session record; the rest are counted
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    banner: str = "ESMTP smtpfw"         # the greeting after the host name: 220 HOSTNAME BANNER
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str = "kv"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert: str = ""
+    key: str = ""
+    handshake_timeout: float = 30.0      # a STARTTLS handshake that takes longer ends the session
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    users_file: str = ""                 # "" = AUTH not offered
+    allow_plaintext: bool = False        # offer AUTH without STARTTLS (only for trusted links)
+    max_failures: int = 10               # failed AUTH attempts per client network in failure_window ...
+    failure_window: float = 600.0        # ... after which AUTH is refused (454) until the window passes
+
+
+# The config file's sections, each read into its own settings object, so a
+# component takes the section it needs (``Resolver`` the DnsSettings...).
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings, "delivery": DeliverySettings, "limits": LimitSettings, "dns": DnsSettings,
+    "recording": RecordingSettings, "smtp": SmtpSettings, "logging": LoggingSettings, "tls": TlsSettings,
+    "auth": AuthSettings,
+}
+DEFAULT_LISTEN = (Listener("127.0.0.1", 2525, "127.0.0.1:2525"),)
+
+
+@dataclass(frozen=True, init=False)
+class Config:
+    """Every setting, one section per component (``cfg.dns.timeout`` is
+    ``dns.timeout`` in the file).
+
+    The flat names of before the sections (``cfg.dns_timeout``,
+    ``Config(max_recipients=5)``, ``replace(cfg, workers=1)``) still work,
+    read and written through ``FLAT``, so callers move over one at a time."""
+
+    listen: tuple[Listener, ...]
+    hostname: str
+    rules: str                           # "" = the shipped rules/default.rules
+    server: ServerSettings
+    delivery: DeliverySettings
+    limits: LimitSettings
+    dns: DnsSettings
+    recording: RecordingSettings
+    smtp: SmtpSettings
+    logging: LoggingSettings
+    tls: TlsSettings
+    auth: AuthSettings
+    source: str                          # the file it came from, for messages
+
+    def __init__(self, listen: tuple[Listener, ...] = DEFAULT_LISTEN, hostname: str = "", rules: str = "",
+                 source: str = "", **settings: Any) -> None:
+        """Sections by name (``dns=DnsSettings(...)``), then flat names over them."""
+        for name, value in (("listen", listen), ("hostname", hostname), ("rules", rules), ("source", source)):
+            object.__setattr__(self, name, value)
+        for section, kind in SECTIONS.items():
+            object.__setattr__(self, section, settings.pop(section, None) or kind())
+        changes: dict[str, dict[str, Any]] = {}
+        for name, value in settings.items():
+            if name not in FLAT:
+                raise TypeError(f"Config() got an unexpected keyword argument {name!r}")
+            section, key = FLAT[name]
+            changes.setdefault(section, {})[key] = value
+        for section, values in changes.items():
+            object.__setattr__(self, section, replace(getattr(self, section), **values))
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any:
+            """The flat names, which are properties made from FLAT below."""
 
     @property
     def worker_count(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        return self.server.worker_count
 
 
 def _hostport(value: str, where: str, default_port: int | None = None) -> tuple[str, int]:
@@ -101,7 +190,6 @@ def _hostport(value: str, where: str, default_port: int | None = None) -> tuple[
     return host or "127.0.0.1", int(port_text)
 
 
-# YAML path -> (Config field, type, converter)
 def _num(kind):
     def conv(v, where):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and isinstance(v, float)):
@@ -208,6 +296,8 @@ def _headers(v, where):
     return tuple(x.lower() for x in v)
 
 
+# section -> key -> (the setting's flat name, converter).  In Config the key is
+# a field of the section's settings ("" = Config's own fields).
 SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "": {"listen": ("listen", _listen), "hostname": ("hostname", _str), "rules": ("rules", _str)},
     "server": {"workers": ("workers", _workers), "shutdown_grace": ("shutdown_grace", _num(float)),
@@ -283,10 +373,20 @@ def load_config(path: str | os.PathLike | None) -> Config:
     return from_mapping(data or {}, where, base=os.path.dirname(os.path.abspath(where)))
 
 
+# flat name -> (section, field): the names Config had before its sections
+FLAT: dict[str, tuple[str, str]] = {
+    **{flat: (section, key) for section, keys in SCHEMA.items() if section
+       for key, (flat, _conv) in keys.items() if key != "forward"},
+    "forward_host": ("delivery", "forward_host"), "forward_port": ("delivery", "forward_port"),
+}
+for _flat, (_section, _key) in FLAT.items():
+    setattr(Config, _flat, property(attrgetter(f"{_section}.{_key}"), doc=f"{_section}.{_key}"))
+
+
 def from_mapping(data, where: str = "config", base: str | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of settings")
-    values: dict[str, object] = {"source": where}
+    values: dict[str, dict[str, Any]] = {"": {"source": where}}
     for key, value in data.items():
         if key in SCHEMA and key != "":
             if value is None:
@@ -294,30 +394,32 @@ def from_mapping(data, where: str = "config", base: str | None = None) -> Config
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {key}: expected a mapping of settings")
             for sub, subval in value.items():
-                _set(values, SCHEMA[key], sub, subval, f"{where}: {key}.{sub}", f"{key}.")
+                _set(values.setdefault(key, {}), SCHEMA[key], sub, subval, f"{where}: {key}.{sub}", f"{key}.")
         else:
-            _set(values, SCHEMA[""], key, value, f"{where}: {key}", "")
-    if "forward" in values:
-        fwd = values.pop("forward")
-        if fwd not in (None, ""):
-            values["forward_host"], values["forward_port"] = _hostport(fwd, f"{where}: delivery.forward", 25)
-    cfg = Config(**values)
+            _set(values[""], SCHEMA[""], key, value, f"{where}: {key}", "")
+    delivery = values.get("delivery", {})
+    fwd = delivery.pop("forward", None)
+    if fwd not in (None, ""):
+        delivery["forward_host"], delivery["forward_port"] = _hostport(fwd, f"{where}: delivery.forward", 25)
+    top = values.pop("")
+    cfg = Config(**top, **{section: SECTIONS[section](**kw) for section, kw in values.items()})
     if base and cfg.rules and not os.path.isabs(cfg.rules):
         cfg = replace(cfg, rules=os.path.join(base, cfg.rules))
-    if base and cfg.auth_users_file and not os.path.isabs(cfg.auth_users_file):
-        cfg = replace(cfg, auth_users_file=os.path.join(base, cfg.auth_users_file))
-    if cfg.delivery_mode == "forward" and not cfg.forward_host:
+    if base and cfg.auth.users_file and not os.path.isabs(cfg.auth.users_file):
+        cfg = replace(cfg, auth=replace(cfg.auth, users_file=os.path.join(base, cfg.auth.users_file)))
+    if cfg.delivery.mode == "forward" and not cfg.delivery.forward_host:
         raise ConfigError(f"{where}: delivery.mode is forward but delivery.forward (HOST:PORT) is not set")
     return cfg
 
 
 def _set(values, section, key, value, where, prefix):
+    """values[key] = the converted value (the section's field is the key)."""
     if key not in section:
         known = [k for k in section] + ([k for k in SCHEMA if k] if not prefix else [])
         guess = did_you_mean(str(key), known)
         hint = f" (did you mean {prefix}{guess}?)" if guess else ""
         raise ConfigError(f"{where.rsplit(':', 1)[0]}: unknown setting {prefix}{key}{hint}")
-    attr, conv = section[key]
+    _flat, conv = section[key]
     if value is None:
         return
-    values[attr] = value if conv is None else conv(value, where)
+    values[key] = value if conv is None else conv(value, where)

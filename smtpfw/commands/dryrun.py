@@ -27,7 +27,7 @@ def dry_run(sessions: list[str], *, rules: str | None = None, config: str | None
             raise CommandError("no session files (.jsonl, .jsonl.gz) found")
         return replay_files(files, ruleset, rules, baseline=base, baseline_path=baseline, examples=examples,
                             jobs=jobs_for(files, jobs, live),
-                            dns_factory=dns_source_factory(cfg, dns) if live else None,
-                            max_recipients=cfg.max_recipients, progress=progress_for(progress_stream, files))
+                            dns_factory=dns_source_factory(cfg.dns, dns) if live else None,
+                            max_recipients=cfg.limits.max_recipients, progress=progress_for(progress_stream, files))
     except RecordError as err:
         raise CommandError(str(err)) from None

@@ -75,15 +75,15 @@ def trace(spec: SessionSpec, *, session: str | None = None, rules: str | None = 
     else:
         record = spec.record()
     ruleset = compile_or_raise(rules)
-    kwargs = dict(hostname=cfg.hostname or socket.gethostname() or "smtpfw", max_recipients=cfg.max_recipients)
+    kwargs = dict(hostname=cfg.hostname or socket.gethostname() or "smtpfw", max_recipients=cfg.limits.max_recipients)
     if session and not (live_dns or dns):
         desc = "recorded answers (a lookup not in the recording counts as failed)"
     elif no_dns:
         desc = "none (--no-dns: every lookup counts as failed)"
         kwargs.update(dns_factory=lambda rec: NoDns(), synchronous_dns=True)
     else:
-        desc = f"live, from {livedns.describe(cfg, dns)}"
-        kwargs.update(dns_factory=livedns.dns_source_factory(cfg, dns), synchronous_dns=False)
+        desc = f"live, from {livedns.describe(cfg.dns, dns)}"
+        kwargs.update(dns_factory=livedns.dns_source_factory(cfg.dns, dns), synchronous_dns=False)
     try:
         result = trace_record(ruleset, record, session or "the session", **kwargs)
     except RecordError as e:
