@@ -1,15 +1,18 @@
-"""The SMTP front end: aiosmtpd's protocol class, hardened, with a hook at
-every stage.
+"""The SMTP front end: the wire side of an SMTP session.
 
-aiosmtpd gives us the transport plumbing (StreamReaderProtocol, STARTTLS,
-address parsing, timeouts).  We replace its command loop and command
-handlers because the firewall needs what it lacks: a connect hook before the
-greeting, enhanced status codes on every reply, strict limits, a DATA reader
-that refuses bare CR/LF (SMTP smuggling) and does not copy line by line, and
-policy decisions taken by ``Policy`` over plain session data.
+smtpfw owns its SMTP server protocol.  The firewall needs what aiosmtpd's
+server does not give: a connect hook before the greeting, enhanced status
+codes on every reply, strict limits, a DATA reader that refuses bare CR/LF
+(SMTP smuggling) and scans its buffer in place, a TLS handshake with its own
+timeout, and AUTH checks off the event loop.  It reads and writes through
+``stream.Stream`` (asyncio's public Protocol API only), parses envelope
+addresses as RFC 5321 writes them (``address.py``) and leaves everything a
+command *means* to the conversation core (``smtpfw.core``), which replay
+drives too.  aiosmtpd stays what the benchmark measures smtpfw against
+(bench/baseline_server.py: a bare aiosmtpd server), not a base class.
 
-Data flows one way: command -> SessionState -> Policy (rules) -> Decision ->
-``replies`` -> the client.
+Data flows one way: bytes -> command -> Conversation (state, Policy over
+gathered facts) -> Step -> reply.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import os
 import re
 import time
 
-from aiosmtpd.smtp import SMTP
-
 from smtpfw import replies
 from smtpfw.protocol import sasl
+from smtpfw.protocol.address import parse_path
+from smtpfw.protocol.stream import LineTooLong, Stream
 from smtpfw.checks.dns import DnsSession
 from smtpfw.delivery import Message
 from smtpfw.facts import Facts
@@ -59,30 +62,18 @@ def new_session_id() -> str:
     return f"{int(time.time()):x}.{_ID_PREFIX}.{next(_ids):x}"
 
 
-class _NoHandler:
-    """aiosmtpd wants a handler object; every hook lives in the protocol."""
+LINE_LIMIT = 65536     # input held for one unterminated line; the SMTP limits are checked on top
 
 
-class FirewallSMTP(SMTP):
-    # StreamReader buffer bound: a client cannot make us hold more than this
-    # of an unterminated line.  The SMTP limits are checked separately.
-    line_length_limit = 65536
-
+class FirewallSMTP(Stream):
     def __init__(self, server, listener):
-        global _FAST_INIT
+        super().__init__(server.loop)
         cfg = server.config
-        args = dict(data_size_limit=cfg.max_message_size, enable_SMTPUTF8=True, decode_data=False,
-                    hostname=server.hostname, ident="smtpfw", tls_context=server.tls_context,
-                    timeout=cfg.idle_timeout, loop=server.loop)
-        if _FAST_INIT:
-            _smtp_init(self, _NoHandler(), **args)
-        else:
-            super().__init__(_NoHandler(), **args)
-            if _FAST_INIT is None:
-                _FAST_INIT = _fast_init_matches(self, args)
         self.server = server
         self.cfg = cfg
         self.listener = listener
+        self.hostname = server.hostname
+        self.tls_context = server.tls_context
         self.ruleset = server.ruleset          # a session keeps the ruleset it started with
         self.state = SessionState()
         self.conv: Conversation | None = None
@@ -91,12 +82,12 @@ class FirewallSMTP(SMTP):
         self.closing = False
         self.started = time.monotonic()
         self.finished = False
-        self.busy = False                      # inside a command (shutdown waits for it)
         self.admitted = False                  # counted against the connection limits
         self.client_key: str | None = None     # the client's network, as the per-IP limits count it
         self.handshaking = False               # inside a STARTTLS handshake
         self.held = 0                          # message bytes reserved from the server's budget
         self.in_message = False                # deciding or delivering a message read whole
+        self._timer: asyncio.TimerHandle | None = None
 
     # ---- connection lifecycle ----------------------------------------------
 
@@ -105,76 +96,64 @@ class FirewallSMTP(SMTP):
         super().connection_made(transport)
         if first:
             self.server.sessions.add(self)
+            self._reset_timeout()
 
     def connection_lost(self, error) -> None:
-        if not self.in_message:
-            try:
-                super().connection_lost(error)      # aiosmtpd: cancels the session task
-            finally:
-                self._finish()
+        super().connection_lost(error)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.in_message:
+            # A message was read whole and is being decided or delivered:
+            # finish that (a client that closes right after its final dot, or
+            # after a TLS close_notify, has sent its message; cutting the work
+            # off half-way could leave it delivered without a record, or
+            # half-delivered).  The reply goes nowhere; run() finishes.
             return
-        # A message was read whole and is being decided or delivered: finish
-        # that (a client that closes right after its final dot, or after a
-        # TLS close_notify, has sent its message; cutting the work off half-way
-        # could leave it delivered without a record, or half-delivered).  The
-        # reader sees EOF; the reply goes nowhere; _handle_client finishes.
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
-        asyncio.StreamReaderProtocol.connection_lost(self, error)
-        self.transport = None
+        if self.task is not None:
+            self.task.cancel()
+        self._finish()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        if duration is None and self.server.under_stress:
-            duration = min(self.cfg.idle_timeout, self.cfg.stress_idle_timeout)
-        super()._reset_timeout(duration)
+        if duration is None:
+            duration = self.cfg.idle_timeout
+            if self.server.under_stress:
+                duration = min(duration, self.cfg.stress_idle_timeout)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(duration, self._timeout_cb)
 
-    def _timeout_cb(self):
+    def _timeout_cb(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self._write_line(replies.IDLE_TIMEOUT)
             self.state.final_reply = replies.IDLE_TIMEOUT
-        super()._timeout_cb()
+        self.close()
         self._abort_if_stuck()
 
     def _abort_if_stuck(self) -> None:
         # close() waits until the write buffer is flushed, which never happens
         # with a client that does not read (it pipelines commands and ignores
         # the replies): drop it, or it holds its connection slot forever.
-        transport = self.transport
-        if transport is not None and transport.get_write_buffer_size():
-            transport.abort()
-
-    def eof_received(self):
-        # aiosmtpd cancels the session at EOF, even with commands still
-        # buffered: a client that pipelines a whole transaction and then
-        # half-closes (shutdown(SHUT_WR), or a TLS close_notify) lost its
-        # replies, and its message was delivered without the 250 (it
-        # retries: a duplicate).  Instead the session reads what was sent,
-        # then ends at the EOF.  StreamReaderProtocol knows whether the
-        # transport is TLS (where half-close is impossible).
-        return asyncio.StreamReaderProtocol.eof_received(self)
+        if self.write_buffer_size():
+            self.abort()
 
     def _write_line(self, text: str) -> None:
-        try:
-            self.transport.write(text.encode("utf-8", "replace") + b"\r\n")
-        except Exception:  # the transport may be gone already
-            pass
+        self.write(text.encode("utf-8", "replace") + b"\r\n")
 
-    async def push(self, status):
-        """Every reply goes out here.  aiosmtpd's own replies (STARTTLS, AUTH)
-        get an enhanced status code too, as ENHANCEDSTATUSCODES promises
-        (RFC 2034); the greeting and the HELO/EHLO replies carry none."""
-        if isinstance(status, str):
-            if _NEEDS_ENHANCED.match(status) and status[4:4 + len(self.hostname)] != self.hostname:
-                status = f"{status[:4]}{status[0]}.0.0 {status[4:]}"
-            self.state.final_reply = status
-            if status[:1] in ("4", "5"):
-                self.state.refusal = status
-        await super().push(status)
+    async def push(self, status: str) -> None:
+        """Every reply goes out here.  Every one after the greeting carries
+        an enhanced status code, as ENHANCEDSTATUSCODES promises (RFC 2034);
+        the greeting and the HELO/EHLO replies carry none."""
+        if _NEEDS_ENHANCED.match(status) and status[4:4 + len(self.hostname)] != self.hostname:
+            status = f"{status[:4]}{status[0]}.0.0 {status[4:]}"
+        self.state.final_reply = status
+        if status[:1] in ("4", "5"):
+            self.state.refusal = status
+        self.write(status.encode("utf-8", "replace") + b"\r\n")
+        await self.drain()
 
     def close(self) -> None:
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        super().close()
 
     async def shutdown(self) -> None:
         """Server shutdown past the grace period: 421 and close."""
@@ -189,10 +168,9 @@ class FirewallSMTP(SMTP):
     def _abandon(self) -> None:
         """End the session now, without a reply: the connection is unusable."""
         self.closing = True
-        if self.transport is not None:
-            self.transport.abort()
-        if self._handler_coroutine is not None:
-            self._handler_coroutine.cancel()
+        self.abort()
+        if self.task is not None:
+            self.task.cancel()
 
     def _finish(self) -> None:
         if self.finished:
@@ -218,10 +196,10 @@ class FirewallSMTP(SMTP):
 
     # ---- the command loop ---------------------------------------------------
 
-    async def _handle_client(self) -> None:
+    async def run(self) -> None:
         try:
             await self._session()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except ConnectionError:
             pass      # the client went away (EOF inside an over-long line, say)
         except Exception:
             log.exception("session %s: internal error", self.state.session_id)
@@ -230,13 +208,14 @@ class FirewallSMTP(SMTP):
             # connection; either way it is over: close, and release its slot
             # here rather than wait for connection_lost, which asyncio does not
             # call for a connection lost inside a TLS handshake.
-            if self.transport is not None:
-                self.transport.close()
+            if self._timer is not None:
+                self._timer.cancel()
+            self.close()
             self._finish()
 
     async def _session(self) -> None:
         st = self.state
-        peer = self.session.peer or ("", 0)
+        peer = self.transport.get_extra_info("peername") or ("", 0)
         st.session_id = new_session_id()
         st.started = time.time()
         st.client_ip, st.client_port = plain_ip(str(peer[0])), int(peer[1])
@@ -259,36 +238,19 @@ class FirewallSMTP(SMTP):
         step = await self.conv.connect()
         self.greeted = not step.close
         await self._do(step)
-        reader = self._reader
         while self.transport is not None and not self.closing:
             try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as err:
-                await self._discard_long_line(err.consumed)
+                line = await self.readline(LINE_LIMIT)
+            except LineTooLong:
                 await self._error(replies.SYNTAX_CMD_TOO_LONG)
                 continue
-            except asyncio.IncompleteReadError:
-                return
-            self.busy = True
             try:
                 await self._command(line)
-            except (ConnectionError, asyncio.IncompleteReadError):
+            except ConnectionError:
                 return
             except Exception:
                 log.exception("session %s: internal error", st.session_id)
                 await self.push(replies.LOCAL_ERROR)
-            finally:
-                self.busy = False
-
-    async def _discard_long_line(self, consumed: int) -> None:
-        reader = self._reader
-        await reader.readexactly(consumed)
-        while True:
-            try:
-                await reader.readuntil(b"\n")
-                return
-            except asyncio.LimitOverrunError as err:
-                await reader.readexactly(err.consumed)
 
     async def _do(self, step: Step) -> Step:
         """Carry out one step of the conversation: its reply, the 421 that
@@ -389,13 +351,10 @@ class FirewallSMTP(SMTP):
         if text.startswith("<>"):
             address, rest = "", text[2:]
         else:
-            try:
-                address, rest = _simple_address(text, self.local_part_limit) or self._getaddr(text)
-            except (IndexError, AttributeError, ValueError):
-                # email's header parser on input such as '"', '<' or '!1@[é@'
+            path = parse_path(text)
+            if path is None:
                 return None, {}
-            if not address:
-                return None, {}
+            address, rest = path
         params: dict = {}
         for item in (rest or "").split():
             key, eq, value = item.partition("=")
@@ -483,7 +442,6 @@ class FirewallSMTP(SMTP):
         a fake terminator can become a second message or a command.
         Past the size limit the data is read and dropped, not kept.
         """
-        reader = self._reader
         limit = self.cfg.max_message_size
         buf = bytearray(b"\r\n")          # the DATA line's CRLF starts the first line
         total = 0
@@ -499,17 +457,15 @@ class FirewallSMTP(SMTP):
                 total += keep
                 del buf[:keep]
                 scan = 0
-            chunk = await reader.read(65536)
-            if not chunk:
-                raise ConnectionResetError("client closed the connection during DATA")
+            chunk = await self._take_input()
             if not (too_big or no_room) and not self._hold_message(len(chunk)):
                 no_room = True
             buf += chunk
             if not too_big and len(buf) - 2 > limit + 5:
                 too_big = True
-        leftover = bytes(buf[end + 5:])
+        leftover = buf[end + 5:]
         if leftover:
-            reader._buffer[0:0] = leftover     # pipelined commands after the data
+            self.buffer[0:0] = leftover        # pipelined commands after the data
         if too_big or total + end > limit:
             return None, replies.SIZE_EXCEEDED
         if no_room:
@@ -527,6 +483,16 @@ class FirewallSMTP(SMTP):
         if buf.find(b"\n.", 1, end + 2) != -1:          # every LF is CRLF's by now
             body = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
         return body, None
+
+    async def _take_input(self) -> bytes:
+        """All input buffered now (waiting for some if there is none)."""
+        while not self.buffer:
+            if not await self.more():
+                raise ConnectionResetError("client closed the connection during DATA")
+        chunk = bytes(self.buffer)
+        self.buffer.clear()
+        self.consumed()
+        return chunk
 
     def _hold_message(self, size: int) -> bool:
         """Reserve ``size`` more bytes of the worker's message memory."""
@@ -572,27 +538,20 @@ class FirewallSMTP(SMTP):
     async def _start_tls(self) -> bool:
         """The TLS handshake, under its own timeout (tls.handshake_timeout).
         A handshake that fails or stalls ends the session: its connection
-        slot is released by _handle_client whatever happened on the wire."""
-        # RFC 3207 5: plaintext sent after STARTTLS is an injection attempt.
-        self._reader._buffer.clear()
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()      # the idle timer must not write into the handshake
+        slot is released by run() whatever happened on the wire."""
+        if self._timer is not None:
+            self._timer.cancel()               # the idle timer must not write into the handshake
         self.handshaking = True
         try:
-            await self._writer.start_tls(self.tls_context,
-                                         ssl_handshake_timeout=self.cfg.tls_handshake_timeout or None)
+            await self.start_tls(self.tls_context, self.cfg.tls_handshake_timeout or None)
         except Exception as err:  # noqa: BLE001 - ssl, timeout and connection errors alike
             log.info("session %s: TLS handshake with %s failed: %s", self.state.session_id,
                      self.state.client_ip, _short(err))
             self.closing = True
-            if self.transport is not None:
-                self.transport.abort()
+            self.abort()
             return False
         finally:
             self.handshaking = False
-        self.transport = self._writer.transport
-        self._tls_protocol = self.transport     # aiosmtpd tests it for "TLS is on"
-        self.session.ssl = {"cipher": self.transport.get_extra_info("cipher")}
         self._reset_timeout()
         return True
 
@@ -620,7 +579,10 @@ class FirewallSMTP(SMTP):
         exchange = sasl.Exchange(mechanism.upper(), initial.strip())
         while exchange.challenge is not None:
             await self.push(f"334 {exchange.challenge}")
-            line = await self._reader.readuntil(b"\n")
+            try:
+                line = await self.readline(sasl.MAX_RESPONSE + 2)
+            except LineTooLong:
+                line = b"\0" * (sasl.MAX_RESPONSE + 1)      # refused by the exchange as too long
             exchange.respond(line.rstrip(b"\r\n"))
         if exchange.error:
             await self._error(exchange.error)
@@ -656,108 +618,6 @@ _COMMANDS = {
     "ETRN": FirewallSMTP.cmd_not_implemented,
     "BDAT": FirewallSMTP.cmd_not_implemented,
 }
-
-
-# ---- per-connection fast paths ----------------------------------------------
-#
-# aiosmtpd's SMTP.__init__ introspects the instance on every connection
-# (inspect.getmembers(self), dir(self), dir(handler)) and _getaddr builds an
-# email header parse tree and a typing.Protocol class per address: together
-# about a quarter of the CPU of a small message.  Both have exact fast paths.
-
-_FAST_INIT: bool | None = None          # None until compared with aiosmtpd's own __init__ once
-_INIT_NAMES: dict[type, tuple] = {}     # class -> (auth mechanism names, smtp_ method names)
-
-
-def _smtp_init(self, handler, *, data_size_limit, enable_SMTPUTF8, decode_data, hostname, ident,
-               tls_context, timeout, loop) -> None:
-    """What aiosmtpd 1.4's SMTP.__init__ does with our arguments, with the
-    introspection done once per class instead of per connection."""
-    from aiosmtpd.smtp import _AuthMechAttr, login_always_fail
-
-    self.__ident__ = ident
-    self.loop = loop
-    asyncio.StreamReaderProtocol.__init__(
-        self, asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
-        client_connected_cb=self._cb_client_connected, loop=loop)
-    self.event_handler = handler
-    self.data_size_limit = data_size_limit
-    self.enable_SMTPUTF8 = enable_SMTPUTF8
-    self._decode_data = decode_data
-    self.command_size_limits.clear()
-    self.hostname = hostname
-    self.tls_context = tls_context
-    self.require_starttls = tls_context and False
-    self._timeout_duration = timeout
-    self._timeout_handle = None
-    self._tls_handshake_okay = True
-    self._tls_protocol = None
-    self._original_transport = None
-    self.session = None
-    self.envelope = None
-    self.transport = None
-    self._handler_coroutine = None
-    self._auth_require_tls = True
-    self._proxy_timeout = None
-    self._auth_callback = login_always_fail
-    self._authenticator = None
-    self._auth_required = False
-    names = _INIT_NAMES.get(type(self))
-    if names is None:
-        auth = tuple((getattr(getattr(self, m), "__auth_mechanism_name__",
-                              m.replace("auth_", "").replace("__", "-")), m)
-                     for m in dir(self) if m.startswith("auth_"))
-        smtp = tuple(m for m in dir(self) if m.startswith("smtp_"))
-        names = _INIT_NAMES[type(self)] = (auth, smtp)
-    self._auth_methods = {key: _AuthMechAttr(getattr(self, m), True) for key, m in names[0]}
-    self._handle_hooks = {m.replace("handle_", ""): getattr(handler, m)
-                          for m in dir(handler) if m.startswith("handle_")}
-    self._ehlo_hook_ver = None
-    self._smtp_methods = {m.replace("smtp_", ""): getattr(self, m) for m in names[1]}
-    self._enforce_call_limit = False
-
-
-def _fast_init_matches(real, args: dict) -> bool:
-    """Whether _smtp_init gives what aiosmtpd's __init__ gave ``real``: the
-    same attributes, equal plain values, the same methods in the tables."""
-    probe = object.__new__(type(real))
-    try:
-        _smtp_init(probe, _NoHandler(), **args)
-    except Exception:  # noqa: BLE001 - an aiosmtpd we do not know: keep its __init__
-        log.warning("aiosmtpd's SMTP.__init__ changed; using it as is (slower)")
-        return False
-    a, b = vars(real), vars(probe)
-    same = a.keys() == b.keys()
-    for key in a.keys() & b.keys():
-        va, vb = a[key], b[key]
-        if key in ("_auth_methods", "_smtp_methods", "_handle_hooks"):
-            same = same and va.keys() == vb.keys() and all(
-                getattr(getattr(va[k], "method", va[k]), "__func__", None)
-                is getattr(getattr(vb[k], "method", vb[k]), "__func__", None) for k in va)
-        elif va is None or isinstance(va, (str, int, float, bool)):
-            same = same and type(va) is type(vb) and va == vb
-        else:
-            same = same and type(va) is type(vb)
-    if not same:
-        log.warning("aiosmtpd's SMTP.__init__ changed; using it as is (slower)")
-    return same
-
-
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_ADDRESS = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
-
-
-def _simple_address(text: str, local_part_limit: int) -> tuple[str, str] | None:
-    """(address, rest) for the everyday ``<dot-atom@domain>`` form, exactly as
-    aiosmtpd's _getaddr would give it; None for anything else (quoted local
-    parts, address literals, comments, non-ASCII), which goes to _getaddr."""
-    m = _SIMPLE_ADDRESS.match(text)
-    if m is None:
-        return None
-    address, rest = m.group(1), text[m.end():]
-    if "(" in rest or (local_part_limit and len(address.rpartition("@")[0]) > local_part_limit):
-        return None
-    return address, rest.lstrip() if rest[:1] in (" ", "\t") else rest
 
 
 _date = [0, ""]
