@@ -11,14 +11,13 @@ LIST` kept the client's case (spam traps bypassed).
 from __future__ import annotations
 
 import smtplib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from smtpfw.verdict import Stage
-from tests.support.server import REPO, maildir_messages, running_server
+from tests.support.cli import run as smtpfw
+from tests.support.server import maildir_messages, running_server
 from tests.test_rules_lang import decide, ok, state
 
 
@@ -119,7 +118,6 @@ def test_smtpfw_test_agrees(tmp_path):
         "ehlo c.example from a@example.org rcpt ROOT@localhost -> reject at rcpt by no-root\n"
         "ehlo c.example from a@example.org rcpt bob@localhost rcpt SPAMTRAP@localhost -> reject at data by trap\n"
         "ehlo c.example from a@example.org rcpt bob@localhost -> accept\n")
-    run = subprocess.run([sys.executable, "-m", "smtpfw", "test", str(tmp_path / "site.rules")],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    run = smtpfw("test", tmp_path / "site.rules")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "3 tests, 3 passed" in run.stdout

@@ -6,21 +6,14 @@ relay (E704)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from smtpfw.lang.compiler import compile_ruleset
 from smtpfw.verdict import Stage
-from tests.support.server import REPO
+from tests.support.cli import run as smtpfw
 from tests.test_lint import NO_RELAY, codes, lint
-
-
-def smtpfw(*args, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smtpfw", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=60)
 
 
 # ---- item 7: regexes that backtrack catastrophically -----------------------------

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 
 import pytest
 
 from smtpfw.recording import check_record
 from smtpfw.replay.postfix import import_lines, restriction
 from smtpfw.replay.session import recorded_verdict
+from tests.support.cli import run as smtpfw
 from tests.support.server import REPO
 
 MAILLOG = REPO / "tests" / "data" / "postfix" / "maillog"
@@ -22,11 +21,6 @@ MAILLOG = REPO / "tests" / "data" / "postfix" / "maillog"
 def dns_of(record: dict) -> list[dict]:
     """A record's DNS facts in the (lookup, answer) shape these tests write."""
     return [{"lookup": f["key"], "answer": f["value"]} for f in record["facts"] if f["provider"] == "dns"]
-
-
-def smtpfw(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smtpfw", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
 
 
 @pytest.fixture(scope="module")

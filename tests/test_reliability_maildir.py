@@ -20,9 +20,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,36 +27,10 @@ from pathlib import Path
 import pytest
 
 from tests.smtp_client import RawClient
+from tests.support.cli import Serve
 
 SOAK = os.environ.get("SMTPFW_SOAK") == "1"
 SEED = int(os.environ.get("SMTPFW_SEED", "20240909"))
-
-
-class ServeProcess:
-    def __init__(self, maildir: Path, log: Path):
-        self.log = log
-        self.stderr = open(log, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smtpfw", "serve", "--listen", "127.0.0.1:0", "--workers", "1",
-             "--maildir", str(maildir)],
-            stdout=subprocess.DEVNULL, stderr=self.stderr)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            m = re.search(r"listening on [^ ]+:(\d+)", log.read_text())
-            if m:
-                self.port = int(m.group(1))
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)
-        self.kill()
-        raise AssertionError("smtpfw serve did not start:\n" + log.read_text())
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.stderr.close()
 
 
 def message(n: int) -> bytes:
@@ -116,7 +87,7 @@ def run_rounds(tmp_path: Path, rounds: int, senders: int):
     lock = threading.Lock()
     next_n = 0
     for r in range(rounds):
-        srv = ServeProcess(maildir, tmp_path / f"serve{r}.log")
+        srv = Serve("--listen", "127.0.0.1:0", "--workers", "1", "--maildir", maildir)
         threads = []
         for _ in range(senders):
             numbers = range(next_n, next_n + 1000)

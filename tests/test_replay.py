@@ -9,8 +9,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -23,7 +21,7 @@ from smtpfw.replay import dryrun
 from smtpfw.replay.build import make_record
 from smtpfw.replay.session import (Replayer, recorded_events, replay_record, same_as_recorded,
                                    verdict_of)
-from tests.support.server import REPO
+from tests.support.cli import run as smtpfw
 
 RULES = """
 zone bl = dnsbl "bl.test"
@@ -277,10 +275,6 @@ def test_fast_comparison_agrees_with_the_full_one(record):
 
 
 # ---- dry-run ---------------------------------------------------------------------
-
-def smtpfw(*args, stdin=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smtpfw", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=60, input=stdin)
 
 
 def write_jsonl(path: Path, records) -> Path:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import smtplib
-import subprocess
-import sys
 
 import pytest
 
 from smtpfw.lang.compiler import compile_ruleset
 from smtpfw.recording import read_records
 from smtpfw.replay.session import recorded_verdict, replay_record
+from tests.support.cli import run as _smtpfw
 from tests.support.server import REPO, running_server
 
 LISTS = REPO / "config" / "lists"
@@ -116,11 +115,6 @@ def _session(address, ip, helo, txns):
             s.quit()
         except smtplib.SMTPServerDisconnected:
             pass
-
-
-def _smtpfw(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smtpfw", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
 
 
 @pytest.fixture(scope="module")

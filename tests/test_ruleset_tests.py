@@ -5,12 +5,11 @@ fixture, so CI checks the shipped rulesets against their tests."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
 from smtpfw.replay.rulestests import parse_tests
+from tests.support.cli import run as smtpfw
 from tests.support.server import REPO
 
 RULES = """
@@ -52,11 +51,6 @@ client 192.0.2.1 ehlo mx.example.org from alice@example.org rcpt x@elsewhere.exa
 dns resolvable example.org = yes
 dns ptr 192.0.2.1 = found mx.example.org
 """
-
-
-def smtpfw(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smtpfw", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
 
 
 def setup(tmp_path: Path, tests: str, rules: str = RULES) -> Path:

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from smtpfw.replay.build import make_record
+from tests.support.cli import run as smtpfw
 from tests.support.server import REPO
 
 REFERENCE = REPO / "rules" / "reference.rules"
-
-
-def smtpfw(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smtpfw", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
 
 
 def test_trace_with_live_dns_from_the_shared_zones(shared_dns):
