@@ -203,7 +203,7 @@ def child(entries: int, sessions: int) -> dict:
         s.headers = {"subject": f"report {i}", "from": f"user{i}@example.org"}
         for stage in (Stage.CONNECT, Stage.MAIL):
             for lk in ruleset.fact_keys(ruleset.fact_needs, stage, s):
-                s.dns[lk] = clear
+                s.facts[lk] = clear
         states.append(s)
     stages = (Stage.CONNECT, Stage.HELO, Stage.MAIL, Stage.RCPT, Stage.DATA)
     evaluate = ruleset.evaluate

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from smtpfw.actions import Action, RunPlugin
 from smtpfw.checks.dnsresult import Lookup
 from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
@@ -35,6 +36,7 @@ class CompiledRule:
     render_text: Callable[[SessionState], str] | None = None
     render_arg: Callable[[SessionState], str] | None = None   # tag/log/warn/add_header value
     arg: str | None = None                     # tag name, header name, plugin name
+    action: Action | None = None               # what a non-terminal rule does (smtpfw.actions)
     monitor: bool = False
     node: object = None                        # the ast.Rule, for trace and lint
     leaves: tuple = ()                         # (ast condition leaf, Test) for trace
@@ -143,14 +145,11 @@ class Ruleset:
                 return decision
             if trace is not None:
                 trace.append(TraceStep(stage, rule, True, kind))
-            if kind == "tag":
-                state.tags.add(rule.arg)
-            elif kind == "log" or kind == "warn":
-                state.log_lines.append((kind, rule.rule_id, rule.render_arg(state)))
-            elif kind == "add_header":
-                state.add_headers.append((rule.arg, rule.render_arg(state)))
-            elif kind == "run":
+            action = rule.action
+            if type(action) is RunPlugin:
                 return PluginCall(rule, index + 1)
+            if action is not None:
+                action.apply(state, rule.rule_id)
         return None
 
 

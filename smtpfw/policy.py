@@ -115,7 +115,7 @@ class Policy:
             result = rs.evaluate(stage, state, start, self.trace)
             if not isinstance(result, PluginCall):
                 return result
-            name = result.rule.arg
+            name = result.rule.action.name
             plugin = rs.plugins.get(name)
             decision = (await run_plugin(name, _Contained(plugin), stage, state, message)
                         if plugin is not None else PLUGIN_FAILED)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from smtpfw.checks.dnsresult import Lookup, LookupKind
+from smtpfw.actions import action_for
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file
 from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean, has_errors
 from smtpfw.engine import CompiledRule, Ruleset
@@ -335,8 +336,8 @@ class _Compiler:
         return CompiledRule(
             rule_id=rule.rule_id, stage=stage, kind=action.kind, outcome=outcome, test=test,
             code=code, enhanced=enhanced, render_text=render_text, render_arg=render_arg,
-            arg=action.arg, monitor=rule.monitor, node=rule, leaves=tuple(leaves),
-            equality=getattr(test, "equality", None))
+            arg=action.arg, action=action_for(action.kind, action.arg, render_arg), monitor=rule.monitor,
+            node=rule, leaves=tuple(leaves), equality=getattr(test, "equality", None))
 
     def _reply_codes(self, kind: str, reply: ast.Reply) -> tuple[int | None, str | None]:
         code, enhanced = reply.code, reply.enhanced
