@@ -40,8 +40,7 @@ def downstream():
 
 
 def forwarding(downstream_port, **kw):
-    return running_server(rules_text=RULES, delivery_mode="forward", forward_host="127.0.0.1",
-                          forward_port=downstream_port, **kw)
+    return running_server(rules_text=RULES, forward_to=downstream_port, **kw)
 
 
 def test_forwarded_byte_exact(downstream):

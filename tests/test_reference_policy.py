@@ -78,8 +78,7 @@ def test_reference_lists_match_shared_policy():
 @pytest.fixture(scope="module")
 def reference_server(shared_dns):
     with Downstream() as downstream:
-        with running_server(REFERENCE, dns=shared_dns, delivery_mode="forward",
-                            forward_host="127.0.0.1", forward_port=downstream.port) as srv:
+        with running_server(REFERENCE, dns=shared_dns, forward_to=downstream) as srv:
             yield srv, downstream
 
 

@@ -123,8 +123,7 @@ def site(request):
     else:
         dns = request.getfixturevalue("shared_dns")
         with Downstream() as ds:
-            with running_server(REPO / "rules" / "reference.rules", dns=dns, delivery_mode="forward",
-                                forward_host="127.0.0.1", forward_port=ds.port) as srv:
+            with running_server(REPO / "rules" / "reference.rules", dns=dns, forward_to=ds) as srv:
                 yield Site("reference", "example.net", srv, ds)
 
 

@@ -368,8 +368,7 @@ def test_no_loss_under_downstream_and_client_faults(n, threads, request):
     if request.node.get_closest_marker("soak") and not SOAK:
         pytest.skip("soak variant: set SMTPFW_SOAK=1")
     with FaultDownstream() as ds:
-        with running_server(delivery_mode="forward", forward_host="127.0.0.1", forward_port=ds.port,
-                            forward_timeout=FORWARD_TIMEOUT, forward_pool_size=4,
+        with running_server(forward_to=ds, forward_timeout=FORWARD_TIMEOUT, forward_pool_size=4,
                             idle_timeout=30) as srv:
             start = time.monotonic()
             attempts = run_traffic(n, threads, ds, srv, chaos_every=(0.3, 0.8))
@@ -396,8 +395,7 @@ def test_slow_downstream_is_not_an_idle_client():
     downstream went on to accept the message: the client retried and the
     mail arrived twice."""
     with FaultDownstream(slow_seconds=1.5) as ds:
-        with running_server(delivery_mode="forward", forward_host="127.0.0.1", forward_port=ds.port,
-                            forward_timeout=5, idle_timeout=0.5) as srv:
+        with running_server(forward_to=ds, forward_timeout=5, idle_timeout=0.5) as srv:
             c = RawClient(srv.address, timeout=10)
             c.reply()
             c.cmd("EHLO client.test")

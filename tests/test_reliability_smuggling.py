@@ -25,6 +25,7 @@ import time
 import pytest
 
 from tests.smtp_client import RawClient
+from tests.support.cli import wait_until
 from tests.support.faults import FaultDownstream
 from tests.support.server import maildir_messages, running_server
 
@@ -59,8 +60,7 @@ def downstream():
 @pytest.fixture(scope="module", params=["maildir", "forward"])
 def target(request, downstream):
     if request.param == "forward":
-        with running_server(delivery_mode="forward", forward_host="127.0.0.1",
-                            forward_port=downstream.port) as srv:
+        with running_server(forward_to=downstream) as srv:
             yield request.param, srv
     else:
         with running_server() as srv:
@@ -164,11 +164,8 @@ def test_real_end_of_data_split_anywhere_then_pipelined_commands(target, downstr
         c.cmd("QUIT")
     finally:
         c.close()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        mine = [m for m in delivered(mode, srv, downstream) if tag in m]
-        if len(mine) == 2:
-            break
-        time.sleep(0.02)
+    wait_until(lambda: len([m for m in delivered(mode, srv, downstream) if tag in m]) >= 2, 5,
+               "both messages delivered")
+    mine = [m for m in delivered(mode, srv, downstream) if tag in m]
     assert len(mine) == 2
     assert sum(m.endswith(body) for m in mine) == 1

@@ -54,9 +54,13 @@ async def _as_coro(fn, *args):
 
 @contextlib.contextmanager
 def running_server(rules: str | os.PathLike | None = None, *, rules_text: str | None = None,
-                   config: Config | None = None, dns=None, **overrides):
+                   config: Config | None = None, dns=None, forward_to=None, **overrides):
     """Start a server; ``rules`` is a path, ``rules_text`` an inline ruleset
-    (written to a temp file so includes and relative lists work from cwd)."""
+    (written to a temp file so includes and relative lists work from cwd);
+    ``forward_to`` (a Downstream, or a port on 127.0.0.1) selects forward mode."""
+    if forward_to is not None:
+        overrides.update(delivery_mode="forward", forward_host="127.0.0.1",
+                         forward_port=getattr(forward_to, "port", forward_to))
     tmpdir = tempfile.mkdtemp(prefix="smtpfw-test-")
     if rules_text is not None:
         rules = os.path.join(tmpdir, "test.rules")
