@@ -141,7 +141,10 @@ class Diagnostic:
 
     def __post_init__(self) -> None:
         """An unregistered code is a bug here, not a surprise in the output."""
-        object.__setattr__(self, "code", Code(self.code))
+        code = CODES.get(self.code)
+        if code is None:
+            raise ValueError(f"unregistered diagnostic code {self.code!r}: add it to diagnostics.Code")
+        object.__setattr__(self, "code", code)
 
     @property
     def level(self) -> Severity:

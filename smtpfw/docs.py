@@ -32,7 +32,9 @@ def section(text: str, anchor: str) -> str | None:
     """The part of a page from the heading ``anchor`` names to the next
     heading of the same or a higher level; None if there is no such anchor."""
     lines = text.split("\n")
-    headings, anchors, fenced = [], {}, False
+    headings: list[tuple[int, int]] = []      # (line index, level)
+    anchors: dict[str, int] = {}
+    fenced = False
     for i, line in enumerate(lines):
         if line.startswith("```"):
             fenced = not fenced
@@ -75,11 +77,12 @@ def show(spec: str) -> str:
     if name not in available:
         raise NoSuchPage(f"no page {name!r}; pages: {', '.join(available)}")
     text = available[name].read_text(encoding="utf-8")
-    if anchor:
-        text = section(text, anchor)
-        if text is None:
-            raise NoSuchPage(f"{name}: no section #{anchor}")
-    return text
+    if not anchor:
+        return text
+    part = section(text, anchor)
+    if part is None:
+        raise NoSuchPage(f"{name}: no section #{anchor}")
+    return part
 
 
 def _title(path: Path) -> str:

@@ -5,6 +5,7 @@ runs it for `smtpfw lint`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Set as AbstractSet
 
 from smtpfw.diagnostics import Diagnostic
 from smtpfw.lang.check import check_ruleset
@@ -35,7 +36,8 @@ def lint_file(path: str) -> tuple[list[Diagnostic], dict[str, str]]:
     return check_ruleset(path)
 
 
-def lint_files(files: list[str], walked: set[str] = frozenset()) -> tuple[list[Diagnostic], dict[str, str], list[str]]:
+def lint_files(files: list[str], walked: AbstractSet[str] = frozenset()
+               ) -> tuple[list[Diagnostic], dict[str, str], list[str]]:
     """Lint each ruleset.  A file found in a folder that another ruleset
     includes is checked as part of that ruleset, not on its own (alone it
     would look like a ruleset without rcpt rules, with unknown lists...)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from typing import IO
 
 from smtpfw.commands.errors import CommandError
 from smtpfw.replay.postfix import ImportReport, import_lines
@@ -13,6 +14,8 @@ from smtpfw.replay.postfix import ImportReport, import_lines
 def import_postfix(maillog: str, output: str | None, year: int | None, *, stdin, stdout) -> ImportReport:
     """Read ``maillog`` (a file, .gz, or "-" for ``stdin``) and write one
     record a line to ``output`` (.gz compresses; None or "-": ``stdout``)."""
+    source: AbstractContextManager[IO[str]]
+    sink: AbstractContextManager[IO[str]]
     try:
         if maillog == "-":
             source = nullcontext(stdin)

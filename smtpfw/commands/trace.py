@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass, field
+from typing import Callable
 
 from smtpfw.commands.errors import CommandError
 from smtpfw.commands.rulesets import compile_or_raise
@@ -75,17 +76,20 @@ def trace(spec: SessionSpec, *, session: str | None = None, rules: str | None = 
     else:
         record = spec.record()
     ruleset = compile_or_raise(rules)
-    kwargs = dict(hostname=cfg.hostname or socket.gethostname() or "smtpfw", max_recipients=cfg.limits.max_recipients)
+    factory: Callable[[dict], object] | None = None
+    synchronous: bool | None = None
     if session and not (live_dns or dns):
         desc = "recorded answers (a lookup not in the recording counts as failed)"
     elif no_dns:
         desc = "none (--no-dns: every lookup counts as failed)"
-        kwargs.update(dns_factory=lambda rec: NoDns(), synchronous_dns=True)
+        factory, synchronous = (lambda rec: NoDns()), True
     else:
         desc = f"live, from {livedns.describe(cfg.dns, dns)}"
-        kwargs.update(dns_factory=livedns.dns_source_factory(cfg.dns, dns), synchronous_dns=False)
+        factory, synchronous = livedns.dns_source_factory(cfg.dns, dns), False
     try:
-        result = trace_record(ruleset, record, session or "the session", **kwargs)
+        result = trace_record(ruleset, record, session or "the session", dns_factory=factory,
+                              synchronous_dns=synchronous, hostname=cfg.hostname or socket.gethostname() or "smtpfw",
+                              max_recipients=cfg.limits.max_recipients)
     except RecordError as e:
         raise CommandError(str(e)) from None
     return TraceReport(ruleset, rules, result, desc)

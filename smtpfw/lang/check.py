@@ -32,7 +32,7 @@ import os
 import re
 import traceback
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file, read_list_text
 from smtpfw.diagnostics import Code, Diagnostic, Span, nearest_file
@@ -95,7 +95,7 @@ def invisible_in_ruleset(prog, diags: list[Diagnostic]) -> list[Diagnostic]:
             found += find_invisible(text, _shown(path)) if text is not None else []
     taken = {(d.span.file, d.span.line) for d in diags if d.code in (Code.E002_SYNTAX_ERROR,
                                                                      Code.E302_LIST_ENTRY_MALFORMED) and d.span}
-    return [d for d in found if (d.span.file, d.span.line) not in taken]
+    return [d for d in found if d.span is None or (d.span.file, d.span.line) not in taken]
 
 
 _UNKNOWN_NAME = (Code.E102_UNKNOWN_FIELD, Code.E103_UNKNOWN_LIST, Code.E104_UNKNOWN_ZONE, Code.E105_UNKNOWN_PLUGIN,
@@ -279,6 +279,7 @@ def _canon(cond, negated: bool = False) -> tuple:
         return ("pat", cond.field.name, cond.kind, str(cond.pattern.value), cond.negated != negated)
     if isinstance(cond, ast.Listed):
         return ("listed", cond.field.name, _zone_key(cond.zone), _codes_key(cond.codes), cond.negated != negated)
+    leaf: tuple
     if isinstance(cond, ast.LookupFailed):
         leaf = ("failed", cond.field.name, _zone_key(cond.zone))
     elif isinstance(cond, ast.Tagged):
@@ -563,7 +564,7 @@ class _Linter:
         key = (_norm_target(field, target), element, within)
         if key in self._matchers:
             return self._matchers[key]
-        entries: list[Entry] | None = None
+        entries: Sequence[Entry] | None = None
         if isinstance(target, ast.ListRef):
             if target.name in self.prog.lists:
                 decl, base = self.prog.lists[target.name]
@@ -784,6 +785,7 @@ class _Linter:
         return False
 
     def _matcher_for(self, field: str, target_key: tuple, within: bool):
+        target: ast.ListRef | ast.InlineList
         if target_key[0] == "list":
             target = ast.ListRef(target_key[1], Span.point("", 1, 1))
         else:
@@ -894,20 +896,20 @@ class _Linter:
     def check_open_relay(self) -> ast.Rule | None:
         """E701; returns the rule that closes the relay (None when open)."""
         # tags an untrusted client may get, anywhere before its recipients are decided
-        tag_rules = [r for h in ("connect", "helo", "mail", "rcpt") for r in self.rules(h)
-                     if r.action.kind == "tag" and r.action.arg]
+        tag_rules = [(r, tag) for h in ("connect", "helo", "mail", "rcpt") for r in self.rules(h)
+                     if r.action.kind == "tag" and (tag := r.action.arg)]
         tags: set[str] = set()
         changed, passes = True, 0
         while changed:
             changed, passes = False, passes + 1
             if passes > 20:     # a long chain of tags: assume the client can get any of them
-                tags.update(r.action.arg for r in tag_rules)
+                tags.update(tag for _r, tag in tag_rules)
                 break
-            for r in tag_rules:
-                if r.action.arg in tags:
+            for r, tag in tag_rules:
+                if tag in tags:
                     continue
                 if not self.analysable(r) or _eval3(r.condition, lambda l, n: self.relay_leaf(l, n, tags)) != FALSE:
-                    tags.add(r.action.arg)
+                    tags.add(tag)
                     changed = True
 
         def value(rule: ast.Rule) -> str:

@@ -40,7 +40,7 @@ def find_invisible(text: str, filename: str) -> list[Diagnostic]:
     if text.isascii():
         return []
     hits = list(_INVISIBLE.finditer(text))
-    out = []
+    out: list[Diagnostic] = []
     for m in hits[:MAX_PER_FILE]:
         line = text.count("\n", 0, m.start()) + 1
         column = m.start() - text.rfind("\n", 0, m.start())

@@ -157,7 +157,7 @@ class _ToAst(Transformer):
         return Span(self.filename, meta.line, meta.column, meta.end_line, meta.end_column)
 
     def _tspan(self, tok: Token) -> Span:
-        return Span(self.filename, tok.line, tok.column, tok.end_line, tok.end_column)
+        return _tok_span(self.filename, tok)
 
     def start(self, meta, items):
         return [it for it in items if it is not None]
@@ -251,10 +251,12 @@ class _ToAst(Transformer):
         raw = str(tok)[1:-1]
         m = _UNCLOSED_PLACEHOLDER.search(raw.replace("{{", "\0\0").replace("}}", "\0\0"))
         if m:
-            word = _PLACEHOLDER_START.match(m.group()).group()
+            start = _PLACEHOLDER_START.match(m.group())
+            word = start.group() if start else m.group()
+            line, column, _end_line, _end_column = _position(tok)
             self.problems.append(Diagnostic(
                 Code.E503_UNKNOWN_PLACEHOLDER, f"placeholder `{word}` is not closed",
-                Span.point(self.filename, tok.line, tok.column + 1 + m.start(), len(word)),
+                Span.point(self.filename, line, column + 1 + m.start(), len(word)),
                 help=f"close it: `{word}}}`; write `{{{{` for a brace that is just text"))
         return _unquote(tok)
 
@@ -505,7 +507,7 @@ def _token_before(text: str, pos: int) -> Token | None:
     prev = None
     try:
         for t in _parser().lex(text):
-            if t.start_pos >= pos:
+            if (t.start_pos or 0) >= pos:
                 break
             prev = t
     except lark.exceptions.LarkError:
@@ -514,7 +516,13 @@ def _token_before(text: str, pos: int) -> Token | None:
 
 
 def _tok_span(filename: str, tok: Token) -> Span:
-    return Span(filename, tok.line, tok.column, tok.end_line, tok.end_column)
+    return Span(filename, *_position(tok))
+
+
+def _position(tok: Token) -> tuple[int, int, int, int]:
+    """Line, column, end line and end column of a lexed token (lark types
+    them Optional, for tokens made up without a position)."""
+    return tok.line, tok.column, tok.end_line, tok.end_column  # type: ignore[return-value]
 
 
 def _runaway_text(tok, prev, expected, text, filename) -> Diagnostic | None:
@@ -564,7 +572,7 @@ _NUMBER_SLIP = re.compile(r"\d+[A-Za-z]\w*")
 
 
 def _unexpected_character(err: lark.exceptions.UnexpectedCharacters, text: str, filename: str) -> Diagnostic:
-    pos = err.pos_in_stream
+    pos: int = err.pos_in_stream or 0
     ch = text[pos] if pos < len(text) else ""
     span = Span.point(filename, err.line, err.column)
     if ch == '"':
@@ -578,10 +586,10 @@ def _unexpected_character(err: lark.exceptions.UnexpectedCharacters, text: str, 
     word = _word_at(text, pos)
     op = re.match(r"[&|!]+", text[pos:pos + 2])
     if op and op.group() in _OPERATOR_SLIPS:
-        op = op.group()
-        return Diagnostic(Code.E002_SYNTAX_ERROR, f"`{op}` is not an operator here",
-                          Span.point(filename, err.line, err.column, len(op)),
-                          help=f"write `{_OPERATOR_SLIPS[op]}`: conditions are joined with `and`, `or` and `not`")
+        slip = op.group()
+        return Diagnostic(Code.E002_SYNTAX_ERROR, f"`{slip}` is not an operator here",
+                          Span.point(filename, err.line, err.column, len(slip)),
+                          help=f"write `{_OPERATOR_SLIPS[slip]}`: conditions are joined with `and`, `or` and `not`")
     if _NUMBER_SLIP.fullmatch(word):
         return _number_slip(word, Span.point(filename, err.line, err.column, len(word)))
     words, _ = _expected_in_words(_acceptable(err))
@@ -609,7 +617,7 @@ def _wrong_quote(ch: str, text: str, pos: int, span: Span) -> Diagnostic:
 
 def _number_slip(word: str, span: Span) -> Diagnostic:
     """`10X`, `10MB`, `5k`: a number takes only K, M or G right after it."""
-    digits = re.match(r"\d+", word).group()
+    digits = re.sub(r"\D.*", "", word)      # the digits it starts with
     unit = word[len(digits)].upper()
     fix = f"write `{digits}{unit}`" if unit in "KMG" else f"write `{digits}`, or `{digits}M` for {digits} MiB"
     return Diagnostic(Code.E002_SYNTAX_ERROR, f"`{word}` is not a number", span,
