@@ -142,6 +142,19 @@ def test_every_layer_prefix_names_a_module(graph):
             assert any(m == p or m.startswith(p + ".") for m in graph), p
 
 
+def test_commands_print_nothing():
+    """Commands return reports (the CLI renders them): no print(), no sys.stdout or sys.stderr."""
+    found = []
+    for path in sorted((REPO / "smtpfw" / "commands").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Name) and node.id == "print":
+                found.append(f"{path.name}:{node.lineno}: print")
+            elif (isinstance(node, ast.Attribute) and node.attr in ("stdout", "stderr")
+                  and isinstance(node.value, ast.Name) and node.value.id == "sys"):
+                found.append(f"{path.name}:{node.lineno}: sys.{node.attr}")
+    assert found == []
+
+
 # ---- the checker catches what it should ---------------------------------------------------
 
 SYNTHETIC = [("top", ("pkg.top",)), ("mid", ("pkg.mid",)), ("bottom", ("pkg",))]
