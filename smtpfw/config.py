@@ -29,6 +29,10 @@ class Listener:
     host: str
     port: int
     name: str
+    # Load balancers this listener takes the PROXY protocol from (ip_network
+    # objects); when set, every connection must start with a PROXY header
+    # and come from one of them.
+    proxy_from: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -241,13 +245,14 @@ def _listen(v, where):
             host, port = _hostport(item, w)
             out.append(Listener(host, port, f"{host}:{port}"))
         elif isinstance(item, dict):
-            unknown = set(item) - {"address", "name"}
+            unknown = set(item) - {"address", "name", "proxy_from"}
             if unknown:
-                raise ConfigError(f"{w}: unknown key {sorted(unknown)[0]!r} (expected address, name)")
+                raise ConfigError(f"{w}: unknown key {sorted(unknown)[0]!r} (expected address, name, proxy_from)")
             host, port = _hostport(item.get("address", ""), f"{w}.address")
-            out.append(Listener(host, port, str(item.get("name") or f"{host}:{port}")))
+            proxies = _networks(item["proxy_from"], f"{w}.proxy_from") if item.get("proxy_from") is not None else ()
+            out.append(Listener(host, port, str(item.get("name") or f"{host}:{port}"), proxies))
         else:
-            raise ConfigError(f"{w}: expected \"HOST:PORT\" or {{address: HOST:PORT, name: NAME}}")
+            raise ConfigError(f"{w}: expected \"HOST:PORT\" or {{address: HOST:PORT, name: NAME, proxy_from: [...]}}")
     if not out:
         raise ConfigError(f"{where}: at least one listener is needed")
     return tuple(out)

@@ -27,7 +27,7 @@ import re
 import time
 
 from smtpfw import replies
-from smtpfw.protocol import sasl
+from smtpfw.protocol import proxy, sasl
 from smtpfw.protocol.address import parse_path
 from smtpfw.protocol.stream import LineTooLong, Stream
 from smtpfw.checks.dns import DnsSession
@@ -63,6 +63,7 @@ def new_session_id() -> str:
 
 
 LINE_LIMIT = 65536     # input held for one unterminated line; the SMTP limits are checked on top
+PROXY_TIMEOUT = 10.0   # seconds a load balancer has for its PROXY header (it sends it at once)
 
 
 class FirewallSMTP(Stream):
@@ -219,6 +220,9 @@ class FirewallSMTP(Stream):
         st.session_id = new_session_id()
         st.started = time.time()
         st.client_ip, st.client_port = plain_ip(str(peer[0])), int(peer[1])
+        if self.listener.proxy_from and not await self._proxied():
+            self.close()
+            return
         sock = self.transport.get_extra_info("sockname") or ("", 0)
         st.listener_address, st.listener_port = plain_ip(str(sock[0])), int(sock[1])
         st.listener_name = self.listener.name
@@ -251,6 +255,38 @@ class FirewallSMTP(Stream):
             except Exception:
                 log.exception("session %s: internal error", st.session_id)
                 await self.push(replies.LOCAL_ERROR)
+
+    async def _proxied(self) -> bool:
+        """Take the PROXY header a trusted load balancer sends first; the
+        client it names becomes the session's client.  False (and a log
+        line) for an untrusted peer or a header that is missing, malformed
+        or slow: such a connection is closed without a word."""
+        st = self.state
+        balancer = st.client_ip
+        if not any(ipaddress.ip_address(balancer) in net for net in self.listener.proxy_from):
+            log.warning("listener %s: connection from %s refused: not a trusted proxy (proxy_from)",
+                        self.listener.name, balancer)
+            return False
+        try:
+            origin = await asyncio.wait_for(self._proxy_header(), PROXY_TIMEOUT)
+        except (proxy.ProxyError, asyncio.TimeoutError, ConnectionError) as err:
+            log.warning("listener %s: connection from proxy %s closed: %s", self.listener.name, balancer,
+                        _short(err) if not isinstance(err, asyncio.TimeoutError) else "no PROXY header in time")
+            return False
+        if origin is not None:                   # None: the balancer's own check (v2 LOCAL, v1 UNKNOWN)
+            st.client_ip, st.client_port = plain_ip(origin.ip), origin.port
+        return True
+
+    async def _proxy_header(self) -> proxy.Origin | None:
+        while True:
+            parsed = proxy.parse(bytes(self.buffer[:proxy.V2_MAX]))
+            if parsed is not proxy.NEED_MORE:
+                origin, length = parsed
+                del self.buffer[:length]
+                self.consumed()
+                return origin
+            if not await self.more():
+                raise ConnectionResetError("closed before the end of its PROXY header")
 
     async def _do(self, step: Step) -> Step:
         """Carry out one step of the conversation: its reply, the 421 that
