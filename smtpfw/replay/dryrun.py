@@ -23,11 +23,12 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from smtpfw.recording import RecordError, check_record
 from smtpfw.replay.records import ReplayBug, iter_records, replay_failure
-from smtpfw.replay.session import (KINDS, REFUSING, Replayer, ReplayResult, Verdict, recorded_events,
+from smtpfw.replay.session import (KINDS, REFUSING, EventResult, Replayer, ReplayResult, Verdict, recorded_events,
                                    same_as_recorded, verdict_of)
 from smtpfw.verdict import Outcome, Stage
 
@@ -116,7 +117,7 @@ def new_report(ruleset, rules_path: str, baseline=None, baseline_path: str | Non
 def _example(result: ReplayResult, base: Verdict, new: Verdict, what: str) -> dict:
     rec = result.record
     helo = sender = None
-    rcpts = []
+    rcpts: list[str] = []
     for e in rec["events"]:
         cmd = e.get("cmd")
         if cmd in ("helo", "ehlo") and helo is None:
@@ -180,28 +181,29 @@ class DryRun:
         rep = self.report
         result = self.replayer.replay(record)
         new = result.verdict
+        compared: tuple[EventResult, list[EventResult]] | None     # the baseline's decisions
         if self.base_replayer is not None:
             base_result = self.base_replayer.replay(record)
-            base_connect, base_events, base = base_result.connect, base_result.events, base_result.verdict
+            compared, base = (base_result.connect, base_result.events), base_result.verdict
         elif same_as_recorded(record, result):
-            base_connect = base_events = None
-            base = new
+            compared, base = None, new
         else:
-            base_connect, base_events = recorded_events(record)
-            base = verdict_of(base_connect, base_events)
+            compared = recorded_events(record)
+            base = verdict_of(*compared)
         rep.sessions += 1
         rep.verdicts[new.kind] += 1
         rep.base_verdicts[base.kind] += 1
         hooks = self._hooks
         for stage, decision, _subject in result.decisions:
-            key = (stage, decision.outcome)
-            hooks[key] = hooks.get(key, 0) + 1
+            hook = (stage, decision.outcome)
+            hooks[hook] = hooks.get(hook, 0) + 1
         rep.hits.update(result.hits)
         for rule_id, _d in result.monitored:
             rep.monitored[rule_id] += 1
         # compare
-        if base_events is None:
+        if compared is None:
             return result
+        base_connect, base_events = compared
         if new.key() != base.key():
             if base.kind not in REFUSING and new.kind in REFUSING:
                 cat, v = NEWLY_REJECTED, new
@@ -323,7 +325,7 @@ class Progress:
 
     WIDTH = 20
 
-    def __init__(self, stream, files: int, sizes: list[int] = ()):
+    def __init__(self, stream, files: int, sizes: Sequence[int] = ()):
         self.stream = stream
         self.enabled = hasattr(stream, "isatty") and stream.isatty()
         self.files = files
@@ -397,7 +399,7 @@ _FORK_STATE: dict = {}
 
 
 def plan_chunks(files: list[str], chunk_bytes: int = CHUNK_BYTES) -> list[tuple[str, int, int | None]]:
-    chunks = []
+    chunks: list[tuple[str, int, int | None]] = []
     for path in files:
         if path == "-" or path.endswith(".gz"):
             chunks.append((path, 0, None))
@@ -502,9 +504,9 @@ def _run_parallel(jobs: int, files: list[str], report: Report, examples: int, pr
     index = {path: i for i, path in enumerate(files, start=1)}
     with ctx.Pool(jobs) as pool:
         for chunk, (part, error, bug) in zip(chunks, pool.imap(_replay_chunk, chunks)):
-            if error is not None:
+            if part is None:
                 pool.terminate()
-                raise (ReplayBug if bug else RecordError)(_locate(error))
+                raise (ReplayBug if bug else RecordError)(_locate(str(error)))
             merge(report, part, examples)
             progress.update(report.sessions, index[chunk[0]], force=True, position=chunk[2] or _size(chunk[0]))
 

@@ -231,12 +231,12 @@ class PostfixImporter:
             if old is not None:
                 old.end = old.end or "no disconnect line"
                 self._close(old)
-            s = Session(pid, host, service, number, ts, m.group("ip"), int(m.group("port") or 0),
-                        m.group("name"), last_line=number)
+            new = Session(pid, host, service, number, ts, m.group("ip"), int(m.group("port") or 0),
+                          m.group("name"), last_line=number)
             warn = self.pending_warnings.pop(pid, None)
-            if warn and warn[0] == s.ip:
-                s.unverified = warn[1]
-            self.open[pid] = s
+            if warn and warn[0] == new.ip:
+                new.unverified = warn[1]
+            self.open[pid] = new
             return True
         m = _UNVERIFIED.match(msg)
         if m:

@@ -380,7 +380,8 @@ def run_file(tf: SuiteFile, ruleset) -> tuple[list, list]:
     dns = DeclaredDns(tf.dns)
     replayer = Replayer(ruleset, lambda rec: dns, synchronous_dns=True, hostname="mx.test")
     tracer = Replayer(ruleset, lambda rec: dns, synchronous_dns=True, trace=True, hostname="mx.test")
-    outcomes, failures = [], []
+    outcomes: list[CaseResult] = []
+    failures: list[tuple[Diagnostic, str | None]] = []
     try:
         for case in tf.cases:
             try:
