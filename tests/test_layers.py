@@ -155,6 +155,15 @@ def test_commands_print_nothing():
     assert found == []
 
 
+def test_every_package_is_installed():
+    """pyproject.toml lists the packages by name: a new folder of modules must be added there."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "smtpfw").rglob("*.py")}
+    assert folders - listed == set()
+
+
 # ---- the checker catches what it should ---------------------------------------------------
 
 SYNTHETIC = [("top", ("pkg.top",)), ("mid", ("pkg.mid",)), ("bottom", ("pkg",))]
