@@ -96,7 +96,7 @@ def test_refused_connect_runs_nothing_else():
 def test_lookup_not_in_recording_counts_as_failed():
     r = replay_record(ruleset(), rec(ehlo(), mail(), rcpt(), dns=()))
     assert (r.verdict.kind, r.verdict.stage, r.verdict.rule) == ("tempfailed", "connect", "dns-down")
-    assert r.connect.reply.startswith("421 ")            # a 4xx greeting is always 421
+    assert r.connect.reply == "421 4.7.1 dns down"       # a 4xx greeting is always 421, with the rule's text
 
 
 def test_refused_helo_means_mail_is_not_reached_until_a_later_helo():
@@ -162,7 +162,7 @@ def test_max_recipients():
     events = [ehlo(), mail()] + [rcpt()] * 3
     r = replay_record(ruleset("on rcpt:\n    accept\n"), rec(*events), max_recipients=2)
     assert [e.reached for e in r.events[2:]] == [True, True, False]
-    assert r.events[4].reply.startswith("452")
+    assert r.events[4].reply.startswith("452 4.5.3 ")
 
 
 def test_no_mail_verdict():
@@ -173,7 +173,8 @@ def test_no_mail_verdict():
 def test_delay_reject_holds_refusals_until_rcpt():
     text = "option delay_reject = yes\n" + RULES
     r = replay_record(ruleset(text), rec(ehlo("bad.example"), mail("bad@example.org"), rcpt(), rcpt()))
-    assert [e.reply[:3] for e in r.events] == ["250", "250", "550", "550"]
+    assert [e.reply for e in r.events[2:]] == ["550 5.7.1 bad helo"] * 2     # the held refusal is badhelo's
+    assert [e.reply[:3] for e in r.events[:2]] == ["250", "250"]
     assert "held from helo" in r.events[2].note
     assert (r.verdict.stage, r.verdict.rule) == ("rcpt", "badhelo")
 
