@@ -33,6 +33,7 @@ class Listener:
     # objects); when set, every connection must start with a PROXY header
     # and come from one of them.
     proxy_from: tuple = ()
+    kind: str = "smtp"                   # smtp | policy (Postfix policy delegation)
 
 
 @dataclass(frozen=True)
@@ -245,12 +246,13 @@ def _listen(v, where):
             host, port = _hostport(item, w)
             out.append(Listener(host, port, f"{host}:{port}"))
         elif isinstance(item, dict):
-            unknown = set(item) - {"address", "name", "proxy_from"}
+            unknown = set(item) - {"address", "name", "proxy_from", "kind"}
             if unknown:
-                raise ConfigError(f"{w}: unknown key {sorted(unknown)[0]!r} (expected address, name, proxy_from)")
+                raise ConfigError(f"{w}: unknown key {sorted(unknown)[0]!r} (expected address, name, proxy_from, kind)")
             host, port = _hostport(item.get("address", ""), f"{w}.address")
             proxies = _networks(item["proxy_from"], f"{w}.proxy_from") if item.get("proxy_from") is not None else ()
-            out.append(Listener(host, port, str(item.get("name") or f"{host}:{port}"), proxies))
+            kind = _choice("smtp", "policy")(item.get("kind", "smtp"), f"{w}.kind")
+            out.append(Listener(host, port, str(item.get("name") or f"{host}:{port}"), proxies, kind))
         else:
             raise ConfigError(f"{w}: expected \"HOST:PORT\" or {{address: HOST:PORT, name: NAME, proxy_from: [...]}}")
     if not out:

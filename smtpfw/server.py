@@ -122,6 +122,11 @@ class Server:
     # ---- lifecycle ----------------------------------------------------------
 
     def protocol_factory(self, listener: Listener):
+        """The front end a listener speaks: SMTP, or Postfix's policy protocol."""
+        if listener.kind == "policy":
+            from smtpfw.protocol.policy import PolicyConnection
+
+            return lambda: PolicyConnection(self, listener)
         from smtpfw.protocol.smtp import FirewallSMTP
 
         return lambda: FirewallSMTP(self, listener)

@@ -19,7 +19,7 @@ from smtpfw.protocol.address import parse_path
     ("<@relay.example,@hop.example:user@example.org>", ("user@example.org", "")),   # source route dropped
     ("<Postmaster>", ("Postmaster", "")),
     ("<jörg@bücher.example>", ("jörg@bücher.example", "")),                  # SMTPUTF8
-    ("<a.b+tag@sub.example.org.>", ("a.b+tag@sub.example.org.", "")),
+    ("<a.b+tag@sub.example.org>", ("a.b+tag@sub.example.org", "")),
 ])
 def test_paths(text, expected):
     assert parse_path(text) == expected
@@ -28,7 +28,7 @@ def test_paths(text, expected):
 @pytest.mark.parametrize("text", [
     "", "<>", "<", "<alice>", "alice", '"', "<a@b.example", "a@b.example>", "<a..b@example.org>",
     "<.a@example.org>", "<a@-example.org>", "<a@exa mple.org>", "<a@b.example>x", "(comment) <a@b.example>",
-    "<a@b.example (comment)>", "<a b@example.org>", '!1@[é@', "<a@[]>",
+    "<a@b.example (comment)>", "<a b@example.org>", '!1@[é@', "<a@[]>", "<a@example.org.>",
 ])
 def test_not_paths(text):
     assert parse_path(text) is None

@@ -89,7 +89,7 @@ PROBES = [
 LOCAL_FORMS = [
     ("<@{O}:user@{L}>", "user@{L}"),            # RFC 5321 C: ignore the source route
     ("<@{O},@{P}:user@{L}>", "user@{L}"),
-    ("<user@{L}.>", "user@{L}."),                # the local domain, written absolute
+    ("<user@{L}.>", None),                       # RFC 5321 has no trailing dot in a domain: 501 5.1.3
     ("<user@(comment){L}>", None),               # RFC 5321 has no comments: 501 5.1.3
 ]
 RULESETS = ["default", "reference"]

@@ -61,12 +61,15 @@ class Limits:
 class Conversation:
     def __init__(self, ruleset, state: SessionState, facts, limits: Limits = Limits(), *,
                  hostname: str = "smtpfw", greeting: str = "", trace: list | None = None, notify=None,
-                 record: bool = True):
+                 record: bool = True, sequence: bool = True):
         """``record``: keep events for the session record, bounded by
-        ``limits.max_events`` (replay, which reads a record, keeps none)."""
+        ``limits.max_events`` (replay, which reads a record, keeps none).
+        ``sequence``: enforce the command sequence (HELO before MAIL...);
+        off where the MTA in front does that (the policy front end)."""
         self.state = state
         self.limits = limits
         self.record = record
+        self.sequence = sequence
         self.hostname = hostname
         self.greeting = greeting or f"220 {hostname} ESMTP smtpfw"
         self._helo_ok = f"250 {hostname}"
@@ -165,9 +168,9 @@ class Conversation:
         """MAIL FROM:<address> params; ``problem``: the front end's syntax or
         parameter error reply for this command (sequence errors come first)."""
         st = self.state
-        if not st.helo:
+        if self.sequence and not st.helo:
             return self.error(replies.NEED_HELO, note="no accepted HELO")
-        if st.sender is not None:
+        if self.sequence and st.sender is not None:
             return self.error(replies.NESTED_MAIL, note="a transaction is open")
         if problem:
             return self.error(problem)
@@ -188,9 +191,9 @@ class Conversation:
 
     async def rcpt(self, address: str, problem: str | None = None) -> Step:
         st = self.state
-        if not st.helo:
+        if self.sequence and not st.helo:
             return self.error(replies.NEED_HELO, note="no accepted HELO")
-        if st.sender is None:
+        if self.sequence and st.sender is None:
             return self.error(replies.NEED_MAIL, note="no accepted MAIL")
         if problem:
             return self.error(problem)

@@ -20,7 +20,7 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010FFFF]+"
 _DOT_STRING = rf"{_ATOM}(?:\.{_ATOM})*"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010FFFF]|\\[\x20-\x7e])*"'
 _LABEL = r"[A-Za-z0-9\u0080-\U0010FFFF](?:[A-Za-z0-9\-\u0080-\U0010FFFF]*[A-Za-z0-9\u0080-\U0010FFFF])?"
-_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*"            # no trailing dot: RFC 5321 4.1.2
 _LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
 _MAILBOX = rf"(?:{_DOT_STRING}|{_QUOTED})@(?:{_DOMAIN}|{_LITERAL})"
 _ROUTE = rf"@{_DOMAIN}(?:,@{_DOMAIN})*:"

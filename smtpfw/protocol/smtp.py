@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ipaddress
-import itertools
 import logging
-import os
 import re
 import time
 
 from smtpfw import replies
 from smtpfw.protocol import proxy, sasl
+from smtpfw.protocol.common import log_and_record, new_session_id, plain_ip
 from smtpfw.protocol.address import parse_path
 from smtpfw.protocol.stream import LineTooLong, Stream
 from smtpfw.checks.dns import DnsSession
@@ -35,7 +34,6 @@ from smtpfw.delivery import Message
 from smtpfw.facts import Facts
 from smtpfw.core.conversation import Conversation, Limits
 from smtpfw.core.events import Step
-from smtpfw.recording import log_line, session_record
 from smtpfw.session import SessionState
 from smtpfw.verdict import Stage
 
@@ -54,14 +52,6 @@ _NEEDS_ENHANCED = re.compile(r"[245]\d\d (?!\d\.\d{1,3}\.\d{1,3}\b)[^\r\n]*$")
 # 998 octets + CR is the most allowed; a leading transparency dot is not
 # counted (RFC 5321 4.5.2: the client added it, we remove it).
 _LONG_LINE = re.compile(rb"\n(?:[^.\n]|\.[^\n])[^\n]{%d}" % (TEXT_LINE_LIMIT - 1))
-_ids = itertools.count(1)
-_ID_PREFIX = f"{os.getpid():x}"
-
-
-def new_session_id() -> str:
-    return f"{int(time.time()):x}.{_ID_PREFIX}.{next(_ids):x}"
-
-
 LINE_LIMIT = 65536     # input held for one unterminated line; the SMTP limits are checked on top
 PROXY_TIMEOUT = 10.0   # seconds a load balancer has for its PROXY header (it sends it at once)
 
@@ -187,13 +177,7 @@ class FirewallSMTP(Stream):
         self.state.trim_history(self.cfg.recording_max_events)
         if not self.greeted and not self.state.connect_reply:
             return   # refused by a connection limit: nothing to log
-        record = session_record(self.state, self.ruleset.version, time.monotonic() - self.started)
-        try:
-            session_log.info(log_line(record, self.cfg.log_format))
-            if srv.recorder is not None:
-                srv.recorder.write(record)
-        except Exception:
-            log.exception("could not log or record session %s", self.state.session_id)
+        log_and_record(srv, self.state, self.ruleset.version, time.monotonic() - self.started)
 
     # ---- the command loop ---------------------------------------------------
 
@@ -683,21 +667,6 @@ def _mail_options(params: dict) -> tuple[str, ...]:
 
 def _short(err: BaseException) -> str:
     return str(err) or type(err).__name__
-
-
-def plain_ip(text: str) -> str:
-    """An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, what a dual-stack
-    listener reports for IPv4 clients) as the IPv4 address it is; anything
-    else unchanged.  Done once at the edge, so rules, limits, DNSBL lookups,
-    logs and recordings all see one form."""
-    if text.startswith("::ffff:") or text.startswith("::FFFF:"):
-        try:
-            mapped = ipaddress.IPv6Address(text).ipv4_mapped
-        except ValueError:
-            return text
-        if mapped is not None:
-            return str(mapped)
-    return text
 
 
 def _clean(text: str) -> str:

@@ -1,0 +1,49 @@
+"""What every front end does the same way at a session's edges: name it,
+take the client's address in one form, and log and record it at its end."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import os
+import time
+
+from smtpfw.recording import log_line, session_record
+from smtpfw.session import SessionState
+
+log = logging.getLogger("smtpfw.smtp")
+session_log = logging.getLogger("smtpfw.session")
+
+_ids = itertools.count(1)
+
+
+def new_session_id() -> str:
+    """Unique across the workers of a host: time, process id, a counter."""
+    return f"{int(time.time()):x}.{os.getpid():x}.{next(_ids):x}"
+
+
+def plain_ip(text: str) -> str:
+    """An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, what a dual-stack
+    listener reports for IPv4 clients) as the IPv4 address it is; anything
+    else unchanged.  Done once at the edge, so rules, limits, DNSBL lookups,
+    logs and recordings all see one form."""
+    if text.startswith("::ffff:") or text.startswith("::FFFF:"):
+        try:
+            mapped = ipaddress.IPv6Address(text).ipv4_mapped
+        except ValueError:
+            return text
+        if mapped is not None:
+            return str(mapped)
+    return text
+
+
+def log_and_record(server, state: SessionState, ruleset_version: str, duration: float) -> None:
+    """The session's log line, and its record when recording is on."""
+    record = session_record(state, ruleset_version, duration)
+    try:
+        session_log.info(log_line(record, server.config.log_format))
+        if server.recorder is not None:
+            server.recorder.write(record)
+    except Exception:
+        log.exception("could not log or record session %s", state.session_id)
