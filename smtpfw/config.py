@@ -33,7 +33,7 @@ class Listener:
     # objects); when set, every connection must start with a PROXY header
     # and come from one of them.
     proxy_from: tuple = ()
-    kind: str = "smtp"                   # smtp | policy (Postfix policy delegation)
+    kind: str = "smtp"                   # smtp | policy (Postfix policy delegation) | milter
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ def _listen(v, where):
                 raise ConfigError(f"{w}: unknown key {sorted(unknown)[0]!r} (expected address, name, proxy_from, kind)")
             host, port = _hostport(item.get("address", ""), f"{w}.address")
             proxies = _networks(item["proxy_from"], f"{w}.proxy_from") if item.get("proxy_from") is not None else ()
-            kind = _choice("smtp", "policy")(item.get("kind", "smtp"), f"{w}.kind")
+            kind = _choice("smtp", "policy", "milter")(item.get("kind", "smtp"), f"{w}.kind")
             out.append(Listener(host, port, str(item.get("name") or f"{host}:{port}"), proxies, kind))
         else:
             raise ConfigError(f"{w}: expected \"HOST:PORT\" or {{address: HOST:PORT, name: NAME, proxy_from: [...]}}")

@@ -122,7 +122,11 @@ class Server:
     # ---- lifecycle ----------------------------------------------------------
 
     def protocol_factory(self, listener: Listener):
-        """The front end a listener speaks: SMTP, or Postfix's policy protocol."""
+        """The front end a listener speaks: SMTP, Postfix's policy protocol, milter."""
+        if listener.kind == "milter":
+            from smtpfw.protocol.milter import MilterConnection
+
+            return lambda: MilterConnection(self, listener)
         if listener.kind == "policy":
             from smtpfw.protocol.policy import PolicyConnection
 

@@ -222,9 +222,9 @@ class Conversation:
         st = self.state
         if problem:
             return self.error(problem)
-        if not st.helo:
+        if self.sequence and not st.helo:
             return self.error(replies.NEED_HELO, note="no accepted HELO")
-        if st.sender is None:
+        if self.sequence and st.sender is None:
             return self.error(replies.NEED_MAIL, note="no accepted MAIL")
         if not st.rcpts:
             return self.error(replies.NO_VALID_RCPTS if st.rcpt_rejected else replies.NEED_RCPT,
