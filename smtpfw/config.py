@@ -83,6 +83,8 @@ class DnsSettings:
     session_budget: float = 10.0
     cache_size: int = 10000
     session_max_lookups: int = 100       # distinct lookups one session may start
+    health_interval: float = 300.0       # seconds between DNS list health checks (0 = never)
+    skip_unhealthy: bool = True          # an unhealthy list's lookups answer "not listed"
 
 
 @dataclass(frozen=True)
@@ -339,6 +341,8 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "session_budget": ("dns_session_budget", _num(float)),
         "cache_size": ("dns_cache_size", _num(int)),
         "session_max_lookups": ("dns_session_max_lookups", _num(int)),
+        "health_interval": ("dns_health_interval", _num(float)),
+        "skip_unhealthy": ("dns_skip_unhealthy", _bool),
     },
     "recording": {
         "enabled": ("recording_enabled", _bool),

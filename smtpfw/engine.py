@@ -62,6 +62,7 @@ class Ruleset:
     sources: dict[str, str] = field(default_factory=dict)      # file -> text (for messages)
     rules: tuple[CompiledRule, ...] = ()                        # all rules, in source order
     files: tuple[str, ...] = ()                                 # rule and list files read
+    zones: tuple = ()                                           # (LookupKind, zone) of every DNS list used
 
     @property
     def monitor_all(self) -> bool:

@@ -23,6 +23,7 @@ import time
 
 from smtpfw.auth import AuthThrottle, Users
 from smtpfw.checks.dns import Resolver
+from smtpfw.checks.health import public_resolvers
 from smtpfw import paths
 from smtpfw.config import Config, ConfigError, Listener
 from smtpfw.delivery import ForwardDelivery, MaildirDelivery
@@ -55,6 +56,8 @@ class Server:
         self.tls_context = _tls_context(config)
         self.resolver = Resolver(list(config.dns_nameservers) or None, timeout=config.dns_timeout,
                                  cache_size=config.dns_cache_size)
+        self.resolver.health.skip_unhealthy = config.dns_skip_unhealthy
+        self.health_task: asyncio.Task | None = None
         self.delivery = make_delivery(config)
         self.users = Users.load(config.auth_users_file) if config.auth_users_file else None
         self.recorder = (Recorder(config.recording_path, config.recording_rotate, config.recording_max_bytes)
@@ -144,6 +147,8 @@ class Server:
                 srv = await self.loop.create_server(factory, listener.host, listener.port,
                                                     reuse_address=True, backlog=1024)
             self.listeners.append(srv)
+        if self.config.dns_health_interval > 0:
+            self.health_task = self.loop.create_task(self._check_dns_lists())
 
     @property
     def ports(self) -> list[int]:
@@ -192,10 +197,22 @@ class Server:
             self.reload()
             seen = now
 
+    async def _check_dns_lists(self) -> None:
+        """Health-check the DNS lists the current ruleset uses, now and every
+        dns.health_interval (checks/health.py)."""
+        while self.accepting:
+            try:
+                await self.resolver.health.check(self.resolver, self.ruleset.zones)
+            except Exception:  # noqa: BLE001 - a health check must never take the server down
+                log.exception("dns list health check failed")
+            await asyncio.sleep(self.config.dns_health_interval)
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting; let sessions finish for ``grace`` s; then 421 them."""
         grace = self.config.shutdown_grace if grace is None else grace
         self.accepting = False
+        if self.health_task is not None:
+            self.health_task.cancel()
         for srv in self.listeners:
             srv.close()
         deadline = time.monotonic() + grace
@@ -318,6 +335,18 @@ async def _run_worker(cfg: Config, ruleset: Ruleset, rules_path: str,
     await server.stop()
 
 
+def _warn_public_resolvers(cfg: Config, ruleset: Ruleset) -> None:
+    """DNS lists refuse public resolvers: say so before the refusals start."""
+    if not ruleset.zones:
+        return
+    servers = [host for host, _port in cfg.dns_nameservers] or Resolver(None).nameservers
+    public = public_resolvers(servers)
+    if public:
+        log.warning("dns: %s %s a public resolver; the big DNS lists (Spamhaus, SURBL, URIBL...) refuse "
+                    "those or answer 127.255.255.x, so their lookups will fail: use a resolver of your own "
+                    "(dns.nameservers)", ", ".join(public), "is" if len(public) == 1 else "are")
+
+
 def bind_sockets(cfg: Config) -> dict[Listener, socket.socket]:
     """Listening sockets for every listener; ConfigError naming the address
     that cannot be bound (the others are closed again)."""
@@ -363,6 +392,7 @@ def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
     workers = cfg.worker_count
     log.info("smtpfw listening on %s, rules %s (version %s), %s, %d worker(s)",
              where, rules_path, ruleset.version, target, workers)
+    _warn_public_resolvers(cfg, ruleset)
     if workers <= 1:
         _use_uvloop()
         asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets))

@@ -29,6 +29,7 @@ import dns.resolver
 import dns.reversename
 
 from .dnsresult import DnsAnswer, Lookup, LookupKind, failed
+from .health import HealthBoard
 
 log = logging.getLogger("smtpfw.dns")
 
@@ -85,9 +86,15 @@ class Resolver:
         self._cache: OrderedDict[Lookup, tuple[float, DnsAnswer]] = OrderedDict()
         self._inflight: dict[Lookup, asyncio.Task[DnsAnswer]] = {}
         self._wanted: dict[Lookup, int] = {}      # sessions still waiting for an in-flight lookup
+        self.health = HealthBoard()               # DNS lists found unhealthy are skipped (checks/health.py)
         self._logged: dict[tuple[str, str], float] = {}
 
     # -- public -------------------------------------------------------------
+
+    @property
+    def nameservers(self) -> list[str]:
+        """The addresses this resolver asks."""
+        return [str(getattr(ns, "address", ns)) for ns in self._res.nameservers]
 
     def cached(self, lookup: Lookup) -> DnsAnswer | None:
         """The cached answer, if fresh; synchronous so hot paths need no task."""
@@ -349,7 +356,7 @@ class DnsSession:
         for lk in lookups:
             if lk in answers or lk in pending:
                 continue
-            hit = resolver.cached(lk)
+            hit = resolver.health.skipped(lk) or resolver.cached(lk)
             if hit is not None:
                 answers[lk] = hit
             elif self._started >= self._max_lookups or time.monotonic() >= self._deadline:

@@ -205,6 +205,7 @@ class _Compiler:
         self.fact_starts: dict[Stage, dict] = {}
         self.used_lists: set[str] = set()
         self.used_zones: set[str] = set()
+        self.zones_used: set = set()            # (LookupKind, zone) the rules look up: health-checked
         self.used_plugins: set[str] = set()
         self.version_parts: list[bytes] = []
         self.list_files: list[str] = []
@@ -245,6 +246,7 @@ class _Compiler:
             sources=dict(self.prog.sources),
             rules=tuple(rules),
             files=tuple(self.prog.files) + tuple(self.list_files),
+            zones=tuple(sorted(self.zones_used)),
         )
 
     def _options(self) -> dict[str, object]:
@@ -680,6 +682,7 @@ class _Compiler:
                        node.field.span, help=hint)
             return None
         lk_kind = LookupKind.DNSBL if kind == "dnsbl" else LookupKind.RHSBL
+        self.zones_used.add((lk_kind, domain.strip(".").lower()))
         get = spec.get
 
         def make(s, get=get, lk_kind=lk_kind, domain=domain):
