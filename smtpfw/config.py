@@ -88,6 +88,15 @@ class DnsSettings:
 
 
 @dataclass(frozen=True)
+class CalloutSettings:
+    timeout: float = 5.0                 # a session waits at most this for one recipient's answer
+    positive_ttl: float = 3600.0         # "yes" answers are cached this long ...
+    negative_ttl: float = 600.0          # ... "no" answers this long ("unknown" not at all)
+    cache_size: int = 10000
+    pool_size: int = 4                   # idle downstream connections kept for callouts
+
+
+@dataclass(frozen=True)
 class RecordingSettings:
     enabled: bool = False
     path: str = "./var/sessions"
@@ -127,6 +136,7 @@ class AuthSettings:
 # component takes the section it needs (``Resolver`` the DnsSettings...).
 SECTIONS: dict[str, type] = {
     "server": ServerSettings, "delivery": DeliverySettings, "limits": LimitSettings, "dns": DnsSettings,
+    "callout": CalloutSettings,
     "recording": RecordingSettings, "smtp": SmtpSettings, "logging": LoggingSettings, "tls": TlsSettings,
     "auth": AuthSettings,
 }
@@ -149,6 +159,7 @@ class Config:
     delivery: DeliverySettings
     limits: LimitSettings
     dns: DnsSettings
+    callout: CalloutSettings
     recording: RecordingSettings
     smtp: SmtpSettings
     logging: LoggingSettings
@@ -343,6 +354,13 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "session_max_lookups": ("dns_session_max_lookups", _num(int)),
         "health_interval": ("dns_health_interval", _num(float)),
         "skip_unhealthy": ("dns_skip_unhealthy", _bool),
+    },
+    "callout": {
+        "timeout": ("callout_timeout", _num(float)),
+        "positive_ttl": ("callout_positive_ttl", _num(float)),
+        "negative_ttl": ("callout_negative_ttl", _num(float)),
+        "cache_size": ("callout_cache_size", _num(int)),
+        "pool_size": ("callout_pool_size", _num(int)),
     },
     "recording": {
         "enabled": ("recording_enabled", _bool),

@@ -22,7 +22,8 @@ import ssl
 import time
 
 from smtpfw.auth import AuthThrottle, Users
-from smtpfw.checks.dns import Resolver
+from smtpfw.checks.callout import CalloutSession, Verifier
+from smtpfw.checks.dns import DnsSession, Resolver
 from smtpfw.checks.health import public_resolvers
 from smtpfw import paths
 from smtpfw.config import Config, ConfigError, Listener
@@ -31,6 +32,7 @@ from smtpfw.delivery.forward import check_downstream
 from smtpfw.delivery.maildir import prepare_maildir
 from smtpfw.diagnostics import Diagnostic
 from smtpfw.engine import Ruleset
+from smtpfw.facts import Facts
 from smtpfw.lang.compiler import compile_ruleset
 from smtpfw.recording import Recorder
 from smtpfw import replies
@@ -57,6 +59,11 @@ class Server:
         self.resolver = Resolver(list(config.dns_nameservers) or None, timeout=config.dns_timeout,
                                  cache_size=config.dns_cache_size)
         self.resolver.health.skip_unhealthy = config.dns_skip_unhealthy
+        self.verifier = (Verifier(config.forward_host, config.forward_port, timeout=config.callout_timeout,
+                                  helo=self.hostname, positive_ttl=config.callout_positive_ttl,
+                                  negative_ttl=config.callout_negative_ttl, cache_size=config.callout_cache_size,
+                                  pool_size=config.callout_pool_size)
+                         if config.delivery_mode == "forward" else None)
         self.health_task: asyncio.Task | None = None
         self.delivery = make_delivery(config)
         self.users = Users.load(config.auth_users_file) if config.auth_users_file else None
@@ -70,6 +77,15 @@ class Server:
         self.listeners: list[asyncio.AbstractServer] = []
         self.accepting = True
         self.reloads = 0
+
+    def session_facts(self) -> Facts:
+        """A session's fact sources: its DNS (under the session budget) and
+        its recipient callouts."""
+        cfg = self.config
+        return Facts({
+            "dns": DnsSession(self.resolver, cfg.dns_session_budget, cfg.dns_session_max_lookups),
+            "callout": CalloutSession(self.verifier, "no downstream to ask (delivery.mode is maildir)"),
+        })
 
     # ---- limits -------------------------------------------------------------
 
@@ -226,6 +242,8 @@ class Server:
             except asyncio.TimeoutError:
                 pass
         await self.delivery.close()
+        if self.verifier is not None:
+            self.verifier.close()
         if self.recorder is not None:
             self.recorder.close()
 

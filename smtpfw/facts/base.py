@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
+from smtpfw.checks.callout import Callout, CalloutAnswer, unknown
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, failed
 
 
@@ -32,6 +33,7 @@ class Provider:
 
 PROVIDERS: dict[str, Provider] = {
     "dns": Provider("dns", Lookup.from_json, DnsAnswer.from_json, failed),
+    "callout": Provider("callout", Callout.from_json, CalloutAnswer.from_json, unknown),
 }
 
 

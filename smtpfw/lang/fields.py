@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Callable
+from typing import Any, Callable
 
+from smtpfw.checks.callout import Callout
 from smtpfw.checks.dnsresult import Lookup, LookupKind
 from smtpfw.session import SessionState
 from smtpfw.verdict import Stage
@@ -39,7 +40,7 @@ class FieldSpec:
     stage: Stage                       # first hook where the value is known
     get: Callable[[SessionState], object]
     doc: str
-    lookup: Callable[[SessionState], Lookup | None] | None = None  # DNS it needs
+    lookup: Callable[[SessionState], Any] | None = None   # the fact key it needs (smtpfw.facts), or None
     choices: tuple[str, ...] = ()
     folded: bool = False               # ``get`` already returns the folded form
 
@@ -62,6 +63,15 @@ def _ptr_lookup(s: SessionState) -> Lookup:
 
 def _resolvable_lookup(s: SessionState) -> Lookup | None:
     return Lookup(LookupKind.RESOLVABLE, s.sender_domain) if s.sender_domain else None
+
+
+def _callout_key(s: SessionState) -> Callout | None:
+    return Callout(s.rcpt_lower) if s.rcpt_lower else None
+
+
+def _verified(s: SessionState) -> str:
+    a = s.facts.get(_callout_key(s))
+    return a.status if a is not None else "unknown"
 
 
 def _ptr(s: SessionState):
@@ -123,6 +133,9 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("rcpt", ADDRESS, R, lambda s: s.rcpt_lower, "the recipient being decided", folded=True),
         FieldSpec("rcpt.local", STRING, R, lambda s: s.rcpt_local, "local part of the recipient"),
         FieldSpec("rcpt.domain", DOMAIN, R, lambda s: s.rcpt_domain, "domain of the recipient", folded=True),
+        FieldSpec("rcpt.verified", STRING, R, _verified,
+                  "the MTA behind accepts the recipient (a callout, forward mode): yes, no or unknown",
+                  _callout_key, ("yes", "no", "unknown"), folded=True),
         FieldSpec("rcpts", LIST, R, lambda s: s.rcpts, "recipients accepted so far in this message"),
         FieldSpec("rcpt.count", INT, R, lambda s: len(s.rcpts), "number of recipients accepted so far"),
         FieldSpec("rcpt.rejected", INT, R, lambda s: s.rcpt_rejected, "number of recipients refused so far"),

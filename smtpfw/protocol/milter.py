@@ -29,7 +29,6 @@ from kilter.protocol.buffer import SimpleBuffer
 from kilter.protocol.core import FilterProtocol
 from kilter.protocol.exceptions import InvalidMessage, UnexpectedMessage, UnknownMessage
 
-from smtpfw.checks.dns import DnsSession
 from smtpfw.core.conversation import Conversation
 from smtpfw.core.events import Step
 from smtpfw.facts import Facts
@@ -59,7 +58,7 @@ class MilterConnection(Stream):
         self.ruleset = server.ruleset
         self.state = SessionState()
         self.conv: Conversation | None = None
-        self.dns: DnsSession | None = None
+        self.facts: Facts | None = None
         self.started = time.monotonic()
         self.macros: dict[str, str] = {}
         self._reset_message()
@@ -164,15 +163,14 @@ class MilterConnection(Stream):
         return True
 
     async def _connect(self, message: m.Connect) -> Step:
-        cfg = self.server.config
         st = self.state
         st.session_id = new_session_id()
         st.started = time.time()
         st.client_ip = plain_ip(str(message.address)) if message.address is not None else ""
         st.client_port = message.port
         st.listener_name = self.listener.name
-        self.dns = DnsSession(self.server.resolver, cfg.dns_session_budget, cfg.dns_session_max_lookups)
-        self.conv = Conversation(self.ruleset, st, Facts({"dns": self.dns}), UNLIMITED,
+        self.facts = self.server.session_facts()
+        self.conv = Conversation(self.ruleset, st, self.facts, UNLIMITED,
                                  hostname=self.server.hostname, sequence=False)
         return await self.conv.connect()
 
@@ -225,8 +223,8 @@ class MilterConnection(Stream):
             self._send(m.Continue())
 
     def _finish(self) -> None:
-        if self.dns is not None:
-            self.dns.close()
+        if self.facts is not None:
+            self.facts.close()
         if self.conv is not None:
             log_and_record(self.server, self.state, self.ruleset.version, time.monotonic() - self.started)
             self.conv = None

@@ -33,10 +33,8 @@ import logging
 import time
 
 from smtpfw import replies
-from smtpfw.checks.dns import DnsSession
 from smtpfw.core.conversation import Conversation, Limits
 from smtpfw.core.events import Step
-from smtpfw.facts import Facts
 from smtpfw.protocol.common import log_and_record, new_session_id, plain_ip
 from smtpfw.protocol.stream import LineTooLong, Stream
 from smtpfw.session import SessionState
@@ -62,7 +60,6 @@ class PolicySession:
     """One SMTP session as Postfix describes it, through the conversation."""
 
     def __init__(self, server, listener, attrs: dict[str, str]):
-        cfg = server.config
         self.server = server
         self.ruleset = server.ruleset
         self.started = time.monotonic()
@@ -76,8 +73,8 @@ class PolicySession:
         st.listener_port = _int(attrs.get("server_port"))
         st.listener_name = listener.name
         st.tls = bool(attrs.get("encryption_protocol"))
-        self.dns = DnsSession(server.resolver, cfg.dns_session_budget, cfg.dns_session_max_lookups)
-        self.conv = Conversation(self.ruleset, st, Facts({"dns": self.dns}), UNLIMITED,
+        self.facts = server.session_facts()
+        self.conv = Conversation(self.ruleset, st, self.facts, UNLIMITED,
                                  hostname=server.hostname, sequence=False)
         self.connected = False
         self.helo: str | None = None
@@ -155,7 +152,7 @@ class PolicySession:
         return await conv.rcpt(attrs.get("recipient", ""))
 
     def finish(self) -> None:
-        self.dns.close()
+        self.facts.close()
         log_and_record(self.server, self.state, self.ruleset.version, time.monotonic() - self.started)
 
 

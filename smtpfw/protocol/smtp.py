@@ -29,7 +29,6 @@ from smtpfw.protocol import proxy, sasl
 from smtpfw.protocol.common import log_and_record, new_session_id, plain_ip
 from smtpfw.protocol.address import parse_path
 from smtpfw.protocol.stream import LineTooLong, Stream
-from smtpfw.checks.dns import DnsSession
 from smtpfw.delivery import Message
 from smtpfw.facts import Facts
 from smtpfw.core.conversation import Conversation, Limits
@@ -68,7 +67,7 @@ class FirewallSMTP(Stream):
         self.ruleset = server.ruleset          # a session keeps the ruleset it started with
         self.state = SessionState()
         self.conv: Conversation | None = None
-        self.dns: DnsSession | None = None
+        self.facts: Facts | None = None
         self.greeted = False
         self.closing = False
         self.started = time.monotonic()
@@ -172,8 +171,8 @@ class FirewallSMTP(Stream):
         if self.admitted:
             srv.release(self.client_key)
         self._free_message()
-        if self.dns is not None:
-            self.dns.close()
+        if self.facts is not None:
+            self.facts.close()
         self.state.trim_history(self.cfg.recording_max_events)
         if not self.greeted and not self.state.connect_reply:
             return   # refused by a connection limit: nothing to log
@@ -218,9 +217,8 @@ class FirewallSMTP(Stream):
             return
         self.admitted = True
         self._reset_timeout()                   # the stress timeout may apply now
-        self.dns = DnsSession(self.server.resolver, self.cfg.dns_session_budget,
-                              self.cfg.dns_session_max_lookups)
-        self.conv = Conversation(self.ruleset, st, Facts({"dns": self.dns}), Limits.from_config(self.cfg),
+        self.facts = self.server.session_facts()
+        self.conv = Conversation(self.ruleset, st, self.facts, Limits.from_config(self.cfg),
                                  hostname=self.hostname,
                                  greeting=f"220 {self.hostname} {self.cfg.smtp_banner}", notify=self._notify)
         step = await self.conv.connect()
