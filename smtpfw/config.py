@@ -109,6 +109,7 @@ class RecordingSettings:
 @dataclass(frozen=True)
 class SmtpSettings:
     banner: str = "ESMTP smtpfw"         # the greeting after the host name: 220 HOSTNAME BANNER
+    greet_wait: float = 0.0              # pregreet test: "220-" first, this long, then "220 " (0 = off)
 
 
 @dataclass(frozen=True)
@@ -370,7 +371,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "headers": ("recording_headers", _headers),
         "max_events": ("recording_max_events", _num(int)),
     },
-    "smtp": {"banner": ("smtp_banner", _banner)},
+    "smtp": {"banner": ("smtp_banner", _banner), "greet_wait": ("smtp_greet_wait", _num(float))},
     "logging": {"format": ("log_format", _choice("kv", "json")),
                 "level": ("log_level", _choice("debug", "info", "warning", "error"))},
     "tls": {"cert": ("tls_cert", _str), "key": ("tls_key", _str),

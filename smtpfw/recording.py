@@ -14,7 +14,9 @@ Format version 2 (docs/recording.md):
                 {"cmd": "rset"}],
      "facts": [{"provider": "dns", "key": {...}, "value": {...}}],
      "tags", "monitored": [{"rule", "decision"}], "final_reply", "refusal",
-     "events_dropped" (only when some were)}
+     "events_dropped" (only when some were),
+     "behaviour": {"pregreet", "pregreet_text", "pregreet_ms", "unauth_pipelining",
+                   "non_smtp", "bare_newline"} (only what happened)}
 
 Version 1 had the DNS answers as "dns": [{"lookup", "answer"}]; version 2
 keeps every fact (smtpfw.facts) under one key.  Bodies are never recorded.
@@ -67,8 +69,19 @@ def session_record(state: SessionState, ruleset_version: str, duration: float) -
         "monitored": [{"rule": rid, "decision": d.to_json()} for rid, d in state.monitored],
         "final_reply": state.final_reply,
         **({"events_dropped": state.events_dropped} if state.events_dropped else {}),
+        **({"behaviour": behaviour} if (behaviour := _behaviour(state)) else {}),
         "refusal": state.refusal,
     }
+
+
+BEHAVIOUR = ("pregreet", "pregreet_text", "pregreet_ms", "unauth_pipelining", "non_smtp", "bare_newline")
+
+
+def _behaviour(state: SessionState) -> dict:
+    """How the client behaved (the bot tests), where it did anything (a
+    pregreet with its text and time, even 0 ms)."""
+    return {name: getattr(state, name) for name in BEHAVIOUR
+            if getattr(state, name) or (state.pregreet and name.startswith("pregreet"))}
 
 
 def _first_decision(state: SessionState, stage: str):

@@ -36,6 +36,13 @@ class SessionState:
     esmtp: bool = False
     tls: bool = False
     unrecognized: int = 0             # unknown commands so far this session
+    # how the client behaves (bot tests, as Postfix's postscreen makes them)
+    pregreet: bool = False            # it talked before the greeting ended (smtp.greet_wait on)
+    pregreet_text: str = ""           # what it sent (the first 64 characters, escaped)
+    pregreet_ms: int = 0              # how long after the first greeting line it began
+    unauth_pipelining: bool = False   # it sent ahead where pipelining was not allowed
+    non_smtp: bool = False            # it sent an HTTP/proxy command (GET, POST, CONNECT, Host: ...)
+    bare_newline: bool = False        # a command ended in a bare LF
     # mail (auth is known by MAIL)
     auth: bool = False
     auth_user: str = ""

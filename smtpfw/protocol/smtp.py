@@ -78,6 +78,7 @@ class FirewallSMTP(Stream):
         self.held = 0                          # message bytes reserved from the server's budget
         self.in_message = False                # deciding or delivering a message read whole
         self._timer: asyncio.TimerHandle | None = None
+        self.held_refusal: Step | None = None  # a connect refusal after a "220-" greeting, for the first command
 
     # ---- connection lifecycle ----------------------------------------------
 
@@ -221,7 +222,13 @@ class FirewallSMTP(Stream):
         self.conv = Conversation(self.ruleset, st, self.facts, Limits.from_config(self.cfg),
                                  hostname=self.hostname,
                                  greeting=f"220 {self.hostname} {self.cfg.smtp_banner}", notify=self._notify)
+        greet_wait = self.cfg.smtp_greet_wait
+        if greet_wait > 0:
+            await self._pregreet_test(greet_wait)
         step = await self.conv.connect()
+        if greet_wait > 0 and step.close:
+            # The greeting began "220-": end it, and refuse at the first command.
+            self.held_refusal, step = step, Step(f"220 {self.hostname} {self.cfg.smtp_banner}")
         self.greeted = not step.close
         await self._do(step)
         while self.transport is not None and not self.closing:
@@ -230,6 +237,8 @@ class FirewallSMTP(Stream):
             except LineTooLong:
                 await self._error(replies.SYNTAX_CMD_TOO_LONG)
                 continue
+            if self.buffer and not self.state.unauth_pipelining:
+                self._check_pipelining(line)
             try:
                 await self._command(line)
             except ConnectionError:
@@ -237,6 +246,35 @@ class FirewallSMTP(Stream):
             except Exception:
                 log.exception("session %s: internal error", st.session_id)
                 await self.push(replies.LOCAL_ERROR)
+
+    async def _pregreet_test(self, wait: float) -> None:
+        """Postfix postscreen's pregreet test: "220-" now, the final "220 "
+        after ``wait``; a client that talks in between did not wait for its
+        turn (bots do).  The connect hook's DNS lookups run meanwhile."""
+        st, rs = self.state, self.ruleset
+        self.facts.start(rs.fact_keys(rs.fact_starts, Stage.CONNECT, st))
+        await self.push(f"220-{self.hostname} {self.cfg.smtp_banner}")
+        started = self.loop.time()
+        try:
+            await asyncio.wait_for(self._input(), wait)
+        except asyncio.TimeoutError:
+            return
+        if self.buffer:
+            st.pregreet = True
+            st.pregreet_ms = int((self.loop.time() - started) * 1000)
+            st.pregreet_text = _clean(bytes(self.buffer[:64]).decode("latin-1")).strip()
+
+    async def _input(self) -> None:
+        """Return once input is buffered (or the client is gone)."""
+        while not self.buffer and await self.more():
+            pass
+
+    def _check_pipelining(self, line: bytes) -> None:
+        """More input came with this command: allowed only after EHLO, and
+        not behind a command that must end its group (RFC 2920 3.1, 3207)."""
+        verb = line.split(b" ", 1)[0].strip().upper()
+        if not self.state.esmtp or verb in _ENDS_GROUP:
+            self.state.unauth_pipelining = True
 
     async def _proxied(self) -> bool:
         """Take the PROXY header a trusted load balancer sends first; the
@@ -296,11 +334,22 @@ class FirewallSMTP(Stream):
         except UnicodeDecodeError:
             await self._error(replies.SYNTAX_BAD_ENCODING)
             return
+        if not raw.endswith(b"\r\n"):
+            self.state.bare_newline = True
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
         arg = arg.strip()
+        if self.held_refusal is not None and verb != "QUIT":
+            await self._do(self.held_refusal)
+            return
         handler = _COMMANDS.get(verb)
         if handler is None:
+            if verb in _NOT_SMTP or (verb.endswith(":") and verb[:-1].replace("-", "").isalpha()):
+                # A web or proxy client (Postfix: smtpd_forbidden_commands): never SMTP.
+                self.state.non_smtp = True
+                await self.push(replies.NOT_SMTP)
+                self.close()
+                return
             await self._do(self.conv.unrecognized_command())
             return
         if verb in _JUNK:
@@ -648,6 +697,13 @@ def _date_now() -> str:
         _date[:] = [now, email.utils.formatdate(now, localtime=True)]
     return _date[1]
 
+
+# Commands a pipelining client must still wait after (RFC 2920 3.1; STARTTLS
+# and AUTH change what follows).
+_ENDS_GROUP = frozenset({b"EHLO", b"HELO", b"DATA", b"VRFY", b"EXPN", b"TURN", b"NOOP", b"QUIT", b"STARTTLS",
+                         b"AUTH"})
+# What web browsers and proxies send (Postfix's smtpd_forbidden_commands).
+_NOT_SMTP = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "PATCH"})
 
 # Commands that cost us work but move no mail (Postfix smtpd_junk_command_limit);
 # the conversation counts HELO/EHLO and RSET itself, as replay does.

@@ -38,6 +38,7 @@ from smtpfw.core.events import Step
 from smtpfw.engine import Ruleset, TraceStep
 from smtpfw.facts import RecordedFacts
 from smtpfw.lang.fields import lookup_field
+from smtpfw.recording import BEHAVIOUR
 from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
 
@@ -514,6 +515,9 @@ class Replayer:
         client = record["client"]
         st.client_ip = str(client.get("ip") or "")
         st.client_port = int(client.get("port") or 0)
+        for name, value in (record.get("behaviour") or _EMPTY).items():
+            if name in BEHAVIOUR:
+                setattr(st, name, value)
         events = record["events"]
         if record.get("tls"):
             st.tls = not any(e.get("cmd") == "starttls" for e in events)

@@ -1,0 +1,116 @@
+"""Bot detection before and during the greeting (postscreen-class tests):
+pregreet, unauthorized pipelining, non-SMTP commands, bare newlines; and
+well-behaved clients (smtplib; smtpfw's own forwarding client, which
+pipelines as RFC 2920 allows) are never flagged."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+
+from smtpfw.lang.compiler import compile_ruleset
+from smtpfw.recording import read_records
+from smtpfw.replay.session import replay_record
+from tests.smtp_client import RawClient
+from tests.support.cli import wait_until
+from tests.support.server import running_server
+
+RULES = """
+on connect:
+    [pregreet] reject 550 5.7.1 "Talked before its turn: {client.pregreet_text}" if client.pregreet
+on mail:
+    [pipelining] reject 550 5.5.1 "Improper use of SMTP command pipelining" if session.unauth_pipelining
+    [bare-lf] reject 550 5.5.2 "Bare LF in a command" if session.bare_newline
+on rcpt:
+    accept if rcpt.domain in localnames
+    reject 554 5.7.1 "Relaying denied"
+"""
+
+
+def records(path) -> list[dict]:
+    return [r for f in sorted(path.glob("*.jsonl")) for r in read_records(str(f))]
+
+
+def test_a_client_that_talks_early_is_a_pregreeter(tmp_path):
+    with running_server(rules_text=RULES, smtp_greet_wait=0.5, recording_enabled=True,
+                        recording_path=str(tmp_path / "rec")) as srv:
+        with RawClient(srv.address) as c:
+            assert c.line() == "220-mx.test ESMTP smtpfw"                # the teaser
+            c.send(b"EHLO bot.example\r\n")                              # before the final line
+            assert c.line() == "220 mx.test ESMTP smtpfw"                # the greeting still ends well
+            assert c.reply() == "550 5.7.1 Talked before its turn: EHLO bot.example"
+            assert c.closed()
+        with RawClient(srv.address) as c:                                # one that waits
+            started = time.monotonic()
+            assert c.reply() == "220 mx.test ESMTP smtpfw"
+            assert time.monotonic() - started >= 0.4
+            assert c.cmd("EHLO good.example").startswith("250")
+            c.cmd("QUIT")
+        wait_until(lambda: len(records(tmp_path / "rec")) == 2, 5, "two records")
+    bot, good = sorted(records(tmp_path / "rec"), key=lambda r: r["time"])
+    assert bot["behaviour"]["pregreet"] is True and bot["behaviour"]["pregreet_text"] == "EHLO bot.example"
+    assert 0 <= bot["behaviour"]["pregreet_ms"] < 500
+    assert "behaviour" not in good
+    ruleset, _ = compile_ruleset(srv.server.rules_path)
+    assert replay_record(ruleset, bot).verdict.rule == "pregreet"          # dry-run sees it too
+
+
+def test_without_the_wait_the_greeting_is_one_line():
+    with running_server(rules_text=RULES) as srv, RawClient(srv.address) as c:
+        assert c.line() == "220 mx.test ESMTP smtpfw"
+
+
+def test_pipelining_before_ehlo_or_after_data_is_noticed():
+    with running_server(rules_text=RULES) as srv:
+        with RawClient(srv.address) as c:                                # HELO: no PIPELINING offered
+            c.reply()
+            c.send(b"HELO bot.example\r\nMAIL FROM:<a@b.example>\r\n")
+            assert c.reply().startswith("250 ")
+            assert c.reply() == "550 5.5.1 Improper use of SMTP command pipelining"
+        with RawClient(srv.address) as c:                                # EHLO, then a proper group
+            c.reply()
+            c.cmd("EHLO good.example")
+            c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n")
+            assert c.reply() == "250 2.1.0 Sender OK"
+            assert c.reply() == "250 2.1.5 Recipient OK"
+            assert c.reply().startswith("354")
+            c.send(b"Subject: x\r\n\r\nx\r\n.\r\n")
+            assert c.reply().startswith("250 2.0.0")
+
+
+def test_web_and_proxy_clients_are_cut_off_at_once(tmp_path):
+    with running_server(rules_text=RULES, recording_enabled=True, recording_path=str(tmp_path / "rec")) as srv:
+        for first in (b"GET / HTTP/1.1\r\n", b"CONNECT mail.example:25 HTTP/1.0\r\n", b"Host: mx.test\r\n"):
+            with RawClient(srv.address) as c:
+                c.reply()
+                c.send(first)
+                assert c.reply().startswith("421 4.7.0 This is an SMTP server")
+                assert c.closed()
+        wait_until(lambda: len(records(tmp_path / "rec")) == 3, 5, "three records")
+    assert all(r["behaviour"] == {"non_smtp": True} for r in records(tmp_path / "rec"))
+
+
+def test_bare_newline_in_a_command_is_noticed():
+    with running_server(rules_text=RULES) as srv, RawClient(srv.address) as c:
+        c.reply()
+        c.send(b"EHLO bot.example\n")
+        assert c.reply().startswith("250")
+        assert c.cmd("MAIL FROM:<a@b.example>") == "550 5.5.2 Bare LF in a command"
+
+
+def test_well_behaved_clients_are_never_flagged(tmp_path):
+    """smtplib, and smtpfw's forwarding client (which pipelines MAIL, RCPT
+    and DATA as RFC 2920 allows) talking to a second smtpfw."""
+    rec = tmp_path / "rec"
+    with running_server(rules_text=RULES, smtp_greet_wait=0.3, recording_enabled=True,
+                        recording_path=str(rec)) as inner:
+        with smtplib.SMTP(*inner.address, timeout=10) as s:
+            s.ehlo("client.example")
+            assert s.sendmail("a@b.example", ["u@localhost", "v@localhost"], b"Subject: x\r\n\r\nx\r\n") == {}
+        with running_server(rules_text="on rcpt:\n    accept\n", delivery_mode="forward",
+                            forward_host="127.0.0.1", forward_port=inner.port) as outer:
+            with smtplib.SMTP(*outer.address, timeout=10) as s:
+                s.ehlo("client.example")
+                assert s.sendmail("a@b.example", ["u@localhost", "w@localhost"], b"Subject: y\r\n\r\ny\r\n") == {}
+        wait_until(lambda: len(records(rec)) >= 2, 10, "the inner server's records")
+    assert all("behaviour" not in r for r in records(rec)), [r.get("behaviour") for r in records(rec)]
