@@ -77,13 +77,24 @@ def _guarded(name: str, config_errors: bool = False):
 
 # ---- serve and passwd ---------------------------------------------------------
 
+# `smtpfw policy` / `smtpfw milter`: serve, with listeners of that kind.
+_KIND_DEFAULT_LISTEN = {"policy": "127.0.0.1:10040", "milter": "127.0.0.1:10041"}
+
+
 def _serve_config(args, cfg: Config) -> Config:
     """The config with serve's flags applied over it."""
-    if args.listen:
+    kind = args.command if args.command in _KIND_DEFAULT_LISTEN else "smtp"
+    listen = args.listen
+    if not listen and kind != "smtp":
+        own = tuple(l for l in cfg.listen if l.kind == kind)
+        listen = None if own else [_KIND_DEFAULT_LISTEN[kind]]
+        if own:
+            cfg = replace(cfg, listen=own)
+    if listen:
         listeners = []
-        for item in args.listen:
+        for item in listen:
             host, port = _hostport(item, "--listen")
-            listeners.append(Listener(host, port, f"{host}:{port}"))
+            listeners.append(Listener(host, port, f"{host}:{port}", kind=kind))
         cfg = replace(cfg, listen=tuple(listeners))
     if args.forward:
         host, port = _hostport(args.forward, "--forward", 25)
@@ -243,5 +254,6 @@ def cmd_import_postfix(args) -> int:
     return EXIT_OK
 
 
-_HANDLERS = {"serve": cmd_serve, "lint": cmd_lint, "passwd": cmd_passwd, "docs": cmd_docs,
-             "dry-run": cmd_dry_run, "trace": cmd_trace, "test": cmd_test, "import postfix": cmd_import_postfix}
+_HANDLERS = {"serve": cmd_serve, "policy": cmd_serve, "milter": cmd_serve, "lint": cmd_lint, "passwd": cmd_passwd,
+             "docs": cmd_docs, "dry-run": cmd_dry_run, "trace": cmd_trace, "test": cmd_test,
+             "import postfix": cmd_import_postfix}

@@ -38,6 +38,12 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"smtpfw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve(sub)
+    _serve(sub, "policy", "run as a Postfix policy service (check_policy_service)",
+           "Run as a Postfix policy-delegation service with the same ruleset (docs/policy.md): --listen "
+           "addresses speak the policy protocol. Flags override the config file.", "127.0.0.1:10040")
+    _serve(sub, "milter", "run as a mail filter (Postfix smtpd_milters)",
+           "Run as a milter for Postfix or Sendmail with the same ruleset (docs/policy.md): --listen "
+           "addresses speak the milter protocol. Flags override the config file.", "127.0.0.1:10041")
     _lint(sub)
     _passwd(sub)
     _docs(sub)
@@ -51,12 +57,14 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(sub) -> None:
-    p = sub.add_parser("serve", help="run the SMTP firewall",
-                       description="Run the SMTP firewall. Flags override the config file.")
+def _serve(sub, name: str = "serve", summary: str = "run the SMTP firewall",
+           description: str = "Run the SMTP firewall. Flags override the config file.",
+           default_listen: str = "127.0.0.1:2525") -> None:
+    p = sub.add_parser(name, help=summary, description=description)
     _add_config_args(p)
     p.add_argument("--listen", metavar="HOST:PORT", action="append",
-                   help="address to listen on (repeatable; default 127.0.0.1:2525)")
+                   help=f"address to listen on (repeatable; default {default_listen}"
+                        + (", or the config's listeners of this kind)" if name != "serve" else ")"))
     target = p.add_mutually_exclusive_group()
     target.add_argument("--forward", metavar="HOST:PORT", help="forward accepted mail to this SMTP server")
     target.add_argument("--maildir", metavar="DIR", help="write accepted mail to this Maildir (default ./var/maildir)")

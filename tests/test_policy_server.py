@@ -152,3 +152,16 @@ def test_postfix_with_smtpfw_policy_reaches_the_inline_verdicts(postfix_with_pol
             assert (code, text.split()[0].decode()) == (int(want_code), want_enhanced), (rcpt, code, text)
             # Postfix puts "<rcpt>: Recipient address rejected: " before our text
             assert want_text in text.decode(), (rcpt, text)
+
+
+def test_smtpfw_policy_command(tmp_path):
+    """`smtpfw policy --listen ...`: the same ruleset, as a policy service."""
+    from tests.support.cli import Serve
+    srv = Serve("--listen", "127.0.0.1:0", "--workers", "1", "--rules", str(REFERENCE),
+                "--maildir", str(tmp_path / "md"), command="policy")
+    try:
+        c = PolicyClient(("127.0.0.1", srv.port))
+        assert c.ask(**rcpt_request(rcpt="bob@other.example")) == "554 5.7.1 Relay access denied"
+        c.close()
+    finally:
+        srv.stop()

@@ -48,13 +48,14 @@ def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
 
 
 class Serve:
-    """`smtpfw serve ...` in a subprocess; waits for its listening line.
+    """`smtpfw serve ...` (or ``command``: policy, milter) in a subprocess;
+    waits for its listening line.
 
     A thread collects stderr, so a test can wait for any later line
     (``wait_for``) without blocking on a pipe."""
 
-    def __init__(self, *args, cwd=None, env=None):
-        self.proc = subprocess.Popen(SMTPFW + ["serve", *map(str, args)], cwd=cwd, env=env,
+    def __init__(self, *args, cwd=None, env=None, command: str = "serve"):
+        self.proc = subprocess.Popen(SMTPFW + [command, *map(str, args)], cwd=cwd, env=env,
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._collect, daemon=True)
