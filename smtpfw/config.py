@@ -41,6 +41,9 @@ class ServerSettings:
     workers: int = 0                     # 0 = one per CPU
     shutdown_grace: float = 30.0
     reload_on_change: bool = False       # also reload when a rule or list file changes
+    user: str = ""                       # after binding (port 25 needs root): run as this user ("" = stay)
+    group: str = ""                      # ... and group ("" = the user's own)
+    pid_file: str = ""                   # write the main process's pid here ("" = none)
 
     @property
     def worker_count(self) -> int:
@@ -322,7 +325,8 @@ def _headers(v, where):
 SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "": {"listen": ("listen", _listen), "hostname": ("hostname", _str), "rules": ("rules", _str)},
     "server": {"workers": ("workers", _workers), "shutdown_grace": ("shutdown_grace", _num(float)),
-               "reload_on_change": ("reload_on_change", _bool)},
+               "reload_on_change": ("reload_on_change", _bool), "user": ("server_user", _str),
+               "group": ("server_group", _str), "pid_file": ("server_pid_file", _str)},
     "delivery": {
         "mode": ("delivery_mode", _choice("maildir", "forward")),
         "maildir": ("maildir", _str),

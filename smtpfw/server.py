@@ -20,12 +20,13 @@ import signal
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 
+from smtpfw import paths, replies, service
 from smtpfw.auth import AuthThrottle, Users
 from smtpfw.checks.callout import CalloutSession, Verifier
 from smtpfw.checks.dns import DnsSession, Resolver
 from smtpfw.checks.health import public_resolvers
-from smtpfw import paths
 from smtpfw.config import Config, ConfigError, Listener
 from smtpfw.delivery import ForwardDelivery, MaildirDelivery
 from smtpfw.delivery.forward import check_downstream
@@ -35,7 +36,6 @@ from smtpfw.engine import Ruleset
 from smtpfw.facts import Facts
 from smtpfw.lang.compiler import compile_ruleset
 from smtpfw.recording import Recorder
-from smtpfw import replies
 
 log = logging.getLogger("smtpfw.server")
 
@@ -47,15 +47,29 @@ def make_delivery(cfg: Config):
     return MaildirDelivery(cfg.maildir)
 
 
+@dataclass(frozen=True)
+class Secrets:
+    """What is read before the process gives up root: the TLS key and the
+    AUTH users file are often readable by root alone."""
+
+    tls_context: ssl.SSLContext | None
+    users: Users | None
+
+
+def load_secrets(cfg: Config) -> Secrets:
+    return Secrets(_tls_context(cfg), Users.load(cfg.auth_users_file) if cfg.auth_users_file else None)
+
+
 class Server:
     def __init__(self, config: Config, ruleset: Ruleset, rules_path: str,
-                 loop: asyncio.AbstractEventLoop | None = None):
+                 loop: asyncio.AbstractEventLoop | None = None, secrets: Secrets | None = None):
         self.config = config
         self.ruleset = ruleset
         self.rules_path = rules_path
         self.loop = loop or asyncio.get_event_loop()
         self.hostname = config.hostname or socket.getfqdn()
-        self.tls_context = _tls_context(config)
+        secrets = secrets or load_secrets(config)
+        self.tls_context = secrets.tls_context
         self.resolver = Resolver(list(config.dns_nameservers) or None, timeout=config.dns_timeout,
                                  cache_size=config.dns_cache_size)
         self.resolver.health.skip_unhealthy = config.dns_skip_unhealthy
@@ -66,7 +80,7 @@ class Server:
                          if config.delivery_mode == "forward" else None)
         self.health_task: asyncio.Task | None = None
         self.delivery = make_delivery(config)
-        self.users = Users.load(config.auth_users_file) if config.auth_users_file else None
+        self.users = secrets.users
         self.recorder = (Recorder(config.recording_path, config.recording_rotate, config.recording_max_bytes)
                          if config.recording_enabled else None)
         self.sessions: set = set()
@@ -276,13 +290,12 @@ def _tls_context(cfg: Config) -> ssl.SSLContext | None:
 
 
 def preflight(cfg: Config) -> None:
-    """Fail before binding or forking on what every worker would fail on:
-    one clear line (ConfigError) instead of a traceback per worker, or a
-    server that answers every message 451.  A downstream that cannot be
-    reached only gets a warning: the MTA may well come up after smtpfw."""
-    _tls_context(cfg)
-    if cfg.auth_users_file:
-        Users.load(cfg.auth_users_file)
+    """Fail before forking on what every worker would fail on: one clear
+    line (ConfigError) instead of a traceback per worker, or a server that
+    answers every message 451.  Runs as the user the workers run as (after
+    server.user), so the folders are ones they can write.  A downstream
+    that cannot be reached only gets a warning: the MTA may well come up
+    after smtpfw."""
     if cfg.recording_enabled:
         _usable_folder("recording.path", cfg.recording_path, paths.writable_folder)
     if cfg.delivery_mode == "maildir":
@@ -334,19 +347,23 @@ def _use_uvloop() -> None:
 
 
 async def _run_worker(cfg: Config, ruleset: Ruleset, rules_path: str,
-                      sockets: dict | None, ready=None) -> None:
+                      sockets: dict | None, ready=None, secrets: Secrets | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = Server(cfg, ruleset, rules_path, loop)
+    server = Server(cfg, ruleset, rules_path, loop, secrets)
     await server.start(sockets)
     watcher = asyncio.ensure_future(server.watch()) if cfg.reload_on_change else None
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGHUP, _reloading(server.reload) if ready is _NOTIFY else server.reload)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)    # held since start: delivered now
-    if ready is not None:
+    if ready is _NOTIFY:
+        service.notify("READY=1")
+    elif ready is not None:
         ready(server)
     await stop.wait()
+    if ready is _NOTIFY:
+        service.notify("STOPPING=1")
     log.info("shutting down: %d sessions in flight, grace %.0fs", len(server.sessions), cfg.shutdown_grace)
     if watcher is not None:
         watcher.cancel()
@@ -396,10 +413,33 @@ def _bind(listener: Listener) -> socket.socket:
     return sock
 
 
+_NOTIFY = object()          # _run_worker's ready= when it is the whole server: it tells systemd
+
+
+def _reloading(reload):
+    """A reload that systemd hears about (RELOADING=1, then READY=1)."""
+    def run() -> None:
+        service.notify("RELOADING=1")
+        try:
+            reload()
+        finally:
+            service.notify("READY=1")
+    return run
+
+
 def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
-    """Run until SIGTERM/SIGINT.  Returns the process exit code."""
-    preflight(cfg)
+    """Run until SIGTERM/SIGINT.  Returns the process exit code.
+
+    As root: read the secrets, bind the listeners, write the pid file;
+    then, with server.user, give root up before anything else happens."""
+    secrets = load_secrets(cfg)
     sockets = bind_sockets(cfg)
+    if cfg.server.pid_file:
+        service.write_pid_file(cfg.server.pid_file)
+    if cfg.server.user:
+        service.drop_privileges(cfg.server.user, cfg.server.group)
+        log.info("running as user %s (uid %d, gid %d)", cfg.server.user, os.getuid(), os.getgid())
+    preflight(cfg)
     # From here until a process has its handlers, SIGTERM/SIGHUP are held,
     # not lost and not fatal: a reload sent right after the "listening" line
     # must not kill a worker that is still starting.
@@ -413,12 +453,12 @@ def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
     _warn_public_resolvers(cfg, ruleset)
     if workers <= 1:
         _use_uvloop()
-        asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets))
+        asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets, _NOTIFY, secrets))
         return 0
-    return _supervise(cfg, ruleset, rules_path, sockets, workers)
+    return _supervise(cfg, ruleset, rules_path, sockets, workers, secrets)
 
 
-def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
+def _supervise(cfg, ruleset, rules_path, sockets, workers: int, secrets: Secrets) -> int:
     children: dict[int, float] = {}     # pid -> start time
     stopping = False
     quick_deaths = 0                    # workers that died right after starting, in a row
@@ -436,7 +476,7 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
             code = 0
             try:
                 _use_uvloop()
-                asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets))
+                asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets, secrets=secrets))
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
@@ -450,8 +490,13 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
         nonlocal stopping
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
-        if sig == signal.SIGHUP and not _reload_compiles(rules_path, current):
-            return
+            service.notify("STOPPING=1")
+        if sig == signal.SIGHUP:
+            service.notify("RELOADING=1")
+            compiles = _reload_compiles(rules_path, current)
+            service.notify("READY=1")
+            if not compiles:
+                return
         for pid in list(children):
             try:
                 os.kill(pid, sig)
@@ -463,6 +508,7 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int) -> int:
     for sig in _SIGNALS:
         signal.signal(sig, forward)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    service.notify("READY=1")
     while children:
         try:
             pid, status = os.wait()
