@@ -161,7 +161,8 @@ def test_every_package_is_installed():
 
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "smtpfw").rglob("*.py")}
-    assert folders - listed == set()
+    missing = sorted(folders - listed)
+    assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"
 
 
 # ---- the checker catches what it should ---------------------------------------------------
