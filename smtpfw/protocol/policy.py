@@ -77,6 +77,7 @@ class PolicySession:
         self.conv = Conversation(self.ruleset, st, self.facts, UNLIMITED,
                                  hostname=server.hostname, sequence=False)
         self.connected = False
+        self.last_answer = self.started
         self.helo: str | None = None
         self.instance: str | None = None
         self.mailed = False
@@ -151,9 +152,20 @@ class PolicySession:
             return _NOTHING
         return await conv.rcpt(attrs.get("recipient", ""))
 
+    def note_answer(self, action: str) -> None:
+        """What the session log shows as the reply: the last action given."""
+        self.last_answer = time.monotonic()
+        st = self.state
+        st.final_reply = action
+        if action[:1] in ("4", "5"):
+            st.refusal = action
+
     def finish(self) -> None:
+        """Log and record the session.  Postfix does not say when a session
+        ends; it is over when the next request is about another client or
+        the connection closes, so its duration runs to its last answer."""
         self.facts.close()
-        log_and_record(self.server, self.state, self.ruleset.version, time.monotonic() - self.started)
+        log_and_record(self.server, self.state, self.ruleset.version, self.last_answer - self.started)
 
 
 _NOTHING = Step("")
@@ -210,35 +222,46 @@ class PolicyConnection(Stream):
             self.close()
 
     async def _request(self) -> dict[str, str] | None:
-        """The next request's attributes; None at a clean EOF."""
+        """The next request's attributes; None at a clean EOF.  Waiting for
+        a request is bounded by run(); once one has begun it must end within
+        REQUEST_TIMEOUT (one deadline per request, not a timer per line:
+        Postfix sends some 30 lines a request)."""
         attrs: dict[str, str] = {}
-        deadline = None
-        while True:
-            try:
-                if deadline is None:
-                    line = await self.readline(LINE_LIMIT)
-                    deadline = self.loop.time() + REQUEST_TIMEOUT
-                else:
-                    line = await asyncio.wait_for(self.readline(LINE_LIMIT), max(0.0, deadline - self.loop.time()))
-            except LineTooLong:
-                raise BadRequest(f"a line over {LINE_LIMIT} bytes") from None
-            except asyncio.TimeoutError:
-                raise BadRequest(f"a request that did not end within {REQUEST_TIMEOUT:.0f} s") from None
-            except ConnectionError:
-                if attrs:
-                    raise BadRequest("the connection closed inside a request") from None
-                return None
-            text = line.rstrip(b"\r\n")
-            if not text:
-                if not attrs:
-                    continue               # stray empty line between requests
-                return attrs
-            name, eq, value = text.decode("utf-8", "replace").partition("=")
-            if not eq or not name or not name.replace("_", "").isalnum():
-                raise BadRequest(f"not a name=value line: {text[:60]!r}")
-            if len(attrs) >= MAX_ATTRIBUTES:
-                raise BadRequest(f"more than {MAX_ATTRIBUTES} attributes in one request")
-            attrs[name] = value
+        line = await self._line(attrs)
+        if line is None:
+            return None
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                while line is not None:
+                    if not line:
+                        if attrs:
+                            return attrs
+                    else:
+                        self._attribute(attrs, line)
+                    line = await self._line(attrs)
+        except TimeoutError:
+            raise BadRequest(f"a request that did not end within {REQUEST_TIMEOUT:.0f} s") from None
+        return None
+
+    async def _line(self, attrs: dict[str, str]) -> bytes | None:
+        """One line without its end; None at EOF between requests."""
+        try:
+            return (await self.readline(LINE_LIMIT)).rstrip(b"\r\n")
+        except LineTooLong:
+            raise BadRequest(f"a line over {LINE_LIMIT} bytes") from None
+        except ConnectionError:
+            if attrs:
+                raise BadRequest("the connection closed inside a request") from None
+            return None
+
+    @staticmethod
+    def _attribute(attrs: dict[str, str], line: bytes) -> None:
+        name, eq, value = line.decode("utf-8", "replace").partition("=")
+        if not eq or not name or not name.replace("_", "").isalnum():
+            raise BadRequest(f"not a name=value line: {line[:60]!r}")
+        if len(attrs) >= MAX_ATTRIBUTES:
+            raise BadRequest(f"more than {MAX_ATTRIBUTES} attributes in one request")
+        attrs[name] = value
 
     async def _decide(self, attrs: dict[str, str]) -> str:
         if attrs.get("request") != "smtpd_access_policy":
@@ -248,10 +271,12 @@ class PolicyConnection(Stream):
             self._end_session()
             self.session = PolicySession(self.server, self.listener, attrs)
         try:
-            return await self.session.answer(attrs)
+            action = await self.session.answer(attrs)
         except Exception:
             log.exception("policy session %s: internal error", self.session.state.session_id)
-            return replies.LOCAL_ERROR       # 451 4.3.0: Postfix defers, the sender retries
+            action = replies.LOCAL_ERROR       # 451 4.3.0: Postfix defers, the sender retries
+        self.session.note_answer(action)
+        return action
 
     def _end_session(self) -> None:
         if self.session is not None:
