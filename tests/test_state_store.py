@@ -388,6 +388,10 @@ def test_unavailable_within_timeout_breaker_and_recovery(backend):
                 start = time.monotonic()
                 r = await store.hit("k", [Bucket(5, 60)], now=T0)
                 assert not r.available and "circuit open" in r.reason and time.monotonic() - start < 0.05
+                # every unavailable answer is the fail-open one, marked unavailable
+                slot = await store.acquire("c", 1, 60, now=T0, holder="h")
+                assert slot.acquired and not slot.available
+                assert (await store.get("v", now=T0)).value is None
             # back: after the cooldown one trial closes the breaker
             clock[0] += 4.9
             assert not (await store.hit("k", [Bucket(5, 60)], now=T0)).available

@@ -150,17 +150,21 @@ class RedisBackend:
     name = "redis"
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "smtpfw", timeout: float = 0.25,
-                 cluster: bool = False, client: Any = None, **options: Any):
-        """``timeout``: the socket timeouts (connect and each command);
-        the ``Store``'s own timeout covers the whole operation."""
+                 connections: int = 32, cluster: bool = False, client: Any = None, **options: Any):
+        """``timeout``: the socket timeouts (connect and each command) and
+        the wait for a free connection; the ``Store``'s own timeout covers
+        the whole operation.  ``connections``: the most this process
+        opens (per node of a cluster); operations beyond wait for one."""
         self.url, self.prefix, self.cluster = url, prefix, cluster
+        self._pool = None
         if client is None:
             common = dict(socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True,
-                          retry=Retry(NoBackoff(), 0), **options)
+                          retry=Retry(NoBackoff(), 0), max_connections=connections, **options)
             if cluster:
                 client = aioredis.RedisCluster.from_url(url, **common)
             else:
-                client = aioredis.Redis.from_url(url, retry_on_timeout=False, **common)
+                self._pool = aioredis.BlockingConnectionPool.from_url(url, timeout=timeout, **common)
+                client = aioredis.Redis(connection_pool=self._pool)
         self.client = client
         self._hit = client.register_script(HIT)
         self._acquire = client.register_script(ACQUIRE)
@@ -238,4 +242,6 @@ class RedisBackend:
     async def close(self) -> None:
         close = getattr(self.client, "aclose", None) or self.client.close
         await close()
+        if self._pool is not None:
+            await self._pool.disconnect()
 

@@ -305,6 +305,8 @@ class Store:
         self.greylisting = greylisting
         self.stats: dict[str, OpStats] = {}
         self.last_error = ""
+        self.log_every = 10.0
+        self._logged = -math.inf
 
     @property
     def name(self) -> str:
@@ -332,10 +334,19 @@ class Store:
             self.stats.setdefault(op, OpStats()).add(time.perf_counter() - start, failed)
             if not failed:
                 self.breaker.success()
+        was = self.breaker.opened
         self.breaker.failure()
-        if why != self.last_error or self.breaker.consecutive == 1:
-            log.warning("state store (%s): %s failed: %s", self.name, op, why)
         self.last_error = why
+        # one line when the breaker opens, else at most one every log_every
+        # seconds: a dead back end must not flood the log (stats count all)
+        clock = time.monotonic()
+        if self.breaker.opened != was:
+            log.warning("state store (%s): %s failed: %s; circuit open for %g s", self.name, op, why,
+                        self.breaker.cooldown)
+            self._logged = clock
+        elif clock - self._logged >= self.log_every:
+            log.warning("state store (%s): %s failed: %s", self.name, op, why)
+            self._logged = clock
         return unavailable(f"state store ({self.name}) unavailable: {why}")
 
     # ---- rate limits -------------------------------------------------------
