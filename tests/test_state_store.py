@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from smtpfw.state import Bucket, Greylisting, Store, open_store
-from tests.support.redis import RedisInstance, redis_available
+from tests.support.redis import RedisClusterInstances, RedisInstance, redis_available
 
 T0 = 1_790_000_000.0          # a fixed "now": tests move it by hand
 
@@ -513,3 +513,36 @@ def test_sqlite_calls_leave_the_event_loop_free(tmp_path):
     r, ticks = run(go())
     assert r.available and r.allowed
     assert ticks >= 10
+
+
+def test_redis_cluster_runs_every_operation(redis_server):
+    """Three masters: every script's keys share a hash tag (a CROSSSLOT
+    error would say otherwise), and the keys spread over the nodes."""
+    import redis as redis_py
+    with RedisClusterInstances() as cluster:
+        async def go():
+            store = open_store(cluster.url, timeout=2.0)
+            try:
+                for i in range(30):
+                    ip = f"192.0.2.{i}"
+                    assert (await store.hit(f"ip:{ip}", [Bucket(2, 60), Bucket(5, 3600)], now=T0)).allowed
+                    assert (await store.peek(f"ip:{ip}", [Bucket(2, 60)], now=T0)).counts == pytest.approx((1.0,))
+                    assert (await store.acquire(f"ip:{ip}", 1, 60, now=T0, holder="a")).acquired
+                    assert not (await store.acquire(f"ip:{ip}", 1, 60, now=T0, holder="b")).acquired
+                    assert await store.holders(f"ip:{ip}", now=T0) == 1
+                    assert (await store.release(f"ip:{ip}", "a")).ok
+                    net = f"198.51.{i}.0/24"
+                    assert (await store.greylist(f"{net}|s@x|r@y", now=T0, client=net)).verdict == "new"
+                    passed = await store.greylist(f"{net}|s@x|r@y", now=T0 + 300, client=net)
+                    assert passed.verdict == "pass" and passed.passes == 1
+                    assert (await store.greylist(f"{net}|no-client", now=T0)).verdict == "new"
+                    assert (await store.set(f"pass:{ip}", "ok", 60, now=T0)).ok
+                    assert (await store.get(f"pass:{ip}", now=T0)).value == "ok"
+                    assert (await store.incr(f"n:{ip}", 2, 60, now=T0)).value == 2
+                    assert (await store.delete(f"n:{ip}")).ok
+                assert all(s.failures == 0 for s in store.stats.values()), store.describe_stats()
+            finally:
+                await store.close()
+        run(go())
+        sizes = [redis_py.Redis(port=n.port).dbsize() for n in cluster.nodes]
+        assert all(size > 0 for size in sizes), sizes

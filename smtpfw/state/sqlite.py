@@ -268,13 +268,15 @@ class SqliteBackend:
         await self._run(lambda: self._conn().execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
+        """Wait for the operations in flight (each bounded by
+        ``busy_timeout``) off the event loop, then close the connections."""
         def close_all() -> None:
+            self._pool.shutdown(wait=True)
             with self._lock:
                 for conn in self._conns:
                     conn.close()
                 self._conns.clear()
-        self._pool.shutdown(wait=True)
-        close_all()
+        await asyncio.to_thread(close_all)
 
 
 def _number(text: str | None) -> float:
