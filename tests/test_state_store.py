@@ -546,3 +546,18 @@ def test_redis_cluster_runs_every_operation(redis_server):
         run(go())
         sizes = [redis_py.Redis(port=n.port).dbsize() for n in cluster.nodes]
         assert all(size > 0 for size in sizes), sizes
+
+
+def test_sqlite_in_memory_for_replay():
+    """":memory:" (what dry-run will use): empty at start, private, the same answers."""
+    async def go():
+        a, b = open_store(":memory:"), open_store(":memory:")
+        try:
+            assert [(await a.hit("k", [Bucket(2, 60)], now=T0)).allowed for _ in range(3)] == [True, True, False]
+            assert (await b.hit("k", [Bucket(2, 60)], now=T0)).counts == pytest.approx((1.0,))
+            assert (await a.greylist("t", now=T0)).verdict == "new"
+            assert (await a.greylist("t", now=T0 + 300)).verdict == "pass"
+        finally:
+            await a.close()
+            await b.close()
+    run(go())

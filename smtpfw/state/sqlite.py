@@ -8,7 +8,9 @@ first, so a check-and-increment is never read-then-write across processes),
 they run in a small pool of threads, one connection per thread, and the
 event loop only awaits them.
 
-Everything lives in the file, so everything survives a restart (rate
+``:memory:`` is a private database that starts empty and is gone at
+``close`` (dry-run and trace; a copy of a live file is a snapshot to
+start from).  Everything lives in the file, so everything survives a restart (rate
 windows too: they are only seconds to hours long, and keeping them is
 harmless).  Rows carry their expiry (by the caller's clock); expired rows
 are ignored at once and deleted every ``purge_every`` writes.
@@ -56,6 +58,7 @@ class SqliteBackend:
         """``busy_timeout``: how long one operation waits for another
         process's write lock before it fails (keep it at or under the
         store's timeout, so a stuck thread does not outlive its caller)."""
+        self.memory = str(path) == ":memory:"      # for dry-run: empty, private, gone at close
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self.purge_every = purge_every
@@ -63,9 +66,13 @@ class SqliteBackend:
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._writes = 0
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smtpfw-state")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._retry(self._conn)           # the schema now: a bad path fails at start, not per session
+        # ":memory:" is one database per connection: one thread, one connection
+        self._pool = ThreadPoolExecutor(max_workers=1 if self.memory else threads, thread_name_prefix="smtpfw-state")
+        if not self.memory:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # the schema now (a bad path fails at start, not per session), in
+        # the pool's thread: a ":memory:" database is its connection's
+        self._pool.submit(self._retry, self._conn).result()
 
     # ---- plumbing -----------------------------------------------------------
 

@@ -219,8 +219,7 @@ def gcra(buckets: Sequence[Bucket], tats: Sequence[float], cost: float, now: flo
             retry = max(retry, b.window if cost > b.limit else over)
     if not allowed and not force:
         new = [max(t, now) for t in tats]
-    levels = tuple(max(0.0, t - now) / b.interval for b, t in zip(buckets, new))
-    return allowed, new, levels, (0.0 if allowed else retry)
+    return allowed, new, levels(buckets, new, now), (0.0 if allowed else retry)
 
 
 def levels(buckets: Sequence[Bucket], tats: Sequence[float], now: float) -> tuple[float, ...]:
