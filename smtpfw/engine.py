@@ -13,7 +13,7 @@ no terminal action the hook continues.  A ``monitor`` rule (or a ruleset in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from smtpfw.actions import Action, RunPlugin
 from smtpfw.checks.dnsresult import Lookup
@@ -63,6 +63,7 @@ class Ruleset:
     rules: tuple[CompiledRule, ...] = ()                        # all rules, in source order
     files: tuple[str, ...] = ()                                 # rule and list files read
     zones: tuple = ()                                           # (LookupKind, zone) of every DNS list used
+    _groups: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # set in __post_init__
 
     @property
     def monitor_all(self) -> bool:
@@ -105,7 +106,7 @@ class Ruleset:
                 if result is not None:
                     return result
                 index = lo
-            hit = _first_hit(tables, state) if index == lo else _UNKNOWN
+            hit: Any = _first_hit(tables, state) if index == lo else _UNKNOWN
             if hit is _UNKNOWN:
                 result = self._run(stage, rules, index, hi, state, None, monitor_all)
             elif hit is not None:
@@ -194,7 +195,7 @@ def _equality_groups(rules: tuple[CompiledRule, ...], monitor_all: bool) -> list
 _UNKNOWN = object()
 
 
-def _first_hit(tables, state: SessionState):
+def _first_hit(tables, state: SessionState) -> Any:
     """Index of the first rule of a group that matches ``state``, None if
     none does, _UNKNOWN if a field's value cannot be looked up."""
     best = None

@@ -13,6 +13,7 @@ import logging
 import re
 
 from smtpfw.facts import FactSource
+from smtpfw.actions import RunPlugin
 from smtpfw.engine import PluginCall, Ruleset
 from smtpfw.plugins import PLUGIN_FAILED, run_plugin
 from smtpfw.session import SessionState
@@ -115,7 +116,9 @@ class Policy:
             result = rs.evaluate(stage, state, start, self.trace)
             if not isinstance(result, PluginCall):
                 return result
-            name = result.rule.action.name
+            action = result.rule.action
+            assert isinstance(action, RunPlugin)
+            name = action.name
             plugin = rs.plugins.get(name)
             decision = (await run_plugin(name, _Contained(plugin), stage, state, message)
                         if plugin is not None else PLUGIN_FAILED)

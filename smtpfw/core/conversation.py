@@ -207,7 +207,7 @@ class Conversation:
             st.rcpt_rejected += 1
             policy = self.policy
             held = (f"refusal held from {policy.delayed_stage.value} (delay_reject)"
-                    if decision is policy.delayed else "")
+                    if decision is policy.delayed and policy.delayed_stage is not None else "")
             step = self._refused(Stage.RCPT, decision, held)
             if self.record:
                 self._note(ev.Rcpt(address, decision, step.reply))
@@ -259,12 +259,14 @@ class Conversation:
     def delivered(self, reply: str) -> Step:
         """The outcome of the delivery ``message`` asked for, as the reply."""
         pending = self._pending
+        assert pending is not None, "delivered() without a message() that asked for delivery"
         return self._message_done(pending, Stage.QUEUE, pending[3], reply)
 
     def _message_done(self, pending: tuple, stage: Stage, decision: Decision, reply: str) -> Step:
         self._pending = None
         if self.record:
-            self._note(ev.Data(*pending, reply))
+            size, headers, data, queue = pending
+            self._note(ev.Data(size, headers, data, queue, reply))
         self.new_transaction()
         return Step(reply, reply.startswith("421"), "", True, decision, stage)
 
