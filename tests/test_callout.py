@@ -83,3 +83,18 @@ def test_callouts_are_recorded_and_replay(tmp_path):
                                                                          "bob@example.net": "yes"}
     for record in records:
         assert same_as_recorded(record, replay_record(ruleset, record))     # offline, from the record
+
+
+def test_ruleset_tests_and_trace_take_callout_rules(tmp_path):
+    """Without a downstream to ask (a ruleset test, trace --no-dns), a
+    callout is "unknown": the rules decide, nothing crashes."""
+    from tests.support.cli import run
+    rules = tmp_path / "c.rules"
+    rules.write_text(RULES)
+    (tmp_path / "c.tests").write_text(
+        "client 192.0.2.1 ehlo a.example from a@b.example rcpt bob@example.net -> tempfail at rcpt by cannot-verify\n")
+    proc = run("test", str(rules))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run("trace", "--rules", str(rules), "--ip", "192.0.2.1", "--helo", "a.example", "--from", "a@b.example",
+               "--rcpt", "bob@example.net", "--no-dns")
+    assert proc.returncode == 0 and "callout bob@example.net: unknown" in proc.stdout, proc.stdout + proc.stderr

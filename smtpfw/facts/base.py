@@ -42,24 +42,32 @@ def provider_of(key) -> Provider:
 
 
 class Facts:
-    """The live source of one session: one source per provider (a
-    ``DnsSession`` for "dns"), each key sent to its own; providers wait
-    concurrently."""
+    """The source of one session's facts: one source per provider (a
+    ``DnsSession`` for "dns"), each key sent to its own, providers waited
+    for concurrently; keys of a provider without a source of its own go to
+    ``default`` (replay with live DNS: every other fact from the record)."""
 
-    def __init__(self, sources: dict[str, FactSource]):
+    def __init__(self, sources: dict[str, FactSource], default: FactSource | None = None):
         self.sources = sources
+        self.default = default
+
+    def _source(self, provider: str) -> FactSource:
+        source = self.sources.get(provider) or self.default
+        if source is None:
+            raise KeyError(f"no source for {provider!r} facts")
+        return source
 
     def start(self, keys) -> None:
         for name, group in _by_provider(keys).items():
-            self.sources[name].start(group)
+            self._source(name).start(group)
 
     async def results(self, keys) -> dict:
         groups = _by_provider(keys)
         if len(groups) == 1:
             ((name, group),) = groups.items()
-            return await self.sources[name].results(group)
+            return await self._source(name).results(group)
         out: dict = {}
-        for part in await asyncio.gather(*(self.sources[n].results(g) for n, g in groups.items())):
+        for part in await asyncio.gather(*(self._source(n).results(g) for n, g in groups.items())):
             out.update(part)
         return out
 

@@ -36,7 +36,7 @@ from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
 from smtpfw.core.conversation import Conversation, Limits
 from smtpfw.core.events import Step
 from smtpfw.engine import Ruleset, TraceStep
-from smtpfw.facts import RecordedFacts
+from smtpfw.facts import Facts, RecordedFacts
 from smtpfw.lang.fields import lookup_field
 from smtpfw.recording import BEHAVIOUR
 from smtpfw.session import SessionState
@@ -430,6 +430,12 @@ def _default_facts(record: dict):
     return RecordedFacts(recorded_facts(record))
 
 
+def _with_recorded(dns_factory):
+    """A DNS source of replay's own (live, declared, none) for DNS facts;
+    every other fact (recipient callouts...) from the record."""
+    return lambda record: Facts({"dns": dns_factory(record)}, default=_default_facts(record))
+
+
 class Replayer:
     """Replays many records through one ruleset.
 
@@ -453,7 +459,7 @@ class Replayer:
                  trace: bool = False, hostname: str = "smtpfw", synchronous_dns: bool | None = None):
         self.ruleset = ruleset
         self.prefill = dns_factory is None and not trace
-        self.dns_factory = dns_factory or _default_facts
+        self.dns_factory = _with_recorded(dns_factory) if dns_factory is not None else _default_facts
         self.max_recipients = max_recipients
         self.limits = Limits(max_recipients=max_recipients)
         self.trace = trace

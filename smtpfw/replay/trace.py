@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from smtpfw import facts
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup
 from smtpfw.recording import RecordError
 from smtpfw.replay.records import iter_records, replay_failure, session_files
@@ -80,7 +81,11 @@ def format_event(ruleset, e: EventResult, ev: dict | None, indent: str = "") -> 
             w(f"<<< {e.fixed_reply}")
         return out
     for lk, answer in e.dns or ():
-        w(f"    dns   {describe_lookup(lk)}: {describe_answer(answer)}")
+        if lk.provider == "dns":
+            w(f"    dns   {describe_lookup(lk)}: {describe_answer(answer)}")
+        else:                                          # another fact: a recipient callout...
+            detail = f" ({answer.reply})" if getattr(answer, "reply", "") else ""
+            w(f"    {lk.provider:<5} {' '.join(str(v) for v in lk.to_json().values())}: {answer.status}{detail}")
     stage = None
     for info in e.trace or ():
         step = info.step
@@ -148,7 +153,9 @@ def trace_json(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) ->
         out = {"cmd": e.cmd, "subject": e.subject, "reached": e.reached, "reply": e.reply, "note": e.note,
                "stage": e.stage.value if e.stage else None,
                "decision": e.decision.to_json() if e.decision is not None else None,
-               "dns": [{"lookup": lk.to_json(), "answer": a.to_json()} for lk, a in e.dns or ()],
+               "dns": [{"lookup": lk.to_json(), "answer": a.to_json()} for lk, a in e.dns or ()
+                       if lk.provider == "dns"],
+               "facts": facts.encode({lk: a for lk, a in e.dns or () if lk.provider != "dns"}),
                "rules": []}
         for info in e.trace or ():
             step = info.step
