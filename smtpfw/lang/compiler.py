@@ -15,7 +15,8 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Sequence
+from typing import Any, Callable
 
 from smtpfw.checks.dnsresult import Lookup, LookupKind
 from smtpfw.actions import action_for
@@ -197,7 +198,7 @@ class _Compiler:
         self.prog = prog
         self.diags = diags
         self.load_plugins = load_plugins
-        self.list_entries: dict[str, list[Entry] | None] = {}
+        self.list_entries: dict[str, Sequence[Entry] | None] = {}
         self.matchers: dict[tuple, Callable | None] = {}
         self.plugin_objects: dict[str, object] = {}
         self.plugin_fields: dict[str, FieldSpec] = {}
@@ -281,10 +282,9 @@ class _Compiler:
             self.plugin_objects[name] = obj
             for fname, ftype in getattr(obj, "fields", {}).items():
                 full = f"{name}.{fname}"
-                self.plugin_fields[full] = FieldSpec(
-                    full, ftype, Stage.CONNECT,
-                    lambda s, k=full, t=ftype: s.plugin_fields.get(k, 0 if t == INT else ""),
-                    f"set by plugin {name}")
+                self.plugin_fields[full] = FieldSpec(full, ftype, Stage.CONNECT,
+                                                     _plugin_field(full, 0 if ftype == INT else ""),
+                                                     f"set by plugin {name}")
 
     # ---- rules --------------------------------------------------------------
 
@@ -326,9 +326,10 @@ class _Compiler:
                 self.error(Code.E202_TYPE_MISMATCH, f"`{action.arg}` is not a valid header name", action.arg_span)
                 ok = False
         if action.kind == "run":
-            self.used_plugins.add(action.arg)
-            if action.arg not in self.prog.plugins:
-                guess = did_you_mean(action.arg, self.prog.plugins)
+            plugin = action.arg or ""
+            self.used_plugins.add(plugin)
+            if plugin not in self.prog.plugins:
+                guess = did_you_mean(plugin, self.prog.plugins)
                 self.error(Code.E105_UNKNOWN_PLUGIN, f"unknown plugin `{action.arg}`", action.arg_span,
                            help=f"did you mean `{guess}`?" if guess else
                            "declare it first: plugin NAME = \"package.module:Class\"")
@@ -532,7 +533,7 @@ class _Compiler:
 
         def equals(s):
             return get(s) == value
-        equals.equality = (get, value)      # lets the engine index runs of `field = value` rules
+        equals.equality = (get, value)  # type: ignore[attr-defined]  # lets the engine index `field = value` rules
         return equals
 
     def _coerce(self, spec: FieldSpec, v: ast.Value):
@@ -615,17 +616,18 @@ class _Compiler:
         self.diags.extend(diags)
         return None if any(d.code == Code.E302_LIST_ENTRY_MALFORMED for d in diags) else m
 
-    def _list_entries(self, name: str) -> list[Entry] | None:
+    def _list_entries(self, name: str) -> Sequence[Entry] | None:
         if name in self.list_entries:
             return self.list_entries[name]
         if name not in self.prog.lists and name in BUILTIN_LISTS:
             span = Span.point("<built-in>", 1, 1)
             return [Entry(text, span) for text in BUILTIN_LISTS[name]()]
         decl, base = self.prog.lists[name]
+        entries: Sequence[Entry] | None
         if decl.items is not None:
             entries = [Entry(str(v.value), v.span) for v in decl.items.items]
         else:
-            path = os.path.join(base, decl.file)
+            path = os.path.join(base, decl.file or "")
             entries, diags = read_list_file(path, _shown(path))
             for d in diags:
                 self.error(d.code, d.message, decl.span,
@@ -753,7 +755,7 @@ def _code_filter(filters: list[ast.CodeFilter]):
         if code in f.exact:
             return True
         for lo, hi in f.ranges:
-            if ipaddress.ip_address(lo) <= ip <= ipaddress.ip_address(hi):
+            if ipaddress.ip_address(lo) <= ip <= ipaddress.ip_address(hi):  # type: ignore[operator]  # IPv4 A records
                 return True
         last = int(ip) & 0xFF
         return any(last & m for m in f.masks)
@@ -765,6 +767,11 @@ def _safe_text(value) -> str:
     """Values go into SMTP replies and logs: no line breaks, printable."""
     text = "" if value is None else str(value)
     return "".join(ch if ch.isprintable() else "?" for ch in text)[:400]
+
+
+def _plugin_field(key: str, default: object) -> Callable[[SessionState], Any]:
+    """The getter of a field a plugin sets (``default`` until it does)."""
+    return lambda s: s.plugin_fields.get(key, default)
 
 
 def _shown(path: str) -> str:

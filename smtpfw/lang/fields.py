@@ -38,14 +38,14 @@ class FieldSpec:
     name: str
     type: str
     stage: Stage                       # first hook where the value is known
-    get: Callable[[SessionState], object]
+    get: Callable[[SessionState], Any]  # a value of the field's type (str, int, bool, list ...)
     doc: str
     lookup: Callable[[SessionState], Any] | None = None   # the fact key it needs (smtpfw.facts), or None
     choices: tuple[str, ...] = ()
     folded: bool = False               # ``get`` already returns the folded form
 
     @cached_property
-    def compared(self) -> Callable[[SessionState], object]:
+    def compared(self) -> Callable[[SessionState], Any]:
         """The getter every test uses: the value folded by type (``get`` is
         the value as received, for placeholders and traces).  One function
         per field, so the engine can index `field = value` rules by it."""
@@ -159,8 +159,10 @@ HEADER_PREFIX = "header."
 @lru_cache(maxsize=1024)      # one spec (and one ``compared`` getter) per header name
 def header_field(name: str) -> FieldSpec:
     key = name[len(HEADER_PREFIX):].lower()
-    return FieldSpec(name, STRING, D, lambda s, k=key: s.headers.get(k, ""),
-                     f"first value of the {key} header")
+
+    def first_value(s: SessionState) -> str:
+        return s.headers.get(key, "")
+    return FieldSpec(name, STRING, D, first_value, f"first value of the {key} header")
 
 
 def lookup_field(name: str, plugin_fields: dict[str, FieldSpec] | None = None) -> FieldSpec | None:
