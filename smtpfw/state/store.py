@@ -36,7 +36,7 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Literal, Protocol, Sequence, TypeVar
 
 log = logging.getLogger("smtpfw.state")
