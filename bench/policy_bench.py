@@ -72,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
-from tests.support.postfix import MASTER_CF, POSTFIX_LIBEXEC, _QUEUE_DIRS, postfix_available  # noqa: E402
+from tests.support.postfix import POSTFIX_LIBEXEC, postfix_available, prepare_instance  # noqa: E402
 
 SENDER, RECIPIENT, HELO = "from@example.org", "to@example.net", "loadgen.example.org"
 TARGET = 0.9                  # Postfix + smtpfw policy >= 0.9 x Postfix alone (issue 16)
@@ -177,33 +177,7 @@ class PostfixServer:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self) -> None:
-        conf, queue, data = self.root / "conf", self.root / "queue", self.root / "data"
-        for d in (conf, queue, data):
-            d.mkdir(parents=True, exist_ok=True)
-        main = {
-            "compatibility_level": "3.6", "queue_directory": str(queue), "data_directory": str(data),
-            "mail_owner": "postfix", "setgid_group": "postdrop", "inet_interfaces": "127.0.0.1",
-            "inet_protocols": "ipv4", "myhostname": "mx.postfix.test", "mydestination": "",
-            "mynetworks": "127.0.0.0/8", "maillog_file": str(self.root / "maillog"),
-            "maillog_file_prefixes": str(self.root), "smtpd_peername_lookup": "no",
-            "alias_maps": "", "alias_database": "", "biff": "no",
-            **self.settings,
-        }
-        (conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
-        (conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
-        for name in _QUEUE_DIRS:
-            d = queue / name
-            d.mkdir(exist_ok=True)
-            shutil.chown(d, "postfix")
-            d.chmod(0o700)
-        for name, mode in (("maildrop", 0o730), ("public", 0o710)):
-            d = queue / name
-            d.mkdir(exist_ok=True)
-            shutil.chown(d, "postfix", "postdrop")
-            d.chmod(mode)
-        (queue / "pid").mkdir(exist_ok=True)
-        shutil.chown(data, "postfix")
-        data.chmod(0o700)
+        conf = prepare_instance(self.root, self.port, self.settings)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(in_namespace(self.resolv, [str(POSTFIX_LIBEXEC / "master"), "-d",
                                                                 "-c", str(conf)]),
@@ -417,7 +391,7 @@ def base_settings(sink_port: int, policy: Path) -> dict[str, str]:
 def check_verdicts(port: int) -> list[str]:
     """The loopback reference sessions against one Postfix: each RCPT reply's
     code and enhanced code must be the reference's.  The mismatches."""
-    from tests.test_reference_policy import SESSIONS
+    from tests.support.reference import SESSIONS
 
     bad = []
     for client, helo, sender, rcpts, _ in SESSIONS:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import smtplib
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from tests.smtp_client import RawClient
 from tests.support.dnsserver import DnsServer, load_rbldnsd
-from tests.support.server import SHARED, running_server
+from tests.support.server import SHARED, has_ipv6_loopback, running_server
 
 RULES = """
 zone bl  = dnsbl "bl.test"
@@ -81,16 +80,7 @@ def test_listed_loopback_client_rejected_at_connect(shared_dns):
         assert one_session(srv.address, sender="x@SPAM.example") == "550 5.7.1 domain listed"
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
 def test_ipv6_client_dnsbl():
     with tempfile.TemporaryDirectory() as d:
         zone = Path(d) / "bl.test"

@@ -4,11 +4,8 @@ failed on the code before its fix.  Real server, real sockets, real TLS."""
 from __future__ import annotations
 
 import base64
-import shutil
 import smtplib
-import socket
 import ssl
-import subprocess
 import time
 
 import pytest
@@ -16,7 +13,7 @@ import pytest
 from tests.smtp_client import RawClient
 from tests.support.cli import wait_until
 from tests.support.dnsserver import DnsServer
-from tests.support.server import SHARED, running_server
+from tests.support.server import SHARED, has_ipv6_loopback, running_server
 
 RELAY_RULES = """
 on mail:
@@ -31,25 +28,6 @@ on rcpt:
     accept if rcpt.domain in localnames
     reject 554 5.7.1 "Relaying denied"
 """
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    if not shutil.which("openssl"):
-        pytest.fail("openssl is needed for the TLS tests")
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-days", "2", "-subj", "/CN=mx.test", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                   check=True, capture_output=True)
-    return str(d / "cert.pem"), str(d / "key.pem")
-
-
-@pytest.fixture(scope="module")
-def users(tmp_path_factory):
-    from smtpfw.auth import hash_password
-    path = tmp_path_factory.mktemp("auth") / "users"
-    path.write_text(f"alice:{hash_password('s3cret')}\n")
-    return str(path)
 
 
 def _client_tls() -> ssl.SSLContext:
@@ -376,19 +354,10 @@ def test_auth_timing_against_a_real_server(users, tmp_path):
 
 # ---- 6, 8: addresses and per-client caps ----------------------------------
 
-def _can_bind_v6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 def test_dual_stack_listener_sees_ipv4_clients_as_ipv4(tmp_path):
     """`serve --listen [::]:P` takes IPv4 clients too; they are IPv4 to rules and logs."""
     from tests.support.cli import Serve
-    if not _can_bind_v6():
+    if not has_ipv6_loopback():
         pytest.fail("this machine has no IPv6 loopback")
     rules = tmp_path / "v4.rules"
     rules.write_text('on connect:\n    reject 554 5.7.1 "v4 seen" if client.ip = 127.0.0.1\n' + PLAIN_RULES)

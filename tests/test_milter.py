@@ -15,7 +15,7 @@ from tests.support.cli import wait_until
 from tests.support.downstream import Downstream
 from tests.support.postfix import PostfixInstance, postfix_available
 from tests.support.server import REPO, running_server
-from tests.test_reference_policy import SESSIONS
+from tests.support.reference import SESSION_IDS, SESSIONS, check_rcpts_behind_postfix
 
 MILTER = (Listener("127.0.0.1", 0, "milter", kind="milter"),)
 
@@ -49,20 +49,10 @@ def postfix_with_milter(shared_dns, milter_rules):
             yield pf, downstream, srv
 
 
-@pytest.mark.parametrize("client,helo,sender,rcpts,delivered", SESSIONS,
-                         ids=[f"{s[0]}-{s[1]}-{s[2] or 'null'}-{'+'.join(s[3])}" for s in SESSIONS])
-def test_postfix_with_smtpfw_milter_reaches_the_inline_verdicts(postfix_with_milter, client, helo, sender,
-                                                               rcpts, delivered):
+@pytest.mark.parametrize("client,helo,sender,rcpts,delivered", SESSIONS, ids=SESSION_IDS)
+def test_postfix_with_smtpfw_milter_reaches_the_inline_verdicts(postfix_with_milter, client, helo, sender, rcpts, delivered):
     pf, _, _ = postfix_with_milter
-    with smtplib.SMTP("127.0.0.1", pf.port, source_address=(client, 0), timeout=30) as s:
-        assert s.ehlo(helo)[0] == 250
-        s.mail(sender)
-        for rcpt, want in rcpts.items():
-            code, text = s.rcpt(rcpt)
-            filled = want.format(ip=client, helo=helo.lower(), domain=sender.rpartition("@")[2].lower())
-            want_code, want_enhanced, want_text = (filled.split(" ", 2) + [""])[:3]
-            assert (code, text.split()[0].decode()) == (int(want_code), want_enhanced), (rcpt, code, text)
-            assert want_text in text.decode(), (rcpt, text)
+    check_rcpts_behind_postfix(pf.port, client, helo, sender, rcpts)
 
 
 def test_a_rule_at_data_sees_the_headers_and_add_header_reaches_the_message(postfix_with_milter):

@@ -5,7 +5,6 @@ inline (tests/test_reference_policy.py)."""
 
 from __future__ import annotations
 
-import smtplib
 import socket
 
 import pytest
@@ -15,7 +14,7 @@ from smtpfw.recording import read_records
 from tests.support.cli import wait_until
 from tests.support.postfix import PostfixInstance, postfix_available
 from tests.support.server import REPO, running_server
-from tests.test_reference_policy import SESSIONS
+from tests.support.reference import SESSION_IDS, SESSIONS, check_rcpts_behind_postfix
 
 REFERENCE = REPO / "rules" / "reference.rules"
 POLICY = (Listener("127.0.0.1", 0, "policy", kind="policy"),)
@@ -137,21 +136,10 @@ def postfix_with_policy(shared_dns):
             yield pf
 
 
-@pytest.mark.parametrize("client,helo,sender,rcpts,delivered", SESSIONS,
-                         ids=[f"{s[0]}-{s[1]}-{s[2] or 'null'}-{'+'.join(s[3])}" for s in SESSIONS])
-def test_postfix_with_smtpfw_policy_reaches_the_inline_verdicts(postfix_with_policy, client, helo, sender,
-                                                                rcpts, delivered):
+@pytest.mark.parametrize("client,helo,sender,rcpts,delivered", SESSIONS, ids=SESSION_IDS)
+def test_postfix_with_smtpfw_policy_reaches_the_inline_verdicts(postfix_with_policy, client, helo, sender, rcpts, delivered):
     pf = postfix_with_policy
-    with smtplib.SMTP("127.0.0.1", pf.port, source_address=(client, 0), timeout=30) as s:
-        assert s.ehlo(helo)[0] == 250
-        assert s.mail(sender)[0] == 250
-        for rcpt, want in rcpts.items():
-            code, text = s.rcpt(rcpt)
-            filled = want.format(ip=client, helo=helo.lower(), domain=sender.rpartition("@")[2].lower())
-            want_code, want_enhanced, want_text = (filled.split(" ", 2) + [""])[:3]
-            assert (code, text.split()[0].decode()) == (int(want_code), want_enhanced), (rcpt, code, text)
-            # Postfix puts "<rcpt>: Recipient address rejected: " before our text
-            assert want_text in text.decode(), (rcpt, text)
+    check_rcpts_behind_postfix(pf.port, client, helo, sender, rcpts)
 
 
 def test_smtpfw_policy_command(tmp_path):

@@ -24,46 +24,11 @@ from smtpfw.policy import Policy
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
 from tests.support.downstream import Downstream
+from tests.support.reference import (DNSBL, HELO, MAILFROM, OK, RCPTTO, RELAY, RHSBL,  # noqa: F401
+                                      SESSION_IDS, SESSIONS, expected)
 from tests.support.server import REPO, SHARED, running_server
 
 REFERENCE = REPO / "rules" / "reference.rules"
-
-# The refusals of reference.rules, each naming its rule (several share the
-# code 550 5.7.1: the text says which rule refused).
-OK = "250 2.1.5"
-DNSBL = "554 5.7.1 Service unavailable; client [{ip}] blocked using bl.test: "
-HELO = "550 5.7.1 Helo command rejected: host name {helo} is not acceptable"
-MAILFROM = "550 5.7.1 Sender address rejected: your envelope sender is in my badmailfrom list"
-RHSBL = "550 5.7.1 Sender address rejected: domain {domain} blocked using dbl.test: "
-RCPTTO = "550 5.7.1 Recipient address rejected: blocked by badrcptto"
-RELAY = "554 5.7.1 Relay access denied"
-
-# (client ip, helo, sender, {rcpt: the start of the expected RCPT reply}, expect delivery)
-SESSIONS = [
-    ("127.0.0.1", "mx.good.example", "alice@good.example", {"bob@example.net": OK}, True),
-    ("127.0.0.1", "mx.good.example", "", {"bob@example.net": OK}, True),                  # null sender
-    ("127.0.0.2", "mx.good.example", "alice@good.example", {"bob@example.net": DNSBL}, False),
-    ("127.0.0.5", "mx.good.example", "alice@good.example", {"bob@example.net": DNSBL}, False),  # code 4
-    ("127.0.0.1", "bad.helo.example", "alice@good.example", {"bob@example.net": HELO}, False),
-    ("127.0.0.1", "BAD.HELO.Example", "alice@good.example", {"bob@example.net": HELO}, False),
-    ("127.0.0.1", "spam-helo.example", "alice@good.example", {"bob@example.net": HELO}, False),
-    ("127.0.0.1", "not.bad.helo.example", "alice@good.example", {"bob@example.net": OK}, True),
-    ("127.0.0.1", "mx.good.example", "joe@evil.example", {"bob@example.net": MAILFROM}, False),
-    ("127.0.0.1", "mx.good.example", "JOE@Evil.Example", {"bob@example.net": MAILFROM}, False),
-    ("127.0.0.1", "mx.good.example", "other@evil.example", {"bob@example.net": OK}, True),
-    ("127.0.0.1", "mx.good.example", "anyone@spammer.example", {"bob@example.net": MAILFROM}, False),
-    ("127.0.0.1", "mx.good.example", "anyone@sub.spammer.example", {"bob@example.net": OK}, True),
-    ("127.0.0.1", "mx.good.example", "x@spam.example", {"bob@example.net": RHSBL}, False),
-    ("127.0.0.1", "mx.good.example", "x@SPAM.Example", {"bob@example.net": RHSBL}, False),
-    ("127.0.0.1", "mx.good.example", "x@bad.example", {"bob@example.net": RHSBL}, False),
-    ("127.0.0.1", "mx.good.example", "x@sub.spam.example", {"bob@example.net": OK}, True),
-    ("127.0.0.1", "mx.good.example", "alice@good.example",
-     {"blocked@example.net": RCPTTO, "trap@example.net": RCPTTO, "TRAP@EXAMPLE.NET": RCPTTO,
-      "bob@example.net": OK}, True),
-    ("127.0.0.1", "mx.good.example", "alice@good.example",
-     {"bob@other.example": RELAY, "bob@sub.example.net": RELAY, "bob@example.net": OK}, True),
-    ("127.0.0.1", "mx.good.example", "alice@good.example", {"bob@EXAMPLE.NET": OK}, True),
-]
 
 
 def reply_text(reply: tuple[int, bytes]) -> str:
@@ -82,8 +47,7 @@ def reference_server(shared_dns):
             yield srv, downstream
 
 
-@pytest.mark.parametrize("client,helo,sender,rcpts,delivered", SESSIONS,
-                         ids=[f"{s[0]}-{s[1]}-{s[2] or 'null'}-{'+'.join(s[3])}" for s in SESSIONS])
+@pytest.mark.parametrize("client,helo,sender,rcpts,delivered", SESSIONS, ids=SESSION_IDS)
 def test_reference_session(reference_server, client, helo, sender, rcpts, delivered):
     srv, downstream = reference_server
     before = len(downstream.messages)
@@ -91,7 +55,7 @@ def test_reference_session(reference_server, client, helo, sender, rcpts, delive
         assert s.ehlo(helo)[0] == 250
         assert s.mail(sender)[0] == 250
         got = {r: reply_text(s.rcpt(r)) for r in rcpts}
-        filled = {r: want.format(ip=client, helo=helo.lower(), domain=sender.rpartition("@")[2].lower())
+        filled = {r: expected(want, client, helo, sender)
                   for r, want in rcpts.items()}
         assert all(got[r].startswith(filled[r]) for r in rcpts), (got, filled)
         if delivered:

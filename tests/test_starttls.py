@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import smtplib
 import ssl
-import subprocess
 
 import pytest
 
@@ -19,17 +17,6 @@ on rcpt:
     accept if rcpt.domain in localnames
     reject 554 5.7.1 "Relaying denied"
 """
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is not installed")
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=mx.test", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                   check=True, capture_output=True)
-    return d / "cert.pem", d / "key.pem"
 
 
 def test_starttls_and_tls_field(cert):
@@ -67,14 +54,6 @@ on rcpt:
     accept if rcpt.domain in localnames
     reject 554 5.7.1 "Relaying denied"
 """
-
-
-@pytest.fixture(scope="module")
-def users(tmp_path_factory):
-    from smtpfw.auth import hash_password
-    path = tmp_path_factory.mktemp("auth") / "users"
-    path.write_text(f"# test users\nalice:{hash_password('s3cret')}\n")
-    return path
 
 
 def _tls(s):

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 
+from smtpfw.protocol.stream import Stream
 from smtpfw.recording import log_line, session_record
 from smtpfw.session import SessionState
 
@@ -36,6 +37,29 @@ def plain_ip(text: str) -> str:
         if mapped is not None:
             return str(mapped)
     return text
+
+
+class MtaConnection(Stream):
+    """A connection from the MTA in front (policy, milter): the server
+    knows it while it lasts (shutdown closes it); when it is lost, its
+    task ends with it."""
+
+    def __init__(self, server, listener):
+        super().__init__(server.loop)
+        self.server = server
+        self.listener = listener
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.server.sessions.add(self)
+
+    def connection_lost(self, error) -> None:
+        super().connection_lost(error)
+        if self.task is not None:
+            self.task.cancel()
+
+    async def shutdown(self) -> None:
+        self.close()
 
 
 def log_and_record(server, state: SessionState, ruleset_version: str, duration: float) -> None:

@@ -33,9 +33,8 @@ from smtpfw.core.conversation import Conversation
 from smtpfw.core.events import Step
 from smtpfw.facts import Facts
 from smtpfw.protocol.address import parse_path
-from smtpfw.protocol.common import log_and_record, new_session_id, plain_ip
+from smtpfw.protocol.common import MtaConnection, log_and_record, new_session_id, plain_ip
 from smtpfw.protocol.policy import UNLIMITED
-from smtpfw.protocol.stream import Stream
 from smtpfw.session import SessionState
 
 log = logging.getLogger("smtpfw.milter")
@@ -45,13 +44,11 @@ _WANTED_ACTIONS = m.ActionFlags.ADD_HEADERS
 _UNWANTED_EVENTS = m.ProtocolFlags.NO_UNKNOWN
 
 
-class MilterConnection(Stream):
+class MilterConnection(MtaConnection):
     """One milter connection: one SMTP session of the MTA."""
 
     def __init__(self, server, listener):
-        super().__init__(server.loop)
-        self.server = server
-        self.listener = listener
+        super().__init__(server, listener)
         self.filter = FilterProtocol()
         self.inbox = SimpleBuffer(BUFFER)
         self.outbox = SimpleBuffer(BUFFER)
@@ -67,18 +64,6 @@ class MilterConnection(Stream):
         self.headers: list[tuple[str, str]] = []
         self.body = bytearray()
         self.too_big = False
-
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self.server.sessions.add(self)
-
-    def connection_lost(self, error) -> None:
-        super().connection_lost(error)
-        if self.task is not None:
-            self.task.cancel()
-
-    async def shutdown(self) -> None:
-        self.close()
 
     # ---- the byte side ----------------------------------------------------------
 

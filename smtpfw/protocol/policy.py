@@ -35,8 +35,8 @@ import time
 from smtpfw import replies
 from smtpfw.core.conversation import Conversation, Limits
 from smtpfw.core.events import Step
-from smtpfw.protocol.common import log_and_record, new_session_id, plain_ip
-from smtpfw.protocol.stream import LineTooLong, Stream
+from smtpfw.protocol.common import MtaConnection, log_and_record, new_session_id, plain_ip
+from smtpfw.protocol.stream import LineTooLong
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome
 
@@ -179,23 +179,12 @@ def _int(text: str | None) -> int:
     return int(text) if text and text.isdigit() else 0
 
 
-class PolicyConnection(Stream):
+class PolicyConnection(MtaConnection):
     """One connection from a Postfix smtpd process."""
 
     def __init__(self, server, listener):
-        super().__init__(server.loop)
-        self.server = server
-        self.listener = listener
+        super().__init__(server, listener)
         self.session: PolicySession | None = None
-
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self.server.sessions.add(self)
-
-    def connection_lost(self, error) -> None:
-        super().connection_lost(error)
-        if self.task is not None:
-            self.task.cancel()
 
     async def run(self) -> None:
         peer = (self.transport.get_extra_info("peername") or ("?",))[0]
@@ -282,10 +271,6 @@ class PolicyConnection(Stream):
         if self.session is not None:
             session, self.session = self.session, None
             session.finish()
-
-    async def shutdown(self) -> None:
-        """Server shutdown: no more answers on this connection."""
-        self.close()
 
 
 def _one_line(text: str) -> str:

@@ -70,6 +70,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def prepare_instance(root: Path, port: int, settings: dict[str, str]) -> Path:
+    """Write an instance's main.cf and master.cf (smtpd on 127.0.0.1:``port``,
+    ``settings`` over the defaults) and make its queue; its config folder."""
+    conf, queue, data = root / "conf", root / "queue", root / "data"
+    for d in (conf, queue, data):
+        d.mkdir(parents=True, exist_ok=True)
+    main = {
+        "compatibility_level": "3.6", "queue_directory": str(queue), "data_directory": str(data),
+        "mail_owner": "postfix", "setgid_group": "postdrop", "inet_interfaces": "127.0.0.1",
+        "inet_protocols": "ipv4", "myhostname": "mx.postfix.test", "mydestination": "",
+        "mynetworks": "127.0.0.0/8", "maillog_file": str(root / "maillog"),
+        "maillog_file_prefixes": str(root), "smtpd_peername_lookup": "no",
+        "alias_maps": "", "alias_database": "", "biff": "no",
+        **settings,
+    }
+    (conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
+    (conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{port}"))
+    for name in _QUEUE_DIRS:
+        d = queue / name
+        d.mkdir(exist_ok=True)
+        shutil.chown(d, "postfix")
+        d.chmod(0o700)
+    for name, mode in (("maildrop", 0o730), ("public", 0o710)):
+        d = queue / name
+        d.mkdir(exist_ok=True)
+        shutil.chown(d, "postfix", "postdrop")
+        d.chmod(mode)
+    (queue / "pid").mkdir(exist_ok=True)
+    shutil.chown(data, "postfix")
+    data.chmod(0o700)
+    return conf
+
+
 class PostfixInstance:
     def __init__(self, settings: dict[str, str]):
         self.root = Path(tempfile.mkdtemp(prefix="smtpfw-postfix-"))
@@ -84,33 +117,7 @@ class PostfixInstance:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def __enter__(self) -> "PostfixInstance":
-        conf, queue, data = self.root / "conf", self.root / "queue", self.root / "data"
-        for d in (conf, queue, data):
-            d.mkdir(parents=True, exist_ok=True)
-        main = {
-            "compatibility_level": "3.6", "queue_directory": str(queue), "data_directory": str(data),
-            "mail_owner": "postfix", "setgid_group": "postdrop", "inet_interfaces": "127.0.0.1",
-            "inet_protocols": "ipv4", "myhostname": "mx.postfix.test", "mydestination": "",
-            "mynetworks": "127.0.0.0/8", "maillog_file": str(self.root / "maillog"),
-            "maillog_file_prefixes": str(self.root), "smtpd_peername_lookup": "no",
-            "alias_maps": "", "alias_database": "", "biff": "no",
-            **self.settings,
-        }
-        (conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
-        (conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{self.port}"))
-        for name in _QUEUE_DIRS:
-            d = queue / name
-            d.mkdir(exist_ok=True)
-            shutil.chown(d, "postfix")
-            d.chmod(0o700)
-        for name, mode in (("maildrop", 0o730), ("public", 0o710)):
-            d = queue / name
-            d.mkdir(exist_ok=True)
-            shutil.chown(d, "postfix", "postdrop")
-            d.chmod(mode)
-        (queue / "pid").mkdir(exist_ok=True)
-        shutil.chown(data, "postfix")
-        data.chmod(0o700)
+        conf = prepare_instance(self.root, self.port, self.settings)
         self.proc = subprocess.Popen([str(POSTFIX_LIBEXEC / "master"), "-d", "-c", str(conf)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -135,3 +135,14 @@ def recorded_sessions(path, count: int, timeout: float = 5.0) -> list[dict]:
     wait_until(lambda: sum(f.read_bytes().count(b"\n") for f in files()) >= count, timeout,
                f"{count} session record(s) in {path}")
     return [r for f in files() for r in read_records(str(f))]
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here (some containers have no IPv6)."""
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
