@@ -175,7 +175,7 @@ def cmd_lint(args) -> int:
                   else "no PATH given: the packaged default ruleset")
         print(f"smtpfw lint: checking {rules} ({origin})", file=sys.stderr)
         paths = [rules]
-    report = lint(paths)
+    report = lint(paths, args.mode)
     if args.format == "json":
         sys.stdout.write(format_json(report.diagnostics, report.files))
     else:

@@ -82,6 +82,9 @@ def _lint(sub) -> None:
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     p.add_argument("--fail-on", choices=("error", "warning", "hint"), default="error",
                    help="lowest severity that makes the exit code 1 (default error)")
+    p.add_argument("--mode", action="append", choices=("smtp", "policy", "milter"), default=[],
+                   help="the front end the rules will run behind (repeatable): warn (W604) about fields "
+                        "it never has, e.g. header.* under policy (default: none)")
     _color_arg(p)
 
 

@@ -112,6 +112,7 @@ class Code(enum.StrEnum):
     W601_UNREACHABLE_RULE = "W601", "unreachable-rule", W, "a rule comes after an unconditional terminal rule"
     W602_SHADOWED_RULE = "W602", "shadowed-rule", W, "an earlier rule already matches everything this rule matches"
     W603_UNUSED_DECLARATION = "W603", "unused-declaration", W, "a list, zone or plugin is declared but never used"
+    W604_FIELD_NOT_IN_MODE = "W604", "field-not-in-mode", W, "a rule tests a field the mode it runs in never has"
     # policy
     E701_OPEN_RELAY = "E701", "open-relay", E, "an untrusted client can relay to a non-local domain"
     W702_REJECTS_NULL_SENDER = "W702", "rejects-null-sender", W, "the null sender <> is rejected at MAIL"

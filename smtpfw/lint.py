@@ -5,7 +5,7 @@ runs it for `smtpfw lint`)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Set as AbstractSet
+from collections.abc import Sequence, Set as AbstractSet
 
 from smtpfw.diagnostics import Diagnostic
 from smtpfw.lang.check import check_ruleset
@@ -31,12 +31,12 @@ def collect_files(paths: list[str]) -> tuple[list[str], set[str], list[str]]:
     return files, found, missing
 
 
-def lint_file(path: str) -> tuple[list[Diagnostic], dict[str, str]]:
+def lint_file(path: str, modes: Sequence[str] = ()) -> tuple[list[Diagnostic], dict[str, str]]:
     """All diagnostics for one ruleset: compile errors plus lint checks."""
-    return check_ruleset(path)
+    return check_ruleset(path, modes)
 
 
-def lint_files(files: list[str], walked: AbstractSet[str] = frozenset()
+def lint_files(files: list[str], walked: AbstractSet[str] = frozenset(), modes: Sequence[str] = ()
                ) -> tuple[list[Diagnostic], dict[str, str], list[str]]:
     """Lint each ruleset.  A file found in a folder that another ruleset
     includes is checked as part of that ruleset, not on its own (alone it
@@ -44,7 +44,7 @@ def lint_files(files: list[str], walked: AbstractSet[str] = frozenset()
     results = []
     reads: dict[str, set[str]] = {}    # ruleset -> the other files it read
     for path in files:
-        found, srcs = lint_file(path)
+        found, srcs = lint_file(path, modes)
         results.append((path, found, srcs))
         root = os.path.realpath(path)
         reads[root] = {os.path.realpath(f) for f in srcs} - {root}

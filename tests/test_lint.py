@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "lint"
 UPDATE = os.environ.get("SMTPFW_UPDATE_GOLDEN") == "1"
 NOT_IN_CORPUS = {"E901", "E902",     # ruleset-test codes: tests/ for `smtpfw test`
-                 "E999"}             # lint's own bugs: test_*_crash_is_e999 below
+                 "E999",             # lint's own bugs: test_*_crash_is_e999 below
+                 "W604"}             # only with --mode: test_mode_warns_of_fields_it_never_has
 
 
 def corpus_cases() -> list[str]:
@@ -753,3 +754,37 @@ on data:
     [huge] reject 552 "Too big" if message.size > 50M
 '''
     assert lint(tmp_path, text) == []
+
+
+MODE_RULES = """on connect:
+    [eager] reject 554 5.7.1 "Talk after the greeting" if client.pregreet
+on rcpt:
+    [no-relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames
+on data:
+    [spam] reject 550 5.7.1 "No" if header.subject matches "(?i)viagra" or message.size > 1000000
+"""
+
+
+@pytest.mark.parametrize("modes,expected", [
+    ([], []),
+    (["smtp"], []),
+    (["milter"], [("milter", "client.pregreet")]),
+    (["policy"], [("policy", "client.pregreet"), ("policy", "header.subject"), ("policy", "message.size")]),
+])
+def test_mode_warns_of_fields_it_never_has(tmp_path, capsys, modes, expected):
+    (tmp_path / "mode.rules").write_text(MODE_RULES, encoding="utf-8")
+    args = [a for m in modes for a in ("--mode", m)]
+    rc, out = run_cli(["lint", "--format", "json", *args, "mode.rules"], tmp_path, capsys)
+    found = json.loads(out)["diagnostics"]
+    assert all(d["code"] == "W604" and d["severity"] == "warning" for d in found), found
+    got = sorted((re.search(r"in (\w+) mode", d["message"]).group(1), d["message"].split("`")[1]) for d in found)
+    assert got == sorted(expected)
+    assert rc == 0
+    rc, _ = run_cli(["lint", "--fail-on", "warning", *args, "mode.rules"], tmp_path, capsys)
+    assert rc == (1 if expected else 0)
+
+
+def test_mode_is_checked_by_the_parser(tmp_path):
+    (tmp_path / "mode.rules").write_text(MODE_RULES, encoding="utf-8")
+    done = _smtpfw("--mode", "sendmail", "mode.rules", cwd=tmp_path)
+    assert done.returncode == 2 and "invalid choice" in done.stderr

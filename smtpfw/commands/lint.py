@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from smtpfw.commands.errors import CommandError
@@ -20,12 +21,13 @@ class LintReport:
         return any(d.level.rank >= fail_on.rank for d in self.diagnostics)
 
 
-def lint(paths: list[str]) -> LintReport:
-    """Lint the rule files named or found under the folders named."""
+def lint(paths: list[str], modes: Sequence[str] = ()) -> LintReport:
+    """Lint the rule files named or found under the folders named; ``modes``
+    are the front ends the rules will run behind (W604)."""
     files, walked, missing = collect_files(paths)
     if missing:
         raise CommandError(*(f"{m}: no such file or folder" for m in missing))
     if not files:
         raise CommandError("no .rules files found")
-    diags, sources, linted = lint_files(files, walked)
+    diags, sources, linted = lint_files(files, walked, modes)
     return LintReport(linted, diags, sources)
