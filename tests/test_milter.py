@@ -32,11 +32,14 @@ on data:
 
 
 @pytest.fixture(scope="module")
-def postfix_with_milter(shared_dns, milter_rules):
+def postfix_with_milter(shared_dns, milter_rules, tmp_path_factory):
     why = postfix_available()
     if why:
         pytest.fail(why)
-    with Downstream() as downstream, running_server(milter_rules, dns=shared_dns, listen=MILTER) as srv:
+    rec = tmp_path_factory.mktemp("milter-rec")
+    with Downstream() as downstream, running_server(milter_rules, dns=shared_dns, listen=MILTER,
+                                                    recording_enabled=True, recording_path=str(rec)) as srv:
+        srv.recordings = rec
         settings = {
             "smtpd_milters": f"inet:127.0.0.1:{srv.port}",
             "milter_default_action": "tempfail",
@@ -68,6 +71,35 @@ def test_a_rule_at_data_sees_the_headers_and_add_header_reaches_the_message(post
     _, rcpts, data = downstream.messages[-1]
     assert rcpts == ["bob@example.net"]
     assert b"X-Smtpfw: checked for 127.0.0.1" in data and b"Subject: hello" in data and b"hi there" in data
+
+
+def test_milter_sessions_are_recorded_and_replay_with_their_headers(postfix_with_milter, milter_rules):
+    """A milter recording replays in dry-run like an inline one: the header
+    rule at `data` decides the replay as it decided behind Postfix."""
+    from smtpfw.lang.compiler import compile_ruleset
+    from smtpfw.recording import read_records
+    from smtpfw.replay.session import replay_record, same_as_recorded
+
+    pf, _, srv = postfix_with_milter
+    with smtplib.SMTP("127.0.0.1", pf.port, timeout=30) as s:
+        s.ehlo("mx.good.example")
+        with pytest.raises(smtplib.SMTPDataError):
+            s.sendmail("carol@good.example", ["bob@example.net"], b"Subject: buy now\r\n\r\nreplay me\r\n")
+
+    def records():
+        return [r for f in srv.recordings.glob("*.jsonl") for r in read_records(str(f))]
+
+    def spam(r):
+        cmds = {e["cmd"]: e for e in r["events"]}
+        return (cmds.get("mail", {}).get("addr") == "carol@good.example"
+                and cmds.get("data", {}).get("headers", {}).get("subject") == "buy now")
+    wait_until(lambda: any(spam(r) for r in records()), 10, "the milter session's record")
+    ruleset, _ = compile_ruleset(str(milter_rules))
+    for record in records():
+        assert record["listener"]["name"] == "milter"
+        assert same_as_recorded(record, replay_record(ruleset, record)), record
+    replayed = replay_record(ruleset, next(r for r in records() if spam(r)))
+    assert (replayed.verdict.kind, replayed.verdict.stage, replayed.verdict.rule) == ("rejected", "data", "spam-subject")
 
 
 def test_sessions_are_logged(postfix_with_milter, caplog):
