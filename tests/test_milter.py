@@ -99,7 +99,8 @@ def test_milter_sessions_are_recorded_and_replay_with_their_headers(postfix_with
         assert record["listener"]["name"] == "milter"
         assert same_as_recorded(record, replay_record(ruleset, record)), record
     replayed = replay_record(ruleset, next(r for r in records() if spam(r)))
-    assert (replayed.verdict.kind, replayed.verdict.stage, replayed.verdict.rule) == ("rejected", "data", "spam-subject")
+    verdict = replayed.verdict
+    assert (verdict.kind, verdict.stage, verdict.rule) == ("rejected", "data", "spam-subject")
 
 
 def test_sessions_are_logged(postfix_with_milter, caplog):
