@@ -10,6 +10,7 @@ import pytest
 
 from tests.smtp_client import RawClient
 from tests.support.dnsserver import DnsServer
+from tests.support.downstream import Downstream
 from tests.support.server import REPO, maildir_messages, recorded_sessions, running_server
 
 EXAMPLES = REPO / "rules" / "examples"
@@ -158,3 +159,25 @@ def test_content_score_plugin():
         assert accepted(session(srv, data=meh)[3])
         msgs = maildir_messages(srv.server.config.maildir)
         assert any(m.startswith(b"X-Smtpfw-Score: 2 no-message-id\r\n") for m in msgs)
+
+
+def test_verify_recipient_asks_the_mta_behind():
+    """reject_unverified_recipient: the downstream's own answer decides a
+    local recipient; mail for a known one is delivered; relaying is still refused."""
+    with Downstream(reject_rcpts={"nobody@localhost"}) as ds, \
+            running_server(EXAMPLES / "verify_recipient.rules", forward_to=ds) as srv:
+        _, _, rcpts, data = session(srv, rcpts=("nobody@localhost", "postmaster@localhost", "bob@example.net"),
+                                    data=b"Subject: hi\r\n\r\nhello\r\n")
+        assert rcpts == {"nobody@localhost": "550 5.1.1 Recipient address rejected: User unknown",
+                         "postmaster@localhost": "250 2.1.5 Recipient OK",
+                         "bob@example.net": "554 5.7.1 Relaying denied"}
+        assert accepted(data) and ds.wait_for_messages(1)
+        assert ds.messages[0][1] == ["postmaster@localhost"]
+        assert ds.commands.count("MAIL FROM:<>") >= 1 and "RCPT TO:<nobody@localhost>" in ds.commands
+
+
+def test_verify_recipient_defers_when_the_mta_behind_does_not_answer():
+    with Downstream(mode="hang") as ds, \
+            running_server(EXAMPLES / "verify_recipient.rules", forward_to=ds, callout_timeout=0.5) as srv:
+        assert session(srv, rcpts=("postmaster@localhost",))[2] == {
+            "postmaster@localhost": "450 4.1.1 Recipient address rejected: unverified address, try again later"}
