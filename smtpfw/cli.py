@@ -169,13 +169,13 @@ def cmd_lint(args) -> int:
     from smtpfw.commands.lint import lint
 
     paths = args.paths
+    cfg, rules = load_settings(args.config, args.rules)
     if not paths:
-        cfg, rules = load_settings(args.config, args.rules)
         origin = ("--rules" if args.rules else f"rules: in {args.config}" if cfg.rules
                   else "no PATH given: the packaged default ruleset")
         print(f"smtpfw lint: checking {rules} ({origin})", file=sys.stderr)
         paths = [rules]
-    report = lint(paths, args.mode)
+    report = lint(paths, args.mode, [host for host, _port in cfg.dns_nameservers])
     if args.format == "json":
         sys.stdout.write(format_json(report.diagnostics, report.files))
     else:

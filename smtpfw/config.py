@@ -196,15 +196,22 @@ class Config:
         return self.server.worker_count
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
 def _hostport(value: str, where: str, default_port: int | None = None) -> tuple[str, int]:
     text = str(value).strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        port_text = rest.lstrip(":")
+        port_text = rest.lstrip(":") or ("" if default_port is None else str(default_port))
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
-    elif default_port is not None and ":" not in text:
-        host, port_text = text, str(default_port)
+    elif default_port is not None and (":" not in text or _is_ipv6(text)):
+        host, port_text = text, str(default_port)    # a bare IPv6 address has no port: it would be ambiguous
     else:
         raise ConfigError(f"{where}: expected HOST:PORT (IPv6 as [::1]:PORT), got {value!r}")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:

@@ -120,6 +120,8 @@ class Code(enum.StrEnum):
                                       "a public DNSBL is used without a return-code filter")
     E704_MONITOR_MODE_RELAYS = ("E704", "monitor-mode-relays", E,
                                 "`option mode = \"monitor\"` lets mail to any domain through")
+    W705_PUBLIC_RESOLVER = ("W705", "public-resolver", W,
+                            "the config asks DNS lists through a public resolver that they refuse")
     # plugins
     E801_PLUGIN_LOAD_ERROR = "E801", "plugin-load-error", E, "a plugin cannot be imported or constructed"
     # ruleset tests (smtpfw test)

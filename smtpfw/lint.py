@@ -31,20 +31,21 @@ def collect_files(paths: list[str]) -> tuple[list[str], set[str], list[str]]:
     return files, found, missing
 
 
-def lint_file(path: str, modes: Sequence[str] = ()) -> tuple[list[Diagnostic], dict[str, str]]:
+def lint_file(path: str, modes: Sequence[str] = (), nameservers: Sequence[str] = ()
+              ) -> tuple[list[Diagnostic], dict[str, str]]:
     """All diagnostics for one ruleset: compile errors plus lint checks."""
-    return check_ruleset(path, modes)
+    return check_ruleset(path, modes, nameservers)
 
 
-def lint_files(files: list[str], walked: AbstractSet[str] = frozenset(), modes: Sequence[str] = ()
-               ) -> tuple[list[Diagnostic], dict[str, str], list[str]]:
+def lint_files(files: list[str], walked: AbstractSet[str] = frozenset(), modes: Sequence[str] = (),
+               nameservers: Sequence[str] = ()) -> tuple[list[Diagnostic], dict[str, str], list[str]]:
     """Lint each ruleset.  A file found in a folder that another ruleset
     includes is checked as part of that ruleset, not on its own (alone it
     would look like a ruleset without rcpt rules, with unknown lists...)."""
     results = []
     reads: dict[str, set[str]] = {}    # ruleset -> the other files it read
     for path in files:
-        found, srcs = lint_file(path, modes)
+        found, srcs = lint_file(path, modes, nameservers)
         results.append((path, found, srcs))
         root = os.path.realpath(path)
         reads[root] = {os.path.realpath(f) for f in srcs} - {root}

@@ -69,3 +69,10 @@ def test_cli_invalid_yaml(tmp_path):
     bad.write_text("limits: [\n")
     proc = run("serve", "--config", bad)
     assert proc.returncode == 2 and "invalid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nameservers_take_ipv6_with_or_without_a_port():
+    cfg = from_mapping({"dns": {"nameservers": ["192.0.2.53", "2001:db8::53", "[2001:db8::54]", "[::1]:5353"]}})
+    assert cfg.dns_nameservers == (("192.0.2.53", 53), ("2001:db8::53", 53), ("2001:db8::54", 53), ("::1", 5353))
+    with pytest.raises(ConfigError, match=r"dns.nameservers\[0\]"):
+        from_mapping({"dns": {"nameservers": ["2001:db8::zz"]}})

@@ -29,7 +29,8 @@ CORPUS = Path(__file__).resolve().parent / "lint"
 UPDATE = os.environ.get("SMTPFW_UPDATE_GOLDEN") == "1"
 NOT_IN_CORPUS = {"E901", "E902",     # ruleset-test codes: tests/ for `smtpfw test`
                  "E999",             # lint's own bugs: test_*_crash_is_e999 below
-                 "W604"}             # only with --mode: test_mode_warns_of_fields_it_never_has
+                 "W604",             # only with --mode: test_mode_warns_of_fields_it_never_has
+                 "W705"}             # only with --config: test_a_public_resolver_in_the_config_is_warned_of
 
 
 def corpus_cases() -> list[str]:
@@ -788,3 +789,27 @@ def test_mode_is_checked_by_the_parser(tmp_path):
     (tmp_path / "mode.rules").write_text(MODE_RULES, encoding="utf-8")
     done = _smtpfw("--mode", "sendmail", "mode.rules", cwd=tmp_path)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+ZONE_RULES = """zone zen = dnsbl "zen.spamhaus.org" codes [127.0.0.2-127.0.0.11]
+on connect:
+    [dnsbl] reject 554 5.7.1 "Service unavailable; client [{client.ip}] blocked" if client.ip listed in zen
+on rcpt:
+    [no-relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames
+"""
+
+
+@pytest.mark.parametrize("servers,warned", [(["8.8.8.8"], True), (["127.0.0.1", "2606:4700:4700::1111"], True),
+                                            (["127.0.0.53"], False), (None, False)])
+def test_a_public_resolver_in_the_config_is_warned_of(tmp_path, capsys, servers, warned):
+    (tmp_path / "dnsbl.rules").write_text(ZONE_RULES, encoding="utf-8")
+    args = ["lint", "--format", "json", "dnsbl.rules"]
+    if servers is not None:
+        (tmp_path / "smtpfw.yaml").write_text(json.dumps({"dns": {"nameservers": servers}}), encoding="utf-8")
+        args[1:1] = ["--config", "smtpfw.yaml"]
+    rc, out = run_cli(args, tmp_path, capsys)
+    found = json.loads(out)["diagnostics"]
+    assert [(d["code"], d["line"], d["column"]) for d in found] == ([("W705", 1, 6)] if warned else [])
+    if warned:
+        assert "zen.spamhaus.org" in found[0]["message"] and "dns.nameservers" in found[0]["help"]
+    assert rc == 0

@@ -21,13 +21,14 @@ class LintReport:
         return any(d.level.rank >= fail_on.rank for d in self.diagnostics)
 
 
-def lint(paths: list[str], modes: Sequence[str] = ()) -> LintReport:
+def lint(paths: list[str], modes: Sequence[str] = (), nameservers: Sequence[str] = ()) -> LintReport:
     """Lint the rule files named or found under the folders named; ``modes``
-    are the front ends the rules will run behind (W604)."""
+    are the front ends the rules will run behind (W604), ``nameservers`` the
+    resolvers the config names (W705)."""
     files, walked, missing = collect_files(paths)
     if missing:
         raise CommandError(*(f"{m}: no such file or folder" for m in missing))
     if not files:
         raise CommandError("no .rules files found")
-    diags, sources, linted = lint_files(files, walked, modes)
+    diags, sources, linted = lint_files(files, walked, modes, nameservers)
     return LintReport(linted, diags, sources)

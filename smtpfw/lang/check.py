@@ -11,11 +11,12 @@ the parsed rules:
 - W601  a rule after an unconditional terminal rule in the same hook
 - W602  a rule whose condition an earlier terminal rule already covers
 - W603  a list, zone or plugin that is declared but never used
-- W604  a field the front end named by ``modes`` never has (smtpfw.lang.modes)
+- W604  a field the front end named by ``modes`` never has (smtpfw.lang.deployment)
 - E701  open relay: an untrusted client can get a non-local recipient accepted
 - E704  the same, because `option mode = "monitor"` only logs the refusal that closes it
 - W702  a rule that refuses the null sender <> (bounces)
 - H703  a well-known public DNSBL used without a return-code filter
+- W705  DNS lists asked through a public resolver (the config's ``nameservers``)
 
 The checks read the AST (``load_program``); W702 and E701 also evaluate the
 compiled condition leaves, which are pure functions of ``SessionState``.
@@ -43,7 +44,7 @@ from smtpfw.lang.compiler import (BUILTIN_LISTS, Program, _Compiler, _shown, com
                                   load_program)
 from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, fold, lookup_field
 from smtpfw.lang.invisible import find_invisible
-from smtpfw.lang.modes import mode_diagnostics
+from smtpfw.lang.deployment import mode_diagnostics, resolver_diagnostics
 from smtpfw.session import SessionState
 
 try:  # the regex parser, to see what a pattern requires
@@ -59,9 +60,11 @@ IMPLICATION_BUDGET = 100_000   # W602: pairwise comparisons per ruleset
 RELAY_DOMAIN = "relay.invalid"  # a recipient domain that no ruleset calls local
 
 
-def check_ruleset(path: str | os.PathLike, modes: Sequence[str] = ()) -> tuple[list[Diagnostic], dict[str, str]]:
+def check_ruleset(path: str | os.PathLike, modes: Sequence[str] = (), nameservers: Sequence[str] = ()
+                  ) -> tuple[list[Diagnostic], dict[str, str]]:
     """Diagnostics for one ruleset file, and the sources read (for context);
-    ``modes`` (smtp, policy, milter) adds W604 for fields they never have."""
+    ``modes`` (smtp, policy, milter) adds W604 for fields they never have,
+    ``nameservers`` (the config's resolvers) W705 for public ones."""
     path = str(path)
     try:
         prog, load_diags = load_program(path)
@@ -84,6 +87,8 @@ def check_ruleset(path: str | os.PathLike, modes: Sequence[str] = ()) -> tuple[l
         diags += invisible_in_ruleset(prog, diags)
         if ruleset is not None and modes:
             diags += mode_diagnostics(ruleset, modes)
+        if nameservers:
+            diags += resolver_diagnostics(prog.zones.values(), nameservers)
     except Exception as err:  # each check is guarded; this is the last line of defence
         diags.append(_internal("checking the rules", err, Span.point(path, 1, 1)))
     return dedupe(diags), sources

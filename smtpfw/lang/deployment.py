@@ -1,4 +1,5 @@
-"""Which fields a front end can never give (for lint's W604).
+"""Lint checks that depend on where a ruleset runs: the front end it runs
+behind (``--mode``: W604) and the resolver it asks (``--config``: W705).
 
 One ruleset runs in every place smtpfw sits (docs/policy.md): inline
 (smtp), as a Postfix policy service (policy) and as a milter (milter).  A
@@ -9,6 +10,7 @@ sees the client's own bytes (the greeting, its pipelining, its bare LFs).
 
 from __future__ import annotations
 
+from smtpfw.checks.health import public_resolvers
 from smtpfw.diagnostics import Code, Diagnostic
 from smtpfw.engine import Ruleset
 
@@ -51,3 +53,19 @@ def mode_diagnostics(ruleset: Ruleset, modes) -> list[Diagnostic]:
                         help=f"in {mode} mode the field is always empty (false, 0 or \"\"); "
                              "the rule is fine for the modes that have it"))
     return out
+
+
+def resolver_diagnostics(zone_decls, nameservers) -> list[Diagnostic]:
+    """W705 for each DNS list declared when the configured resolvers include
+    a public one: the big lists refuse those (or answer 127.255.255.x), so
+    every lookup fails and the rule quietly stops working."""
+    public = public_resolvers(nameservers)
+    if not public:
+        return []
+    via = ", ".join(public)
+    return [Diagnostic(Code.W705_PUBLIC_RESOLVER,
+                       f"zone `{decl.name}` ({decl.domain}) would be asked through {via}, a public resolver: "
+                       "the big DNS lists refuse those or answer 127.255.255.x, so its lookups fail",
+                       decl.name_span, help="set dns.nameservers in the config to a resolver of your own "
+                                            "(a local unbound or the site's resolver)")
+            for decl in zone_decls]
