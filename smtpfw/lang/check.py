@@ -42,9 +42,9 @@ from smtpfw.errors import PLEASE_REPORT
 from smtpfw.lang import ast, backtracking
 from smtpfw.lang.compiler import (BUILTIN_LISTS, Program, _Compiler, _shown, compile_program, dedupe,
                                   load_program)
+from smtpfw.lang.deployment import mode_diagnostics, resolver_diagnostics
 from smtpfw.lang.fields import ADDRESS, DOMAIN, IP, STRING, fold, lookup_field
 from smtpfw.lang.invisible import find_invisible
-from smtpfw.lang.deployment import mode_diagnostics, resolver_diagnostics
 from smtpfw.session import SessionState
 
 try:  # the regex parser, to see what a pattern requires

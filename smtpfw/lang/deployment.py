@@ -14,7 +14,6 @@ from smtpfw.checks.health import public_resolvers
 from smtpfw.diagnostics import Code, Diagnostic
 from smtpfw.engine import Ruleset
 
-MODES = ("smtp", "policy", "milter")
 _BEHIND_POSTFIX = "the MTA in front talks to the client, not smtpfw"
 # mode -> (field name or prefix ending in "." or "_", why it is never known there)
 NEVER = {
