@@ -58,7 +58,10 @@ class Plugin:
         return None
 
 
-def load_plugin(target: str, args: dict) -> object:
+def plugin_class(target: str) -> type:
+    """The class a declaration names, imported but not constructed: what a
+    check (lint) needs to know its ``fields``, without the connections or
+    files a plugin's constructor may open."""
     module_name, _, class_name = target.partition(":")
     if not module_name or not class_name:
         raise PluginError(f"\"{target}\" is not of the form \"package.module:ClassName\"")
@@ -69,13 +72,18 @@ def load_plugin(target: str, args: dict) -> object:
     cls = getattr(module, class_name, None)
     if cls is None:
         raise PluginError(f"{module_name} has no {class_name}")
-    try:
-        obj = cls(**args)
-    except Exception as err:
-        raise PluginError(f"{class_name}({', '.join(f'{k}=' for k in args)}) failed: {err}") from None
-    if not callable(getattr(obj, "run", None)):
+    if not callable(getattr(cls, "run", None)):
         raise PluginError(f"{class_name} has no run() method")
-    return obj
+    return cls
+
+
+def load_plugin(target: str, args: dict) -> object:
+    """The plugin object the server runs."""
+    cls = plugin_class(target)
+    try:
+        return cls(**args)
+    except Exception as err:
+        raise PluginError(f"{cls.__name__}({', '.join(f'{k}=' for k in args)}) failed: {err}") from None
 
 
 async def run_plugin(name: str, plugin, stage: Stage, state: SessionState,

@@ -63,3 +63,18 @@ def test_plugin_load_errors_are_diagnostics(tmp_path, target, message):
     ruleset, diags = compile_ruleset(path)
     assert ruleset is None
     assert [d.code for d in diags] == ["E801"] and message in diags[0].message
+
+
+def test_lint_reads_a_plugin_without_constructing_it(tmp_path):
+    """A check opens nothing: lint imports the class for its fields but never
+    calls the constructor (which may connect somewhere); serve still does,
+    and reports a constructor that fails."""
+    from smtpfw.lang.check import check_ruleset
+    path = tmp_path / "p.rules"
+    path.write_text('plugin p = "tests.support.plugins:BadInit"\non data:\n    run p\n'
+                    '    reject 550 5.7.1 "big" if p.x > 5\n'
+                    'on rcpt:\n    [no-relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames\n')
+    diags, _ = check_ruleset(path)
+    assert [d.code for d in diags] == []
+    ruleset, diags = compile_ruleset(path)
+    assert ruleset is None and diags[0].code == "E801" and "BadInit() failed" in diags[0].message

@@ -73,7 +73,7 @@ def check_ruleset(path: str | os.PathLike, modes: Sequence[str] = (), nameserver
     except Exception as err:  # lint must never crash
         return [_internal("reading the rules", err, Span.point(path, 1, 1))], {}
     try:
-        ruleset, compiled_diags = compile_program(prog, load_diags, load_plugins=True)
+        ruleset, compiled_diags = compile_program(prog, load_diags, plugins="inspect")
         diags = list(compiled_diags)
     except Exception as err:  # lint must never crash
         ruleset = None
@@ -545,7 +545,7 @@ class _Linter:
             ruleset = self.ruleset
             if ruleset is None:
                 try:
-                    ruleset = _Compiler(self.prog, [], load_plugins=False).compile()
+                    ruleset = _Compiler(self.prog, [], plugins="skip").compile()
                 except Exception:
                     ruleset = None
             for compiled in getattr(ruleset, "rules", ()) or ():

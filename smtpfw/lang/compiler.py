@@ -159,21 +159,23 @@ def _declare(table: dict, name: str, value, span: Span, what: str, diags: list) 
 
 
 def compile_ruleset(path: str | os.PathLike, text: str | None = None,
-                    load_plugins: bool = True) -> tuple[Ruleset | None, list[Diagnostic]]:
-    """Compile a ruleset file.  Returns (None, diagnostics) if any error."""
+                    plugins: str = "construct") -> tuple[Ruleset | None, list[Diagnostic]]:
+    """Compile a ruleset file.  Returns (None, diagnostics) if any error.
+    ``plugins``: "construct" (to run them), "inspect" (import the class and
+    read its fields: a check opens nothing) or "skip"."""
     try:
         prog, diags = load_program(path, text)
     except RecursionError:
         return None, [Diagnostic(Code.E002_SYNTAX_ERROR, "rules nested too deeply", Span.point(str(path), 1, 1))]
-    return compile_program(prog, diags, load_plugins)
+    return compile_program(prog, diags, plugins)
 
 
 def compile_program(prog: Program, diags: list[Diagnostic],
-                    load_plugins: bool = True) -> tuple[Ruleset | None, list[Diagnostic]]:
+                    plugins: str = "construct") -> tuple[Ruleset | None, list[Diagnostic]]:
     """Compile what ``load_program`` read (lint uses the Program as well)."""
     diags = list(diags)
     try:
-        ruleset = _Compiler(prog, diags, load_plugins).compile()
+        ruleset = _Compiler(prog, diags, plugins).compile()
     except RecursionError:
         return None, [Diagnostic(Code.E002_SYNTAX_ERROR, "rules nested too deeply", Span.point(prog.root, 1, 1))]
     diags = dedupe(diags)
@@ -194,10 +196,10 @@ def dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
 
 
 class _Compiler:
-    def __init__(self, prog: Program, diags: list[Diagnostic], load_plugins: bool):
+    def __init__(self, prog: Program, diags: list[Diagnostic], plugins: str):
         self.prog = prog
         self.diags = diags
-        self.load_plugins = load_plugins
+        self.plugins = plugins                  # construct | inspect | skip (see compile_ruleset)
         self.list_entries: dict[str, Sequence[Entry] | None] = {}
         self.matchers: dict[tuple, Callable | None] = {}
         self.plugin_objects: dict[str, object] = {}
@@ -268,18 +270,22 @@ class _Compiler:
         return out
 
     def _plugins(self) -> None:
-        from smtpfw.plugins import PluginError, load_plugin
+        from smtpfw.plugins import PluginError, load_plugin, plugin_class
 
         for name, decl in self.prog.plugins.items():
-            if not self.load_plugins:
+            if self.plugins == "skip":
                 continue
             try:
-                obj = load_plugin(decl.target, dict(decl.args))
+                if self.plugins == "inspect":
+                    obj: object = plugin_class(decl.target)
+                else:
+                    obj = load_plugin(decl.target, dict(decl.args))
             except PluginError as err:
                 self.error(Code.E801_PLUGIN_LOAD_ERROR, f"plugin `{name}`: {err}", decl.span,
                            help="a plugin is named as \"package.module:ClassName\"")
                 continue
-            self.plugin_objects[name] = obj
+            if self.plugins == "construct":          # a checked ruleset holds no plugin to run
+                self.plugin_objects[name] = obj
             for fname, ftype in getattr(obj, "fields", {}).items():
                 full = f"{name}.{fname}"
                 self.plugin_fields[full] = FieldSpec(full, ftype, Stage.CONNECT,

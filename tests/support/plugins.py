@@ -43,6 +43,8 @@ class Rejects(Plugin):
 
 
 class BadInit(Plugin):
+    fields = {"x": "int"}
+
     def __init__(self, **args):
         raise ValueError("needs a key")
 
