@@ -11,7 +11,8 @@ The API is small on purpose:
 
 - ``__init__(**args)`` gets the ``{...}`` arguments of the declaration.
 - ``fields``: a dict of field name -> type ("int", "string", "bool"); the
-  rules see them as ``<plugin name>.<field>``.
+  rules see them as ``<plugin name>.<field>``.  Declare it on the class:
+  lint reads it there without constructing the plugin.
 - ``async run(stage, state, message) -> PluginResult | None``: ``message``
   is the raw message bytes at ``data``/``queue``, else None.  Return fields
   for later rules and/or a ``Decision`` that ends the hook like a rule.
