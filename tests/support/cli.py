@@ -110,13 +110,7 @@ class Serve:
 
     def kill(self) -> int:
         """SIGKILL, wait; ``rest`` is then the whole of stderr."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        try:
-            return self.proc.wait(10)
-        finally:
-            self._reader.join(10)
-            self.rest = self.text
+        return self._end(signal.SIGKILL, 10)
 
     def __enter__(self) -> "Serve":
         return self
@@ -126,10 +120,13 @@ class Serve:
 
     def stop(self) -> int:
         """SIGTERM, wait; ``rest`` is then the whole of stderr."""
+        return self._end(signal.SIGTERM, 20)
+
+    def _end(self, sig, wait: float) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         try:
-            return self.proc.wait(20)
+            return self.proc.wait(wait)
         finally:
             self._reader.join(10)
             self.rest = self.text
