@@ -87,6 +87,7 @@ class Code(enum.StrEnum):
     E107_DUPLICATE_NAME = "E107", "duplicate-name", E, "a list, zone, plugin or rule id is declared twice"
     E108_RULE_OUTSIDE_HOOK = "E108", "rule-outside-hook", E, "a rule appears before any `on <hook>:`"
     E109_HOOK_NEVER_RUNS = "E109", "hook-never-runs", E, "`on disconnect:` names a hook the server never runs"
+    E110_UNKNOWN_CLASS = "E110", "unknown-class", E, "`use` names a rule class that is not declared"
     # fields and types
     E201_FIELD_NOT_AVAILABLE = "E201", "field-not-available", E, "a field is used in a hook where it is not yet known"
     E202_TYPE_MISMATCH = "E202", "type-mismatch", E, "a value or operator does not fit the field's type"
@@ -96,9 +97,15 @@ class Code(enum.StrEnum):
     E302_LIST_ENTRY_MALFORMED = ("E302", "list-entry-malformed", E,
                                  "a list entry is not a valid address, domain or network")
     W303_LIST_ENTRY_DUPLICATE = "W303", "list-entry-duplicate", W, "a list has the same entry twice"
+    E304_MAP_ENTRY_MALFORMED = ("E304", "map-entry-malformed", E,
+                                "a map line has no value, a bad key or a pattern the engine cannot run")
+    W305_MAP_VALUE_NOT_ACTION = ("W305", "map-value-not-action", W,
+                                 "a map applied as an access map has a value that is not an action")
     # patterns
     E401_BAD_REGEX = "E401", "bad-regex", E, "a regular expression does not compile"
     W402_PATTERN_NEVER_MATCHES = "W402", "pattern-never-matches", W, "a glob or regex can never match the field"
+    E404_REGEX_NOT_LINEAR = ("E404", "regex-not-linear", E,
+                             "a regular expression needs backtracking (backreference, lookaround) or a PCRE-only escape")
     W403_CATASTROPHIC_BACKTRACKING = ("W403", "catastrophic-backtracking", W,
                                       "a regular expression can take exponential time")
     # replies
@@ -113,6 +120,8 @@ class Code(enum.StrEnum):
     W602_SHADOWED_RULE = "W602", "shadowed-rule", W, "an earlier rule already matches everything this rule matches"
     W603_UNUSED_DECLARATION = "W603", "unused-declaration", W, "a list, zone or plugin is declared but never used"
     W604_FIELD_NOT_IN_MODE = "W604", "field-not-in-mode", W, "a rule tests a field the mode it runs in never has"
+    W605_SCORE_UNREACHABLE = ("W605", "score-unreachable", W,
+                              "a score test's threshold cannot be reached by the rules that add to the score")
     # policy
     E701_OPEN_RELAY = "E701", "open-relay", E, "an untrusted client can relay to a non-local domain"
     W702_REJECTS_NULL_SENDER = "W702", "rejects-null-sender", W, "the null sender <> is rejected at MAIL"
@@ -122,6 +131,8 @@ class Code(enum.StrEnum):
                                 "`option mode = \"monitor\"` lets mail to any domain through")
     W705_PUBLIC_RESOLVER = ("W705", "public-resolver", W,
                             "the config asks DNS lists through a public resolver that they refuse")
+    W706_ZONE_KIND_MISMATCH = ("W706", "zone-kind-mismatch", W,
+                               "a well-known domain list is declared as an IP dnsbl, or an IP list as an rhsbl")
     # plugins
     E801_PLUGIN_LOAD_ERROR = "E801", "plugin-load-error", E, "a plugin cannot be imported or constructed"
     # ruleset tests (smtpfw test)

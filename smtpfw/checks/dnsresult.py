@@ -17,6 +17,7 @@ class LookupKind(str, enum.Enum):
     RHSBL = "rhsbl"            # name = domain;    query <domain>.<zone> A (+TXT)
     PTR = "ptr"                # name = client IP; PTR, then forward-confirm
     RESOLVABLE = "resolvable"  # name = domain;    MX, else A/AAAA; null MX
+    ADDRESSES = "addresses"    # name = domain;    A and AAAA: the addresses it has
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class Lookup:
 #   dnsbl/rhsbl: "listed" | "clear" | "failed"
 #   ptr:         "found"  | "none"  | "failed"
 #   resolvable:  "yes"    | "no"    | "nullmx" | "failed"
+#   addresses:   "found"  | "none"  | "failed"   (codes = the A/AAAA addresses, sorted)
 @dataclass(frozen=True, slots=True)
 class DnsAnswer:
     status: str
