@@ -4,12 +4,14 @@ by the engine to the session state (no dispatch on the action's name).
 Terminal actions (accept, reject, tempfail, disconnect) are not here: they
 become a ``Decision``.  ``RunPlugin`` is not applied but returned, because a
 plugin runs outside the pure evaluation (the engine pauses there).
+``UseClass`` and ``ApplyMap`` may decide: the engine asks them to ``choose``
+what happens (rules to run, a decision, or a plain action).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from smtpfw.session import SessionState
 
@@ -49,17 +51,56 @@ class AddHeader:
 
 
 @dataclass(frozen=True, slots=True)
+class AddScore:
+    """`score NAME +N`: adds N (which may be negative) to the session's score
+    NAME; `score.NAME` tests the total.  Each addition is kept, with its
+    rule, for trace, dry-run and the session log."""
+
+    name: str
+    weight: int
+
+    def apply(self, state: SessionState, rule_id: str) -> None:
+        state.scores[self.name] = state.scores.get(self.name, 0) + self.weight
+        state.score_hits.append((self.name, self.weight, rule_id))
+
+
+@dataclass(frozen=True, slots=True)
+class UseClass:
+    """`use NAME`: the rules of restriction class NAME run here; the first
+    that decides decides for this rule."""
+
+    name: str
+    rules: tuple          # CompiledRule, compiled for the hook that uses them
+
+    def choose(self, state: SessionState) -> Any:
+        return self.rules
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyMap:
+    """`apply MAP(field)`: the map's value for the field is the action
+    (Postfix access(5)): a ``Decision``, the rules of a class, a plain
+    action (WARN, PREPEND), or None (no entry, DUNNO)."""
+
+    map_name: str
+    choose: Callable[[SessionState], Any]
+
+
+@dataclass(frozen=True, slots=True)
 class RunPlugin:
     """`run NAME`: the engine pauses and the caller runs the plugin."""
 
     name: str
 
 
-Action = SetTag | Note | AddHeader | RunPlugin
+Action = SetTag | Note | AddHeader | AddScore | UseClass | ApplyMap | RunPlugin
 
 
-def action_for(kind: str, arg: str | None, render: Render | None) -> Action | None:
-    """The action of a non-terminal rule keyword (None for terminal ones)."""
+def action_for(kind: str, arg: str | None, render: Render | None, weight: int | None = None) -> Action | None:
+    """The action of a non-terminal rule keyword (None for terminal ones;
+    `use` and `apply` are built by the compiler, which knows their rules)."""
+    if kind == "score":
+        return AddScore(arg or "", weight or 0)
     if kind == "tag":
         return SetTag(arg or "")
     if kind in ("log", "warn"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from smtpfw.actions import Action, RunPlugin
+from smtpfw.actions import Action, AddScore, ApplyMap, RunPlugin, UseClass
 from smtpfw.checks.dnsresult import Lookup
 from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
@@ -41,6 +41,7 @@ class CompiledRule:
     node: object = None                        # the ast.Rule, for trace and lint
     leaves: tuple = ()                         # (ast condition leaf, Test) for trace
     equality: tuple | None = None              # (getter, value) when the condition is `field = value`
+    klass: str | None = None                   # the restriction class the rule belongs to
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,13 @@ class Ruleset:
     @property
     def delay_reject(self) -> bool:
         return bool(self.options.get("delay_reject"))
+
+    @property
+    def delay_until(self) -> Stage | None:
+        """Where held refusals are given: RCPT (`delay_reject = yes`), the
+        DATA command (`= "data"`), or None (not held)."""
+        until = self.options.get("delay_reject")
+        return Stage.DATA if until == "data" else Stage.RCPT if until else None
 
     def fact_keys(self, table: dict, stage: Stage, state: SessionState) -> list:
         """The keys of ``table`` (fact_needs or fact_starts) at ``stage``."""
@@ -145,13 +153,53 @@ class Ruleset:
                 if trace is not None:
                     trace.append(TraceStep(stage, rule, True, kind))
                 return decision
-            if trace is not None:
-                trace.append(TraceStep(stage, rule, True, kind))
             action = rule.action
-            if type(action) is RunPlugin:
+            kind_of = type(action)
+            if kind_of is UseClass or kind_of is ApplyMap:
+                result = Ruleset._chosen(stage, rule, action.choose(state), state, trace,  # type: ignore[union-attr]
+                                         monitor_all)
+                if result is not None:
+                    return result
+                continue
+            if trace is not None:
+                trace.append(TraceStep(stage, rule, True, _done(rule, state)))
+            if kind_of is RunPlugin:
                 return PluginCall(rule, index + 1)
             if action is not None:
-                action.apply(state, rule.rule_id)
+                action.apply(state, rule.rule_id)   # type: ignore[union-attr]
+        return None
+
+    @staticmethod
+    def _chosen(stage: Stage, rule: CompiledRule, chosen, state: SessionState, trace: list | None,
+                monitor_all: bool) -> Decision | None:
+        """What a `use` or `apply` rule chose: rules to run (a class), a
+        decision, a plain action, or nothing."""
+        if chosen is None:
+            if trace is not None:
+                trace.append(TraceStep(stage, rule, True, f"{rule.kind}: no entry" if rule.kind == "apply"
+                                       else f"{rule.kind}: nothing decided"))
+            return None
+        if isinstance(chosen, tuple):
+            if trace is not None:
+                trace.append(TraceStep(stage, rule, True, f"{rule.kind}: class {_class_name(rule, chosen)}"))
+            result = Ruleset._run(stage, chosen, 0, len(chosen), state, trace, monitor_all)
+            if isinstance(result, Decision) and rule.monitor and result.outcome.refuses:
+                state.monitored.append((rule.rule_id, result))
+                return None
+            return result          # type: ignore[return-value]  # classes hold no `run` (the compiler refuses it)
+        if isinstance(chosen, Decision):
+            decision = Decision(chosen.outcome, chosen.code, chosen.enhanced, chosen.text, rule.rule_id)
+            if (rule.monitor or monitor_all) and decision.outcome.refuses:
+                state.monitored.append((rule.rule_id, decision))
+                if trace is not None:
+                    trace.append(TraceStep(stage, rule, True, f"monitor: would {decision.outcome.value}"))
+                return None
+            if trace is not None:
+                trace.append(TraceStep(stage, rule, True, f"apply: {decision.outcome.value}"))
+            return decision
+        chosen.apply(state, rule.rule_id)
+        if trace is not None:
+            trace.append(TraceStep(stage, rule, True, "apply: " + type(chosen).__name__.lower()))
         return None
 
 
@@ -207,6 +255,21 @@ def _first_hit(tables, state: SessionState) -> Any:
         if hit is not None and (best is None or hit < best):
             best = hit
     return best
+
+
+def _done(rule: CompiledRule, state: SessionState) -> str:
+    """The trace note of a matching non-terminal rule."""
+    action = rule.action
+    if type(action) is AddScore:
+        return f"score {action.name} {action.weight:+d} (now {state.scores.get(action.name, 0) + action.weight})"
+    return rule.kind
+
+
+def _class_name(rule: CompiledRule, rules: tuple) -> str:
+    action = rule.action
+    if type(action) is UseClass:
+        return action.name
+    return rules[0].klass if rules and rules[0].klass else "?"
 
 
 @dataclass(frozen=True, slots=True)

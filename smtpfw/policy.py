@@ -133,14 +133,23 @@ class Policy:
 
     def _delay(self, stage: Stage, decision: Decision) -> Decision:
         """Hold connect/helo/mail refusals (not disconnects) until RCPT, so the
-        log shows the whole envelope (Postfix smtpd_delay_reject)."""
+        log shows the whole envelope (Postfix smtpd_delay_reject), or with
+        `option delay_reject = "data"` until the DATA command, so every
+        recipient is seen too (qpsmtpd's naughty plugin); ``held_refusal``
+        gives it there."""
         if stage in _EARLY and decision.outcome in (Outcome.REJECT, Outcome.TEMPFAIL):
             if self.delayed is None:
                 self.delayed, self.delayed_stage = decision, stage
             return CONTINUE
-        if stage is Stage.RCPT and self.delayed is not None:
+        if stage is Stage.RCPT and self.delayed is not None and self.ruleset.delay_until is Stage.RCPT:
             return self.delayed
         return decision
+
+    def held_refusal(self) -> Decision | None:
+        """At the DATA command: the refusal held until DATA, if any."""
+        if self.ruleset.delay_until is Stage.DATA:
+            return self.delayed
+        return None
 
     def forget_transaction(self) -> None:
         """A held MAIL refusal ends with its transaction; connect/helo ones stay."""

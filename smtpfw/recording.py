@@ -66,6 +66,7 @@ def session_record(state: SessionState, ruleset_version: str, duration: float) -
         "events": [e.to_json() for e in state.events],
         "facts": facts.encode(state.facts),
         "tags": sorted(state.tags),
+        **({"scores": scores_json(state)} if state.scores else {}),
         "monitored": [{"rule": rid, "decision": d.to_json()} for rid, d in state.monitored],
         "final_reply": state.final_reply,
         **({"events_dropped": state.events_dropped} if state.events_dropped else {}),
@@ -82,6 +83,15 @@ def _behaviour(state: SessionState) -> dict:
     pregreet with its text and time, even 0 ms)."""
     return {name: getattr(state, name) for name in BEHAVIOUR
             if getattr(state, name) or (state.pregreet and name.startswith("pregreet"))}
+
+
+def scores_json(state: SessionState) -> dict:
+    """Each score's total and what made it: {"spam": {"total": 5, "by": [["rule", 3], ...]}}."""
+    out: dict = {name: {"total": total, "by": []} for name, total in sorted(state.scores.items())}
+    for name, weight, rule_id in state.score_hits:
+        if name in out:
+            out[name]["by"].append([rule_id, weight])
+    return out
 
 
 def _first_decision(state: SessionState, stage: str):
@@ -171,6 +181,7 @@ def _log_fields(record: dict) -> dict:
         "refusal": refusal if refusal != reply else None,
         "decided_by": [f"{stage}:{rule}" for stage, rule in decided],
         "would": [f"{m['rule']}:{m['decision']['outcome']}" for m in record.get("monitored", ())],
+        "scores": [f"{name}={s['total']}" for name, s in (record.get("scores") or {}).items()],
         "ruleset": record["ruleset"],
         "duration_ms": round(record["duration"] * 1000, 1),
     }

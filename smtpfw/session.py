@@ -64,6 +64,8 @@ class SessionState:
     headers: dict = field(default_factory=dict)   # lower-case name -> first value
     # engine
     tags: set = field(default_factory=set)
+    scores: dict = field(default_factory=dict)     # score name -> total (`score NAME +N`), for the session
+    score_hits: list = field(default_factory=list)  # (name, weight, rule id) in order: the breakdown
     facts: dict = field(default_factory=dict)      # fact key -> value (smtpfw.facts), e.g. Lookup -> DnsAnswer
     plugin_fields: dict = field(default_factory=dict)
     add_headers: list = field(default_factory=list)
@@ -101,7 +103,7 @@ class SessionState:
     def trim_history(self, cap: int) -> None:
         """Bound what the engine appends per hook run (called between
         transactions, off the hot path)."""
-        for kept in (self.hits, self.log_lines, self.monitored, self.decisions):
+        for kept in (self.hits, self.log_lines, self.monitored, self.decisions, self.score_hits):
             if len(kept) > cap:
                 del kept[cap:]
 

@@ -413,14 +413,14 @@ def test_eof_inside_an_overlong_line_ends_the_session_quietly(srv):
 def test_unset_plugin_int_field_compares_as_zero():
     """Regression, found by the rule fuzzer (soak): plugin field getters
     read the compile loop's variable late, so an unset int field defaulted
-    to "" and `score.points >= 5` raised TypeError.  A plugin run only for
+    to "" and `spamscore.points >= 5` raised TypeError.  A plugin run only for
     some messages (`run ... if ...`) leaves its fields unset for the
     others: every such message was tempfailed, forever."""
     rules = """
-plugin score = "smtpfw.plugins_builtin:HeaderScore"
+plugin spamscore = "smtpfw.plugins_builtin:HeaderScore"
 on data:
-    run score if header.subject = "scored"
-    [spam] reject 550 5.7.1 "spam" if score.points >= 5
+    run spamscore if header.subject = "scored"
+    [spam] reject 550 5.7.1 "spam" if spamscore.points >= 5
 on rcpt:
     accept if rcpt.domain in localnames
     reject 554 5.7.1 "Relaying denied"

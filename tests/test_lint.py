@@ -727,7 +727,7 @@ list users      = ["alice@example.com", "@example.net"]
 list badhelo    = ["localhost", ".dyn.example"]
 zone zen = dnsbl "zen.spamhaus.org" codes [127.0.0.2-127.0.0.11]
 zone dbl = rhsbl "dbl.spamhaus.org" codes [127.0.1.2-127.0.1.106]
-plugin score = "smtpfw.plugins_builtin:HeaderScore"
+plugin spamscore = "smtpfw.plugins_builtin:HeaderScore"
 
 on connect:
     [trusted] tag trusted if client.ip in mynetworks
@@ -749,9 +749,9 @@ on rcpt:
     [unknown-user] reject 550 5.1.1 "No such user" if rcpt not in users
     [too-many] tempfail 452 "Too many recipients" if rcpt.count >= 50
 on data:
-    run score
-    [spam] reject 550 "Spam ({score.reasons})" if score.points >= 8
-    [spam-tag] add_header "X-Spam" "{score.points}" if score.points >= 4
+    run spamscore
+    [spam] reject 550 "Spam ({spamscore.reasons})" if spamscore.points >= 8
+    [spam-tag] add_header "X-Spam" "{spamscore.points}" if spamscore.points >= 4
     [huge] reject 552 "Too big" if message.size > 50M
 '''
     assert lint(tmp_path, text) == []

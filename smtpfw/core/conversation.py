@@ -36,7 +36,7 @@ _REFUSING = frozenset(o for o in Outcome if o.refuses)
 MAIL_OK = replies.line(*replies.render(Stage.MAIL, _ACCEPT))
 RCPT_OK = replies.line(*replies.render(Stage.RCPT, _ACCEPT))
 RSET_OK = "250 2.0.0 OK"
-_HELD = "refusal held until RCPT (delay_reject)"
+_HELD = "refusal held until {} (delay_reject)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +229,13 @@ class Conversation:
         if not st.rcpts:
             return self.error(replies.NO_VALID_RCPTS if st.rcpt_rejected else replies.NEED_RCPT,
                               note="no accepted recipient")
+        held = self.policy.held_refusal()
+        if held is not None:
+            stage = self.policy.delayed_stage or Stage.MAIL
+            state_note = f"refusal held from {stage.value} until DATA (delay_reject)"
+            self.new_transaction()
+            return Step(replies.for_decision(Stage.DATA, held), decision=held, stage=Stage.DATA, note=state_note,
+                        reached=True)
         return Step(replies.DATA_START)
 
     def unreadable(self, reply: str) -> Step:
@@ -312,4 +319,6 @@ class Conversation:
 
     def _held(self, stage: Stage) -> str:
         policy = self.policy
-        return _HELD if policy.delayed_stage is stage and policy.delayed is not None else ""
+        if policy.delayed_stage is stage and policy.delayed is not None:
+            return _HELD.format("DATA" if policy.ruleset.delay_until is Stage.DATA else "RCPT")
+        return ""

@@ -33,7 +33,7 @@ class ListRef:
     span: Span
 
 
-SetRef = Union[InlineList, ListRef, Value]
+SetRef = Union[InlineList, ListRef, Value, "Field"]     # a Field: the items of a map value
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +58,23 @@ class ZoneRef:
 
 @dataclass(frozen=True, slots=True)
 class Field:
+    """A field (``sender.domain``), or a map lookup (``access(sender)``:
+    ``name`` is the map, ``key`` the field whose value is looked up)."""
+
     name: str
     span: Span
+    key: "Field | None" = None
+
+    @property
+    def text(self) -> str:
+        return f"{self.name}({self.key.name})" if self.key is not None else self.name
 
 
 @dataclass(frozen=True, slots=True)
 class Compare:
     field: Field
     op: str                   # "=", "!=", "<", "<=", ">", ">="
-    value: Value
+    value: "Value | Field"    # a Field: compare two fields
     span: Span
 
 
@@ -160,6 +168,8 @@ class Action:
     arg: str | None = None        # tag name, log text, plugin name, header name
     arg2: str | None = None       # header value
     arg_span: Span | None = None
+    weight: int | None = None     # score: what it adds
+    field: Field | None = None    # apply: the map lookup whose value is the action
 
     @property
     def terminal(self) -> bool:
@@ -168,7 +178,7 @@ class Action:
 
 TERMINAL_ACTIONS = frozenset({"accept", "reject", "tempfail", "disconnect"})
 ACTIONS = ("accept", "reject", "tempfail", "disconnect", "tag", "log", "warn",
-           "add_header", "run")
+           "add_header", "run", "score", "use", "apply")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +190,7 @@ class Rule:
     condition: Condition | None
     monitor: bool
     span: Span
+    klass: str | None = None      # the restriction class it belongs to (then ``hook`` is "")
 
 
 # ---- declarations -----------------------------------------------------------
@@ -189,6 +200,19 @@ class ListDecl:
     name: str
     file: str | None              # path as written
     items: InlineList | None
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class MapDecl:
+    """A table whose entries carry a value: ``fmt`` "access" (Postfix
+    access(5) keys), "regexp" or "pcre" (Postfix regexp/pcre tables)."""
+
+    name: str
+    fmt: str
+    file: str | None              # path as written
+    pairs: tuple[tuple[str, str, Span], ...]   # inline entries: key, value, span
     span: Span
     name_span: Span
 
@@ -226,12 +250,18 @@ class HookHeader:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassHeader:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Include:
     path: str
     span: Span
 
 
-Statement = Union[Rule, ListDecl, ZoneDecl, PluginDecl, OptionDecl, HookHeader, Include]
+Statement = Union[Rule, ListDecl, MapDecl, ZoneDecl, PluginDecl, OptionDecl, HookHeader, ClassHeader, Include]
 
 
 @dataclass(frozen=True, slots=True)

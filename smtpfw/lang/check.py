@@ -173,9 +173,12 @@ def _depth(cond) -> int:
     return best
 
 
+_MAP_PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_][\w-]*)\s*\(")
+
+
 def _field_name(leaf) -> str | None:
     f = getattr(leaf, "field", None)
-    return f.name if isinstance(f, ast.Field) else None
+    return f.text if isinstance(f, ast.Field) else None
 
 
 def _field_type(name: str | None) -> str | None:
@@ -238,7 +241,9 @@ def _eval3(cond, leaf_value: Callable[[object, bool], str], negated: bool = Fals
 
 # ---- canonical conditions (W602) --------------------------------------------
 
-def _norm_value(field: str, v: ast.Value):
+def _norm_value(field: str, v: "ast.Value | ast.Field"):
+    if isinstance(v, ast.Field):
+        return ("field", v.text)
     ftype = _field_type(field)
     if v.kind != "string" and v.kind != "address":
         return (v.kind, v.value)
@@ -254,6 +259,8 @@ def _norm_value(field: str, v: ast.Value):
 def _norm_target(field: str, target) -> tuple:
     if isinstance(target, ast.ListRef):
         return ("list", target.name)
+    if isinstance(target, ast.Field):
+        return ("value of", target.text)
     items = target.items if isinstance(target, ast.InlineList) else (target,)
     return ("items", frozenset(_norm_value(field, v)[1] for v in items))
 
@@ -281,21 +288,21 @@ def _canon(cond, negated: bool = False) -> tuple:
         op = cond.op
         if negated:
             op = {"=": "!=", "!=": "=", "<": ">=", ">=": "<", ">": "<=", "<=": ">"}[op]
-        return ("cmp", cond.field.name, op, _norm_value(cond.field.name, cond.value))
+        return ("cmp", cond.field.text, op, _norm_value(cond.field.text, cond.value))
     if isinstance(cond, ast.Member):
-        return ("in", cond.field.name, cond.within, cond.negated != negated,
-                _norm_target(cond.field.name, cond.target))
+        return ("in", cond.field.text, cond.within, cond.negated != negated,
+                _norm_target(cond.field.text, cond.target))
     if isinstance(cond, ast.Pattern):
-        return ("pat", cond.field.name, cond.kind, str(cond.pattern.value), cond.negated != negated)
+        return ("pat", cond.field.text, cond.kind, str(cond.pattern.value), cond.negated != negated)
     if isinstance(cond, ast.Listed):
-        return ("listed", cond.field.name, _zone_key(cond.zone), _codes_key(cond.codes), cond.negated != negated)
+        return ("listed", cond.field.text, _zone_key(cond.zone), _codes_key(cond.codes), cond.negated != negated)
     leaf: tuple
     if isinstance(cond, ast.LookupFailed):
-        leaf = ("failed", cond.field.name, _zone_key(cond.zone))
+        leaf = ("failed", cond.field.text, _zone_key(cond.zone))
     elif isinstance(cond, ast.Tagged):
         leaf = ("tagged", cond.tag)
     elif isinstance(cond, ast.Truthy):
-        leaf = ("truthy", cond.field.name)
+        leaf = ("truthy", cond.field.text)
     else:
         leaf = ("other", repr(cond))
     return ("not", leaf) if negated else leaf
@@ -575,7 +582,9 @@ class _Linter:
         if key in self._matchers:
             return self._matchers[key]
         entries: Sequence[Entry] | None = None
-        if isinstance(target, ast.ListRef):
+        if isinstance(target, ast.Field) or (isinstance(target, ast.ListRef) and target.name in self.prog.maps):
+            entries = None                    # a map: its own search order, not analysed here
+        elif isinstance(target, ast.ListRef):
             if target.name in self.prog.lists:
                 decl, base = self.prog.lists[target.name]
                 if decl.items is not None:
@@ -617,7 +626,7 @@ class _Linter:
                      help=f"{found.fix}; a 30-character value can stall the server for seconds")
 
     def _pattern(self, node: ast.Pattern) -> None:
-        spec = lookup_field(node.field.name)
+        spec = lookup_field(node.field.text)
         if spec is None or spec.type not in (DOMAIN, ADDRESS, IP, STRING):
             return
         text = str(node.pattern.value)
@@ -810,10 +819,25 @@ class _Linter:
         used_zones: set[str] = set()
         run_plugins: set[str] = set()
         plugin_fields: dict[str, ast.Field] = {}
-        for rule in self.prog.rules:
-            if rule.action.kind == "run" and rule.action.arg:
-                run_plugins.add(rule.action.arg)
+        used_classes: set[str] = set()
+        applies = False
+        every_rule = list(self.prog.rules) + [r for rules in self.prog.classes.values() for r in rules]
+        for rule in every_rule:
+            action = rule.action
+            if action.kind == "run" and action.arg:
+                run_plugins.add(action.arg)
+            elif action.kind == "use" and action.arg:
+                used_classes.add(action.arg)
+            elif action.kind == "apply" and action.field is not None:
+                applies = True
+                used_lists.add(action.field.name)
+            for text in (action.reply.text if action.reply else None, action.arg2,
+                         action.arg if action.kind in ("log", "warn") else None):
+                used_lists.update(_MAP_PLACEHOLDER.findall(text or ""))
             for leaf in _leaves(rule.condition):
+                for f in (getattr(leaf, "field", None), getattr(leaf, "value", None), getattr(leaf, "target", None)):
+                    if isinstance(f, ast.Field) and f.key is not None:
+                        used_lists.add(f.name)
                 if isinstance(leaf, ast.Member) and isinstance(leaf.target, ast.ListRef):
                     used_lists.add(leaf.target.name)
                 elif isinstance(leaf, (ast.Listed, ast.LookupFailed)) and leaf.zone.name is not None:
@@ -825,6 +849,16 @@ class _Linter:
             if name not in used_lists:
                 self.add(Code.W603_UNUSED_DECLARATION, f"list `{name}` is declared but no rule uses it", decl.name_span,
                          help=f"remove the declaration, or test it in a rule, e.g. `reject if <field> in {name}`")
+        for name, (mdecl, _base) in self.prog.maps.items():
+            if name not in used_lists:
+                self.add(Code.W603_UNUSED_DECLARATION, f"map `{name}` is declared but no rule uses it", mdecl.name_span,
+                         help=f"remove the declaration, or use it: `apply {name}(sender)` or "
+                              f"`reject if {name}(sender) = \"...\"`")
+        for name, header in self.prog.class_headers.items():
+            if name not in used_classes and not applies:
+                self.add(Code.W603_UNUSED_DECLARATION, f"class `{name}` is declared but no rule uses it",
+                         header.span, help=f"run its rules with `use {name} if ...`, or name it in a map "
+                                           "that an `apply` rule reads")
         for name, zone in self.prog.zones.items():
             if name not in used_zones:
                 field = "client.ip" if zone.kind == "dnsbl" else "sender.domain"
@@ -993,7 +1027,7 @@ class _Linter:
     def _local_list_name(self) -> str:
         for rule in self.rules("rcpt"):
             for leaf in _leaves(rule.condition):
-                if (isinstance(leaf, ast.Member) and leaf.field.name == "rcpt.domain"
+                if (isinstance(leaf, ast.Member) and leaf.field.text == "rcpt.domain"
                         and isinstance(leaf.target, ast.ListRef)):
                     return leaf.target.name
         return "localnames"

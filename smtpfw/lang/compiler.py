@@ -24,16 +24,19 @@ from smtpfw.checks.lists import Entry, build_matcher, read_list_file
 from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean, has_errors
 from smtpfw.engine import CompiledRule, Ruleset
 from smtpfw.lang import ast
-from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, INT, IP, LIST,
-                                STRING, FieldSpec, fold, lookup_field)
+from smtpfw.actions import ApplyMap, UseClass
+from smtpfw.lang.access_values import AccessValues
+from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, FORMS, INT, IP, LIST, ORDERED,
+                                SCORE_PREFIX, STRING, FieldSpec, fold, lookup_field)
 from smtpfw.lang.parser import MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
 
 OPTIONS = {
     "mode": ("string", ("enforce", "monitor")),
-    "delay_reject": ("boolean", ()),
+    "delay_reject": ("boolean", ("rcpt", "data")),     # yes = "rcpt"
     "reply_rule_id": ("boolean", ()),
+    "timezone": ("string", ()),                       # for time.* fields; default UTC
 }
 MAX_INCLUDE_DEPTH = 16
 # A `matches` or `like` test reads at most this many characters of the value:
@@ -72,6 +75,9 @@ class Program:
     root: str
     rules: list[ast.Rule] = field(default_factory=list)
     lists: dict[str, tuple[ast.ListDecl, str]] = field(default_factory=dict)   # name -> (decl, base dir)
+    maps: dict[str, tuple[ast.MapDecl, str]] = field(default_factory=dict)     # name -> (decl, base dir)
+    classes: dict[str, list[ast.Rule]] = field(default_factory=dict)           # restriction classes
+    class_headers: dict[str, ast.ClassHeader] = field(default_factory=dict)   # first header of each class
     zones: dict[str, ast.ZoneDecl] = field(default_factory=dict)
     plugins: dict[str, ast.PluginDecl] = field(default_factory=dict)
     options: dict[str, ast.OptionDecl] = field(default_factory=dict)
@@ -128,9 +134,19 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
         elif isinstance(st, ast.Include):
             _load_file(prog, os.path.join(base, st.path), None, diags, stack + [real], st.span)
         elif isinstance(st, ast.Rule):
-            prog.rules.append(st)
+            if st.klass is not None:
+                prog.classes.setdefault(st.klass, []).append(st)
+            else:
+                prog.rules.append(st)
+        elif isinstance(st, ast.ClassHeader):
+            prog.class_headers.setdefault(st.name, st)
+            prog.classes.setdefault(st.name, [])
         elif isinstance(st, ast.ListDecl):
             _declare(prog.lists, st.name, (st, base), st.name_span, "list", diags)
+            _not_both(prog, st.name, st.name_span, diags)
+        elif isinstance(st, ast.MapDecl):
+            _declare(prog.maps, st.name, (st, base), st.name_span, "map", diags)
+            _not_both(prog, st.name, st.name_span, diags)
         elif isinstance(st, ast.ZoneDecl):
             _declare(prog.zones, st.name, st, st.name_span, "zone", diags)
         elif isinstance(st, ast.PluginDecl):
@@ -146,6 +162,13 @@ def _hook_not_run(header: ast.HookHeader) -> Diagnostic:
         header.span,
         help="the hooks that run are " + ", ".join(RUN_HOOKS) + "; the session log line already records "
              "how each session ended, and a `log` or `tag` rule in one of those hooks can note more")
+
+
+def _not_both(prog: Program, name: str, span: Span, diags: list) -> None:
+    """A list and a map share one namespace (`field in NAME` takes either)."""
+    if name in prog.lists and name in prog.maps:
+        diags.append(Diagnostic(Code.E107_DUPLICATE_NAME, f"`{name}` is declared as a list and as a map", span,
+                                help="rename one of them"))
 
 
 def _declare(table: dict, name: str, value, span: Span, what: str, diags: list) -> None:
@@ -212,6 +235,14 @@ class _Compiler:
         self.used_plugins: set[str] = set()
         self.version_parts: list[bytes] = []
         self.list_files: list[str] = []
+        self.maps: dict[str, object | None] = {}              # name -> loaded map (smtpfw.maps)
+        self.used_maps: set[str] = set()
+        self.used_classes: set[str] = set()
+        self.class_rules: dict[tuple[str, Stage], tuple[CompiledRule, ...] | None] = {}
+        self.compiling_classes: list[str] = []
+        self.score_adds: dict[str, list[int]] = {}            # score name -> weights added by rules
+        self.score_tests: list[tuple[str, str, int, Span]] = []   # (score, op, threshold, span)
+        self.zone: Any = None                                 # option timezone (a tzinfo), None = UTC
 
     def error(self, code: str, message: str, span: Span | None, help: str | None = None) -> None:
         self.diags.append(Diagnostic(code, message, span, help=help))
@@ -220,6 +251,7 @@ class _Compiler:
 
     def compile(self) -> Ruleset:
         options = self._options()
+        self.options = options
         self._plugins()
         rules: list[CompiledRule] = []
         ids: dict[str, ast.Rule] = {}
@@ -232,10 +264,25 @@ class _Compiler:
                 ids[rule.rule_id] = rule
             if rule.hook not in RUN_HOOKS:
                 continue
-            compiled = self._rule(rule, options)
+            compiled = self._rule(rule, options, Stage(rule.hook))
             if compiled is not None:
                 rules.append(compiled)
-        hooks = {stage: tuple(r for r in rules if r.stage is stage) for stage in Stage}
+        for name, class_rules in self.prog.classes.items():
+            for rule in class_rules:
+                if rule.label_given:
+                    if rule.rule_id in ids:
+                        self.error(Code.E107_DUPLICATE_NAME,
+                                   f"rule id `{rule.rule_id}` is used twice (first at {ids[rule.rule_id].span})",
+                                   rule.span, help="give each rule its own id")
+                    ids[rule.rule_id] = rule
+        self._check_scores()
+        seen = {r.rule_id for r in rules}
+        for compiled_class in self.class_rules.values():    # class rules count as rules (ids, hits)
+            for r in compiled_class or ():
+                if r.rule_id not in seen:
+                    seen.add(r.rule_id)
+                    rules.append(r)
+        hooks = {stage: tuple(r for r in rules if r.stage is stage and r.klass is None) for stage in Stage}
         for path in self.prog.files:
             self.version_parts.insert(0, self.prog.sources[path].encode("utf-8", "replace"))
         version = hashlib.sha256(b"\0".join(self.version_parts)).hexdigest()[:12]
@@ -262,12 +309,36 @@ class _Compiler:
                 continue
             kind, choices = OPTIONS[name]
             v = decl.value
+            if name == "delay_reject":           # yes/no, or until "rcpt" / "data"
+                if v.kind == "boolean" or (v.kind == "string" and v.value in choices):
+                    out[name] = "rcpt" if v.value is True else v.value
+                    continue
+                self.error(Code.E106_UNKNOWN_OPTION, f'option `delay_reject` takes yes, no, "rcpt" or "data", '
+                           f"not {v.text}", v.span)
+                continue
+            if name == "timezone":
+                self.zone = self._timezone(v)
+                if self.zone is not None:
+                    out[name] = v.value
+                continue
             if v.kind != kind or (choices and v.value not in choices):
                 want = " or ".join(f'"{c}"' for c in choices) if choices else "yes or no"
                 self.error(Code.E106_UNKNOWN_OPTION, f"option `{name}` takes {want}, not {v.text}", v.span)
                 continue
             out[name] = v.value
         return out
+
+    def _timezone(self, v: ast.Value):
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if v.kind == "string":
+            try:
+                return ZoneInfo(str(v.value))
+            except (ZoneInfoNotFoundError, ValueError):
+                pass
+        self.error(Code.E106_UNKNOWN_OPTION, f"option `timezone` takes a time zone name, not {v.text}", v.span,
+                   help='write an IANA name such as "Europe/Berlin" or "UTC"')
+        return None
 
     def _plugins(self) -> None:
         from smtpfw.plugins import PluginError, load_plugin, plugin_class
@@ -294,15 +365,19 @@ class _Compiler:
 
     # ---- rules --------------------------------------------------------------
 
-    def _rule(self, rule: ast.Rule, options: dict) -> CompiledRule | None:
-        stage = Stage(rule.hook)
+    def _rule(self, rule: ast.Rule, options: dict, stage: Stage) -> CompiledRule | None:
         action = rule.action
-        allowed = _HOOK_ACTIONS.get(rule.hook, set(ast.ACTIONS) - {"add_header"})
+        allowed = _HOOK_ACTIONS.get(stage.value, set(ast.ACTIONS) - {"add_header"})
         ok = True
         if action.kind not in allowed:
+            where = f"`on {stage.value}:`" + (f" (class {rule.klass} is used there)" if rule.klass else "")
             self.error(Code.E203_ACTION_NOT_ALLOWED,
-                       f"`{action.kind}` cannot be used in `on {rule.hook}:`", action.span,
+                       f"`{action.kind}` cannot be used in {where}", action.span,
                        help="add_header works only in `on data:`")
+            ok = False
+        if rule.klass is not None and action.kind == "run":
+            self.error(Code.E203_ACTION_NOT_ALLOWED, f"`run` cannot be used in a class (class {rule.klass})",
+                       action.span, help="run the plugin in the hook, before the `use` rule")
             ok = False
         leaves: list = []
         listings: list = []
@@ -340,13 +415,87 @@ class _Compiler:
                            help=f"did you mean `{guess}`?" if guess else
                            "declare it first: plugin NAME = \"package.module:Class\"")
                 ok = False
+        compiled_action = action_for(action.kind, action.arg, render_arg, action.weight)
+        if action.kind == "score":
+            self.score_adds.setdefault(action.arg or "", []).append(action.weight or 0)
+        elif action.kind == "use":
+            rules = self._class(action.arg or "", action.arg_span, stage)
+            compiled_action = None if rules is None else UseClass(action.arg or "", rules)
+        elif action.kind == "apply":
+            compiled_action = self._apply(action, stage)
+        if compiled_action is None and action.kind in ("use", "apply"):
+            ok = False
         if not ok:
             return None
         return CompiledRule(
             rule_id=rule.rule_id, stage=stage, kind=action.kind, outcome=outcome, test=test,
             code=code, enhanced=enhanced, render_text=render_text, render_arg=render_arg,
-            arg=action.arg, action=action_for(action.kind, action.arg, render_arg), monitor=rule.monitor,
-            node=rule, leaves=tuple(leaves), equality=getattr(test, "equality", None))
+            arg=action.arg, action=compiled_action, monitor=rule.monitor,
+            node=rule, leaves=tuple(leaves), equality=getattr(test, "equality", None), klass=rule.klass)
+
+    # ---- restriction classes, maps as actions, scores -------------------------------
+
+    def _class(self, name: str, span: Span | None, stage: Stage) -> tuple[CompiledRule, ...] | None:
+        """The rules of class ``name`` compiled for ``stage`` (once per stage)."""
+        self.used_classes.add(name)
+        if name not in self.prog.classes:
+            guess = did_you_mean(name, self.prog.classes)
+            self.error(Code.E110_UNKNOWN_CLASS, f"unknown class `{name}`", span,
+                       help=f"did you mean `{guess}`?" if guess else f"declare it: `class {name}:` and its rules")
+            return None
+        if name in self.compiling_classes:
+            self.error(Code.E110_UNKNOWN_CLASS,
+                       f"class `{name}` uses itself (through {' -> '.join(self.compiling_classes + [name])})", span,
+                       help="a class cannot use itself, directly or through another class")
+            return None
+        key = (name, stage)
+        if key not in self.class_rules:
+            self.compiling_classes.append(name)
+            try:
+                compiled = [self._rule(r, self.options, stage) for r in self.prog.classes[name]]
+            finally:
+                self.compiling_classes.pop()
+            self.class_rules[key] = (None if any(c is None for c in compiled)
+                                     else tuple(c for c in compiled if c is not None))
+        return self.class_rules[key]
+
+    def _apply(self, action: ast.Action, stage: Stage):
+        """`apply MAP(field)`: the map's value is the action (Postfix access(5)).
+        Every value in the map is read once here and checked (W305)."""
+        f = action.field
+        assert f is not None and f.key is not None
+        spec = self._field(f, stage)
+        if spec is None:
+            return None
+        values = AccessValues(set(self.prog.classes), lambda name: self._class(name, action.span, stage), f.name)
+        for value, span in map_values(self.maps.get(f.name)):
+            problem = values.problem(value, stage)
+            if problem:
+                self.error(Code.W305_MAP_VALUE_NOT_ACTION, f"map `{f.name}`: `{value}` {problem}", span,
+                           help="an access map value is OK, REJECT [text], DEFER [text], DUNNO, 4NN/5NN text, "
+                                "WARN text, PREPEND name: value, or the name of a class")
+        get = spec.get
+        return ApplyMap(f.name, lambda s: values.choose(get(s)))
+
+    def _check_scores(self) -> None:
+        """W605: a threshold the rules that add to a score cannot reach (the
+        sum of all positive weights, or of all negative ones)."""
+        for name, op, n, span in self.score_tests:
+            weights = self.score_adds.get(name)
+            if not weights:
+                self.error(Code.W605_SCORE_UNREACHABLE, f"no rule adds to score `{name}`: it is always 0", span,
+                           help=f"add weights with `score {name} +N if ...`" +
+                           (f"; did you mean `score.{did_you_mean(name, self.score_adds)}`?"
+                            if did_you_mean(name, self.score_adds) else ""))
+                continue
+            high = sum(w for w in weights if w > 0)
+            low = sum(w for w in weights if w < 0)
+            if (op in (">", ">=", "=") and (n > high or (op == ">" and n == high))) or \
+                    (op in ("<", "<=") and (n < low or (op == "<" and n == low))):
+                reach = f"at most {high}" if op in (">", ">=", "=") else f"at least {low}"
+                self.error(Code.W605_SCORE_UNREACHABLE,
+                           f"`score.{name} {op} {n}` can never hold: the rules make score `{name}` {reach}", span,
+                           help="lower the threshold or add weight to the rules that score it")
 
     def _reply_codes(self, kind: str, reply: ast.Reply) -> tuple[int | None, str | None]:
         code, enhanced = reply.code, reply.enhanced
@@ -404,6 +553,11 @@ class _Compiler:
         return render
 
     def _placeholder(self, name: str, span, stage: Stage, listings: list, rule_id: str):
+        if "(" in name and name.endswith(")"):             # {MAP(field)}: a map's value
+            mname, _, key = name[:-1].partition("(")
+            f = ast.Field(mname.strip(), span, ast.Field(key.strip(), span))
+            spec = self._field(f, stage)
+            return None if spec is None else spec.get
         if name == "rule":
             return lambda s: rule_id
         if name == "session":
@@ -425,7 +579,7 @@ class _Compiler:
                         return {"zone": zone, "code": ",".join(a.codes), "txt": a.txt}[attr]
                 return ""
             return listing
-        spec = lookup_field(name, self.plugin_fields)
+        spec = lookup_field(name, self.plugin_fields, self.zone)
         if spec is None:
             guess = did_you_mean(name, list(FIELDS) + list(EXTRA_PLACEHOLDERS) + list(self.plugin_fields))
             self.error(Code.E503_UNKNOWN_PLACEHOLDER, f"unknown placeholder {{{name}}}", span,
@@ -440,12 +594,16 @@ class _Compiler:
     # ---- conditions ---------------------------------------------------------
 
     def _field(self, f: ast.Field, stage: Stage) -> FieldSpec | None:
-        spec = lookup_field(f.name, self.plugin_fields)
+        if f.key is not None:
+            return self._map_field(f, stage)
+        spec = lookup_field(f.name, self.plugin_fields, self.zone)
         if spec is None:
             cands = list(FIELDS) + list(self.plugin_fields)
             guess = did_you_mean(f.name, cands)
-            if f.name in self.prog.lists:
-                hint = f"`{f.name}` is a list: write `<field> in {f.name}`"
+            if f.name in self.prog.lists or f.name in self.prog.maps:
+                what = "list" if f.name in self.prog.lists else "map"
+                hint = f"`{f.name}` is a {what}: write `<field> in {f.name}`" + (
+                    f" or `{f.name}(<field>)` for its value" if what == "map" else "")
             else:
                 hint = (f"did you mean `{guess}`?" if guess else
                         "fields are e.g. client.ip, helo, sender, sender.domain, rcpt, rcpt.domain")
@@ -456,6 +614,65 @@ class _Compiler:
         if spec.lookup is not None:
             self._need_lookup(spec.name, spec.lookup, spec.stage, stage)
         return spec
+
+    def _map_field(self, f: ast.Field, stage: Stage) -> FieldSpec | None:
+        """`MAP(field)`: the map's value for the field's value ("" if no entry)."""
+        assert f.key is not None
+        key = self._field(f.key, stage)
+        table = self._map(f.name, f.span)
+        if key is None or table is None:
+            return None
+        if key.type in (BOOL, LIST):
+            self.error(Code.E202_TYPE_MISMATCH, f"`{key.name}` is {_tname(key.type)}; a map is looked up by "
+                       "an address, domain, IP or text", f.key.span)
+            return None
+        get_key, ftype, lookup = key.compared, key.type, table.lookup
+
+        def value(s: SessionState) -> str:
+            k = get_key(s)
+            if k == "" or k is None:
+                return ""
+            hit = lookup(str(k), ftype)
+            return hit.value if hit is not None else ""
+        return FieldSpec(f.text, STRING, key.stage, value, f"the value of map {f.name} for {key.name}")
+
+    def _map(self, name: str, span: Span):
+        """The loaded map ``name`` (once), or None after reporting why not."""
+        self.used_maps.add(name)
+        if name not in self.prog.maps:
+            if name in self.prog.lists:
+                self.error(Code.E202_TYPE_MISMATCH, f"`{name}` is a list, not a map: it has no values", span,
+                           help=f"test membership with `<field> in {name}`, or declare it with `map {name} = file ...`")
+            else:
+                guess = did_you_mean(name, self.prog.maps)
+                self.error(Code.E103_UNKNOWN_LIST, f"unknown map `{name}`", span,
+                           help=f"did you mean `{guess}`?" if guess else
+                           f"declare it: map {name} = file \"maps/{name}\"")
+            return None
+        if name not in self.maps:
+            from smtpfw.maps import load_map, map_from_pairs
+
+            decl, base = self.prog.maps[name]
+            if decl.file is None:
+                table, diags = map_from_pairs(decl.pairs)
+                self.diags.extend(diags)
+            else:
+                path = os.path.join(base, decl.file)
+                table, diags = load_map(path, _shown(path), decl.fmt)
+                for d in diags:
+                    if d.code == Code.E301_LIST_FILE_MISSING:
+                        self.error(d.code, d.message, decl.span,
+                                   help=f"the path is relative to the rule file's folder ({base or '.'})")
+                    else:
+                        self.diags.append(d)
+                if table is not None:
+                    self.list_files.append(path)
+                    try:
+                        self.version_parts.append(Path(path).read_bytes())
+                    except OSError:
+                        pass
+            self.maps[name] = table
+        return self.maps[name]
 
     def _available(self, spec: FieldSpec, stage: Stage, span) -> bool:
         if spec.stage.order > stage.order:
@@ -504,9 +721,13 @@ class _Compiler:
                 return None
             return lambda s: bool(get(s))
         if isinstance(node, ast.Compare):
+            if isinstance(node.value, ast.Field):
+                return self._compare_fields(spec, node, stage)
+            if node.value.kind == "string" and ("{" in str(node.value.value) or "}" in str(node.value.value)):
+                return self._compare_template(spec, node, stage, listings)
             return self._compare(spec, node)
         if isinstance(node, ast.Member):
-            return self._member(spec, node)
+            return self._member(spec, node, stage)
         if isinstance(node, ast.Pattern):
             return self._pattern(spec, node)
         if isinstance(node, (ast.Listed, ast.LookupFailed)):
@@ -515,19 +736,23 @@ class _Compiler:
 
     def _compare(self, spec: FieldSpec, node: ast.Compare):
         v, op, get = node.value, node.op, spec.get
+        assert isinstance(v, ast.Value)
+        if spec.name.startswith(SCORE_PREFIX) and v.kind == "number":
+            self.score_tests.append((spec.name[len(SCORE_PREFIX):], op, int(v.value), node.span))  # type: ignore[call-overload]
         if op in ("<", "<=", ">", ">="):
-            if spec.type != INT:
+            if spec.type not in ORDERED:
                 self.error(Code.E202_TYPE_MISMATCH,
                            f"`{op}` compares numbers, but `{spec.name}` is {_tname(spec.type)}", node.span,
                            help="use = or != for text; numeric fields are e.g. message.size, rcpt.count")
                 return None
-            if v.kind != "number":
+            if spec.type == INT and v.kind != "number":
                 self.error(Code.E202_TYPE_MISMATCH, f"`{op}` compares numbers, but {v.text} is not a number", v.span,
                            help="write a number, optionally with K, M or G: `message.size > 10M`")
                 return None
-            n = v.value
-            return {"<": lambda s: get(s) < n, "<=": lambda s: get(s) <= n,
-                    ">": lambda s: get(s) > n, ">=": lambda s: get(s) >= n}[op]
+            n = self._coerce(spec, v)
+            if n is _BAD:
+                return None
+            return _ordered(op, get, n)
         value = self._coerce(spec, v)
         if value is _BAD:
             return None
@@ -542,8 +767,65 @@ class _Compiler:
         equals.equality = (get, value)  # type: ignore[attr-defined]  # lets the engine index `field = value` rules
         return equals
 
+    def _compare_fields(self, spec: FieldSpec, node: ast.Compare, stage: Stage):
+        """`helo = sender.domain`: both values in the form their types compare in."""
+        assert isinstance(node.value, ast.Field)
+        other = self._field(node.value, stage)
+        if other is None:
+            return None
+        op = node.op
+        if LIST in (spec.type, other.type) or BOOL in (spec.type, other.type) and spec.type != other.type:
+            self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` ({_tname(spec.type)[2:].lstrip()}) cannot be compared "
+                       f"with `{other.name}` ({_tname(other.type)[2:].lstrip()})", node.span,
+                       help="a list of addresses is tested with `in`" if LIST in (spec.type, other.type) else None)
+            return None
+        if op in ("<", "<=", ">", ">="):
+            if spec.type not in ORDERED or other.type != spec.type:
+                self.error(Code.E202_TYPE_MISMATCH, f"`{op}` compares two numbers (or two times or dates), not "
+                           f"`{spec.name}` and `{other.name}`", node.span)
+                return None
+            a, b = spec.get, other.get
+            return {"<": lambda s: a(s) < b(s), "<=": lambda s: a(s) <= b(s),
+                    ">": lambda s: a(s) > b(s), ">=": lambda s: a(s) >= b(s)}[op]
+        a, b = _text_of(spec), _text_of(other)
+        if op == "=":
+            return lambda s: a(s) == b(s)
+        return lambda s: a(s) != b(s)
+
+    def _compare_template(self, spec: FieldSpec, node: ast.Compare, stage: Stage, listings: list):
+        """`helo = "[{client.ip}]"`: the text with the fields' values put in."""
+        v = node.value
+        assert isinstance(v, ast.Value)
+        if spec.type in (INT, BOOL, LIST) or node.op not in ("=", "!="):
+            self.error(Code.E202_TYPE_MISMATCH, f"{v.text} holds a {{placeholder}}: compare it with = or != to a "
+                       f"text field, not `{spec.name}` ({_tname(spec.type)})", v.span)
+            return None
+        render = self._template(str(v.value), v.span, stage, listings, "")
+        if render is None:
+            return None
+        get, ftype = spec.compared, spec.type
+        if ftype == IP:
+            def want(s: SessionState) -> str:
+                text = render(s)
+                try:
+                    return str(ipaddress.ip_address(text))
+                except ValueError:
+                    return text
+        else:
+            def want(s: SessionState) -> str:
+                return fold(ftype, render(s))
+        if node.op == "=":
+            return lambda s: get(s) == want(s)
+        return lambda s: get(s) != want(s)
+
     def _coerce(self, spec: FieldSpec, v: ast.Value):
         t = spec.type
+        if t in FORMS:
+            form, example = FORMS[t]
+            if v.kind != "string" or not re.fullmatch(form, str(v.value)):
+                self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is compared with {example}; not {v.text}", v.span)
+                return _BAD
+            return str(v.value)
         if t == INT:
             if v.kind != "number":
                 self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is a number; {v.text} is not", v.span)
@@ -556,6 +838,8 @@ class _Compiler:
                 return _BAD
             return v.value
         if t == IP:
+            if v.kind == "string" and v.value == "":
+                return ""                     # no address (helo.literal of a name)
             try:
                 return str(ipaddress.ip_address(str(v.value)))
             except ValueError:
@@ -574,7 +858,7 @@ class _Compiler:
             return _BAD
         return text
 
-    def _member(self, spec: FieldSpec, node: ast.Member):
+    def _member(self, spec: FieldSpec, node: ast.Member, stage: Stage):
         if node.within and spec.type != DOMAIN:
             self.error(Code.E202_TYPE_MISMATCH,
                        f"`within` tests domains; `{spec.name}` is {_tname(spec.type)}", node.span,
@@ -584,17 +868,53 @@ class _Compiler:
             self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is yes or no; it cannot be `in` a list", node.span)
             return None
         element_type = ADDRESS if spec.type == LIST else spec.type
+        get = spec.compared
+        if isinstance(node.target, ast.Field):
+            items = self._value_items(node.target, element_type, node, stage)
+            if items is None:
+                return None
+            if spec.type == LIST:
+                found = lambda s: any(x in items(s) for x in get(s))   # noqa: E731
+            else:
+                found = lambda s: get(s) in items(s)                   # noqa: E731
+            return (lambda s: not found(s)) if node.negated else found
         matcher = self._matcher(node.target, element_type, node.within)
         if matcher is None:
             return None
-        get = spec.compared
         if spec.type == LIST:
             test = lambda s: any(matcher(x) for x in get(s))
         else:
             test = lambda s: matcher(get(s))
         return (lambda s: not test(s)) if node.negated else test
 
+    def _value_items(self, target: ast.Field, ftype: str, node: ast.Member, stage: Stage):
+        """`auth.user in owners(sender)`: the map's value read as a list of
+        items (separated by commas or spaces, as Postfix's
+        smtpd_sender_login_maps values are)."""
+        if node.within:
+            self.error(Code.E202_TYPE_MISMATCH, "`within` takes a list of domains, not a map's value", node.span,
+                       help="use `in`")
+            return None
+        tspec = self._field(target, stage)
+        if tspec is None:
+            return None
+        get = tspec.get
+
+        def items(s: SessionState) -> set[str]:
+            return {fold(ftype, item) for item in _ITEMS.split(get(s)) if item}
+        return items
+
     def _matcher(self, target, ftype: str, within: bool):
+        if isinstance(target, ast.ListRef) and target.name in self.prog.maps:
+            table = self._map(target.name, target.span)
+            if table is None:
+                return None
+            if within:
+                self.error(Code.E202_TYPE_MISMATCH, f"`within` takes a list; `{target.name}` is a map",
+                           target.span, help=f"`in {target.name}` looks a domain and its parents up in the map")
+                return None
+            lookup = table.lookup
+            return lambda value: lookup(str(value), ftype) is not None
         if isinstance(target, ast.ListRef):
             name = target.name
             self.used_lists.add(name)
@@ -732,6 +1052,30 @@ class _Bad:
 
 
 _BAD = _Bad()
+
+
+_ITEMS = re.compile(r"[\s,]+")
+
+
+def _ordered(op: str, get: Callable[[SessionState], Any], n: Any) -> Callable[[SessionState], bool]:
+    return {"<": lambda s: get(s) < n, "<=": lambda s: get(s) <= n,
+            ">": lambda s: get(s) > n, ">=": lambda s: get(s) >= n}[op]
+
+
+def _text_of(spec: FieldSpec) -> Callable[[SessionState], str]:
+    """A field's value as comparable text: folded by its own type, so
+    `helo = sender.domain` ignores case and a trailing dot."""
+    get = spec.compared
+    if spec.type in (INT, BOOL):
+        return lambda s: str(get(s)).lower()
+    return lambda s: str(get(s))
+
+
+def map_values(table) -> list[tuple[str, Span]]:
+    """Every value of a loaded map with where it is written (for W305)."""
+    if table is None:
+        return []
+    return [(value, span) for _key, value, span in table.entries()]
 
 
 def _all(tests):

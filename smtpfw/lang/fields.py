@@ -7,7 +7,10 @@ fields, did-you-mean) and docs/rules.md.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
 from functools import cached_property, lru_cache
 from typing import Any, Callable
 
@@ -18,6 +21,12 @@ from smtpfw.verdict import Stage
 
 # Field types.  Every test of a text-like type ignores case (see ``fold``).
 IP, DOMAIN, ADDRESS, STRING, INT, BOOL, LIST = "ip", "domain", "address", "string", "int", "bool", "list"
+# Text whose order means something: `<`, `>` compare it, constants are checked against ``form``.
+CLOCK, DATE = "clock", "date"
+ORDERED = (INT, CLOCK, DATE)
+FORMS = {CLOCK: (r"([01]\d|2[0-3]):[0-5]\d", '"HH:MM", e.g. "08:30"'),
+         DATE: (r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])", '"YYYY-MM-DD", e.g. "2026-12-24"')}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 def fold(ftype: str, text: str) -> str:
@@ -74,6 +83,87 @@ def _verified(s: SessionState) -> str:
     return a.status if a is not None else "unknown"
 
 
+def _helo_literal(s: SessionState) -> str:
+    """The address of a HELO address literal ([192.0.2.1], [IPv6:2001:db8::1]), "" if none."""
+    h = s.helo_lower
+    if len(h) < 3 or h[0] != "[" or h[-1] != "]":
+        return ""
+    text = h[1:-1]
+    if text.startswith("ipv6:"):
+        text = text[5:]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return ""
+
+
+_HOSTNAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def _helo_valid(s: SessionState) -> bool:
+    """A hostname or an address literal (Postfix reject_invalid_helo_hostname)."""
+    h = s.helo_lower
+    return bool(_helo_literal(s)) or (len(h) <= 253 and _HOSTNAME.fullmatch(h) is not None)
+
+
+def _helo_fqdn(s: SessionState) -> bool:
+    """A fully qualified hostname: valid, with a dot, not all digits and dots
+    (Postfix reject_non_fqdn_helo_hostname; a literal is not a name)."""
+    h = s.helo_lower
+    return ("." in h and not _helo_literal(s) and _HOSTNAME.fullmatch(h) is not None
+            and not h.replace(".", "").isdigit())
+
+
+def _helo_name(s: SessionState) -> str | None:
+    """The HELO name worth a DNS query: a fully qualified name, not a literal."""
+    return s.helo_lower if _helo_fqdn(s) else None
+
+
+def _helo_resolvable_lookup(s: SessionState) -> Lookup | None:
+    name = _helo_name(s)
+    return Lookup(LookupKind.RESOLVABLE, name) if name else None
+
+
+def _helo_addresses_lookup(s: SessionState) -> Lookup | None:
+    name = _helo_name(s)
+    return Lookup(LookupKind.ADDRESSES, name) if name else None
+
+
+def _helo_resolvable(s: SessionState) -> str:
+    key = _helo_resolvable_lookup(s)
+    if key is None:
+        return "no"
+    a = s.facts.get(key)
+    return a.status if a is not None else "failed"
+
+
+def _helo_addresses(s: SessionState) -> list:
+    key = _helo_addresses_lookup(s)
+    a = s.facts.get(key) if key is not None else None
+    return list(a.codes) if a is not None and a.status == "found" else []
+
+
+def _helo_matches_client(s: SessionState) -> bool:
+    """The HELO name's A/AAAA records include the client IP (or the HELO
+    literal is the client IP)."""
+    literal = _helo_literal(s)
+    if literal:
+        return literal == str(s.ip)
+    return str(s.ip) in _helo_addresses(s)
+
+
+def _rcpt_resolvable_lookup(s: SessionState) -> Lookup | None:
+    return Lookup(LookupKind.RESOLVABLE, s.rcpt_domain) if s.rcpt_domain else None
+
+
+def _rcpt_resolvable(s: SessionState) -> str:
+    key = _rcpt_resolvable_lookup(s)
+    if key is None:
+        return "no"
+    a = s.facts.get(key)
+    return a.status if a is not None else "failed"
+
+
 def _ptr(s: SessionState):
     return s.facts.get(_ptr_lookup(s))
 
@@ -127,6 +217,18 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("session.bare_newline", BOOL, C, lambda s: s.bare_newline,
                   "a command of the client ended in a bare LF, not CRLF"),
         FieldSpec("helo", DOMAIN, H, lambda s: s.helo_lower, "the HELO/EHLO name", folded=True),
+        FieldSpec("helo.literal", IP, H, _helo_literal,
+                  "the address of an address-literal HELO ([192.0.2.1]), \"\" otherwise"),
+        FieldSpec("helo.valid", BOOL, H, _helo_valid, "the HELO is a syntactically valid hostname or address literal"),
+        FieldSpec("helo.fqdn", BOOL, H, _helo_fqdn, "the HELO is a fully qualified hostname (has a dot, not a literal)"),
+        FieldSpec("helo.resolvable", STRING, H, _helo_resolvable,
+                  "the HELO name has MX or A/AAAA records: yes, no, nullmx or failed (\"no\" for a non-FQDN)",
+                  _helo_resolvable_lookup, ("yes", "no", "nullmx", "failed"), folded=True),
+        FieldSpec("helo.addresses", LIST, H, _helo_addresses, "the A and AAAA addresses of the HELO name (DNS)",
+                  _helo_addresses_lookup, folded=True),
+        FieldSpec("helo.matches_client", BOOL, H, _helo_matches_client,
+                  "the HELO name resolves to the client IP (or the HELO literal is the client IP)",
+                  _helo_addresses_lookup),
         FieldSpec("esmtp", BOOL, H, lambda s: s.esmtp, "the client said EHLO (not HELO)"),
         FieldSpec("tls", BOOL, H, lambda s: s.tls, "the session is encrypted (STARTTLS)"),
         FieldSpec("auth", BOOL, M, lambda s: s.auth, "the client authenticated (SMTP AUTH)"),
@@ -143,6 +245,9 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("rcpt", ADDRESS, R, lambda s: s.rcpt_lower, "the recipient being decided", folded=True),
         FieldSpec("rcpt.local", STRING, R, lambda s: s.rcpt_local, "local part of the recipient"),
         FieldSpec("rcpt.domain", DOMAIN, R, lambda s: s.rcpt_domain, "domain of the recipient", folded=True),
+        FieldSpec("rcpt.resolvable", STRING, R, _rcpt_resolvable,
+                  "recipient domain has MX or A/AAAA: yes, no, nullmx or failed",
+                  _rcpt_resolvable_lookup, ("yes", "no", "nullmx", "failed"), folded=True),
         FieldSpec("rcpt.verified", STRING, R, _verified,
                   "the MTA behind accepts the recipient (a callout, forward mode): yes, no or unknown",
                   _callout_key, ("yes", "no", "unknown"), folded=True),
@@ -154,6 +259,8 @@ FIELDS: dict[str, FieldSpec] = {
 }
 
 HEADER_PREFIX = "header."
+SCORE_PREFIX = "score."
+TIME_FIELDS = ("time.hour", "time.weekday", "time.clock", "time.date")
 
 
 @lru_cache(maxsize=1024)      # one spec (and one ``compared`` getter) per header name
@@ -165,13 +272,42 @@ def header_field(name: str) -> FieldSpec:
     return FieldSpec(name, STRING, D, first_value, f"first value of the {key} header")
 
 
-def lookup_field(name: str, plugin_fields: dict[str, FieldSpec] | None = None) -> FieldSpec | None:
-    """The spec for a field name, including header.* and plugin fields."""
+@lru_cache(maxsize=1024)
+def score_field(name: str) -> FieldSpec:
+    key = name[len(SCORE_PREFIX):]
+    return FieldSpec(name, INT, C, lambda s: s.scores.get(key, 0), f"the total of score {key} so far")
+
+
+def time_field(name: str, zone: tzinfo | None) -> FieldSpec:
+    """A time field in ``zone`` (None: UTC) at the session's start, so a
+    replay of a recorded session sees the time it was received."""
+    def local(s: SessionState) -> datetime:
+        return datetime.fromtimestamp(s.started, zone or timezone.utc)
+    get: Callable[[SessionState], Any]
+    if name == "time.hour":
+        ftype, get, doc = INT, lambda s: local(s).hour, "hour of day the session began (0-23)"
+    elif name == "time.weekday":
+        ftype, get, doc = STRING, lambda s: WEEKDAYS[local(s).weekday()], "day of week: mon, tue, ... sun"
+    elif name == "time.clock":
+        ftype, get, doc = CLOCK, lambda s: local(s).strftime("%H:%M"), "time of day, \"HH:MM\""
+    else:
+        ftype, get, doc = DATE, lambda s: local(s).strftime("%Y-%m-%d"), "date, \"YYYY-MM-DD\""
+    return FieldSpec(name, ftype, C, get, doc + " (option timezone, default UTC)",
+                     choices=WEEKDAYS if name == "time.weekday" else (), folded=True)
+
+
+def lookup_field(name: str, plugin_fields: dict[str, FieldSpec] | None = None,
+                 zone: tzinfo | None = None) -> FieldSpec | None:
+    """The spec for a field name, including header.*, score.*, time.* and plugin fields."""
     spec = FIELDS.get(name)
     if spec is not None:
         return spec
     if name.startswith(HEADER_PREFIX) and len(name) > len(HEADER_PREFIX):
         return header_field(name)
+    if name.startswith(SCORE_PREFIX) and len(name) > len(SCORE_PREFIX):
+        return score_field(name)
+    if name in TIME_FIELDS:
+        return time_field(name, zone)
     if plugin_fields:
         return plugin_fields.get(name)
     return None

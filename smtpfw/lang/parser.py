@@ -25,7 +25,7 @@ MAX_NESTING = 200
 HOOKS = ("connect", "helo", "mail", "rcpt", "data", "queue", "disconnect")
 NOT_RUN_HOOKS = ("disconnect",)          # known, refused by the compiler (E109)
 RUN_HOOKS = tuple(h for h in HOOKS if h not in NOT_RUN_HOOKS)
-STATEMENT_KEYWORDS = ("on", "list", "zone", "plugin", "option", "include")
+STATEMENT_KEYWORDS = ("on", "class", "list", "map", "zone", "plugin", "option", "include")
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,9 +89,12 @@ def _assign_hooks(filename, statements) -> tuple[ast.SourceFile, list[Diagnostic
     diags: list[Diagnostic] = []
     out: list[ast.Statement] = []
     hook: str | None = None
+    klass: str | None = None
     for st in statements:
-        if isinstance(st, ast.HookHeader):
-            hook = st.name
+        if isinstance(st, ast.ClassHeader):
+            hook, klass = "", st.name
+        elif isinstance(st, ast.HookHeader):
+            hook, klass = st.name, None
             if st.name not in HOOKS:
                 guess = did_you_mean(st.name, HOOKS)
                 diags.append(Diagnostic(
@@ -102,10 +105,11 @@ def _assign_hooks(filename, statements) -> tuple[ast.SourceFile, list[Diagnostic
             if hook is None:
                 diags.append(Diagnostic(
                     Code.E108_RULE_OUTSIDE_HOOK, "this rule is not inside a hook", st.span,
-                    help="put `on connect:`, `on helo:`, `on mail:`, `on rcpt:` or `on data:` before it"))
+                    help="put `on connect:`, `on helo:`, `on mail:`, `on rcpt:` or `on data:` "
+                         "(or `class NAME:`) before it"))
                 continue
             rule_id = st.rule_id if st.label_given else f"{_basename(filename)}:{st.span.line}"
-            st = dataclasses.replace(st, hook=hook, rule_id=rule_id)
+            st = dataclasses.replace(st, hook=hook, rule_id=rule_id, klass=klass)
         out.append(st)
     return ast.SourceFile(filename, tuple(out)), diags
 
@@ -186,6 +190,34 @@ class _ToAst(Transformer):
             return ast.ListDecl(str(name), None, source, span, self._tspan(name))
         return ast.ListDecl(str(name), source[1], None, span, self._tspan(name))
 
+    def _map(self, fmt, meta, items):
+        return (fmt, _unquote(items[0]), ())
+
+    def map_file(self, meta, items):
+        return self._map("access", meta, items)
+
+    def map_regexp(self, meta, items):
+        return self._map("regexp", meta, items)
+
+    def map_pcre(self, meta, items):
+        return self._map("pcre", meta, items)
+
+    def map_pair(self, meta, items):
+        key, value = items
+        k = _unquote(key) if key.type == "STRING" else str(key)
+        return (k, _unquote(value), self._span(meta))
+
+    def inline_map(self, meta, items):
+        return ("access", None, tuple(it for it in items if it is not None))
+
+    def map_decl(self, meta, items):
+        items = _drop_eq(items)
+        name, (fmt, path, pairs) = items
+        return ast.MapDecl(str(name), fmt, path, pairs, self._span(meta), self._tspan(name))
+
+    def class_header(self, meta, items):
+        return ast.ClassHeader(str(items[0]), self._tspan(items[0]))
+
     def zone_decl(self, meta, items):
         items = _drop_eq(items)
         name, kind, domain, codes = items
@@ -203,6 +235,8 @@ class _ToAst(Transformer):
             elif it.type == "CODE_RANGE":
                 lo, hi = str(it).split("-")
                 ranges.append((lo, hi))
+            elif it.type == "CODE_PATTERN":
+                ranges.extend(_code_pattern_ranges(str(it)))
             elif it.type == "STRING":
                 exact.append(_unquote(it))
             else:
@@ -306,6 +340,18 @@ class _ToAst(Transformer):
     def run(self, meta, items):
         return ast.Action("run", self._span(meta), arg=str(items[0]), arg_span=self._tspan(items[0]))
 
+    def score(self, meta, items):
+        name, weight = items
+        return ast.Action("score", self._span(meta), arg=str(name), arg_span=self._tspan(name),
+                          weight=int(str(weight)) if str(weight).lstrip("+-").isdigit() else _number(str(weight)))
+
+    def use(self, meta, items):
+        return ast.Action("use", self._span(meta), arg=str(items[0]), arg_span=self._tspan(items[0]))
+
+    def apply(self, meta, items):
+        f = items[0]
+        return ast.Action("apply", self._span(meta), arg=f.name, arg_span=f.span, field=f)
+
     # conditions
     def or_cond(self, meta, items):
         return ast.Or(tuple(items), self._span(meta))
@@ -318,6 +364,13 @@ class _ToAst(Transformer):
 
     def field(self, meta, items):
         return ast.Field(str(items[0]), self._tspan(items[0]))
+
+    def map_field(self, meta, items):
+        name, key = items
+        return ast.Field(str(name), self._span(meta), ast.Field(str(key), self._tspan(key)))
+
+    def map_set(self, meta, items):
+        return items[0]
 
     def cmp_op(self, meta, items):
         return str(items[0])
@@ -394,6 +447,36 @@ class _ToAst(Transformer):
         return ast.Value("boolean", text in ("true", "yes"), text, self._tspan(items[0]))
 
 
+def _code_pattern_ranges(text: str) -> list[tuple[str, str]]:
+    """127.0.*.* or 127.0.[0..255].[2..11] (Postfix postscreen_dnsbl_sites
+    syntax) as address ranges.  A wildcard octet is 0..255.  The set is one
+    range when every octet after the first non-exact one is a whole
+    wildcard; otherwise it is one range per value of the leading octets."""
+    octets: list[tuple[int, int]] = []
+    for part in re.findall(r"\[\d+\.\.\d+\]|\*|\d+", text):
+        if part == "*":
+            octets.append((0, 255))
+        elif part.startswith("["):
+            lo, hi = part[1:-1].split("..")
+            octets.append((min(int(lo), 255), min(int(hi), 255)))
+        else:
+            octets.append((min(int(part), 255), min(int(part), 255)))
+    out: list[tuple[str, str]] = []
+
+    def expand(prefix: list[int], rest: list[tuple[int, int]]) -> None:
+        if all(lo == 0 and hi == 255 for lo, hi in rest[1:]) or len(rest) == 1:
+            lo, hi = rest[0]
+            tail_lo = [lo] + [0] * (len(rest) - 1)
+            tail_hi = [hi] + [255] * (len(rest) - 1)
+            out.append((".".join(map(str, prefix + tail_lo)), ".".join(map(str, prefix + tail_hi))))
+            return
+        lo, hi = rest[0]
+        for v in range(lo, hi + 1):
+            expand(prefix + [v], rest[1:])
+    expand([], octets)
+    return out
+
+
 # ---- syntax errors in words -------------------------------------------------
 
 _WORDS = {
@@ -408,11 +491,13 @@ _WORDS = {
     "COMPARE": "a comparison (=, !=, <, <=, >, >=)",
     "EQ": "`=`",
     "ZONE_KIND": "`dnsbl` or `rhsbl`",
+    "CODE_PATTERN": "a code pattern like 127.0.*.* or 127.0.[0..255].[0..255]",
+    "SIGNED_INT": "a weight like +3 or -5",
     "$END": "the end of the file",
 }
 _ACTION_TERMINALS = {"ACCEPT", "REJECT", "TEMPFAIL", "DISCONNECT", "TAG", "LOG", "WARN",
-                     "ADD_HEADER", "RUN"}
-_STATEMENT_TERMINALS = {"ON", "LIST", "ZONE", "PLUGIN", "OPTION", "INCLUDE"}
+                     "ADD_HEADER", "RUN", "SCORE", "USE", "APPLY"}
+_STATEMENT_TERMINALS = {"ON", "CLASS", "LIST", "MAP", "ZONE", "PLUGIN", "OPTION", "INCLUDE"}
 
 
 def _terminal_text(name: str) -> str | None:
@@ -439,12 +524,15 @@ _OPERATOR_TERMINALS = {"IN", "NOT", "WITHIN", "MATCHES", "LIKE", "LISTED", "LOOK
 
 def _expected_in_words(expected: set[str]) -> tuple[str, list[str]]:
     """A sentence for what the parser wanted, and the keywords it could take."""
+    if "INT" in expected:
+        expected = expected - {"SIGNED_INT"}      # "a number" says it (a sign is allowed)
     keywords = sorted(t for t in (_terminal_text(e) for e in expected) if t and t.isalpha())
     statement = bool(expected & _STATEMENT_TERMINALS)
     if statement and expected & _ACTION_TERMINALS and not expected & (_OPERATOR_TERMINALS | {"IF"}):
-        return ("a new statement: `on <hook>:`, a declaration (`list`, `zone`, `plugin`, "
-                "`option`, `include`) or a rule starting with an action (`accept`, `reject`, "
-                "`tempfail`, `disconnect`, `tag`, `log`, `warn`, `add_header`, `run`)", keywords)
+        return ("a new statement: `on <hook>:`, `class <name>:`, a declaration (`list`, `map`, `zone`, "
+                "`plugin`, `option`, `include`) or a rule starting with an action (`accept`, `reject`, "
+                "`tempfail`, `disconnect`, `tag`, `log`, `warn`, `add_header`, `run`, `score`, `use`, "
+                "`apply`)", keywords)
     parts = []
     if expected & (_OPERATOR_TERMINALS - {"EQ"}):
         parts.append("an operator (`=`, `!=`, `<`, `>`, `in`, `not in`, `within`, `matches`, "

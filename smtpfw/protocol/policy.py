@@ -91,6 +91,9 @@ class PolicySession:
     async def answer(self, attrs: dict[str, str]) -> str:
         """The action for one request."""
         state = attrs.get("protocol_state", "").upper()
+        if state == "DATA" and self.conv.policy.held_refusal() is not None:
+            step = self.conv.data()        # `delay_reject = "data"` (Postfix: smtpd_data_restrictions)
+            return step.reply if _refused(step) else "DUNNO"
         if state not in _STATES:
             return "DUNNO"                 # DATA, END-OF-MESSAGE, VRFY, ETRN: nothing to decide here
         monitored = len(self.state.monitored)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from smtpfw.recording import scores_json
 from smtpfw import facts
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup
 from smtpfw.recording import RecordError
@@ -111,7 +112,7 @@ def format_event(ruleset, e: EventResult, ev: dict | None, indent: str = "") -> 
             verdict = "continue"
             if not note and ruleset.delay_reject and any(
                     i.step.matched and i.step.note in ("reject", "tempfail") for i in e.trace or ()):
-                note = "an earlier refusal is already held until RCPT (delay_reject)"
+                note = f"an earlier refusal is already held until {_until(ruleset)} (delay_reject)"
         else:
             verdict = d.outcome.value + (f" by {d.rule_id}" if d.rule_id else "")
         before = "data: continue; " if e.stage is Stage.QUEUE else ""
@@ -123,6 +124,10 @@ def format_event(ruleset, e: EventResult, ev: dict | None, indent: str = "") -> 
     return out
 
 
+def _until(ruleset) -> str:
+    return "DATA" if ruleset.delay_until is Stage.DATA else "RCPT"
+
+
 def format_trace(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) -> str:
     rec = result.record
     out = [f"smtpfw trace: {rules_path} (ruleset {ruleset.version}); DNS: {dns_desc}"]
@@ -131,7 +136,8 @@ def format_trace(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) 
     out.append(f"session {rec.get('id')}: client {rec['client'].get('ip')} port {rec['client'].get('port', 0)}, "
                f"listener port {listener.get('port', 0)}" + (", " + ", ".join(flags) if flags else ""))
     if ruleset.delay_reject:
-        out.append("option delay_reject: refusals at connect, HELO and MAIL are given at the first RCPT")
+        out.append("option delay_reject: refusals at connect, HELO and MAIL are given "
+                   + ("at the DATA command" if ruleset.delay_until is Stage.DATA else "at the first RCPT"))
     out.append("")
     events = rec["events"]
     out += format_event(ruleset, result.connect, None)
@@ -145,6 +151,10 @@ def format_trace(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) 
         out.append("monitor mode, would have refused: " + ", ".join(r for r, _ in result.monitored))
     if result.state is not None and result.state.tags:
         out.append("tags: " + ", ".join(sorted(result.state.tags)))
+    if result.state is not None and result.state.scores:
+        for name, total in sorted(result.state.scores.items()):
+            parts = [f"{rule} {weight:+d}" for n, weight, rule in result.state.score_hits if n == name]
+            out.append(f"score {name} = {total}: " + ", ".join(parts))
     return "\n".join(out) + "\n"
 
 
@@ -168,7 +178,8 @@ def trace_json(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) ->
     return {"version": 1, "rules": rules_path, "ruleset": ruleset.version, "dns": dns_desc,
             "session": {k: result.record.get(k) for k in ("id", "client", "listener", "tls", "auth", "auth_user")},
             "steps": [event(result.connect)] + [event(e) for e in result.events],
-            "verdict": result.verdict.to_json(), "hits": list(result.hits)}
+            "verdict": result.verdict.to_json(), "hits": list(result.hits),
+            "scores": scores_json(result.state) if result.state is not None else {}}
 
 
 @dataclass

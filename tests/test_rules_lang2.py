@@ -1,0 +1,371 @@
+"""Rule language II: relations between fields, values with fields in them,
+scores, postscreen code patterns, DNS on the HELO and recipient domain,
+time, restriction classes, maps (values, membership, `apply`), and refusals
+held until DATA.  Each construct as docs/rules.md describes it, through the
+real compiler and Policy (no server: the end-to-end tests are in
+test_rules_lang2_e2e.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
+from smtpfw.core.conversation import Conversation
+from smtpfw.facts import RecordedFacts
+from smtpfw.lang.compiler import compile_ruleset
+from smtpfw.lint_output import format_text
+from smtpfw.policy import Policy
+from smtpfw.session import SessionState
+from smtpfw.verdict import Outcome, Stage
+
+
+def compile_text(tmp_path: Path, text: str):
+    path = tmp_path / "t.rules"
+    path.write_text(text)
+    return compile_ruleset(path)
+
+
+def ok(tmp_path, text):
+    ruleset, diags = compile_text(tmp_path, text)
+    assert ruleset is not None, format_text(diags)
+    return ruleset
+
+
+def errors(tmp_path, text) -> str:
+    ruleset, diags = compile_text(tmp_path, text)
+    assert ruleset is None
+    return format_text(diags)
+
+
+def state(ip="192.0.2.1", helo="mx.example.org", sender="a@example.org", rcpt="b@example.net",
+          auth_user="", started=0.0):
+    st = SessionState(client_ip=ip, listener_port=25, started=started)
+    st.set_helo(helo, True)
+    if sender is not None:
+        st.set_sender(sender)
+    st.set_rcpt(rcpt)
+    if auth_user:
+        st.auth, st.auth_user = True, auth_user
+    return st
+
+
+def run(ruleset, stages, st, dns=None):
+    """Decide ``stages`` in order on one session; the last decision."""
+    policy = Policy(ruleset, st, RecordedFacts(dns or {}))
+    decision = None
+    for stage in stages:
+        decision = asyncio.run(policy.run(stage))
+        if decision.outcome.terminal:
+            return decision
+    return decision
+
+
+def rejects(tmp_path, cond, stage=Stage.RCPT, decls="", dns=None, **kw) -> bool:
+    rs = ok(tmp_path, f'{decls}\non {stage.value}:\n    reject if {cond}\n')
+    return run(rs, [stage], state(**kw), dns).outcome is Outcome.REJECT
+
+
+# ---- relations between fields -------------------------------------------------
+
+@pytest.mark.parametrize("cond,kw,expected", [
+    ("sender.domain = helo", {"helo": "Example.ORG.", "sender": "a@example.org"}, True),
+    ("sender.domain = helo", {"helo": "mx.example.org"}, False),
+    ("rcpt.domain != sender.domain", {"rcpt": "b@EXAMPLE.org"}, False),
+    ("rcpt.domain != sender.domain", {}, True),
+    ("helo.literal = client.ip", {"helo": "[192.0.2.1]"}, True),
+    ("helo.literal = client.ip", {"helo": "[192.0.2.9]"}, False),
+    ("rcpt.count < rcpt.rejected", {}, False),
+    ("rcpt.count <= rcpt.rejected", {}, True),
+])
+def test_a_field_compared_with_another(tmp_path, cond, kw, expected):
+    assert rejects(tmp_path, cond, **kw) is expected
+
+
+@pytest.mark.parametrize("cond,kw,expected", [
+    ('helo = "[{client.ip}]"', {"helo": "[192.0.2.1]"}, True),
+    ('helo = "[{client.ip}]"', {"helo": "[192.0.2.2]"}, False),
+    ('helo != "[{client.ip}]"', {"helo": "[192.0.2.2]"}, True),
+    ('sender = "postmaster@{rcpt.domain}"', {"sender": "PostMaster@Example.NET"}, True),
+    ('helo = "{{literal}}"', {"helo": "{literal}"}, True),          # {{ }} stay braces
+])
+def test_a_value_with_fields_in_it(tmp_path, cond, kw, expected):
+    """Issue: `helo != "[{client.ip}]"` was taken literally and matched every literal HELO."""
+    assert rejects(tmp_path, cond, **kw) is expected
+
+
+@pytest.mark.parametrize("cond,message", [
+    ("rcpts = sender", "`rcpts` (list of addresses) cannot be compared with `sender`"),
+    ("message.size > helo", "`>` compares two numbers (or two times or dates), not `message.size` and `helo`"),
+    ('rcpt.count = "{helo}"', "holds a {placeholder}: compare it with = or != to a text field"),
+    ('helo = "{sender.domian}"', "unknown placeholder {sender.domian}"),
+    ("helo = sender", "`sender` is not known yet in `on helo:`"),
+])
+def test_relations_that_make_no_sense_are_errors(tmp_path, cond, message):
+    stage = "helo" if "on helo" in message or cond == "helo = sender" else "data"
+    assert message in errors(tmp_path, f"on {stage}:\n    reject if {cond}\n")
+
+
+# ---- scores -------------------------------------------------------------------
+
+POSTSCREEN = """
+zone zen   = dnsbl "zen.test" codes [127.0.0.2-127.0.0.11]
+zone bb    = dnsbl "bb.test" codes [127.0.0.2]
+zone dnswl = dnsbl "wl.test" codes [127.0.[0..255].[0..255]]
+on connect:
+    [zen]    score dnsbl +3 if client.ip listed in zen
+    [bb]     score dnsbl +2 if client.ip listed in bb
+    [dnswl]  score dnsbl -5 if client.ip listed in dnswl
+    [allow]  accept if score.dnsbl <= -1
+    [block]  reject 550 5.7.1 "blocked (score {score.dnsbl})" if score.dnsbl >= 3
+"""
+
+
+def listed(ip, zone, code="127.0.0.2"):
+    return {Lookup(LookupKind.DNSBL, ip, zone): DnsAnswer("listed", (code,))}
+
+
+@pytest.mark.parametrize("dns,outcome,total", [
+    ({}, Outcome.CONTINUE, 0),
+    (listed("192.0.2.1", "bb.test"), Outcome.CONTINUE, 2),                        # 2 < 3
+    (listed("192.0.2.1", "zen.test"), Outcome.REJECT, 3),
+    ({**listed("192.0.2.1", "zen.test"), **listed("192.0.2.1", "bb.test")}, Outcome.REJECT, 5),
+    ({**listed("192.0.2.1", "zen.test"), **listed("192.0.2.1", "wl.test", "127.0.9.3")}, Outcome.ACCEPT, -2),
+    # a dnswl answer outside 127.0.[0..255].[0..255] is no listing
+    ({**listed("192.0.2.1", "zen.test"), **listed("192.0.2.1", "wl.test", "127.255.255.254")}, Outcome.REJECT, 3),
+])
+def test_postscreen_weighted_dnsbl(tmp_path, dns, outcome, total):
+    rs = ok(tmp_path, POSTSCREEN)
+    st = state()
+    decision = run(rs, [Stage.CONNECT], st, dns)
+    assert decision.outcome is outcome
+    assert st.scores.get("dnsbl", 0) == total
+    if outcome is Outcome.REJECT:
+        assert decision.text == f"blocked (score {total})" and decision.rule_id == "block"
+
+
+def test_scores_add_up_across_hooks_and_keep_their_breakdown(tmp_path):
+    rs = ok(tmp_path, """
+on helo:
+    [nofqdn] score spam +4 if not helo.fqdn
+on mail:
+    [freemail] score spam +2 if sender.domain = "free.test"
+    [known] score spam -1 if sender.domain = "free.test"
+    [spam] reject 550 5.7.1 "score {score.spam}" if score.spam >= 5
+""")
+    st = state(helo="localhost", sender="x@free.test")
+    decision = run(rs, [Stage.HELO, Stage.MAIL], st)
+    assert (decision.outcome, decision.text) == (Outcome.REJECT, "score 5")
+    assert st.score_hits == [("spam", 4, "nofqdn"), ("spam", 2, "freemail"), ("spam", -1, "known")]
+    from smtpfw.recording import scores_json
+    assert scores_json(st) == {"spam": {"total": 5, "by": [["nofqdn", 4], ["freemail", 2], ["known", -1]]}}
+
+
+def test_an_unreachable_threshold_is_warned_of(tmp_path):
+    _, diags = compile_text(tmp_path, """
+on connect:
+    score bl +2 if client.ip in 10.0.0.0/8
+    score bl +2 if client.ip in 192.0.2.0/24
+    reject if score.bl >= 5
+    reject if score.typo >= 1
+""")
+    text = format_text(diags)
+    assert "W605" in text and "`score.bl >= 5` can never hold: the rules make score `bl` at most 4" in text
+    assert "no rule adds to score `typo`: it is always 0" in text
+
+
+# ---- DNS on the HELO and the recipient domain ----------------------------------
+
+@pytest.mark.parametrize("helo,literal,valid,fqdn", [
+    ("mx.example.org", "", True, True),
+    ("[192.0.2.1]", "192.0.2.1", True, False),
+    ("[IPv6:2001:DB8::1]", "2001:db8::1", True, False),
+    ("localhost", "", True, False),
+    ("1.2.3.4", "", True, False),                  # digits and dots: not a name
+    ("bad_name!", "", False, False),
+    ("[999.1.1.1]", "", False, False),
+])
+def test_helo_syntax_fields(helo, literal, valid, fqdn):
+    from smtpfw.lang.fields import FIELDS
+    st = state(helo=helo)
+    assert FIELDS["helo.literal"].get(st) == literal
+    assert FIELDS["helo.valid"].get(st) is valid
+    assert FIELDS["helo.fqdn"].get(st) is fqdn
+
+
+@pytest.mark.parametrize("helo,answer,resolvable,matches", [
+    ("mx.example.org", DnsAnswer("found", ("192.0.2.1",)), None, True),
+    ("mx.example.org", DnsAnswer("found", ("192.0.2.7", "2001:db8::1")), None, False),
+    ("mx.example.org", DnsAnswer("none"), None, False),
+    ("[192.0.2.1]", None, None, True),
+])
+def test_helo_forward_dns_against_the_client(tmp_path, helo, answer, resolvable, matches):
+    rs = ok(tmp_path, 'on helo:\n    reject 550 "HELO {helo} is not {client.ip}" if not helo.matches_client\n')
+    dns = {Lookup(LookupKind.ADDRESSES, helo): answer} if answer is not None else {}
+    d = run(rs, [Stage.HELO], state(helo=helo), dns)
+    assert (d.outcome is Outcome.REJECT) is (not matches)
+
+
+@pytest.mark.parametrize("field,key,status", [
+    ("helo.resolvable", Lookup(LookupKind.RESOLVABLE, "mx.example.org"), "no"),
+    ("rcpt.resolvable", Lookup(LookupKind.RESOLVABLE, "example.net"), "no"),
+    ("rcpt.resolvable", Lookup(LookupKind.RESOLVABLE, "example.net"), "failed"),
+])
+def test_unknown_helo_and_recipient_domains(tmp_path, field, key, status):
+    stage = Stage.HELO if field.startswith("helo") else Stage.RCPT
+    rs = ok(tmp_path, f'on {stage.value}:\n    reject if {field} = "{status}"\n')
+    assert run(rs, [stage], state(), {key: DnsAnswer(status)}).outcome is Outcome.REJECT
+    assert run(rs, [stage], state(), {key: DnsAnswer("yes")}).outcome is Outcome.CONTINUE
+
+
+def test_the_helo_lookups_are_asked_for_and_a_literal_is_not_looked_up(tmp_path):
+    rs = ok(tmp_path, 'on helo:\n    reject if helo.resolvable = "no" or not helo.matches_client\n')
+    keys = rs.fact_keys(rs.fact_needs, Stage.HELO, state())
+    assert set(keys) == {Lookup(LookupKind.RESOLVABLE, "mx.example.org"),
+                         Lookup(LookupKind.ADDRESSES, "mx.example.org")}
+    assert rs.fact_keys(rs.fact_needs, Stage.HELO, state(helo="[192.0.2.1]")) == []
+
+
+def test_dnsbl_on_the_helo_literal(tmp_path):
+    decls = 'zone zen = dnsbl "zen.test"'
+    assert rejects(tmp_path, "helo.literal listed in zen", Stage.HELO, decls,
+                   listed("192.0.2.99", "zen.test"), helo="[192.0.2.99]")
+    assert not rejects(tmp_path, "helo.literal listed in zen", Stage.HELO, decls, {}, helo="mx.example.org")
+
+
+# ---- postscreen code patterns ----------------------------------------------------
+
+@pytest.mark.parametrize("codes,code,expected", [
+    ("127.0.*.*", "127.0.5.9", True),
+    ("127.0.*.*", "127.1.0.2", False),
+    ("127.0.0.[2..11]", "127.0.0.11", True),
+    ("127.0.0.[2..11]", "127.0.0.12", False),
+    ("127.0.[1..2].[4..5]", "127.0.2.5", True),
+    ("127.0.[1..2].[4..5]", "127.0.2.6", False),
+    ("127.0.[1..2].[4..5]", "127.0.3.4", False),
+])
+def test_code_patterns(tmp_path, codes, code, expected):
+    decls = f'zone z = dnsbl "z.test" codes [{codes}]'
+    assert rejects(tmp_path, "client.ip listed in z", Stage.CONNECT, decls,
+                   listed("192.0.2.1", "z.test", code)) is expected
+
+
+# ---- time ----------------------------------------------------------------------
+
+def at(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+@pytest.mark.parametrize("cond,when,expected", [
+    ('time.weekday = "mon"', "2026-11-30T10:00:00+00:00", True),
+    ('time.weekday in ["sat", "sun"]', "2026-11-30T10:00:00+00:00", False),
+    ('time.clock >= "08:00" and time.clock < "18:00"', "2026-11-30T17:59:00+00:00", True),
+    ('time.clock >= "08:00" and time.clock < "18:00"', "2026-11-30T18:00:00+00:00", False),
+    ("time.hour = 10", "2026-11-30T10:30:00+00:00", True),
+    ('time.date = "2026-12-24"', "2026-12-24T00:00:01+00:00", True),
+    ('time.date > "2026-12-24"', "2026-12-24T23:59:59+00:00", False),
+])
+def test_time_in_utc(tmp_path, cond, when, expected):
+    assert rejects(tmp_path, cond, Stage.CONNECT, started=at(when)) is expected
+
+
+def test_time_in_the_rulesets_zone(tmp_path):
+    # 23:30 UTC on Sunday is 00:30 on Monday in Berlin (UTC+1 in winter)
+    decls = 'option timezone = "Europe/Berlin"'
+    when = at("2026-11-29T23:30:00+00:00")
+    assert rejects(tmp_path, 'time.weekday = "mon" and time.hour = 0', Stage.CONNECT, decls, started=when)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('option timezone = "Mars/Olympus"\non connect:\n    reject if time.hour = 1\n',
+     "option `timezone` takes a time zone name"),
+    ('on connect:\n    reject if time.clock > "8am"\n', '`time.clock` is compared with "HH:MM"'),
+    ('on connect:\n    reject if time.date < "24.12.2026"\n', '`time.date` is compared with "YYYY-MM-DD"'),
+    ('on connect:\n    reject if time.weekday = "monday"\n', "did you mean \"mon\"?"),
+])
+def test_time_mistakes(tmp_path, text, message):
+    assert message in errors(tmp_path, text)
+
+
+# ---- restriction classes ----------------------------------------------------------
+
+CLASSES = """
+class restrictive:
+    [strict-rdns] tempfail 450 4.7.1 "no rDNS" if client.ip in 192.0.2.0/24
+    [strict-ok]   accept if sender.domain = "partner.test"
+class permissive:
+    [lenient] reject 554 5.7.1 "blocked" if client.ip in 192.0.2.66
+on rcpt:
+    [strict] use restrictive if rcpt.domain = "strict.test"
+    [lenient-use] use permissive
+    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in ["strict.test", "open.test"]
+"""
+
+
+@pytest.mark.parametrize("kw,outcome,rule", [
+    ({"rcpt": "a@strict.test"}, Outcome.TEMPFAIL, "strict-rdns"),
+    ({"rcpt": "a@strict.test", "ip": "198.51.100.1"}, Outcome.CONTINUE, None),
+    ({"rcpt": "a@open.test"}, Outcome.CONTINUE, None),                 # permissive lets 192.0.2.1 in
+    ({"rcpt": "a@open.test", "ip": "192.0.2.66"}, Outcome.REJECT, "lenient"),
+    ({"rcpt": "a@strict.test", "sender": "x@partner.test", "ip": "198.51.100.1"}, Outcome.ACCEPT, "strict-ok"),
+    ({"rcpt": "a@elsewhere.test", "ip": "198.51.100.1"}, Outcome.REJECT, "relay"),
+])
+def test_classes_run_where_they_are_used(tmp_path, kw, outcome, rule):
+    d = run(ok(tmp_path, CLASSES), [Stage.RCPT], state(**kw))
+    assert d.outcome is outcome
+    if rule:
+        assert d.rule_id == rule
+
+
+def test_class_rule_ids_are_rules_of_the_ruleset(tmp_path):
+    rs = ok(tmp_path, CLASSES)
+    assert {"strict-rdns", "strict-ok", "lenient"} <= {r.rule_id for r in rs.rules}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("on rcpt:\n    use strcit\nclass strict:\n    reject if tls\n", "unknown class `strcit`"),
+    ("class a:\n    use b\nclass b:\n    use a\non rcpt:\n    use a\n", "uses itself (through a -> b -> a)"),
+    ("class a:\n    reject if sender = \"x@y\"\non connect:\n    use a\n", "`sender` is not known yet in `on connect:`"),
+    ("plugin p = \"smtpfw.plugins_builtin:HeaderScore\"\nclass a:\n    run p\non data:\n    use a\n",
+     "`run` cannot be used in a class"),
+])
+def test_class_mistakes(tmp_path, text, message):
+    assert message in errors(tmp_path, text)
+
+
+# ---- refusals held until DATA ---------------------------------------------------------
+
+def test_delay_reject_data_holds_refusals_until_the_data_command(tmp_path):
+    rs = ok(tmp_path, """
+option delay_reject = "data"
+on helo:
+    [bad-helo] reject 550 5.7.1 "bad HELO" if helo = "bad.test"
+on rcpt:
+    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain != "local.test"
+""")
+    st = SessionState(client_ip="192.0.2.1")
+    conv = Conversation(rs, st, RecordedFacts({}))
+
+    async def talk():
+        await conv.connect()
+        helo = await conv.helo("bad.test", True)
+        mail = await conv.mail("a@b.test", {})
+        good = await conv.rcpt("x@local.test")
+        bad = await conv.rcpt("x@other.test")
+        return helo, mail, good, bad, conv.data()
+    helo, mail, good, bad, data = asyncio.run(talk())
+    assert helo.reply.startswith("250") and mail.reply.startswith("250")
+    assert good.reply.startswith("250")
+    assert bad.reply == "554 5.7.1 Relaying denied"             # recipients are still judged one by one
+    assert data.reply == "550 5.7.1 bad HELO" and data.decision.rule_id == "bad-helo"
+    assert "held from helo until DATA" in data.note
+
+
+def test_delay_reject_takes_yes_no_rcpt_or_data(tmp_path):
+    assert ok(tmp_path, 'option delay_reject = "rcpt"\n').delay_until is Stage.RCPT
+    assert ok(tmp_path, "option delay_reject = yes\n").delay_until is Stage.RCPT
+    assert ok(tmp_path, "option delay_reject = no\n").delay_until is None
+    assert 'option `delay_reject` takes yes, no, "rcpt" or "data"' in errors(tmp_path, 'option delay_reject = "queue"\n')
