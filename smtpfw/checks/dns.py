@@ -1,4 +1,5 @@
-"""Production DNS lookups: DNSBL, RHSBL, PTR (FCrDNS) and "resolvable".
+"""Production DNS lookups: DNSBL, RHSBL, PTR (FCrDNS), "resolvable" and
+"addresses" (a name's A and AAAA records).
 
 One ``Resolver`` per process: its cache and in-flight table are shared by all
 SMTP sessions, so a burst of connections from one IP costs one query.  A
@@ -36,6 +37,7 @@ log = logging.getLogger("smtpfw.dns")
 FAILURE_TTL = 5.0        # short, so a dead server is not hammered but recovers
 LOG_INTERVAL = 60.0      # one warning per (zone, error) per interval
 MAX_PTR_NAMES = 10       # forward-confirm at most this many PTR names
+MAX_ADDRESSES = 16       # addresses kept per family (A, AAAA) of an "addresses" answer
 BUDGET_EXCEEDED = "dns budget exceeded"
 
 _LOOPBACK_NET = ipaddress.ip_network("127.0.0.0/8")
@@ -50,7 +52,7 @@ class _Failure(Exception):
 
 
 class Resolver:
-    """Caching, coalescing asynchronous resolver for the four Lookup kinds."""
+    """Caching, coalescing asynchronous resolver for every Lookup kind."""
 
     def __init__(
         self,
@@ -178,11 +180,14 @@ class Resolver:
         if answer.failed:
             self._warn(lookup, answer.error)
             ttl = FAILURE_TTL
+        elif answer.error:   # an answer with a failed part (see _addresses): refresh soon
+            self._warn(lookup, answer.error)
+            ttl = FAILURE_TTL
         self._store(lookup, answer, ttl)
         return answer
 
     def _store(self, lookup: Lookup, answer: DnsAnswer, ttl: float) -> None:
-        if not answer.failed:
+        if not answer.failed and not answer.error:
             ttl = min(max(ttl, self.min_ttl), self.max_ttl)
         if ttl <= 0 or self.cache_size <= 0:
             return
@@ -252,6 +257,8 @@ class Resolver:
             return await self._ptr(_parse_ip(lookup.name))
         if kind is LookupKind.RESOLVABLE:
             return await self._resolvable(_make_name(_domain(lookup.name)))
+        if kind is LookupKind.ADDRESSES:
+            return await self._addresses(_make_name(_domain(lookup.name)))
         raise _Failure(f"unknown lookup kind {kind}")
 
     async def _list_query(self, qname: dns.name.Name) -> tuple[DnsAnswer, float]:
@@ -322,6 +329,49 @@ class Resolver:
             if isinstance(r, BaseException):
                 raise _Failure(str(r) if isinstance(r, _Failure) else _short_error(r))
         return DnsAnswer("no"), min(ttl, a[2], aaaa[2])
+
+    async def _addresses(self, qname: dns.name.Name) -> tuple[DnsAnswer, float]:
+        """The A and AAAA records of ``qname``, asked concurrently: "found"
+        (codes: the IPv4 addresses, then the IPv6 ones, each sorted, at most
+        MAX_ADDRESSES of each), "none" (NXDOMAIN, or neither has any) or a
+        failure (_Failure) when a query failed and none gave addresses."""
+        results = await asyncio.gather(
+            self._query(qname, _A), self._query(qname, _AAAA), return_exceptions=True)
+        for r in results:
+            if isinstance(r, asyncio.CancelledError):
+                raise r
+        codes: list[str] = []
+        ttls: list[float] = []                 # of the parts answered (addresses or none)
+        errors: list[tuple[str, str]] = []     # ("AAAA", "timeout") for the parts that failed
+        for rdtype, r in zip((_A, _AAAA), results):
+            if isinstance(r, BaseException):
+                errors.append((dns.rdatatype.to_text(rdtype),
+                               str(r) if isinstance(r, _Failure) else _short_error(r)))
+                continue
+            status, rrset, ttl = r
+            ttls.append(ttl)
+            if status == "ok":
+                # A hostile zone may answer thousands of records (over TCP):
+                # keep a bounded, deterministic part of them (the lowest).
+                found = sorted({ipaddress.ip_address(rd.address) for rd in rrset})
+                codes.extend(str(ip) for ip in found[:MAX_ADDRESSES])
+        if codes:
+            # Every part answered bounds how long the answer holds, a
+            # negative one too: "no AAAA" (NODATA) is only true for its
+            # negative TTL, after which the name may have IPv6 addresses.
+            error = "; ".join(f"{rdtype} lookup failed: {text}" for rdtype, text in errors)
+            answer = DnsAnswer("found", codes=tuple(codes), error=error)
+            # With a part failed (A answered, AAAA timed out) the answer is
+            # what DNS could tell, "found" with the addresses we have: a rule
+            # looking for the client's IP may still find it there.  But it
+            # may lack the client's address, so it must not be held for the
+            # full TTL: it carries the failure in ``error``, and an answer
+            # with an error is cached for FAILURE_TTL only (Resolver._run),
+            # like a failure, so it is asked again once DNS has recovered.
+            return answer, (FAILURE_TTL if errors else min(ttls))
+        if errors:   # no addresses, and a part that might have had some failed
+            raise _Failure(errors[0][1])
+        return DnsAnswer("none"), min(ttls)
 
 
 class DnsSession:

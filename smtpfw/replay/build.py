@@ -61,6 +61,7 @@ UNDECLARED = {
     LookupKind.RHSBL: DnsAnswer("clear"),
     LookupKind.PTR: DnsAnswer("none"),
     LookupKind.RESOLVABLE: DnsAnswer("no"),
+    LookupKind.ADDRESSES: DnsAnswer("none"),
 }
 
 

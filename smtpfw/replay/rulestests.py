@@ -7,6 +7,7 @@
     dns dbl.test spam.example = listed
     dns ptr 192.0.2.7 = found mail.example.org
     dns resolvable example.org = yes
+    dns addresses mx.example = found 192.0.2.1 2001:db8::1
 
     client 192.0.2.66 ehlo mx.example from a@b.example rcpt c@example.net -> reject at rcpt by dnsbl code 554
     ehlo mx.example from <> rcpt postmaster@example.net -> accept
@@ -49,7 +50,9 @@ _STATUSES = {
     LookupKind.RHSBL: ("listed", "clear", "failed"),
     LookupKind.PTR: ("found", "none", "failed"),
     LookupKind.RESOLVABLE: ("yes", "no", "nullmx", "failed"),
+    LookupKind.ADDRESSES: ("found", "none", "failed"),
 }
+_NAMED_KINDS = {"ptr": LookupKind.PTR, "resolvable": LookupKind.RESOLVABLE, "addresses": LookupKind.ADDRESSES}
 _SESSION_WORDS = ("client", "port", "tls", "auth", "unrecognized", "helo", "ehlo", "from", "rcpt", "header", "size",
                   "nodata")
 
@@ -201,10 +204,18 @@ def _ip(tok: Token, what: str) -> str:
         raise SyntaxProblem(f"{what}: `{tok.value}` is not an IP address", tok.column, len(tok.text)) from None
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _parse_dns(tokens: list[Token]) -> tuple[Lookup, DnsAnswer]:
     head = tokens[0]
-    usage = ('write `dns ZONE NAME = listed|clear|failed ...`, `dns ptr IP = found NAME...|none|failed` '
-             'or `dns resolvable DOMAIN = yes|no|nullmx|failed`')
+    usage = ('write `dns ZONE NAME = listed|clear|failed ...`, `dns ptr IP = found NAME...|none|failed`, '
+             '`dns resolvable DOMAIN = yes|no|nullmx|failed` or `dns addresses NAME = found IP...|none|failed`')
     try:
         eq = next(i for i, t in enumerate(tokens) if t.text == "=")
     except StopIteration:
@@ -213,12 +224,16 @@ def _parse_dns(tokens: list[Token]) -> tuple[Lookup, DnsAnswer]:
     if not right:
         raise SyntaxProblem("the answer is missing after `=`", tokens[eq].column, 1, usage)
     if len(left) != 2:
-        raise SyntaxProblem("expected a zone (or ptr/resolvable) and a name before `=`", head.column, 3, usage)
+        raise SyntaxProblem("expected a zone (or ptr/resolvable/addresses) and a name before `=`",
+                            head.column, 3, usage)
     what, name = left
-    if what.value in ("ptr", "resolvable"):
-        kind = LookupKind.PTR if what.value == "ptr" else LookupKind.RESOLVABLE
+    if what.value in _NAMED_KINDS:
+        kind = _NAMED_KINDS[what.value]
         zone = ""
         key = _ip(name, "dns ptr") if kind is LookupKind.PTR else name.value.lower().rstrip(".")
+        if kind is LookupKind.ADDRESSES and _is_ip(name.value.strip("[]")):
+            raise SyntaxProblem(f"dns addresses: `{name.value}` is an address, not a host name",
+                                name.column, len(name.text), usage)
     else:
         zone = what.value.lower().rstrip(".")
         try:
@@ -228,7 +243,8 @@ def _parse_dns(tokens: list[Token]) -> tuple[Lookup, DnsAnswer]:
     status_tok = right[0]
     status = status_tok.value
     if status not in _STATUSES[kind]:
-        raise SyntaxProblem(f"a {kind.value} answer is {', '.join(_STATUSES[kind])}; not `{status}`",
+        article = "an" if kind.value[0] in "aeiou" else "a"
+        raise SyntaxProblem(f"{article} {kind.value} answer is {', '.join(_STATUSES[kind])}; not `{status}`",
                             status_tok.column, len(status_tok.text))
     words = [t for t in right[1:] if not t.quoted]
     texts = [t.value for t in right[1:] if t.quoted]
@@ -238,6 +254,15 @@ def _parse_dns(tokens: list[Token]) -> tuple[Lookup, DnsAnswer]:
     if status == "listed":
         codes = tuple(_ip(w, "return code") for w in words) or ("127.0.0.2",)
         return Lookup(kind, key, zone), DnsAnswer("listed", codes, text)
+    if status == "found" and kind is LookupKind.ADDRESSES:
+        if texts:
+            raise SyntaxProblem("`found` takes addresses, not a quoted text", right[-1].column, len(right[-1].text))
+        ips = {ipaddress.ip_address(_ip(w, "dns addresses")) for w in words}
+        if not ips:
+            raise SyntaxProblem("`found` needs at least one address", status_tok.column, len(status_tok.text))
+        # as a live lookup answers: IPv4 then IPv6, each sorted
+        codes = tuple(str(ip) for ip in sorted(ips, key=lambda ip: (ip.version, int(ip))))
+        return Lookup(kind, key, zone), DnsAnswer("found", codes=codes)
     if status == "found":
         confirmed = True
         names = []
