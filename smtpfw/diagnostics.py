@@ -106,8 +106,6 @@ class Code(enum.StrEnum):
     W402_PATTERN_NEVER_MATCHES = "W402", "pattern-never-matches", W, "a glob or regex can never match the field"
     E404_REGEX_NOT_LINEAR = ("E404", "regex-not-linear", E,
                              "a regular expression needs backtracking (backreference, lookaround) or a PCRE-only escape")
-    W403_CATASTROPHIC_BACKTRACKING = ("W403", "catastrophic-backtracking", W,
-                                      "a regular expression can take exponential time")
     # replies
     E501_REPLY_CODE_CONTRADICTS_ACTION = ("E501", "reply-code-contradicts-action", E,
                                           "a reply code does not fit the action")

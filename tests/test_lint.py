@@ -654,8 +654,7 @@ def test_docs_examples_are_real_output(tmp_path, capsys):
 @pytest.mark.parametrize("zone", sorted(PUBLIC_ZONES))
 def test_public_zone_codes_are_valid_rules(tmp_path, zone):
     info = PUBLIC_ZONES[zone]
-    kind = "rhsbl" if zone in ("dbl.spamhaus.org", "zrd.spamhaus.org", "multi.surbl.org", "multi.uribl.com",
-                               "black.uribl.com") else "dnsbl"
+    kind = "rhsbl" if info.lists == "domain" else "dnsbl"
     field = "sender.domain" if kind == "rhsbl" else "client.ip"
     hook = "mail" if kind == "rhsbl" else "connect"
     text = (f'zone z = {kind} "{zone}" codes [{info.codes}]\non {hook}:\n    reject if {field} listed in z\n'

@@ -269,7 +269,7 @@ ERRORS = [
      "t.rules:2:12: error[E002] this text has no closing quote\n"
      "  |\n2 |     reject \"x\n  |            ^\n  = help: close it with \" on the same line\n"),
     ('on mail:\n    reject "x" if sender matches "(unclosed"\n',
-     "t.rules:2:34: error[E401] invalid regular expression: missing ), unterminated subpattern\n"
+     "t.rules:2:34: error[E401] invalid regular expression: missing ), unterminated subpattern at position 1\n"
      "  |\n2 |     reject \"x\" if sender matches \"(unclosed\"\n  |                                  ^^^^^^^^^^^\n"
      "  = help: regular expressions use Python syntax; write \\. for a literal dot\n"),
     ('on rcpt:\n    reject "for {recipient}"\n',

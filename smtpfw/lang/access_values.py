@@ -43,6 +43,10 @@ def _text(value: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in value)[:400]
 
 
+def _constant(text: str) -> Callable[[object], str]:
+    return lambda state: text
+
+
 class AccessValues:
     """Reads map values as actions.  ``class_rules(name)`` gives a class's
     compiled rules for the hook (None if it cannot)."""
@@ -70,6 +74,8 @@ class AccessValues:
         return problem
 
     def _read(self, value: str, stage: Stage | None = None) -> tuple[Any, str | None]:
+        if not value.strip():
+            return None, "has no action after its key (a list entry, not an access map line)"
         word, _, rest = value.strip().partition(" ")
         rest = rest.strip()
         upper = word.upper()
@@ -94,18 +100,18 @@ class AccessValues:
             outcome = Outcome.REJECT if klass == "5" else Outcome.TEMPFAIL
             return Decision(outcome, code, enhanced, text or None), None
         if upper == "WARN":
-            return Note("warn", lambda s, t=_text(rest): t), None
+            return Note("warn", _constant(_text(rest))), None
         if upper == "PREPEND":
             h = _HEADER.match(rest)
             if h is None:
                 return None, "is not `PREPEND name: value`"
             if stage is not None and stage is not Stage.DATA:
                 return None, "adds a header, which smtpfw does only in `on data:`"
-            return AddHeader(h.group(1), lambda s, t=_text(h.group(2)): t), None
+            return AddHeader(h.group(1), _constant(_text(h.group(2)))), None
         if word in self.classes and not rest:
             rules = self.class_rules(word)
             return rules, None if rules is not None else f"names class {word}, which cannot run here"
-        note = Note("warn", lambda s, v=_text(value): f"map {self.map_name}: `{v}` is not an action smtpfw takes")
+        note = Note("warn", _constant(f"map {self.map_name}: `{_text(value)}` is not an action smtpfw takes"))
         return note, "is not an action smtpfw takes"
 
 

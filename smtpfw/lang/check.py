@@ -7,7 +7,6 @@ the parsed rules:
 
 - W004  an invisible character in a rule or list file
 - W402  a glob or regex that can never match its field
-- W403  a regex with a catastrophic-backtracking shape (nested quantifiers, overlapping alternatives)
 - W601  a rule after an unconditional terminal rule in the same hook
 - W602  a rule whose condition an earlier terminal rule already covers
 - W603  a list, zone or plugin that is declared but never used
@@ -39,7 +38,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file, read_list_text
 from smtpfw.diagnostics import Code, Diagnostic, Span, nearest_file
 from smtpfw.errors import PLEASE_REPORT
-from smtpfw.lang import ast, backtracking
+from smtpfw.lang import ast
 from smtpfw.lang.compiler import (BUILTIN_LISTS, Program, _Compiler, _shown, compile_program, dedupe,
                                   load_program)
 from smtpfw.lang.deployment import mode_diagnostics, resolver_diagnostics
@@ -444,6 +443,7 @@ def _misplaced_anchor(parsed) -> str | None:
 class PublicZone:
     codes: str          # what to write inside `codes [...]`
     meaning: str        # what the documented codes mean
+    lists: str = "ip"   # what it lists: "ip" (a dnsbl) or "domain" (an rhsbl)
 
 
 PUBLIC_ZONES: dict[str, PublicZone] = {
@@ -461,10 +461,10 @@ PUBLIC_ZONES: dict[str, PublicZone] = {
                                        "listings are 127.0.0.2-127.0.0.7; 127.255.255.x are errors, never a listing"),
     "dbl.spamhaus.org": PublicZone("127.0.1.2-127.0.1.106",
                                    "listings are 127.0.1.2-127.0.1.106; 127.0.1.255 (IP queried) and "
-                                   "127.255.255.x are errors, never a listing"),
+                                   "127.255.255.x are errors, never a listing", "domain"),
     "zrd.spamhaus.org": PublicZone("127.0.2.2-127.0.2.24",
                                    "listings are 127.0.2.2-127.0.2.24 (hours since first seen); "
-                                   "127.255.255.x are errors, never a listing"),
+                                   "127.255.255.x are errors, never a listing", "domain"),
     "b.barracudacentral.org": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
     "bl.spamcop.net": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
     "dnsbl.sorbs.net": PublicZone("127.0.0.2-127.0.0.15",
@@ -479,12 +479,24 @@ PUBLIC_ZONES: dict[str, PublicZone] = {
     "cbl.abuseat.org": PublicZone("127.0.0.2", "a listing is 127.0.0.2"),
     "multi.surbl.org": PublicZone("mask 216",
                                   "answers are 127.0.0.x bitmasks: 8 PH, 16 MW, 64 ABUSE, 128 CR; "
-                                  "127.0.0.1 means the query was refused, never a listing"),
+                                  "127.0.0.1 means the query was refused, never a listing", "domain"),
     "multi.uribl.com": PublicZone("mask 14",
                                   "answers are 127.0.0.x bitmasks: 2 black, 4 grey, 8 red; "
-                                  "127.0.0.1 means the query was refused, never a listing"),
-    "black.uribl.com": PublicZone("127.0.0.2", "a listing is 127.0.0.2; 127.0.0.1 means the query was refused"),
+                                  "127.0.0.1 means the query was refused, never a listing", "domain"),
+    "black.uribl.com": PublicZone("127.0.0.2", "a listing is 127.0.0.2; 127.0.0.1 means the query was refused",
+                                  "domain"),
+    "dsn.rfc-ignorant.org": PublicZone("127.0.0.2", "a listing is 127.0.0.2 (the list closed in 2012)", "domain"),
+    "rhsbl.sorbs.net": PublicZone("127.0.0.2-127.0.0.15", "listings are 127.0.0.2-127.0.0.15", "domain"),
+    "dbl.nordspam.com": PublicZone("127.0.0.2", "a listing is 127.0.0.2", "domain"),
+    "list.dnswl.org": PublicZone("127.0.[0..255].[0..255]",
+                                 "answers are 127.0.x.y: x the category, y the trust level (0-3); "
+                                 "127.0.0.255 means the query was refused, never a listing"),
+    "dwl.dnswl.org": PublicZone("127.0.[0..255].[0..3]", "domain answers are 127.0.x.y as for list.dnswl.org",
+                                "domain"),
 }
+
+
+_KIND_LISTS = {"dnsbl": "ip", "rhsbl": "domain"}
 
 
 def public_zone(domain: str | None) -> tuple[str, PublicZone] | None:
@@ -612,18 +624,6 @@ class _Linter:
             for leaf in _leaves(rule.condition):
                 if isinstance(leaf, ast.Pattern):
                     self._pattern(leaf)
-                    self._backtracking(leaf)
-
-    def _backtracking(self, node: ast.Pattern) -> None:
-        """W403: a regex shape that can stall a worker (smtpfw/lang/backtracking.py)."""
-        if node.kind != "regex":
-            return      # a glob's `*` cannot nest
-        found = backtracking.find(str(node.pattern.value))
-        if found is not None:
-            self.add(Code.W403_CATASTROPHIC_BACKTRACKING,
-                     f"this regular expression can take exponential time on a text that almost matches: "
-                     f"{found.reason}", node.pattern.span,
-                     help=f"{found.fix}; a 30-character value can stall the server for seconds")
 
     def _pattern(self, node: ast.Pattern) -> None:
         spec = lookup_field(node.field.text)
@@ -1090,13 +1090,32 @@ class _Linter:
 
     # -- H703 ------------------------------------------------------------------
 
+    def _zone_kind(self, kind: str, domain: str, span: Span) -> None:
+        """W706: a known domain list declared as an IP dnsbl, or the reverse:
+        every lookup would ask the wrong question and never match."""
+        known = public_zone(domain)
+        if known is None or _KIND_LISTS.get(kind) == known[1].lists:
+            return
+        name, info = known
+        right = "rhsbl" if info.lists == "domain" else "dnsbl"
+        what = "domains (an rhsbl)" if info.lists == "domain" else "IP addresses (a dnsbl)"
+        self.add(Code.W706_ZONE_KIND_MISMATCH, f"{name} lists {what}, but it is used as a{'n' if kind == 'rhsbl' else ''} "
+                 f"{kind}: no lookup will ever match", span,
+                 help=f"write `{right} \"{domain}\"` and test " + ("a domain field such as sender.domain"
+                                                                 if right == "rhsbl" else "client.ip or helo.literal"))
+
     def check_public_zones(self) -> None:
         uncoded_uses: dict[str, bool] = {}
-        for rule in self.prog.rules:
+        for zone in self.prog.zones.values():
+            self._zone_kind(zone.kind, zone.domain, zone.span)
+        every_rule = list(self.prog.rules) + [r for rules in self.prog.classes.values() for r in rules]
+        for rule in every_rule:
             for leaf in _leaves(rule.condition):
                 if not isinstance(leaf, ast.Listed):
                     continue
                 z = leaf.zone
+                if z.name is None and z.kind is not None and z.domain is not None:
+                    self._zone_kind(z.kind, z.domain, z.span)
                 if z.name is not None:
                     if leaf.codes is None:
                         uncoded_uses[z.name] = True

@@ -7,7 +7,6 @@ once, so evaluating a session does no parsing and no file I/O.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import ipaddress
 import os
@@ -28,6 +27,7 @@ from smtpfw.actions import ApplyMap, UseClass
 from smtpfw.lang.access_values import AccessValues
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, FORMS, INT, IP, LIST, ORDERED,
                                 SCORE_PREFIX, STRING, FieldSpec, fold, lookup_field)
+from smtpfw.maps.regex import compile_regex
 from smtpfw.lang.parser import MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
@@ -40,10 +40,10 @@ OPTIONS = {
 }
 MAX_INCLUDE_DEPTH = 16
 # A `matches` or `like` test reads at most this many characters of the value:
-# every envelope value fits (an SMTP command line is at most 512 octets), and a
-# pattern whose cost grows with the square of its subject (`.*viagra` on a
-# 60 KB folded Subject: 13 s) stays in milliseconds.  Exponential shapes are
-# W403's job: 30 characters are enough for those.  (docs/rules.md, "Patterns")
+# every envelope value fits (an SMTP command line is at most 512 octets), and
+# the cost of a test is bounded by it.  Patterns run on RE2 (linear time, no
+# backtracking, smtpfw.maps.regex), so no pattern shape can stall a worker.
+# (docs/rules.md, "Patterns")
 MAX_PATTERN_SUBJECT = 4096
 
 _OUTCOMES = {"accept": Outcome.ACCEPT, "reject": Outcome.REJECT,
@@ -471,7 +471,8 @@ class _Compiler:
         for value, span in map_values(self.maps.get(f.name)):
             problem = values.problem(value, stage)
             if problem:
-                self.error(Code.W305_MAP_VALUE_NOT_ACTION, f"map `{f.name}`: `{value}` {problem}", span,
+                shown = f"`{value}` " if value.strip() else "an entry "
+                self.error(Code.W305_MAP_VALUE_NOT_ACTION, f"map `{f.name}`: {shown}{problem}", span,
                            help="an access map value is OK, REJECT [text], DEFER [text], DUNNO, 4NN/5NN text, "
                                 "WARN text, PREPEND name: value, or the name of a class")
         get = spec.get
@@ -650,9 +651,10 @@ class _Compiler:
                            f"declare it: map {name} = file \"maps/{name}\"")
             return None
         if name not in self.maps:
-            from smtpfw.maps import load_map, map_from_pairs
+            from smtpfw.maps import Map, load_map, map_from_pairs
 
             decl, base = self.prog.maps[name]
+            table: Map | None
             if decl.file is None:
                 table, diags = map_from_pairs(decl.pairs)
                 self.diags.extend(diags)
@@ -974,18 +976,19 @@ class _Compiler:
             return None
         source = str(node.pattern.value)
         if node.kind == "glob":
-            source = fnmatch.translate(source)
-        try:
-            rx = re.compile(source, re.IGNORECASE)
-        except re.error as err:
-            self.error(Code.E401_BAD_REGEX, f"invalid regular expression: {err.msg}", node.pattern.span,
-                       help="regular expressions use Python syntax; write \\. for a literal dot")
+            source = glob_regex(source)
+        rx, err = compile_regex(source, ignore_case=True)
+        if rx is None:
+            assert err is not None
+            d = err.diagnostic(node.pattern.span)
+            self.diags.append(d if d.help else Diagnostic(
+                d.code, d.message, d.span, help="regular expressions use Python syntax; write \\. for a literal dot"))
             return None
-        search = rx.search if node.kind == "regex" else rx.match
+        search = rx.search
         get, end = spec.compared, MAX_PATTERN_SUBJECT
         if node.negated:
-            return lambda s: search(str(get(s)), 0, end) is None
-        return lambda s: search(str(get(s)), 0, end) is not None
+            return lambda s: not search(str(get(s))[:end])
+        return lambda s: search(str(get(s))[:end])
 
     def _listed(self, spec: FieldSpec, node, stage: Stage, listings: list):
         zref = node.zone
@@ -1055,6 +1058,43 @@ _BAD = _Bad()
 
 
 _ITEMS = re.compile(r"[\s,]+")
+
+
+def glob_regex(pattern: str) -> str:
+    """A glob (`*`, `?`, `[...]`, `[!...]`) as a whole-value regex, as
+    ``fnmatch.translate`` reads it but without the atomic groups Python
+    3.11's version writes, which RE2 does not have."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if not out or out[-1] != ".*":
+                out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append("\\[")
+                continue
+            body = pattern[i:j].replace("\\", "\\\\")
+            i = j + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"[{body}]")
+        else:
+            out.append(re.escape(c))
+    return "\\A(?s:" + "".join(out) + ")\\Z"
 
 
 def _ordered(op: str, get: Callable[[SessionState], Any], n: Any) -> Callable[[SessionState], bool]:
