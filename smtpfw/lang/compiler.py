@@ -772,6 +772,8 @@ class _Compiler:
     def _compare_fields(self, spec: FieldSpec, node: ast.Compare, stage: Stage):
         """`helo = sender.domain`: both values in the form their types compare in."""
         assert isinstance(node.value, ast.Field)
+        if self._unquoted_text(node.value):
+            return None
         other = self._field(node.value, stage)
         if other is None:
             return None
@@ -793,6 +795,17 @@ class _Compiler:
         if op == "=":
             return lambda s: a(s) == b(s)
         return lambda s: a(s) != b(s)
+
+    def _unquoted_text(self, f: ast.Field) -> bool:
+        """`helo = mx.example.org`: a word that is no field and not close to
+        one, where a value goes, is text without its quotes (reported so)."""
+        if f.key is not None or lookup_field(f.name, self.plugin_fields, self.zone) is not None:
+            return False
+        if did_you_mean(f.name, list(FIELDS) + list(self.plugin_fields)):
+            return False
+        self.error(Code.E102_UNKNOWN_FIELD, f"`{f.name}` is not a field: text values are written in double quotes",
+                   f.span, help=f'write "{f.name}"')
+        return True
 
     def _compare_template(self, spec: FieldSpec, node: ast.Compare, stage: Stage, listings: list):
         """`helo = "[{client.ip}]"`: the text with the fields' values put in."""

@@ -642,7 +642,7 @@ def _missing_colon(tok, prev, expected, text, filename) -> Diagnostic | None:
                       help=f"write `{header}:`")
 
 
-_VALUES = {"STRING", "INT", "IPV4", "BOOL"}
+_VALUES = {"STRING", "INT", "SIGNED_INT", "IPV4", "BOOL"}
 
 
 def _unquoted_value(tok, prev, expected, text, filename) -> Diagnostic | None:
