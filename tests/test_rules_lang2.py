@@ -369,3 +369,111 @@ def test_delay_reject_takes_yes_no_rcpt_or_data(tmp_path):
     assert ok(tmp_path, "option delay_reject = yes\n").delay_until is Stage.RCPT
     assert ok(tmp_path, "option delay_reject = no\n").delay_until is None
     assert 'option `delay_reject` takes yes, no, "rcpt" or "data"' in errors(tmp_path, 'option delay_reject = "queue"\n')
+
+
+# ---- maps -------------------------------------------------------------------------------
+
+ACCESS = """\
+# a Postfix access map with every kind of key
+spammer@example.com     REJECT Go away
+bulk.example            554 5.7.1 Bulk mail is not welcome here
+.sub.example            DEFER Try again later
+friend@                 OK
+<>                      DUNNO
+192.0.2.66              REJECT
+198.51.100              REJECT Your network is blocked
+203.0.113.0/25          421 4.7.0 Closing
+watch.example           WARN watched sender
+tagged.example          restrictive
+"""
+
+
+def test_apply_reads_postfix_access_values(tmp_path):
+    (tmp_path / "access").write_text(ACCESS)
+    rs = ok(tmp_path, """
+map access = file "access"
+class restrictive:
+    [strict] reject 550 5.7.1 "restrictive class" if not tls
+on mail:
+    [sender-access] apply access(sender)
+    [after] reject 550 5.7.1 "after the map" if sender.domain = "after.test"
+""")
+
+    def mail(sender, ip="192.0.2.1"):
+        st = state(ip=ip, sender=sender)
+        d = run(rs, [Stage.MAIL], st)
+        return d.outcome, d.code, d.enhanced, d.text, d.rule_id, st.log_lines
+
+    assert mail("Spammer@Example.COM")[:5] == (Outcome.REJECT, 554, "5.7.1", "Go away", "sender-access")
+    assert mail("x@bulk.example")[:4] == (Outcome.REJECT, 554, "5.7.1", "Bulk mail is not welcome here")
+    assert mail("x@mx.bulk.example")[0] is Outcome.REJECT            # parent domains match (Postfix)
+    assert mail("x@a.sub.example")[:4] == (Outcome.TEMPFAIL, 450, "4.7.1", "Try again later")
+    assert mail("x@sub.example")[0] is Outcome.CONTINUE              # .sub.example: subdomains only
+    assert mail("friend@anywhere.test")[0] is Outcome.ACCEPT          # user@
+    assert mail("")[0] is Outcome.CONTINUE                            # <> DUNNO: the next rule runs
+    assert mail("x@after.test")[4] == "after"
+    watched = mail("x@watch.example")
+    assert watched[0] is Outcome.CONTINUE and watched[5] == [("warn", "sender-access", "watched sender")]
+    assert mail("x@tagged.example")[3:5] == ("restrictive class", "strict")
+
+
+def test_access_map_client_keys(tmp_path):
+    (tmp_path / "access").write_text(ACCESS)
+    rs = ok(tmp_path, 'map access = file "access"\non connect:\n    [client] apply access(client.ip)\n')
+    d = lambda ip: run(rs, [Stage.CONNECT], state(ip=ip))   # noqa: E731
+    assert (d("192.0.2.66").outcome, d("192.0.2.66").text) == (Outcome.REJECT, "Access denied")
+    assert d("198.51.100.9").text == "Your network is blocked"        # truncated 198.51.100
+    assert (d("203.0.113.5").outcome, d("203.0.113.5").code) == (Outcome.DISCONNECT, 421)
+    assert d("203.0.113.200").outcome is Outcome.CONTINUE             # outside the /25
+
+
+def test_map_values_membership_and_placeholders(tmp_path):
+    """reject_sender_login_mismatch: a map of which logins may use a sender."""
+    rs = ok(tmp_path, """
+map owners = {"ceo@example.com": "alice, bob", "example.com": "admin"}
+on mail:
+    [mismatch] reject 553 5.7.1 "{sender} is not owned by {auth.user} (owners: {owners(sender)})" if auth and owners(sender) != "" and auth.user not in owners(sender)
+    [unknown] reject 553 5.7.1 "no owner for {sender}" if auth and sender not in owners
+""")
+    d = lambda sender, user: run(rs, [Stage.MAIL], state(sender=sender, auth_user=user))   # noqa: E731
+    assert d("ceo@example.com", "Bob").outcome is Outcome.CONTINUE       # items compare without case
+    refused = d("ceo@example.com", "mallory")
+    assert (refused.rule_id, refused.text) == ("mismatch",
+                                                "ceo@example.com is not owned by mallory (owners: alice, bob)")
+    assert d("x@example.com", "admin").outcome is Outcome.CONTINUE       # the domain's entry
+    assert d("x@other.test", "admin").rule_id == "unknown"
+
+
+def test_a_pcre_map_with_captures_in_its_reply(tmp_path):
+    (tmp_path / "helo.pcre").write_text(
+        "# iRedMail style\n"
+        "/^\\[?(10|127)\\.\\d+\\.\\d+\\.\\d+\\]?$/   REJECT Private address $1 in HELO\n"
+        "/^(dsl|cable)[-.]\\d+/                 REJECT Generic HELO ($1)\n"
+        "/^localhost$/                          550 5.7.1 You are not localhost\n")
+    rs = ok(tmp_path, 'map helo_checks = pcre "helo.pcre"\non helo:\n    [helo-map] apply helo_checks(helo)\n')
+    d = lambda helo: run(rs, [Stage.HELO], state(helo=helo))   # noqa: E731
+    assert d("[10.1.2.3]").text == "Private address 10 in HELO"
+    assert d("DSL-42.isp.example").text == "Generic HELO (dsl)"       # the value is folded, the map is case-less
+    assert (d("localhost").code, d("localhost").text) == (550, "You are not localhost")
+    assert d("mx.example.org").outcome is Outcome.CONTINUE
+
+
+@pytest.mark.parametrize("text,message", [
+    ('on mail:\n    apply nomap(sender)\n', "unknown map `nomap`"),
+    ('list l = ["a"]\non mail:\n    apply l(sender)\n', "`l` is a list, not a map"),
+    ('map m = {"a": "OK"}\non mail:\n    reject if tls in m(sender)\n', "`tls` is yes or no; it cannot be `in` a list"),
+    ('map m = {"a": "OK"}\non rcpt:\n    reject if m(rcpts) = "x"\n', "a map is looked up by"),
+    ('map m = {"a": "OK"}\non connect:\n    apply m(sender)\n', "`sender` is not known yet in `on connect:`"),
+    ('map m = {"a": "OK"}\nlist m = ["x"]\non mail:\n    reject if sender in m\n', "declared as a list and as a map"),
+])
+def test_map_mistakes(tmp_path, text, message):
+    assert message in errors(tmp_path, text)
+
+
+def test_map_files_are_part_of_the_ruleset_version(tmp_path):
+    (tmp_path / "access").write_text("a@b.test REJECT\n")
+    first = ok(tmp_path, 'map access = file "access"\non mail:\n    apply access(sender)\n')
+    (tmp_path / "access").write_text("a@b.test OK\n")
+    second = ok(tmp_path, 'map access = file "access"\non mail:\n    apply access(sender)\n')
+    assert first.version != second.version
+    assert str(tmp_path / "access") in second.files
