@@ -187,3 +187,25 @@ def test_cli_writes_jsonl_and_gz_and_reports_on_stderr(tmp_path):
 def test_cli_unreadable_log_exits_2(tmp_path):
     run = smtpfw("import", "postfix", tmp_path / "nope.log")
     assert run.returncode == 2 and "nope.log" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_dry_run_says_when_a_codes_filter_meets_a_listing_without_codes(tmp_path):
+    """Issue 14: a mail log says "blocked using bl.test", not which A record
+    the list answered, so a zone with `codes [...]` cannot match an imported
+    listing.  Dry-run says so instead of silently not matching."""
+    out = tmp_path / "sessions.jsonl"
+    assert smtpfw("import", "postfix", MAILLOG, "-o", out, "--year", "2024").returncode == 0
+    rules = tmp_path / "coded.rules"
+    rules.write_text('zone bl = dnsbl "bl.test" codes [127.0.0.2-127.0.0.11]\n'
+                     'on connect:\n    [bl] reject 554 5.7.1 "listed" if client.ip listed in bl\n'
+                     'on rcpt:\n    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames\n')
+    run = smtpfw("dry-run", "--rules", rules, out)
+    assert run.returncode == 0, run.stderr
+    assert ("note: 1 session had a listing in bl.test without its return codes (sessions imported from a "
+            "mail log do not carry them), so a `codes [...]` filter never matched it") in run.stdout
+    report = json.loads(smtpfw("dry-run", "--rules", rules, "--format", "json", out).stdout)
+    assert report["listings_without_codes"] == {"bl.test": 1}
+    # without a filter the imported listing matches, and nothing is noted
+    rules.write_text(rules.read_text().replace(' codes [127.0.0.2-127.0.0.11]', ''))
+    report = json.loads(smtpfw("dry-run", "--rules", rules, "--format", "json", out).stdout)
+    assert report["listings_without_codes"] == {} and report["rule_hits"]["bl"] == 1

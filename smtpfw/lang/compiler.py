@@ -1043,12 +1043,21 @@ class _Compiler:
         codes_ok = _code_filter([f for f in (zone_codes, node.codes) if f is not None])
         listings.append((kind, make, domain))
 
+        filtered = zone_codes is not None or node.codes is not None
+
         def listed(s):
             lk = make(s)
             if lk is None:
                 return False
             a = s.facts.get(lk)
-            return a is not None and a.status == "listed" and codes_ok(a.codes)
+            if a is None or a.status != "listed":
+                return False
+            if filtered and not a.codes:
+                # A listing without its A records (a session imported from a mail
+                # log): no filter can accept it.  Dry-run reports these.
+                s.uncoded.add(domain)
+                return False
+            return codes_ok(a.codes)
         if node.negated:
             return lambda s: not listed(s)
         return listed

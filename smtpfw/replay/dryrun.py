@@ -69,6 +69,7 @@ class Report:
     monitored: Counter = field(default_factory=Counter)
     groups: dict = field(default_factory=dict)         # (category, key) -> Group
     changes: Counter = field(default_factory=Counter)  # category -> sessions
+    uncoded: Counter = field(default_factory=Counter)  # zone -> sessions with a listing without codes
     elapsed: float = 0.0
 
     @property
@@ -100,6 +101,7 @@ class Report:
                 **{cat: {"count": self.changes.get(cat, 0),
                          "groups": [g.to_json() for g in self._groups(cat)]} for cat in CATEGORIES},
             },
+            "listings_without_codes": dict(self.uncoded),
             "elapsed_seconds": round(self.elapsed, 3),
         }
 
@@ -198,6 +200,7 @@ class DryRun:
             hook = (stage, decision.outcome)
             hooks[hook] = hooks.get(hook, 0) + 1
         rep.hits.update(result.hits)
+        rep.uncoded.update(result.uncoded)
         for rule_id, _d in result.monitored:
             rep.monitored[rule_id] += 1
         # compare
@@ -281,6 +284,10 @@ def format_text(rep: Report) -> str:
         w("never fired: " + (", ".join(never) if never else "(none)"))
     if rep.monitored:
         w("monitor mode, would have refused: " + ", ".join(f"{r} {n:,}" for r, n in rep.monitored.most_common()))
+    for zone, n in sorted(rep.uncoded.items()):
+        w(f"note: {n:,} session{'s' if n != 1 else ''} had a listing in {zone} without its return codes "
+          f"(sessions imported from a mail log do not carry them), so a `codes [...]` filter never matched it; "
+          f"re-run with --live-dns, or test the zone without codes to see those sessions")
     w("")
     c = rep.changes
     if not rep.changed_sessions:
@@ -483,6 +490,7 @@ def merge(into: Report, part: Report, examples: int) -> None:
     into.base_verdicts.update(part.base_verdicts)
     into.hits.update(part.hits)
     into.monitored.update(part.monitored)
+    into.uncoded.update(part.uncoded)
     into.changes.update(part.changes)
     for stage, counts in part.hooks.items():
         into.hooks.setdefault(stage, Counter()).update(counts)

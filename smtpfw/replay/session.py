@@ -131,6 +131,7 @@ class ReplayResult:
     monitored: list                  # (rule id, Decision) of monitor-mode refusals
     state: SessionState | None = None
     changed_events: list = field(default_factory=list)
+    uncoded: frozenset = frozenset()  # zones with a listing whose codes a filter could not test
 
     def to_json(self) -> dict:
         return {
@@ -563,7 +564,7 @@ class Replayer:
                     closed = f"connection closed after {cmd.upper()}"
         verdict = verdict_of(connect, results)
         return ReplayResult(record, connect, results, verdict, st.hits, st.decisions, st.monitored,
-                            st if detail else None)
+                            st if detail else None, uncoded=frozenset(st.uncoded))
 
     async def _event(self, cmd: str, ev: dict, conv: Conversation) -> tuple[EventResult, Step | None]:
         """One recorded command through the conversation, as the live server
