@@ -284,8 +284,8 @@ def format_text(rep: Report) -> str:
         w("never fired: " + (", ".join(never) if never else "(none)"))
     if rep.monitored:
         w("monitor mode, would have refused: " + ", ".join(f"{r} {n:,}" for r, n in rep.monitored.most_common()))
-    for zone, n in sorted(rep.uncoded.items()):
-        w(f"note: {n:,} session{'s' if n != 1 else ''} had a listing in {zone} without its return codes "
+    for zone, sessions in sorted(rep.uncoded.items()):
+        w(f"note: {sessions:,} session{'s' if sessions != 1 else ''} had a listing in {zone} without its return codes "
           f"(sessions imported from a mail log do not carry them), so a `codes [...]` filter never matched it; "
           f"re-run with --live-dns, or test the zone without codes to see those sessions")
     w("")
