@@ -20,6 +20,7 @@ from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
 
 _EARLY = (Stage.CONNECT, Stage.HELO, Stage.MAIL)
+FACT_ROUNDS = 3            # facts that depend on facts: PTR name -> its RHSBL listing is two
 log = logging.getLogger("smtpfw.plugins")
 
 # Reply classes a plugin's decision may carry, per outcome.  A refusal with a
@@ -94,8 +95,13 @@ class Policy:
                 facts.start(rs.fact_keys(rs.fact_starts, stage, state))
             if rs.fact_needs.get(stage):
                 known = state.facts
-                wanted = [k for k in rs.fact_keys(rs.fact_needs, stage, state) if k not in known]
-                if wanted:
+                # A fact's key can depend on another fact (an RHSBL lookup of
+                # the PTR name needs the PTR answer): ask again for the keys
+                # the answers made known, a few rounds at most.
+                for _ in range(FACT_ROUNDS):
+                    wanted = [k for k in rs.fact_keys(rs.fact_needs, stage, state) if k not in known]
+                    if not wanted:
+                        break
                     known.update(await facts.results(wanted))
         logged, monitored = len(state.log_lines), len(state.monitored)
         decision = await self._evaluate(stage, message)

@@ -477,3 +477,57 @@ def test_map_files_are_part_of_the_ruleset_version(tmp_path):
     second = ok(tmp_path, 'map access = file "access"\non mail:\n    apply access(sender)\n')
     assert first.version != second.version
     assert str(tmp_path / "access") in second.files
+
+
+# ---- facts that depend on facts; several providers in one hook ---------------------
+
+def test_an_rhsbl_lookup_of_the_ptr_name_is_made_in_the_same_hook(tmp_path):
+    """The RHSBL key needs the PTR answer: Policy asks again for what the
+    answers made known (it used to be silently false)."""
+    rs = ok(tmp_path, 'zone dbl = rhsbl "dbl.test"\non connect:\n'
+                      '    [rdns-dbl] reject 554 5.7.1 "{client.rdns} listed" if client.rdns listed in dbl\n')
+    dns = {Lookup(LookupKind.PTR, "192.0.2.9"): DnsAnswer("found", names=("bad.example",), confirmed=True),
+           Lookup(LookupKind.RHSBL, "bad.example", "dbl.test"): DnsAnswer("listed", ("127.0.1.2",))}
+    st = state(ip="192.0.2.9")
+    d = run(rs, [Stage.CONNECT], st, dns)
+    assert (d.outcome, d.text) == (Outcome.REJECT, "bad.example listed")
+    assert Lookup(LookupKind.RHSBL, "bad.example", "dbl.test") in st.facts
+
+
+def test_smtpfw_test_drives_a_hook_that_needs_dns_and_a_callout(tmp_path, capsys):
+    """`sender.resolvable` and `rcpt.verified` in one hook: two fact
+    providers; the test runner used to stop with "a DNS source or plugin waited"."""
+    from smtpfw.cli import main
+
+    (tmp_path / "v.rules").write_text(
+        'on rcpt:\n'
+        '    [nodomain] reject 550 5.1.8 "Sender domain does not resolve" if sender.resolvable = "no"\n'
+        '    [unknown] reject 550 5.1.1 "User unknown" if rcpt.verified = "no"\n'
+        '    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames\n')
+    (tmp_path / "v.tests").write_text(
+        "dns resolvable nope.test = no\n"
+        "dns resolvable yes.test = yes\n"
+        "client 192.0.2.1 ehlo a.test from x@nope.test rcpt root@localhost -> reject at rcpt by nodomain\n"
+        "client 192.0.2.1 ehlo a.test from x@yes.test rcpt root@localhost -> accept\n")
+    assert main(["test", str(tmp_path / "v.rules")]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("codes,code,expected", [
+    ("127.0.0.[2;14;13;12;11;10]", "127.0.0.13", True),       # postscreen's `;` lists (mailspike)
+    ("127.0.0.[2;14;13;12;11;10]", "127.0.0.3", False),
+    ("127.0.0.[2;10..14]", "127.0.0.12", True),
+])
+def test_code_pattern_lists(tmp_path, codes, code, expected):
+    decls = f'zone z = dnsbl "z.test" codes [{codes}]'
+    assert rejects(tmp_path, "client.ip listed in z", Stage.CONNECT, decls,
+                   listed("192.0.2.1", "z.test", code)) is expected
+
+
+@pytest.mark.parametrize("codes,message", [
+    ('"127.0.0.[2;14;13]"', "is not a return code"),          # quoted: it would never match
+    ('"x"', "is not a return code"),
+    ("*.*.*.[2..3]", "stands for too many separate ranges"),
+])
+def test_code_mistakes(tmp_path, codes, message):
+    assert message in errors(tmp_path, f'zone z = dnsbl "z.test" codes [{codes}]\non connect:\n'
+                                       '    reject if client.ip listed in z\n')

@@ -67,7 +67,14 @@ class Facts:
             ((name, group),) = groups.items()
             return await self._source(name).results(group)
         out: dict = {}
-        for part in await asyncio.gather(*(self._source(n).results(g) for n, g in groups.items())):
+        sources = [(self._source(n), g) for n, g in groups.items()]
+        if all(getattr(source, "synchronous", False) for source, _ in sources):
+            # answers at hand (a recording, declared test answers): no event
+            # loop, so a replay can drive the coroutine by hand
+            for source, group in sources:
+                out.update(await source.results(group))
+            return out
+        for part in await asyncio.gather(*(source.results(group) for source, group in sources)):
             out.update(part)
         return out
 

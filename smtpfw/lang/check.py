@@ -32,6 +32,7 @@ import ipaddress
 import os
 import re
 import traceback
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -632,8 +633,10 @@ class _Linter:
         text = str(node.pattern.value)
         source = fnmatch.translate(text) if node.kind == "glob" else text
         try:
-            rx = re.compile(source, re.IGNORECASE)
-            parsed = _sre_parse.parse(source, re.IGNORECASE)
+            with warnings.catch_warnings():          # "Possible nested set" and the like: not for lint's output
+                warnings.simplefilter("ignore")
+                rx = re.compile(source, re.IGNORECASE)
+                parsed = _sre_parse.parse(source, re.IGNORECASE)
         except (re.error, RecursionError, OverflowError, ValueError):
             return  # E401 from the compiler
         what = "glob" if node.kind == "glob" else "regular expression"

@@ -236,9 +236,26 @@ class _ToAst(Transformer):
                 lo, hi = str(it).split("-")
                 ranges.append((lo, hi))
             elif it.type == "CODE_PATTERN":
+                if _code_pattern_size(str(it)) > MAX_CODE_RANGES:
+                    self.problems.append(Diagnostic(
+                        Code.E202_TYPE_MISMATCH, f"`{it}` stands for too many separate ranges (more than "
+                        f"{MAX_CODE_RANGES})", self._tspan(it),
+                        help="make the octets after the first wildcard whole wildcards (`*`), or use a range "
+                             "like 127.0.0.2-127.0.0.11"))
+                    continue
                 ranges.extend(_code_pattern_ranges(str(it)))
             elif it.type == "STRING":
-                exact.append(_unquote(it))
+                text = _unquote(it)
+                if not _IPV4_CODE.fullmatch(text):
+                    bare = text if CODE_PATTERN_RE.fullmatch(text) or _IPV4_CODE.fullmatch(text.strip()) else None
+                    self.problems.append(Diagnostic(
+                        Code.E202_TYPE_MISMATCH, f"{it} is not a return code: a listing's codes are IPv4 "
+                        "addresses such as 127.0.0.2", self._tspan(it),
+                        help=f"write it without quotes: `{bare}`" if bare else
+                        "write an address (127.0.0.2), a range (127.0.0.2-127.0.0.11), a pattern "
+                        "(127.0.0.[2;10..14], 127.0.*.*) or `mask N`"))
+                    continue
+                exact.append(text)
             else:
                 exact.append(str(it))
         return ast.CodeFilter(tuple(exact), tuple(ranges), tuple(masks), self._span(meta))
@@ -447,32 +464,61 @@ class _ToAst(Transformer):
         return ast.Value("boolean", text in ("true", "yes"), text, self._tspan(items[0]))
 
 
-def _code_pattern_ranges(text: str) -> list[tuple[str, str]]:
-    """127.0.*.* or 127.0.[0..255].[2..11] (Postfix postscreen_dnsbl_sites
-    syntax) as address ranges.  A wildcard octet is 0..255.  The set is one
-    range when every octet after the first non-exact one is a whole
-    wildcard; otherwise it is one range per value of the leading octets."""
-    octets: list[tuple[int, int]] = []
-    for part in re.findall(r"\[\d+\.\.\d+\]|\*|\d+", text):
+MAX_CODE_RANGES = 4096
+_IPV4_CODE = re.compile(r"(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}")
+_OCTET_PATTERN = r"(\d{1,3}|\*|\[\d{1,3}(\.\.\d{1,3})?(;\d{1,3}(\.\.\d{1,3})?)*\])"
+CODE_PATTERN_RE = re.compile(rf"(?=[\d.]*[*\[]){_OCTET_PATTERN}(\.{_OCTET_PATTERN}){{3}}")
+
+
+def _code_pattern_size(text: str) -> int:
+    """How many ranges ``_code_pattern_ranges`` would make (without making them)."""
+    octets: list[list[tuple[int, int]] | None] = []
+    for part in re.findall(r"\[[\d.;]+\]|\*|\d+", text):
         if part == "*":
-            octets.append((0, 255))
+            octets.append(None)
         elif part.startswith("["):
-            lo, hi = part[1:-1].split("..")
-            octets.append((min(int(lo), 255), min(int(hi), 255)))
+            items = [item.partition("..") for item in part[1:-1].split(";")]
+            ranges = [(min(int(lo), 255), min(int(hi or lo), 255)) for lo, _, hi in items]
+            octets.append(None if ranges == [(0, 255)] else ranges)
         else:
-            octets.append((min(int(part), 255), min(int(part), 255)))
+            octets.append([(0, 0)])
+    size = 1
+    for i, octet in enumerate(octets):
+        if all(o is None for o in octets[i + 1:]):
+            return size * (len(octet) if octet is not None else 1)
+        size *= sum(hi - lo + 1 for lo, hi in octet) if octet is not None else 256
+    return size
+
+
+def _code_pattern_ranges(text: str) -> list[tuple[str, str]]:
+    """127.0.*.*, 127.0.[0..255].[2..11] or 127.0.0.[2;10..14] (Postfix
+    postscreen_dnsbl_sites syntax) as address ranges.  A `*` octet is
+    0..255; `[...]` holds values and `a..b` ranges separated by `;`.  Each
+    choice of the octets before the last non-wildcard one is one range."""
+    octets: list[list[tuple[int, int]]] = []
+    for part in re.findall(r"\[[\d.;]+\]|\*|\d+", text):
+        if part == "*":
+            octets.append([(0, 255)])
+        elif part.startswith("["):
+            items = []
+            for item in part[1:-1].split(";"):
+                lo, _, hi = item.partition("..")
+                items.append((min(int(lo), 255), min(int(hi or lo), 255)))
+            octets.append(items)
+        else:
+            octets.append([(min(int(part), 255), min(int(part), 255))])
     out: list[tuple[str, str]] = []
 
-    def expand(prefix: list[int], rest: list[tuple[int, int]]) -> None:
-        if all(lo == 0 and hi == 255 for lo, hi in rest[1:]) or len(rest) == 1:
-            lo, hi = rest[0]
-            tail_lo = [lo] + [0] * (len(rest) - 1)
-            tail_hi = [hi] + [255] * (len(rest) - 1)
-            out.append((".".join(map(str, prefix + tail_lo)), ".".join(map(str, prefix + tail_hi))))
+    def expand(prefix: list[int], rest: list[list[tuple[int, int]]]) -> None:
+        if len(rest) == 1 or all(r == [(0, 255)] for r in rest[1:]):
+            for lo, hi in rest[0]:
+                tail = len(rest) - 1
+                out.append((".".join(map(str, prefix + [lo] + [0] * tail)),
+                            ".".join(map(str, prefix + [hi] + [255] * tail))))
             return
-        lo, hi = rest[0]
-        for v in range(lo, hi + 1):
-            expand(prefix + [v], rest[1:])
+        for lo, hi in rest[0]:
+            for v in range(lo, hi + 1):
+                expand(prefix + [v], rest[1:])
     expand([], octets)
     return out
 
