@@ -531,3 +531,23 @@ def test_code_pattern_lists(tmp_path, codes, code, expected):
 def test_code_mistakes(tmp_path, codes, message):
     assert message in errors(tmp_path, f'zone z = dnsbl "z.test" codes [{codes}]\non connect:\n'
                                        '    reject if client.ip listed in z\n')
+
+
+@pytest.mark.parametrize("cond,kw,expected", [
+    # postfwd: client_name~=$$(sender_domain)$ -- the rDNS name is in the sender's domain
+    ("client.rdns within sender.domain", {"sender": "a@example.org"}, True),
+    ("client.rdns within sender.domain", {"sender": "a@other.test"}, False),
+    ("client.rdns not within sender.domain", {"sender": "a@other.test"}, True),
+    ('client.rdns within brands(sender.domain)', {"sender": "a@gmail.test"}, True),     # Haraka [bigco]
+    ('client.rdns within brands(sender.domain)', {"sender": "a@yahoo.test"}, False),
+    ("client.ip in helo.addresses", {}, True),
+    ("sender.domain in helo", {"helo": "example.org"}, True),       # one value: equality
+])
+def test_membership_in_another_fields_value(tmp_path, cond, kw, expected):
+    decls = 'map brands = {"gmail.test": "google.test, gmail.test", "yahoo.test": "yahoo.test"}'
+    rs = ok(tmp_path, f"{decls}\non rcpt:\n    reject if {cond}\n")
+    dns = {Lookup(LookupKind.PTR, "192.0.2.1"): DnsAnswer("found", names=("mx1.example.org",), confirmed=True),
+           Lookup(LookupKind.PTR, "192.0.2.2"): DnsAnswer("found", names=("mail-x.google.test",), confirmed=True),
+           Lookup(LookupKind.ADDRESSES, "mx.example.org"): DnsAnswer("found", ("192.0.2.1",))}
+    ip = "192.0.2.2" if "brands" in cond else "192.0.2.1"
+    assert (run(rs, [Stage.RCPT], state(ip=ip, **kw), dns).outcome is Outcome.REJECT) is expected

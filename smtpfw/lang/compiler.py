@@ -884,11 +884,16 @@ class _Compiler:
             return None
         element_type = ADDRESS if spec.type == LIST else spec.type
         get = spec.compared
-        if isinstance(node.target, ast.Field):
-            items = self._value_items(node.target, element_type, node, stage)
+        target = node.target
+        if isinstance(target, ast.ListRef) and self._names_a_field(target.name):
+            target = ast.Field(target.name, target.span)      # `client.rdns within sender.domain`
+        if isinstance(target, ast.Field):
+            items = self._value_items(target, element_type, node, stage)
             if items is None:
                 return None
-            if spec.type == LIST:
+            if node.within:
+                found = lambda s: _within_any(get(s), items(s))          # noqa: E731
+            elif spec.type == LIST:
                 found = lambda s: any(x in items(s) for x in get(s))   # noqa: E731
             else:
                 found = lambda s: get(s) in items(s)                   # noqa: E731
@@ -902,21 +907,30 @@ class _Compiler:
             test = lambda s: matcher(get(s))
         return (lambda s: not test(s)) if node.negated else test
 
+    def _names_a_field(self, name: str) -> bool:
+        """A name after `in`/`within` that is no list or map but a field."""
+        return (name not in self.prog.lists and name not in self.prog.maps and name not in BUILTIN_LISTS
+                and lookup_field(name, self.plugin_fields, self.zone) is not None)
+
     def _value_items(self, target: ast.Field, ftype: str, node: ast.Member, stage: Stage):
-        """`auth.user in owners(sender)`: the map's value read as a list of
-        items (separated by commas or spaces, as Postfix's
-        smtpd_sender_login_maps values are)."""
-        if node.within:
-            self.error(Code.E202_TYPE_MISMATCH, "`within` takes a list of domains, not a map's value", node.span,
-                       help="use `in`")
-            return None
+        """The items another field's value holds: a map's value read as a
+        list (separated by commas or spaces, as Postfix's
+        smtpd_sender_login_maps values are: `auth.user in owners(sender)`),
+        a list field's addresses, or a field's one value
+        (`client.rdns within sender.domain`)."""
         tspec = self._field(target, stage)
         if tspec is None:
             return None
+        if tspec.type in (BOOL, INT):
+            self.error(Code.E202_TYPE_MISMATCH, f"`{tspec.name}` is {_tname(tspec.type)}; it holds no items",
+                       target.span)
+            return None
         get = tspec.get
+        if tspec.type == LIST:
+            return lambda s: {fold(ftype, str(item)) for item in get(s)}
 
         def items(s: SessionState) -> set[str]:
-            return {fold(ftype, item) for item in _ITEMS.split(get(s)) if item}
+            return {fold(ftype, item) for item in _ITEMS.split(str(get(s))) if item}
         return items
 
     def _matcher(self, target, ftype: str, within: bool):
@@ -1117,6 +1131,11 @@ def glob_regex(pattern: str) -> str:
         else:
             out.append(re.escape(c))
     return "\\A(?s:" + "".join(out) + ")\\Z"
+
+
+def _within_any(value: str, domains: set[str]) -> bool:
+    """``value`` is one of ``domains`` or below one of them."""
+    return any(value == d or value.endswith("." + d) for d in domains if d)
 
 
 def _ordered(op: str, get: Callable[[SessionState], Any], n: Any) -> Callable[[SessionState], bool]:
