@@ -551,3 +551,22 @@ def test_membership_in_another_fields_value(tmp_path, cond, kw, expected):
            Lookup(LookupKind.ADDRESSES, "mx.example.org"): DnsAnswer("found", ("192.0.2.1",))}
     ip = "192.0.2.2" if "brands" in cond else "192.0.2.1"
     assert (run(rs, [Stage.RCPT], state(ip=ip, **kw), dns).outcome is Outcome.REJECT) is expected
+
+
+def test_ruleset_tests_say_when_a_session_began(tmp_path, capsys):
+    from smtpfw.cli import main
+
+    (tmp_path / "t.rules").write_text(
+        'option timezone = "Europe/Berlin"\non rcpt:\n'
+        '    [night] tempfail 450 4.7.1 "Not at night" if time.clock < "06:00"\n'
+        '    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames\n')
+    tests = ("client 192.0.2.1 at 2026-11-30T04:30 ehlo a.test from x@a.test rcpt root@localhost"
+             " -> tempfail at rcpt by night\n"
+             "client 192.0.2.1 at 2026-11-30T05:30 ehlo a.test from x@a.test rcpt root@localhost -> accept\n"
+             "client 192.0.2.1 at 2026-11-30T05:30+01:00 ehlo a.test from x@a.test rcpt root@localhost"
+             " -> tempfail by night\n")
+    (tmp_path / "t.tests").write_text(tests)
+    assert main(["test", str(tmp_path / "t.rules")]) == 0, capsys.readouterr().out
+    (tmp_path / "t.tests").write_text("client 192.0.2.1 at yesterday -> accept\n")
+    assert main(["test", str(tmp_path / "t.rules")]) != 0
+    assert "`at` takes a date and time like 2026-11-30T14:05, not `yesterday`" in capsys.readouterr().out

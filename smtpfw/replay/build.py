@@ -17,7 +17,8 @@ def make_record(*, ip: str = DEFAULT_CLIENT_IP, client_port: int = 0, listener_p
                 helo: str | None = None, esmtp: bool = True, tls: bool = False, auth_user: str | None = None,
                 sender: str | None = None, rcpts: list[str] = (), headers: list[tuple[str, str]] = (),
                 size: int | None = None, data: bool = True, session_id: str = "trace",
-                dns: dict[Lookup, DnsAnswer] | None = None, unrecognized: int = 0) -> dict:
+                dns: dict[Lookup, DnsAnswer] | None = None, unrecognized: int = 0,
+                started: float | None = None) -> dict:
     events: list[dict] = [{"cmd": "unrecognized"} for _ in range(unrecognized)]
     if helo is not None:
         events.append({"cmd": "ehlo" if esmtp else "helo", "arg": helo})
@@ -31,7 +32,8 @@ def make_record(*, ip: str = DEFAULT_CLIENT_IP, client_port: int = 0, listener_p
                 first.setdefault(name.strip().lower(), value.strip())
             events.append({"cmd": "data", "size": DEFAULT_SIZE if size is None else size, "headers": first})
     return {
-        "v": FORMAT_VERSION, "id": session_id, "time": round(time.time(), 3), "duration": 0.0,
+        "v": FORMAT_VERSION, "id": session_id, "time": round(time.time() if started is None else started, 3),
+        "duration": 0.0,
         "ruleset": "", "listener": {"address": "", "port": listener_port, "name": ""},
         "client": {"ip": ip, "port": client_port}, "tls": tls, "auth": auth_user is not None,
         "auth_user": auth_user or "", "connect": {}, "events": events,

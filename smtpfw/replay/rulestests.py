@@ -31,6 +31,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
 from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean
@@ -54,7 +55,7 @@ _STATUSES = {
 }
 _NAMED_KINDS = {"ptr": LookupKind.PTR, "resolvable": LookupKind.RESOLVABLE, "addresses": LookupKind.ADDRESSES}
 _SESSION_WORDS = ("client", "port", "tls", "auth", "unrecognized", "helo", "ehlo", "from", "rcpt", "header", "size",
-                  "nodata")
+                  "nodata", "at")
 
 
 class SyntaxProblem(Exception):
@@ -314,6 +315,8 @@ def _parse_case(first: int, last: int, line: str, tokens: list[Token], dns: dict
             args[word] = int(v.value)
         elif word == "auth":
             args["auth"] = v.value
+        elif word == "at":
+            args["at"] = _when(v)
         elif word in ("helo", "ehlo"):
             if "helo" in args:
                 raise SyntaxProblem("one helo/ehlo per test", t.column, len(t.text))
@@ -341,9 +344,23 @@ def _parse_case(first: int, last: int, line: str, tokens: list[Token], dns: dict
                          helo=args.get("helo"), esmtp=args.get("esmtp", True), tls=args.get("tls", False),
                          auth_user=args.get("auth"), sender=args.get("from"), rcpts=args["rcpts"],
                          headers=args["headers"], size=args.get("size"), data=not args.get("nodata"),
-                         session_id=f"test:{first}", dns=dns, unrecognized=args.get("unrecognized", 0))
+                         session_id=f"test:{first}", dns=dns, unrecognized=args.get("unrecognized", 0),
+                         started=args.get("at"))
     width = len(line.rstrip()) - arrow_tok.column + 1
     return Case(first, last, " ".join(t.text for t in tokens), record, exp, arrow_tok.column, width)
+
+
+def _when(tok: Token) -> float:
+    """`at 2026-11-30T14:05` (UTC) or with an offset (`...T14:05+01:00`):
+    when the session began, for the time.* fields."""
+    try:
+        when = datetime.fromisoformat(tok.value.replace("Z", "+00:00"))
+    except ValueError:
+        raise SyntaxProblem(f"`at` takes a date and time like 2026-11-30T14:05, not `{tok.value}`",
+                            tok.column, len(tok.text)) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
 
 
 def _parse_expectation(tokens: list[Token], arrow: Token, rule_ids: list[str] | None) -> Expectation:
