@@ -1,7 +1,8 @@
 """rules/examples/ translations of public configurations, on the real
 server with a real DNS server on loopback: postscreen's weighted DNSBL
-(docker-mailserver) and iRedMail's helo_access.pcre (a Postfix pcre table
-loaded as it is).  The replies are the exact ones a client sees."""
+(docker-mailserver) and iRedMail's HELO restrictions around a Postfix pcre
+table in the form of iRedMail's helo_access.pcre (smtpfw's own, loaded as it
+is).  The replies are the exact ones a client sees."""
 
 from __future__ import annotations
 
@@ -101,8 +102,9 @@ def test_postscreen_permits_mynetworks(postscreen_dns):
 
 # ---- helo_access_pcre.rules -----------------------------------------------------
 
-DENIED = "554 5.7.1 ACCESS DENIED. Your email was rejected because the sending mail server"
-DYNAMIC = f"{DENIED} appears to be on a dynamic IP address that should not be doing direct mail delivery"
+BAD = "554 5.7.1 Bad HELO"
+LOCALHOST = f"{BAD} localhost: that is every machine's name for itself; say your public host name"
+VIA_PROVIDER = "send through your provider's mail server"
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +117,16 @@ def helo_dns():
 
 @pytest.mark.parametrize("helo,rcpt_reply", [
     # the pcre table, first match wins
-    ("localhost", f"{DENIED} does not identify itself correctly (localhost)"),
-    ("printer.local", f"{DENIED} does not identify itself correctly (.local)"),
-    ("192.0.2.7", f"{DENIED} sent non RFC compliant HELO identity (192.0.2.7)"),
-    ("host7.adsl.isp.example", f"{DYNAMIC} (adsl)"),
-    ("192-0-2-7.pool.isp.example", f"{DYNAMIC} (192-0-2-7)"),
-    ("[127.0.0.2]", OK_RCPT),              # OK: a bracketed literal, before the "address in HELO" line
+    ("localhost", LOCALHOST),
+    ("printer.local", f"{BAD} printer.local: that name exists only inside a private network and cannot be looked up"),
+    ("192.0.2.7", f"{BAD} 192.0.2.7: an address is written in brackets, as [192.0.2.7], or give your host name"),
+    ("[10.0.0.2]", f"{BAD} 10.0.0.2: a private network address cannot be where this connection comes from"),
+    ("host7.adsl.isp.example",
+     f"{BAD}: the name looks like a dynamic or broadband customer line (adsl); {VIA_PROVIDER}"),
+    ("192-0-2-7.pool.isp.example", f"{BAD}: the name carries an address (192-0-2-7), like a customer line's; {VIA_PROVIDER}"),
+    ("gmail.com", "554 5.7.1 Forged HELO gmail.com: that provider's servers do not greet with their bare domain"),
+    ("[127.0.0.2]", OK_RCPT),              # OK: a bracketed literal, before the "address in the name" line
+    ("[192.0.2.300]", "501 5.5.2 <[192.0.2.300]>: Helo command rejected: invalid ip address"),   # DUNNO, then the syntax check
     # not in the table: iRedMail's next restrictions
     ("mx.good.example", OK_RCPT),
     ("relay.good.example", OK_RCPT),
@@ -140,8 +146,7 @@ def test_helo_access_pcre_permits_mynetworks_first(helo_dns):
     """permit_mynetworks (127.0.0.1) comes before check_helo_access."""
     with running_server(EXAMPLES / "helo_access_pcre.rules", dns=helo_dns) as srv:
         assert session(srv, helo="localhost", source="127.0.0.1")[2] == {"u@localhost": OK_RCPT}
-        assert session(srv, helo="localhost", source="127.0.0.3")[2] == {
-            "u@localhost": f"{DENIED} does not identify itself correctly (localhost)"}
+        assert session(srv, helo="localhost", source="127.0.0.3")[2] == {"u@localhost": LOCALHOST}
 
 
 def test_helo_access_pcre_dns_failure_defers():
@@ -150,5 +155,4 @@ def test_helo_access_pcre_dns_failure_defers():
         assert session(srv, helo="mx.good.example", source="127.0.0.2")[2] == {
             "u@localhost": "450 4.7.1 <mx.good.example>: Helo command rejected: Host not found"}
         # the table does not need DNS
-        assert session(srv, helo="localhost", source="127.0.0.2")[2] == {
-            "u@localhost": f"{DENIED} does not identify itself correctly (localhost)"}
+        assert session(srv, helo="localhost", source="127.0.0.2")[2] == {"u@localhost": LOCALHOST}
