@@ -570,3 +570,23 @@ def test_ruleset_tests_say_when_a_session_began(tmp_path, capsys):
     (tmp_path / "t.tests").write_text("client 192.0.2.1 at yesterday -> accept\n")
     assert main(["test", str(tmp_path / "t.rules")]) != 0
     assert "`at` takes a date and time like 2026-11-30T14:05, not `yesterday`" in capsys.readouterr().out
+
+
+def test_dry_run_shows_how_sessions_scored(tmp_path, capsys):
+    import json
+
+    from smtpfw.cli import main
+    from smtpfw.replay.build import make_record
+
+    (tmp_path / "p.rules").write_text(POSTSCREEN + '\non rcpt:\n    reject if rcpt.domain not in localnames\n')
+    records = []
+    for i, (ip, zones) in enumerate([("192.0.2.1", ["zen.test", "bb.test"]), ("192.0.2.2", ["bb.test"]),
+                                     ("192.0.2.3", [])]):
+        dns = {Lookup(LookupKind.DNSBL, ip, z): DnsAnswer("listed", ("127.0.0.2",)) for z in zones}
+        records.append(make_record(ip=ip, helo="a.test", sender="x@a.test", rcpts=["root@localhost"], dns=dns,
+                                   session_id=f"s{i}"))
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["dry-run", "--rules", str(tmp_path / "p.rules"), str(tmp_path / "s.jsonl")]) == 0
+    assert "score dnsbl, sessions by total: 0: 1, +2: 1, +5: 1" in capsys.readouterr().out
+    assert main(["dry-run", "--rules", str(tmp_path / "p.rules"), "--format", "json", str(tmp_path / "s.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["scores"] == {"dnsbl": {"0": 1, "2": 1, "5": 1}}

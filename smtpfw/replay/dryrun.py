@@ -70,6 +70,7 @@ class Report:
     groups: dict = field(default_factory=dict)         # (category, key) -> Group
     changes: Counter = field(default_factory=Counter)  # category -> sessions
     uncoded: Counter = field(default_factory=Counter)  # zone -> sessions with a listing without codes
+    scores: dict = field(default_factory=dict)         # score name -> Counter(total -> sessions)
     elapsed: float = 0.0
 
     @property
@@ -102,8 +103,18 @@ class Report:
                          "groups": [g.to_json() for g in self._groups(cat)]} for cat in CATEGORIES},
             },
             "listings_without_codes": dict(self.uncoded),
+            "scores": {name: {str(total): n for total, n in sorted(self.score_totals(name).items())}
+                       for name in sorted(self.scores)},
             "elapsed_seconds": round(self.elapsed, 3),
         }
+
+    def score_totals(self, name: str) -> Counter:
+        """Sessions by their total of score ``name`` (0: no rule added to it)."""
+        counts = Counter(self.scores.get(name, ()))
+        unscored = self.sessions - sum(counts.values())
+        if unscored:
+            counts[0] += unscored
+        return counts
 
     def _groups(self, category: str) -> list[Group]:
         gs = [g for (cat, _k), g in self.groups.items() if cat == category]
@@ -201,6 +212,8 @@ class DryRun:
             hooks[hook] = hooks.get(hook, 0) + 1
         rep.hits.update(result.hits)
         rep.uncoded.update(result.uncoded)
+        for name, total in result.scores.items():
+            rep.scores.setdefault(name, Counter())[total] += 1
         for rule_id, _d in result.monitored:
             rep.monitored[rule_id] += 1
         # compare
@@ -284,6 +297,10 @@ def format_text(rep: Report) -> str:
         w("never fired: " + (", ".join(never) if never else "(none)"))
     if rep.monitored:
         w("monitor mode, would have refused: " + ", ".join(f"{r} {n:,}" for r, n in rep.monitored.most_common()))
+    for name in sorted(rep.scores):
+        w(f"score {name}, sessions by total: "
+          + ", ".join(f"{total:+d}: {n:,}" if total else f"0: {n:,}"
+                      for total, n in sorted(rep.score_totals(name).items())))
     for zone, sessions in sorted(rep.uncoded.items()):
         w(f"note: {sessions:,} session{'s' if sessions != 1 else ''} had a listing in {zone} without its return codes "
           f"(sessions imported from a mail log do not carry them), so a `codes [...]` filter never matched it; "
@@ -491,6 +508,8 @@ def merge(into: Report, part: Report, examples: int) -> None:
     into.hits.update(part.hits)
     into.monitored.update(part.monitored)
     into.uncoded.update(part.uncoded)
+    for name, counts in part.scores.items():
+        into.scores.setdefault(name, Counter()).update(counts)
     into.changes.update(part.changes)
     for stage, counts in part.hooks.items():
         into.hooks.setdefault(stage, Counter()).update(counts)

@@ -132,6 +132,7 @@ class ReplayResult:
     state: SessionState | None = None
     changed_events: list = field(default_factory=list)
     uncoded: frozenset = frozenset()  # zones with a listing whose codes a filter could not test
+    scores: dict = field(default_factory=dict)   # score name -> the session's total
 
     def to_json(self) -> dict:
         return {
@@ -564,7 +565,7 @@ class Replayer:
                     closed = f"connection closed after {cmd.upper()}"
         verdict = verdict_of(connect, results)
         return ReplayResult(record, connect, results, verdict, st.hits, st.decisions, st.monitored,
-                            st if detail else None, uncoded=frozenset(st.uncoded))
+                            st if detail else None, uncoded=frozenset(st.uncoded), scores=dict(st.scores))
 
     async def _event(self, cmd: str, ev: dict, conv: Conversation) -> tuple[EventResult, Step | None]:
         """One recorded command through the conversation, as the live server
