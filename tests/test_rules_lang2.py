@@ -590,3 +590,20 @@ def test_dry_run_shows_how_sessions_scored(tmp_path, capsys):
     assert "score dnsbl, sessions by total: 0: 1, +2: 1, +5: 1" in capsys.readouterr().out
     assert main(["dry-run", "--rules", str(tmp_path / "p.rules"), "--format", "json", str(tmp_path / "s.jsonl")]) == 0
     assert json.loads(capsys.readouterr().out)["scores"] == {"dnsbl": {"0": 1, "2": 1, "5": 1}}
+
+
+def test_qpsmtpd_list_files_load_as_written(tmp_path):
+    """relayclients with address prefixes, badmailfrom with reasons (issue 14, item 3)."""
+    (tmp_path / "relayclients").write_text("# qpsmtpd config/relayclients\n192.0.\n10.1.2.3\n2001:0DB8\n198.51\n")
+    (tmp_path / "badmailfrom").write_text("spam@example.com  We do not want your mail\n@bulk.example bulk mail\n")
+    rs = ok(tmp_path, 'list relayclients = file "relayclients"\nlist badmailfrom = file "badmailfrom"\n'
+                      "on mail:\n    [bmf] reject if sender in badmailfrom\n"
+                      "on rcpt:\n    [relay] accept if client.ip in relayclients\n    [no] reject\n")
+    rcpt = lambda ip: run(rs, [Stage.RCPT], state(ip=ip)).outcome   # noqa: E731
+    assert rcpt("192.0.200.1") is Outcome.ACCEPT
+    assert rcpt("198.51.7.7") is Outcome.ACCEPT
+    assert rcpt("2001:db8:1::5") is Outcome.ACCEPT
+    assert rcpt("10.1.2.4") is Outcome.REJECT and rcpt("192.1.0.1") is Outcome.REJECT
+    mail = lambda sender: run(rs, [Stage.MAIL], state(sender=sender)).outcome   # noqa: E731
+    assert mail("SPAM@example.com") is Outcome.REJECT and mail("x@bulk.example") is Outcome.REJECT
+    assert mail("ham@example.com") is Outcome.CONTINUE

@@ -349,6 +349,25 @@ def _ip_glob_hint(text: str) -> str:
     return "write networks in CIDR form: 192.0.2.0/24, 10.0.0.0/8 or 2001:db8::/32"
 
 
+_V4_PREFIX = re.compile(r"(\d{1,3})(\.\d{1,3}){0,2}\.?")
+_V6_PREFIX = re.compile(r"[0-9a-fA-F]{1,4}(:[0-9a-fA-F]{1,4}){0,6}:?")
+
+
+def _ip_prefix(text: str) -> str | None:
+    """A network for an address prefix, as qpsmtpd's relayclients writes
+    them (`192.0.`, `2001:0DB8:`) and Postfix's access maps (`192.0.2`):
+    whole octets or groups, then the rest is any.  None if not one."""
+    if "." in text and _V4_PREFIX.fullmatch(text):
+        octets = text.rstrip(".").split(".")
+        if len(octets) < 4 and all(int(o) <= 255 for o in octets):
+            return ".".join(octets + ["0"] * (4 - len(octets))) + f"/{8 * len(octets)}"
+    if ":" in text and "::" not in text and _V6_PREFIX.fullmatch(text):
+        groups = text.rstrip(":").split(":")
+        if len(groups) < 8:
+            return ":".join(groups + ["0"] * (8 - len(groups))) + f"/{16 * len(groups)}"
+    return None
+
+
 def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object], bool] | None, list[Diagnostic]]:
     """A membership test for values of ``ftype``, and what is wrong with the entries."""
     matcher, diags = _build_matcher(entries, ftype, within)
@@ -377,6 +396,9 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
     string and set operations."""
     diags: list[Diagnostic] = []
     texts = entries.texts if isinstance(entries, FileEntries) else [e.text for e in entries]
+    if ftype in (IP, DOMAIN, ADDRESS) and any(" " in t or "\t" in t for t in texts):
+        # qpsmtpd's badmailfrom and friends: `entry  reason...`; the reason is for people
+        texts = [t.split(None, 1)[0] if t.strip() else t for t in texts]
     seen: dict = {}
 
     def dup(index: int, first: int) -> None:
@@ -413,7 +435,7 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
                 key = (4, prefix, value >> (32 - prefix))
             except (OSError, ValueError):
                 try:
-                    net = ipaddress.ip_network(text, strict=False)
+                    net = ipaddress.ip_network(_ip_prefix(text) or text, strict=False)
                 except ValueError:
                     if _has_glob(text):
                         pattern(i, _ip_glob_hint(text))
