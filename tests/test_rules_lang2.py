@@ -607,3 +607,16 @@ def test_qpsmtpd_list_files_load_as_written(tmp_path):
     mail = lambda sender: run(rs, [Stage.MAIL], state(sender=sender)).outcome   # noqa: E731
     assert mail("SPAM@example.com") is Outcome.REJECT and mail("x@bulk.example") is Outcome.REJECT
     assert mail("ham@example.com") is Outcome.CONTINUE
+
+
+def test_lint_finds_map_patterns_that_never_match(tmp_path):
+    from smtpfw.lang.check import check_ruleset
+
+    (tmp_path / "m.pcre").write_text("/^mail\\.Example\\.com$/i  REJECT capital\n/@/  REJECT at sign\n"
+                                     "/^dsl/ REJECT dsl\n!/@/ DUNNO\n")
+    (tmp_path / "m.rules").write_text('map m = pcre "m.pcre"\non connect:\n    apply m(client.rdns)\n'
+                                      "on rcpt:\n    reject if rcpt.domain not in localnames\n")
+    diags, _ = check_ruleset(tmp_path / "m.rules")
+    assert [(d.code, d.span.line) for d in diags] == [("W402", 1), ("W402", 2)]
+    assert "case-sensitive (flag i) and needs the capital `E`" in diags[0].message
+    assert "it needs `@`, which a domain never contains" in diags[1].message

@@ -378,38 +378,73 @@ def _chars_of_set(items) -> set[str] | None:
     return chars
 
 
-def _needs_impossible(seq, cannot: Callable[[str], bool], depth: int = 0) -> str | None:
-    """A character every match of ``seq`` must contain and the field cannot."""
+def _needs_impossible(seq, cannot: Callable[[str], bool], depth: int = 0, any_case: bool = True) -> str | None:
+    """A character every match of ``seq`` must contain and the field cannot
+    (in any case, unless ``any_case`` is False: a case-sensitive pattern)."""
     if depth > 50:
         return None
+
+    def impossible(c: str) -> bool:
+        return cannot(c) and (not any_case or (cannot(c.lower()) and cannot(c.upper())))
     for op, av in seq:
         name = str(op)
         found = None
         if name == "LITERAL":
             ch = chr(av)
-            if cannot(ch) and cannot(ch.lower()) and cannot(ch.upper()):
+            if impossible(ch):
                 found = ch
         elif name == "IN":
             chars = _chars_of_set(av)
-            if chars and all(cannot(c) and cannot(c.lower()) and cannot(c.upper()) for c in chars):
+            if chars and all(impossible(c) for c in chars):
                 found = sorted(chars)[0]
         elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
             lo, _hi, sub = av
             if lo >= 1:
-                found = _needs_impossible(sub, cannot, depth + 1)
+                found = _needs_impossible(sub, cannot, depth + 1, any_case)
         elif name == "SUBPATTERN":
-            found = _needs_impossible(av[-1], cannot, depth + 1)
+            found = _needs_impossible(av[-1], cannot, depth + 1, any_case)
         elif name == "ATOMIC_GROUP":
-            found = _needs_impossible(av, cannot, depth + 1)
+            found = _needs_impossible(av, cannot, depth + 1, any_case)
         elif name == "BRANCH":
-            alts = [_needs_impossible(a, cannot, depth + 1) for a in av[1]]
+            alts = [_needs_impossible(a, cannot, depth + 1, any_case) for a in av[1]]
             if alts and all(alts):
                 found = alts[0]
         elif name == "ASSERT":
             direction, sub = av
-            found = _needs_impossible(sub, cannot, depth + 1)
+            found = _needs_impossible(sub, cannot, depth + 1, any_case)
         if found:
             return found
+    return None
+
+
+def _map_pattern_problem(key: str, field: str) -> str | None:
+    """Why a regexp/pcre map line's pattern (`/re/flags`, as written) can
+    never match ``field``'s value, or None."""
+    text = key[1:] if key.startswith("!") else key
+    if len(text) < 2 or key.startswith("!"):
+        return None                                  # a negated pattern matches what it does not
+    end = text.rfind(text[0])
+    if end <= 0:
+        return None
+    source, flags = text[1:end], text[end + 1:]
+    case_sensitive = flags.count("i") % 2 == 1      # Postfix: `i` toggles the case-insensitive default
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = _sre_parse.parse(source, 0 if case_sensitive else re.IGNORECASE)
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return None                                  # E401/E404 from the map loader
+    spec = lookup_field(field)
+    if spec is None:
+        return None
+    if case_sensitive and spec.type in (DOMAIN, ADDRESS, STRING):
+        upper = _needs_impossible(parsed.data, lambda c: c != c.lower(), any_case=False)
+        if upper:
+            return f"it is case-sensitive (flag i) and needs the capital `{upper}`"
+    cannot = _cannot_contain(spec.type, field)
+    bad = _needs_impossible(parsed.data, cannot) if cannot is not None else None
+    if bad:
+        return f"it needs `{bad}`, which a{'n IP address' if spec.type == IP else ' domain'} never contains"
     return None
 
 
@@ -625,6 +660,38 @@ class _Linter:
             for leaf in _leaves(rule.condition):
                 if isinstance(leaf, ast.Pattern):
                     self._pattern(leaf)
+        self._map_patterns()
+
+    def _map_patterns(self) -> None:
+        """W402 for the patterns of regexp/pcre maps: a pattern that needs a
+        character the field it is applied to never has, or a capital letter
+        in a case-sensitive pattern (values are compared in lower case)."""
+        every_rule = list(self.prog.rules) + [r for rules in self.prog.classes.values() for r in rules]
+        uses: dict[str, set[str]] = {}               # map name -> fields it is looked up by
+        for rule in every_rule:
+            mentioned = [rule.action.field] if rule.action.field is not None else []
+            for leaf in _leaves(rule.condition):
+                mentioned += [f for f in (getattr(leaf, "field", None), getattr(leaf, "value", None),
+                                          getattr(leaf, "target", None)) if isinstance(f, ast.Field)]
+            for f in mentioned:
+                if f.key is not None and f.name in self.prog.maps and self.prog.maps[f.name][0].fmt != "access":
+                    uses.setdefault(f.name, set()).add(f.key.name)
+        for name, looked_up_by in uses.items():
+            decl, base = self.prog.maps[name]
+            from smtpfw.maps import load_map, map_from_pairs
+            table = (map_from_pairs(decl.pairs, decl.fmt)[0] if decl.file is None
+                     else load_map(os.path.join(base, decl.file), decl.file, decl.fmt)[0])
+            if table is None:
+                continue
+            for key, _value, span in table.entries():
+                for field in sorted(looked_up_by):
+                    problem = _map_pattern_problem(key, field)
+                    if problem:
+                        self.add(Code.W402_PATTERN_NEVER_MATCHES,
+                                 f"pattern {key} of map `{name}` can never match `{field}`: {problem}",
+                                 Span(span.file, span.line, 1, span.line, 1 + len(key)),
+                                 "patterns see the value in lower case" if "capital" in problem else None)
+                        break
 
     def _pattern(self, node: ast.Pattern) -> None:
         spec = lookup_field(node.field.text)
