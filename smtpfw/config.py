@@ -100,6 +100,19 @@ class CalloutSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    store: str = "./var/state.db"        # sqlite:PATH or a path (embedded), redis://..., redis+cluster://...
+    timeout: float = 0.25                # seconds per store operation
+    fail: str = "open"                   # store down: "open" (pass, logged) or "closed" (count as over / greylisted)
+    failures: int = 3                    # consecutive failures that open the circuit breaker ...
+    cooldown: float = 5.0                # ... for this long
+    greylist_delay: float = 300.0        # postgrey --delay
+    greylist_lifetime: float = 2 * 86400.0   # a pending triplet waits this long for its retry
+    greylist_keep: float = 35 * 86400.0  # passed triplets and pass counts are kept this long
+    greylist_allow_after: int = 5        # passes that auto-allowlist a client network (0 = never)
+
+
+@dataclass(frozen=True)
 class RecordingSettings:
     enabled: bool = False
     path: str = "./var/sessions"
@@ -140,7 +153,7 @@ class AuthSettings:
 # component takes the section it needs (``Resolver`` the DnsSettings...).
 SECTIONS: dict[str, type] = {
     "server": ServerSettings, "delivery": DeliverySettings, "limits": LimitSettings, "dns": DnsSettings,
-    "callout": CalloutSettings,
+    "callout": CalloutSettings, "state": StateSettings,
     "recording": RecordingSettings, "smtp": SmtpSettings, "logging": LoggingSettings, "tls": TlsSettings,
     "auth": AuthSettings,
 }
@@ -164,6 +177,7 @@ class Config:
     limits: LimitSettings
     dns: DnsSettings
     callout: CalloutSettings
+    state: StateSettings
     recording: RecordingSettings
     smtp: SmtpSettings
     logging: LoggingSettings
@@ -373,6 +387,17 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "negative_ttl": ("callout_negative_ttl", _num(float)),
         "cache_size": ("callout_cache_size", _num(int)),
         "pool_size": ("callout_pool_size", _num(int)),
+    },
+    "state": {
+        "store": ("state_store", _str),
+        "timeout": ("state_timeout", _num(float)),
+        "fail": ("state_fail", _choice("open", "closed")),
+        "failures": ("state_failures", _num(int)),
+        "cooldown": ("state_cooldown", _num(float)),
+        "greylist_delay": ("greylist_delay", _num(float)),
+        "greylist_lifetime": ("greylist_lifetime", _num(float)),
+        "greylist_keep": ("greylist_keep", _num(float)),
+        "greylist_allow_after": ("greylist_allow_after", _num(int)),
     },
     "recording": {
         "enabled": ("recording_enabled", _bool),

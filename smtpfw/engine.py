@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from smtpfw.actions import Action, AddScore, ApplyMap, RunPlugin, UseClass
 from smtpfw.checks.dnsresult import Lookup
+from smtpfw.facts.base import FactMissing
 from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
 
@@ -45,6 +46,15 @@ class CompiledRule:
 
 
 @dataclass(frozen=True, slots=True)
+class NeedFacts:
+    """Evaluation paused at a rule that reached a lazy fact (a rate limit,
+    greylisting): the caller asks for ``key`` and resumes at ``index``."""
+
+    key: Any
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class PluginCall:
     """Evaluation paused at a `run` step."""
 
@@ -64,6 +74,8 @@ class Ruleset:
     rules: tuple[CompiledRule, ...] = ()                        # all rules, in source order
     files: tuple[str, ...] = ()                                 # rule and list files read
     zones: tuple = ()                                           # (LookupKind, zone) of every DNS list used
+    stateful: bool = False                                      # rules test limits or greylisting (a state store)
+    fields: dict = field(default_factory=dict)                  # specs made for this ruleset (maps, limits, time)
     _groups: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # set in __post_init__
 
     @property
@@ -95,7 +107,7 @@ class Ruleset:
                                              for stage, rules in self.hooks.items()})
 
     def evaluate(self, stage: Stage, state: SessionState, start: int = 0,
-                 trace: list | None = None) -> Decision | PluginCall:
+                 trace: list | None = None) -> Decision | PluginCall | NeedFacts:
         rules = self.hooks.get(stage, ())
         monitor_all = self.monitor_all
         groups = self._groups.get(stage) if trace is None else None
@@ -129,22 +141,23 @@ class Ruleset:
 
     @staticmethod
     def _run(stage: Stage, rules, lo: int, hi: int, state: SessionState, trace: list | None,
-             monitor_all: bool) -> Decision | PluginCall | None:
+             monitor_all: bool) -> Decision | PluginCall | NeedFacts | None:
         """Evaluate rules[lo:hi] in order; None = no terminal action among them."""
         for index in range(lo, hi):
             rule = rules[index]
             test = rule.test
-            if test is not None and not test(state):
-                if trace is not None:
-                    trace.append(TraceStep(stage, rule, False, "no match"))
-                continue
+            try:
+                if test is not None and not test(state):
+                    if trace is not None:
+                        trace.append(TraceStep(stage, rule, False, "no match"))
+                    continue
+                text = rule.render_text(state) if rule.render_text is not None else None
+            except FactMissing as missing:           # nothing of this rule has happened yet
+                return NeedFacts(missing.key, index)
             state.hits.append(rule.rule_id)
             kind = rule.kind
             if rule.outcome is not None:
-                decision = Decision(
-                    rule.outcome, rule.code, rule.enhanced,
-                    rule.render_text(state) if rule.render_text is not None else None,
-                    rule.rule_id)
+                decision = Decision(rule.outcome, rule.code, rule.enhanced, text, rule.rule_id)
                 if (rule.monitor or monitor_all) and rule.outcome.refuses:
                     state.monitored.append((rule.rule_id, decision))
                     if trace is not None:
@@ -166,7 +179,13 @@ class Ruleset:
             if kind_of is RunPlugin:
                 return PluginCall(rule, index + 1)
             if action is not None:
-                action.apply(state, rule.rule_id)   # type: ignore[union-attr]
+                try:
+                    action.apply(state, rule.rule_id)   # type: ignore[union-attr]
+                except FactMissing as missing:          # its text names a fact not asked yet
+                    state.hits.pop()
+                    if trace is not None:
+                        trace.pop()
+                    return NeedFacts(missing.key, index)
         return None
 
     @staticmethod

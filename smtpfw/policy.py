@@ -14,7 +14,8 @@ import re
 
 from smtpfw.facts import FactSource
 from smtpfw.actions import RunPlugin
-from smtpfw.engine import PluginCall, Ruleset
+from smtpfw.engine import NeedFacts, PluginCall, Ruleset
+from smtpfw.facts.base import provider_of
 from smtpfw.plugins import PLUGIN_FAILED, run_plugin
 from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
@@ -85,11 +86,14 @@ class Policy:
         self.notify = notify
         self.delayed: Decision | None = None     # smtpd_delay_reject: refusal held until RCPT
         self.delayed_stage: Stage | None = None
+        self.asked: list = []
 
     async def run(self, stage: Stage, message: bytes | None = None, subject: str = "") -> Decision:
         """Decide one hook.  Never raises for rule or plugin trouble."""
         rs, state = self.ruleset, self.state
         facts = self.facts
+        state.hook_runs += 1
+        self.asked = []                        # lazy facts asked in this hook run (what a refusal gives back)
         if facts is not None:
             if rs.fact_starts.get(stage):
                 facts.start(rs.fact_keys(rs.fact_starts, stage, state))
@@ -105,6 +109,8 @@ class Policy:
                     known.update(await facts.results(wanted))
         logged, monitored = len(state.log_lines), len(state.monitored)
         decision = await self._evaluate(stage, message)
+        if self.asked:
+            await self._settle(decision)
         if self.notify is not None:
             for kind, rule_id, text in state.log_lines[logged:]:
                 self.notify(stage, kind, rule_id, text)
@@ -120,6 +126,9 @@ class Policy:
         start = 0
         while True:
             result = rs.evaluate(stage, state, start, self.trace)
+            if isinstance(result, NeedFacts):
+                start = await self._ask(result)
+                continue
             if not isinstance(result, PluginCall):
                 return result
             action = result.rule.action
@@ -136,6 +145,30 @@ class Policy:
                 return Decision(decision.outcome, decision.code, decision.enhanced, decision.text,
                                 decision.rule_id or result.rule.rule_id)
             start = result.next_index
+
+    async def _ask(self, need: NeedFacts) -> int:
+        """A rule reached a lazy fact: ask for it (counted once) and resume there."""
+        state, key = self.state, need.key
+        if key in state.facts:                 # asked, yet missing again: a bug, never a loop
+            raise RuntimeError(f"lazy fact {key!r} is still missing after it was asked for")
+        if self.facts is None:
+            answer = provider_of(key).unavailable("no state store in this run")
+            state.facts[key] = answer
+        else:
+            state.facts.update(await self.facts.results([key]))
+            answer = state.facts.get(key)
+        self.asked.append(key)
+        if answer is not None and not getattr(answer, "available", True):
+            state.log_lines.append(("warn", "state", f"state store unavailable: {answer.reason}"))
+        return need.index
+
+    async def _settle(self, decision: Decision) -> None:
+        """The effects of this hook's lazy facts: a refused hook gives back
+        what its limits counted (a refused recipient costs nothing)."""
+        if decision.outcome.refuses and self.facts is not None:
+            refund = getattr(self.facts, "refund", None)
+            if refund is not None:
+                await refund(self.asked, self.state.facts)
 
     def _delay(self, stage: Stage, decision: Decision) -> Decision:
         """Hold connect/helo/mail refusals (not disconnects) until RCPT, so the

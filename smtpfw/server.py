@@ -36,6 +36,8 @@ from smtpfw.engine import Ruleset
 from smtpfw.facts import Facts
 from smtpfw.lang.compiler import compile_ruleset
 from smtpfw.recording import Recorder
+from smtpfw.state import Greylisting, Store, open_store
+from smtpfw.state.facts import StateFacts
 
 log = logging.getLogger("smtpfw.server")
 
@@ -79,6 +81,8 @@ class Server:
                                   pool_size=config.callout_pool_size)
                          if config.delivery_mode == "forward" else None)
         self.health_task: asyncio.Task | None = None
+        self.store: Store | None = None           # opened when a ruleset tests limits or greylisting
+        self._open_store(ruleset)
         self.delivery = make_delivery(config)
         self.users = secrets.users
         self.recorder = (Recorder(config.recording_path, config.recording_rotate, config.recording_max_bytes)
@@ -96,10 +100,24 @@ class Server:
         """A session's fact sources: its DNS (under the session budget) and
         its recipient callouts."""
         cfg = self.config
-        return Facts({
+        sources: dict = {
             "dns": DnsSession(self.resolver, cfg.dns_session_budget, cfg.dns_session_max_lookups),
             "callout": CalloutSession(self.verifier, "no downstream to ask (delivery.mode is maildir)"),
-        })
+        }
+        if self.store is not None:
+            sources["state"] = StateFacts(self.store, fail=cfg.state.fail)
+        return Facts(sources)
+
+    def _open_store(self, ruleset: Ruleset) -> None:
+        """The state store, the first time a ruleset needs one (limits,
+        greylisting); it stays open across reloads."""
+        if self.store is not None or not ruleset.stateful:
+            return
+        s = self.config.state
+        self.store = open_store(s.store, timeout=s.timeout, failures=s.failures, cooldown=s.cooldown,
+                                greylisting=Greylisting(s.greylist_delay, s.greylist_lifetime, s.greylist_keep,
+                                                        s.greylist_allow_after))
+        log.info("%s: state store %s (fail %s)", _role(), s.store, s.fail)
 
     # ---- limits -------------------------------------------------------------
 
@@ -190,6 +208,7 @@ class Server:
         if ruleset is None:
             log_refused_reload(self.rules_path, self.ruleset.version, diags)
             return diags
+        self._open_store(ruleset)
         self.ruleset = ruleset
         self.reloads += 1
         log.info("%s: rules reloaded from %s: version %s", _role(), self.rules_path, ruleset.version)
@@ -260,6 +279,8 @@ class Server:
             self.verifier.close()
         if self.recorder is not None:
             self.recorder.close()
+        if self.store is not None:
+            await self.store.close()
 
 
 def client_network(ip: str, cfg: Config) -> str | None:

@@ -15,7 +15,8 @@ gathering step, one recording format and one replay path serve them all:
   there is the provider's "unavailable" value, never an error.
 """
 
-from smtpfw.facts.base import (PROVIDERS, FactSource, Facts, Provider, RecordedFacts, decode, encode,
-                               provider_of)
+from smtpfw.facts.base import (LAZY_PROVIDERS, PROVIDERS, FactMissing, FactSource, Facts, Provider, RecordedFacts,
+                               decode, encode, provider_of)
 
-__all__ = ["PROVIDERS", "FactSource", "Facts", "Provider", "RecordedFacts", "decode", "encode", "provider_of"]
+__all__ = ["LAZY_PROVIDERS", "PROVIDERS", "FactMissing", "FactSource", "Facts", "Provider", "RecordedFacts",
+           "decode", "encode", "provider_of"]

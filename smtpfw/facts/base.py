@@ -8,6 +8,16 @@ from typing import Any, Callable, Iterable, Protocol
 
 from smtpfw.checks.callout import Callout, CalloutAnswer, unknown
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, failed
+from smtpfw.state import facts as state_facts
+
+
+class FactMissing(Exception):
+    """A rule reached a lazy fact not asked for yet: the engine pauses
+    there (``NeedFacts``) and Policy asks for it."""
+
+    def __init__(self, key: Any):
+        super().__init__(key)
+        self.key = key
 
 
 class FactSource(Protocol):
@@ -34,7 +44,11 @@ class Provider:
 PROVIDERS: dict[str, Provider] = {
     "dns": Provider("dns", Lookup.from_json, DnsAnswer.from_json, failed),
     "callout": Provider("callout", Callout.from_json, CalloutAnswer.from_json, unknown),
+    "state": Provider("state", state_facts.key_from_json, state_facts.value_from_json, state_facts.unavailable),
 }
+# Facts that count or write when asked (rate limits, greylisting): asked
+# only when a rule reaches them, and given back when their hook refuses.
+LAZY_PROVIDERS = frozenset({"state"})
 
 
 def provider_of(key) -> Provider:
@@ -77,6 +91,14 @@ class Facts:
         for part in await asyncio.gather(*(source.results(group) for source, group in sources)):
             out.update(part)
         return out
+
+    async def refund(self, keys, answers: dict) -> None:
+        """Give back what ``keys`` counted (their hook refused)."""
+        for name, group in _by_provider(keys).items():
+            source = self.sources.get(name)
+            refund = getattr(source, "refund", None)
+            if refund is not None:
+                await refund(group, answers)
 
     def close(self) -> None:
         for source in self.sources.values():

@@ -218,6 +218,19 @@ class MapDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitDecl:
+    """`limit NAME = N per SPAN, ... by FIELD, ... [counting WHAT]`: a rate
+    limit in the state store, keyed by the fields' values."""
+
+    name: str
+    rates: tuple[tuple[int, float, Span], ...]    # (limit, window seconds, where)
+    keys: tuple["Field | Value", ...]             # fields (or a constant text: one global key)
+    counting: str | None
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class ZoneDecl:
     name: str
     kind: str                     # "dnsbl" or "rhsbl"
@@ -261,7 +274,7 @@ class Include:
     span: Span
 
 
-Statement = Union[Rule, ListDecl, MapDecl, ZoneDecl, PluginDecl, OptionDecl, HookHeader, ClassHeader, Include]
+Statement = Union[Rule, ListDecl, MapDecl, LimitDecl, ZoneDecl, PluginDecl, OptionDecl, HookHeader, ClassHeader, Include]
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,6 +173,7 @@ def _depth(cond) -> int:
     return best
 
 
+_LIMIT_REF = re.compile(r"limit\.[A-Za-z_][\w-]*\.")
 _MAP_PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_][\w-]*)\s*\(")
 
 
@@ -924,6 +925,14 @@ class _Linter:
                 self.add(Code.W603_UNUSED_DECLARATION, f"map `{name}` is declared but no rule uses it", mdecl.name_span,
                          help=f"remove the declaration, or use it: `apply {name}(sender)` or "
                               f"`reject if {name}(sender) = \"...\"`")
+        limit_refs = " ".join(_LIMIT_REF.findall(" ".join(
+            str(x) for r in every_rule for x in (r.condition, r.action.reply, r.action.arg))))
+        for name, ldecl in self.prog.limits.items():
+            if f"limit.{name}." not in limit_refs:
+                self.add(Code.W603_UNUSED_DECLARATION, f"limit `{name}` is declared but no rule tests it, "
+                         "so it never counts", ldecl.name_span,
+                         help=f"test it where it should count, e.g. `tempfail 450 4.7.1 \"Too fast\" "
+                              f"if limit.{name}.exceeded`")
         for name, header in self.prog.class_headers.items():
             if name not in used_classes and not applies:
                 self.add(Code.W603_UNUSED_DECLARATION, f"class `{name}` is declared but no rule uses it",

@@ -27,11 +27,15 @@ from smtpfw.actions import ApplyMap, UseClass
 from smtpfw.lang.access_values import AccessValues
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, FORMS, INT, IP, LIST, ORDERED,
                                 SCORE_PREFIX, STRING, FieldSpec, fold, lookup_field)
+from smtpfw.facts.base import FactMissing
 from smtpfw.maps.regex import compile_regex
+from smtpfw.state.facts import RateKey
 from smtpfw.lang.parser import MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
 
+LIMIT_PREFIX = "limit."
+LIMIT_ATTRS = ("exceeded", "count", "percent", "retry")
 OPTIONS = {
     "mode": ("string", ("enforce", "monitor")),
     "delay_reject": ("boolean", ("rcpt", "data")),     # yes = "rcpt"
@@ -76,6 +80,7 @@ class Program:
     rules: list[ast.Rule] = field(default_factory=list)
     lists: dict[str, tuple[ast.ListDecl, str]] = field(default_factory=dict)   # name -> (decl, base dir)
     maps: dict[str, tuple[ast.MapDecl, str]] = field(default_factory=dict)     # name -> (decl, base dir)
+    limits: dict[str, ast.LimitDecl] = field(default_factory=dict)
     classes: dict[str, list[ast.Rule]] = field(default_factory=dict)           # restriction classes
     class_headers: dict[str, ast.ClassHeader] = field(default_factory=dict)   # first header of each class
     zones: dict[str, ast.ZoneDecl] = field(default_factory=dict)
@@ -144,6 +149,8 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
         elif isinstance(st, ast.ListDecl):
             _declare(prog.lists, st.name, (st, base), st.name_span, "list", diags)
             _not_both(prog, st.name, st.name_span, diags)
+        elif isinstance(st, ast.LimitDecl):
+            _declare(prog.limits, st.name, st, st.name_span, "limit", diags)
         elif isinstance(st, ast.MapDecl):
             _declare(prog.maps, st.name, (st, base), st.name_span, "map", diags)
             _not_both(prog, st.name, st.name_span, diags)
@@ -240,6 +247,10 @@ class _Compiler:
         self.used_classes: set[str] = set()
         self.class_rules: dict[tuple[str, Stage], tuple[CompiledRule, ...] | None] = {}
         self.compiling_classes: list[str] = []
+        self.used_limits: set[str] = set()
+        self.stateful = False                                 # a rule tests a limit or greylisting
+        self.made_fields: dict[str, FieldSpec] = {}           # specs made here, for trace: maps, limits, time
+        self.limit_keys: dict[tuple[str, Stage], Any] = {}
         self.score_adds: dict[str, list[int]] = {}            # score name -> weights added by rules
         self.score_tests: list[tuple[str, str, int, Span]] = []   # (score, op, threshold, span)
         self.zone: Any = None                                 # option timezone (a tzinfo), None = UTC
@@ -297,6 +308,8 @@ class _Compiler:
             rules=tuple(rules),
             files=tuple(self.prog.files) + tuple(self.list_files),
             zones=tuple(sorted(self.zones_used)),
+            stateful=self.stateful,
+            fields=dict(self.made_fields),
         )
 
     def _options(self) -> dict[str, object]:
@@ -581,6 +594,9 @@ class _Compiler:
                 return ""
             return listing
         spec = lookup_field(name, self.plugin_fields, self.zone)
+        if spec is None and name.startswith(LIMIT_PREFIX):
+            spec = self._field(ast.Field(name, span), stage)
+            return None if spec is None else spec.get
         if spec is None:
             guess = did_you_mean(name, list(FIELDS) + list(EXTRA_PLACEHOLDERS) + list(self.plugin_fields))
             self.error(Code.E503_UNKNOWN_PLACEHOLDER, f"unknown placeholder {{{name}}}", span,
@@ -596,8 +612,25 @@ class _Compiler:
 
     def _field(self, f: ast.Field, stage: Stage) -> FieldSpec | None:
         if f.key is not None:
-            return self._map_field(f, stage)
+            made = self._map_field(f, stage)
+            if made is not None:
+                self.made_fields[f.text] = made
+            return made
         spec = lookup_field(f.name, self.plugin_fields, self.zone)
+        if spec is not None and f.name not in FIELDS:
+            self.made_fields[f.name] = spec
+        if spec is None and f.name.startswith(LIMIT_PREFIX):
+            spec = self._limit_field(f, stage)
+            if spec is None:
+                return None
+            self.made_fields[f.name] = spec
+        if spec is not None and spec.lazy:
+            self.stateful = True
+        if spec is not None and spec.lazy and self.compiling_classes:
+            self.error(Code.E201_FIELD_NOT_AVAILABLE, f"`{spec.name}` cannot be tested in a class (class "
+                       f"{self.compiling_classes[-1]}): it counts in the state store", f.span,
+                       help="test it in the hook itself, before or after the `use` rule")
+            return None
         if spec is None:
             cands = list(FIELDS) + list(self.plugin_fields)
             guess = did_you_mean(f.name, cands)
@@ -616,6 +649,92 @@ class _Compiler:
             self._need_lookup(spec.name, spec.lookup, spec.stage, stage)
         return spec
 
+    def _limit_field(self, f: ast.Field, stage: Stage) -> FieldSpec | None:
+        """`limit.NAME.exceeded|count|percent|retry`: one count on limit NAME
+        in this hook run (the state store), asked when a rule reaches it."""
+        name, _, attr = f.name[len(LIMIT_PREFIX):].rpartition(".")
+        decl = self.prog.limits.get(name)
+        if decl is None or attr not in LIMIT_ATTRS:
+            if decl is None:
+                guess = did_you_mean(name, self.prog.limits)
+                self.error(Code.E102_UNKNOWN_FIELD, f"unknown limit `{name}` in `{f.name}`", f.span,
+                           help=f"did you mean `limit.{guess}.{attr or 'exceeded'}`?" if guess else
+                           f"declare it: limit {name} = 20 per 1m by client.ip")
+            else:
+                self.error(Code.E102_UNKNOWN_FIELD, f"`{f.name}`: a limit has no `{attr}`", f.span,
+                           help="a limit's fields are " + ", ".join(f"limit.{name}.{a}" for a in LIMIT_ATTRS))
+            return None
+        self.used_limits.add(name)
+        make = self._limit_key(decl, stage)
+        if make is None:
+            return None
+        stage_known = make.stage                                    # type: ignore[attr-defined]
+
+        def answer(s: SessionState):
+            key = make(s)
+            a = s.facts.get(key)
+            if a is None:
+                raise FactMissing(key)
+            return a
+        ftype, get, doc = {
+            "exceeded": (BOOL, lambda s: answer(s).exceeded, "this count does not fit the limit"),
+            "count": (INT, lambda s: answer(s).count, "the fullest bucket's count, this one included"),
+            "percent": (INT, lambda s: answer(s).percent, "the fullest bucket's count in % of its limit"),
+            "retry": (INT, lambda s: answer(s).retry, "seconds until a count would fit again"),
+        }[attr]
+        return FieldSpec(f.name, ftype, stage_known, get, f"limit {name}: {doc}", lazy=True)
+
+    def _limit_key(self, decl: ast.LimitDecl, stage: Stage):
+        """The fact key maker of limit ``decl`` in ``stage`` (checked once per stage)."""
+        cache_key = (decl.name, stage)
+        if cache_key in self.limit_keys:
+            return self.limit_keys[cache_key]
+        counting = decl.counting
+        where = {"connections": (Stage.CONNECT,), "messages": (Stage.MAIL, Stage.DATA),
+                 "recipients": (Stage.RCPT,), "bytes": (Stage.DATA,), None: tuple(Stage)}.get(counting)
+        make = None
+        if where is None:
+            self.error(Code.E202_TYPE_MISMATCH, f"limit `{decl.name}` counts `{counting}`, which is not a thing "
+                       "smtpfw counts", decl.span, help="count connections, messages, recipients or bytes")
+        elif stage not in where:
+            hooks = " or ".join(f"`on {w.value}:`" for w in where)
+            self.error(Code.E201_FIELD_NOT_AVAILABLE, f"limit `{decl.name}` counts {counting}: test it in {hooks}, "
+                       f"not `on {stage.value}:`", decl.name_span,
+                       help="a limit counts the event of the hook that tests it (docs/state.md)")
+        else:
+            getters: list[Callable[[SessionState], Any]] = []
+            known = Stage.DATA if counting == "bytes" else Stage.CONNECT
+            ok = True
+            for k in decl.keys:
+                if isinstance(k, ast.Value):
+                    text = str(k.value)
+                    getters.append(_constant_text(text))
+                    continue
+                spec = self._field(k, stage)
+                if spec is None:
+                    ok = False
+                    continue
+                if spec.lazy or spec.type == LIST:
+                    self.error(Code.E202_TYPE_MISMATCH, f"a limit cannot be keyed by `{spec.name}`", k.span,
+                               help="key a limit by the client (client.ip, client.net), sender, sender.domain, "
+                                    "auth.user, rcpt, rcpt.domain, listener.name or a constant text")
+                    ok = False
+                    continue
+                if spec.stage.order > known.order:
+                    known = spec.stage
+                getters.append(spec.compared)
+            if ok:
+                buckets = tuple((limit, window) for limit, window, _span in decl.rates)
+                name, bytes_ = decl.name, counting == "bytes"
+                joined = tuple(getters)
+
+                def make(s: SessionState) -> RateKey:
+                    return RateKey(name, "|".join(str(g(s)) for g in joined), buckets,
+                                   float(s.message_size) if bytes_ else 1.0, f"{s.session_id}.{s.hook_runs}")
+                make.stage = known            # type: ignore[attr-defined]
+        self.limit_keys[cache_key] = make
+        return make
+
     def _map_field(self, f: ast.Field, stage: Stage) -> FieldSpec | None:
         """`MAP(field)`: the map's value for the field's value ("" if no entry)."""
         assert f.key is not None
@@ -623,7 +742,7 @@ class _Compiler:
         table = self._map(f.name, f.span)
         if key is None or table is None:
             return None
-        if key.type in (BOOL, LIST):
+        if key.type in (BOOL, LIST) or key.lazy:
             self.error(Code.E202_TYPE_MISMATCH, f"`{key.name}` is {_tname(key.type)}; a map is looked up by "
                        "an address, domain, IP or text", f.key.span)
             return None
@@ -766,7 +885,8 @@ class _Compiler:
 
         def equals(s):
             return get(s) == value
-        equals.equality = (get, value)  # type: ignore[attr-defined]  # lets the engine index `field = value` rules
+        if not spec.lazy:                  # a lazy fact is asked for only when a rule reaches it
+            equals.equality = (get, value)  # type: ignore[attr-defined]  # lets the engine index `field = value` rules
         return equals
 
     def _compare_fields(self, spec: FieldSpec, node: ast.Compare, stage: Stage):
@@ -1131,6 +1251,10 @@ def glob_regex(pattern: str) -> str:
         else:
             out.append(re.escape(c))
     return "\\A(?s:" + "".join(out) + ")\\Z"
+
+
+def _constant_text(text: str) -> Callable[[SessionState], str]:
+    return lambda s: text
 
 
 def _within_any(value: str, domains: set[str]) -> bool:

@@ -16,7 +16,9 @@ from typing import Any, Callable
 
 from smtpfw.checks.callout import Callout
 from smtpfw.checks.dnsresult import Lookup, LookupKind
+from smtpfw.facts.base import FactMissing
 from smtpfw.session import SessionState
+from smtpfw.state.facts import GreyKey
 from smtpfw.verdict import Stage
 
 # Field types.  Every test of a text-like type ignores case (see ``fold``).
@@ -52,6 +54,7 @@ class FieldSpec:
     lookup: Callable[[SessionState], Any] | None = None   # the fact key it needs (smtpfw.facts), or None
     choices: tuple[str, ...] = ()
     folded: bool = False               # ``get`` already returns the folded form
+    lazy: bool = False                 # a fact that counts or writes when asked (smtpfw.state.facts)
 
     @cached_property
     def compared(self) -> Callable[[SessionState], Any]:
@@ -164,6 +167,26 @@ def _rcpt_resolvable(s: SessionState) -> str:
     return a.status if a is not None else "failed"
 
 
+def _client_net(s: SessionState) -> str:
+    """The client's /24 (IPv4) or /64 (IPv6): one sender pool, as
+    greylisting and rate limits usually key it."""
+    ip = s.ip
+    prefix = 24 if ip.version == 4 else 64
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def _grey_key(s: SessionState) -> GreyKey:
+    return GreyKey(_client_net(s), s.sender_lower, s.rcpt_lower, f"{s.session_id}.{s.hook_runs}")
+
+
+def _grey(s: SessionState):
+    key = _grey_key(s)
+    a = s.facts.get(key)
+    if a is None:
+        raise FactMissing(key)
+    return a
+
+
 def _ptr(s: SessionState):
     return s.facts.get(_ptr_lookup(s))
 
@@ -203,6 +226,8 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("client.rdns", DOMAIN, C, _rdns, "first PTR name of the client IP, \"\" if none", _ptr_lookup),
         FieldSpec("client.ptr", STRING, C, _ptr_status, "PTR lookup result: found, none or failed",
                   _ptr_lookup, ("found", "none", "failed"), folded=True),
+        FieldSpec("client.net", STRING, C, _client_net,
+                  "the client's network: its /24 (IPv4) or /64 (IPv6), e.g. \"192.0.2.0/24\"", folded=True),
         FieldSpec("client.fcrdns", BOOL, C, _fcrdns, "a PTR name resolves back to the client IP", _ptr_lookup),
         FieldSpec("session.unrecognized", INT, C, lambda s: s.unrecognized,
                   "unknown commands the client sent so far"),
@@ -251,6 +276,11 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("rcpt.verified", STRING, R, _verified,
                   "the MTA behind accepts the recipient (a callout, forward mode): yes, no or unknown",
                   _callout_key, ("yes", "no", "unknown"), folded=True),
+        FieldSpec("greylist", STRING, R, lambda s: _grey(s).verdict,
+                  "greylisting of (client.net, sender, rcpt): new, wait or pass (state store)",
+                  choices=("new", "wait", "pass"), folded=True, lazy=True),
+        FieldSpec("greylist.retry", INT, R, lambda s: _grey(s).retry,
+                  "seconds until a greylisted triplet's retry passes", lazy=True),
         FieldSpec("rcpts", LIST, R, lambda s: s.rcpts, "recipients accepted so far in this message"),
         FieldSpec("rcpt.count", INT, R, lambda s: len(s.rcpts), "number of recipients accepted so far"),
         FieldSpec("rcpt.rejected", INT, R, lambda s: s.rcpt_rejected, "number of recipients refused so far"),

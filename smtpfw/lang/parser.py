@@ -25,7 +25,7 @@ MAX_NESTING = 200
 HOOKS = ("connect", "helo", "mail", "rcpt", "data", "queue", "disconnect")
 NOT_RUN_HOOKS = ("disconnect",)          # known, refused by the compiler (E109)
 RUN_HOOKS = tuple(h for h in HOOKS if h not in NOT_RUN_HOOKS)
-STATEMENT_KEYWORDS = ("on", "class", "list", "map", "zone", "plugin", "option", "include")
+STATEMENT_KEYWORDS = ("on", "class", "list", "map", "limit", "zone", "plugin", "option", "include")
 
 
 @functools.lru_cache(maxsize=1)
@@ -215,6 +215,30 @@ class _ToAst(Transformer):
         name, (fmt, path, pairs) = items
         return ast.MapDecl(str(name), fmt, path, pairs, self._span(meta), self._tspan(name))
 
+    _SPANS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    _SPAN_WORDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+    def rate(self, meta, items):
+        count, span = items
+        text = str(span)
+        if span.type == "DURATION":
+            seconds = int(text[:-1]) * self._SPANS[text[-1]]
+        elif text in self._SPAN_WORDS:
+            seconds = self._SPAN_WORDS[text]
+        else:
+            raise _AstError(Diagnostic(Code.E002_SYNTAX_ERROR, f"`{text}` is not a time span", self._tspan(span),
+                                       help="write 30s, 5m, 1h or 1d (or second, minute, hour, day)"))
+        return (_number(str(count)), float(seconds), self._span(meta))
+
+    def limit_decl(self, meta, items):
+        items = _drop_eq(items)
+        name = items[0]
+        rates = tuple(it for it in items[1:] if isinstance(it, tuple))
+        keys = tuple(it for it in items[1:] if isinstance(it, (ast.Field, ast.Value)))
+        counting = items[-1] if isinstance(items[-1], Token) else None
+        return ast.LimitDecl(str(name), rates, keys, str(counting) if counting is not None else None,
+                             self._span(meta), self._tspan(name))
+
     def class_header(self, meta, items):
         return ast.ClassHeader(str(items[0]), self._tspan(items[0]))
 
@@ -268,6 +292,9 @@ class _ToAst(Transformer):
 
     def plugin_args(self, meta, items):
         return [it for it in items if it is not None]
+
+    def arg_name(self, meta, items):
+        return str(items[0])
 
     def plugin_arg(self, meta, items):
         items = _drop_eq(items)
@@ -539,11 +566,12 @@ _WORDS = {
     "ZONE_KIND": "`dnsbl` or `rhsbl`",
     "CODE_PATTERN": "a code pattern like 127.0.*.* or 127.0.[0..255].[0..255]",
     "SIGNED_INT": "a weight like +3 or -5",
+    "DURATION": "a time span like 30s, 5m, 1h or 1d",
     "$END": "the end of the file",
 }
 _ACTION_TERMINALS = {"ACCEPT", "REJECT", "TEMPFAIL", "DISCONNECT", "TAG", "LOG", "WARN",
                      "ADD_HEADER", "RUN", "SCORE", "USE", "APPLY"}
-_STATEMENT_TERMINALS = {"ON", "CLASS", "LIST", "MAP", "ZONE", "PLUGIN", "OPTION", "INCLUDE"}
+_STATEMENT_TERMINALS = {"ON", "CLASS", "LIST", "MAP", "LIMIT", "ZONE", "PLUGIN", "OPTION", "INCLUDE"}
 
 
 def _terminal_text(name: str) -> str | None:
@@ -575,7 +603,7 @@ def _expected_in_words(expected: set[str]) -> tuple[str, list[str]]:
     keywords = sorted(t for t in (_terminal_text(e) for e in expected) if t and t.isalpha())
     statement = bool(expected & _STATEMENT_TERMINALS)
     if statement and expected & _ACTION_TERMINALS and not expected & (_OPERATOR_TERMINALS | {"IF"}):
-        return ("a new statement: `on <hook>:`, `class <name>:`, a declaration (`list`, `map`, `zone`, "
+        return ("a new statement: `on <hook>:`, `class <name>:`, a declaration (`list`, `map`, `limit`, `zone`, "
                 "`plugin`, `option`, `include`) or a rule starting with an action (`accept`, `reject`, "
                 "`tempfail`, `disconnect`, `tag`, `log`, `warn`, `add_header`, `run`, `score`, `use`, "
                 "`apply`)", keywords)

@@ -560,6 +560,8 @@ def replay_files(files: list[str], ruleset, rules_path: str, *, baseline=None, b
     for unreadable input and ReplayBug when replay itself fails."""
     progress = progress or Progress(None, len(files))
     started = time.perf_counter()
+    if ruleset.stateful or (baseline is not None and baseline.stateful):
+        jobs = 1            # one state store, sessions in order: limits and greylisting replay as they ran
     if jobs > 1:
         _FORK_STATE.update(ruleset=ruleset, rules=rules_path, baseline=baseline, baseline_path=baseline_path,
                            examples=examples, max_recipients=max_recipients)

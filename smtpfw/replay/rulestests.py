@@ -420,8 +420,11 @@ class CaseResult:
 def run_file(tf: SuiteFile, ruleset) -> tuple[list, list]:
     """(outcomes, diagnostics with traces) for one tests file."""
     dns = DeclaredDns(tf.dns)
-    replayer = Replayer(ruleset, lambda rec: dns, synchronous_dns=True, hostname="mx.test")
     tracer = Replayer(ruleset, lambda rec: dns, synchronous_dns=True, trace=True, hostname="mx.test")
+    # State carries from one test to the next (a limit, greylisting): then
+    # every test runs traced, so a failure's trace shows the state it met.
+    replayer = tracer if ruleset.stateful else Replayer(ruleset, lambda rec: dns, synchronous_dns=True,
+                                                        hostname="mx.test")
     outcomes: list[CaseResult] = []
     failures: list[tuple[Diagnostic, str | None]] = []
     try:
@@ -445,12 +448,14 @@ def run_file(tf: SuiteFile, ruleset) -> tuple[list, list]:
                                Span(tf.path, case.line, case.expect_column, case.line,
                                     case.expect_column + case.expect_width),
                                help=_hint(case.expect, result.verdict))
-                trace = format_trace(ruleset, tf.rules, tracer.replay(case.record),
+                traced = result if replayer is tracer else tracer.replay(case.record)
+                trace = format_trace(ruleset, tf.rules, traced,
                                      "declared in the tests file (undeclared lookups: empty DNS)")
                 failures.append((d, trace))
     finally:
         replayer.close()
-        tracer.close()
+        if tracer is not replayer:
+            tracer.close()
     return outcomes, failures
 
 

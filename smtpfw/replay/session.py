@@ -36,7 +36,7 @@ from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
 from smtpfw.core.conversation import Conversation, Limits
 from smtpfw.core.events import Step
 from smtpfw.engine import Ruleset, TraceStep
-from smtpfw.facts import Facts, RecordedFacts
+from smtpfw.facts import FactMissing, Facts, RecordedFacts
 from smtpfw.lang.fields import lookup_field
 from smtpfw.recording import BEHAVIOUR
 from smtpfw.session import SessionState
@@ -371,26 +371,29 @@ def leaf_values(ruleset: Ruleset, rule, state: SessionState) -> list:
             result = False
             shown = f"error: {err}"
         else:
-            shown = _leaf_value(node, state)
+            shown = _leaf_value(node, state, ruleset)
         out.append((node_text(ruleset, node), shown, result))
     return out
 
 
-def _leaf_value(node, state: SessionState) -> str:
+def _leaf_value(node, state: SessionState, ruleset: Ruleset | None = None) -> str:
     fld = getattr(node, "field", None)
     if fld is None:
         tag = getattr(node, "tag", None)
         return f"tags = {sorted(state.tags)}" if tag is not None else ""
-    spec = lookup_field(fld.name)
+    spec = (ruleset.fields.get(fld.text) if ruleset is not None else None) or lookup_field(fld.name)
     if spec is not None:
-        value = spec.get(state)
+        try:
+            value = spec.get(state)
+        except FactMissing:
+            return f"{fld.text}: not asked"
     else:
         value = state.plugin_fields.get(fld.name, "")
     if isinstance(value, str):
         value = f'"{value}"'
     elif isinstance(value, bool):
         value = "yes" if value else "no"
-    return f"{fld.name} = {value}"
+    return f"{fld.text} = {value}"
 
 
 # ---- the replayer -------------------------------------------------------------
@@ -438,6 +441,16 @@ def _with_recorded(dns_factory):
     return lambda record: Facts({"dns": dns_factory(record)}, default=_default_facts(record))
 
 
+def _with_state(source, store, when: float):
+    """``source`` with a state source over ``store`` whose clock is ``when``."""
+    from smtpfw.state.facts import StateFacts
+
+    state = StateFacts(store, clock=lambda: when)
+    if isinstance(source, Facts):
+        return Facts({**source.sources, "state": state}, default=source.default)
+    return Facts({"state": state}, default=source)
+
+
 class Replayer:
     """Replays many records through one ruleset.
 
@@ -471,6 +484,18 @@ class Replayer:
             synchronous_dns = dns_factory is None
         self.synchronous = synchronous_dns and not ruleset.plugins
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.state_store = None
+        if ruleset.stateful:
+            # Limits and greylisting run on a store of the replay's own: it
+            # starts empty and each session is judged at its recorded time,
+            # in the order the sessions come (docs/state.md, dry-run).
+            from smtpfw.state import open_store
+            self.state_store = open_store(":memory:", timeout=30.0)
+            inner = self.dns_factory
+            self.dns_factory = lambda record: _with_state(inner(record), self.state_store,
+                                                          float(record.get("time") or 0.0))
+            self.prefill = False
+            self.synchronous = False
 
     def replay(self, record: dict) -> ReplayResult:
         if self.synchronous:
@@ -501,6 +526,9 @@ class Replayer:
 
     def close(self) -> None:
         if self._loop is not None:
+            if self.state_store is not None:
+                self._loop.run_until_complete(self.state_store.close())
+                self.state_store = None
             self._loop.close()
             self._loop = None
 

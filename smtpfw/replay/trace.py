@@ -69,6 +69,18 @@ def _yes(b: bool) -> str:
     return "true" if b else "false"
 
 
+def _describe_state(key, answer) -> str:
+    """A rate-limit or greylisting fact for a trace line."""
+    gone = "" if getattr(answer, "available", True) else f" (store unavailable: {answer.reason})"
+    if key.to_json()["kind"] == "greylist":
+        wait = f", retry in {answer.retry}s" if answer.verdict != "pass" else ""
+        return f"greylist {key.network} {key.sender or '<>'} {key.rcpt}: {answer.verdict}{wait}{gone}"
+    rates = ", ".join(f"{limit} per {window:g}s" for limit, window in key.buckets)
+    said = (f"exceeded, retry in {answer.retry}s" if answer.exceeded else "counted") + \
+        f" ({answer.count}, {answer.percent}% of the fullest bucket)"
+    return f"limit {key.name} [{key.key}] {rates}: {said}{gone}"
+
+
 def format_event(ruleset, e: EventResult, ev: dict | None, indent: str = "") -> list[str]:
     out = []
     w = lambda s: out.append(indent + s)
@@ -84,6 +96,8 @@ def format_event(ruleset, e: EventResult, ev: dict | None, indent: str = "") -> 
     for lk, answer in e.dns or ():
         if lk.provider == "dns":
             w(f"    dns   {describe_lookup(lk)}: {describe_answer(answer)}")
+        elif lk.provider == "state":
+            w(f"    state {_describe_state(lk, answer)}")
         else:                                          # another fact: a recipient callout...
             detail = f" ({answer.reply})" if getattr(answer, "reply", "") else ""
             w(f"    {lk.provider:<5} {' '.join(str(v) for v in lk.to_json().values())}: {answer.status}{detail}")

@@ -42,7 +42,7 @@ local function ttl_ms(seconds) return math.max(1, math.ceil(seconds * 1000)) + 1
 
 HIT = _LUA_COMMON + """
 local now, cost, force, n = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
-local eps = 1e-9
+local eps, skew = 1e-9, 0.05
 local allowed, retry, longest = true, 0, 0
 local old, new = {}, {}
 for i = 1, n do
@@ -53,7 +53,7 @@ for i = 1, n do
   local t = old[i] + cost * interval
   new[i] = t
   local over = t - now - window
-  if over > eps * window then
+  if over > math.max(eps * window, math.min(skew, interval / 2)) then
     allowed = false
     if cost > limit then over = window end
     if over > retry then retry = over end

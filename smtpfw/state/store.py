@@ -46,6 +46,13 @@ GreyVerdict = Literal["new", "wait", "pass"]
 # Rate-limit arithmetic is in floats; a burst of exactly ``limit`` must fit
 # (20 * (60/20) may be 60.000000000000007).
 EPSILON = 1e-9
+# Each caller brings its clock (``now``), read before its operation reaches
+# the back end: concurrent sessions may arrive a few milliseconds out of
+# order.  A hit over by less than this (and less than half a unit's drain
+# time, so no whole extra unit ever fits) is let through; without it the
+# last of exactly ``limit`` concurrent hits could be refused by a clock read
+# a millisecond early.
+SKEW = 0.05
 
 
 # ---- what the operations take and give -------------------------------------
@@ -213,7 +220,7 @@ def gcra(buckets: Sequence[Bucket], tats: Sequence[float], cost: float, now: flo
         t = max(tat, now) + cost * b.interval
         new.append(t)
         over = t - now - b.window
-        if over > EPSILON * b.window:
+        if over > max(EPSILON * b.window, min(SKEW, b.interval / 2)):
             allowed = False
             # a cost larger than the limit never fits: wait a whole window
             retry = max(retry, b.window if cost > b.limit else over)

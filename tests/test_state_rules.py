@@ -1,0 +1,200 @@
+"""Stateful rules end to end (issue 15): rate limits and greylisting in the
+rule language, on the real server, against the embedded SQLite store and a
+real redis-server on loopback.  Limits hold exactly under concurrency; two
+servers sharing one Redis enforce one limit; greylisting passes after the
+delay and from another address of the /24; a store that is gone fails open
+(or closed, as configured); a restart keeps the greylist."""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from smtpfw.config import Config
+from tests.support.redis import RedisInstance, redis_available
+from tests.support.server import running_server
+
+LIMIT_RULES = """
+limit per_net = 4 per 1h by client.net
+on mail:
+    [too-fast] tempfail 450 4.7.1 "Too many messages from {client.net}, try again in {limit.per_net.retry}s" if limit.per_net.exceeded
+on rcpt:
+    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames
+"""
+
+GREY_RULES = """
+on rcpt:
+    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames
+    [grey] tempfail 451 4.7.1 "Greylisted, try again in {greylist.retry}s" if greylist != "pass"
+"""
+
+
+def mail_reply(srv, source="127.0.0.1", sender="a@client.example") -> str:
+    with smtplib.SMTP(*srv.address, source_address=(source, 0), timeout=10) as s:
+        s.ehlo("client.example")
+        code, text = s.mail(sender)
+        return f"{code} {text.decode()}"
+
+
+def rcpt_reply(srv, source="127.0.0.1", sender="a@client.example", rcpt="root@localhost") -> str:
+    with smtplib.SMTP(*srv.address, source_address=(source, 0), timeout=10) as s:
+        s.ehlo("client.example")
+        s.mail(sender)
+        code, text = s.rcpt(rcpt)
+        return f"{code} {text.decode()}"
+
+
+def in_parallel(calls) -> list[str]:
+    out: list = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(i, call):
+        barrier.wait()
+        out[i] = call()
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def sqlite_config(tmp_path, **state) -> Config:
+    cfg = Config()
+    return replace(cfg, state=replace(cfg.state, store=str(tmp_path / "state.db"), **state))
+
+
+def test_a_limit_holds_exactly_under_concurrency_on_sqlite(tmp_path):
+    with running_server(rules_text=LIMIT_RULES, config=sqlite_config(tmp_path)) as srv:
+        replies = in_parallel([lambda: mail_reply(srv)] * 10)
+        passed = [r for r in replies if r.startswith("250")]
+        refused = [r for r in replies if not r.startswith("250")]
+        assert len(passed) == 4, replies
+        assert all(r.startswith("450 4.7.1 Too many messages from 127.0.0.0/24, try again in ") for r in refused)
+        # another network has its own count
+        assert mail_reply(srv, source="127.0.1.1").startswith("250")
+
+
+def test_a_refused_message_costs_nothing(tmp_path):
+    """The count is given back when the hook that counted refuses."""
+    rules = LIMIT_RULES.replace('on rcpt:', 'on mail:\n    [no-bulk] reject 550 5.7.1 "no" if sender.domain = "bulk.example"\non rcpt:')
+    with running_server(rules_text=rules, config=sqlite_config(tmp_path)) as srv:
+        for _ in range(6):
+            assert mail_reply(srv, sender="x@bulk.example").startswith("550 5.7.1 no")
+        assert [mail_reply(srv)[:3] for _ in range(5)] == ["250"] * 4 + ["450"]
+
+
+@pytest.mark.skipif(redis_available() is not None, reason=redis_available() or "")
+def test_two_servers_sharing_redis_enforce_one_limit(tmp_path):
+    with RedisInstance() as redis:
+        cfg = replace(Config(), state=replace(Config().state, store=redis.url))
+        with running_server(rules_text=LIMIT_RULES, config=cfg) as a, \
+                running_server(rules_text=LIMIT_RULES, config=cfg) as b:
+            replies = in_parallel([lambda: mail_reply(a), lambda: mail_reply(b)] * 5)
+        assert sum(r.startswith("250") for r in replies) == 4, replies
+
+
+@pytest.mark.skipif(redis_available() is not None, reason=redis_available() or "")
+@pytest.mark.parametrize("fail,expected", [("open", "250"), ("closed", "450")])
+def test_a_dead_store_fails_open_or_closed(tmp_path, fail, expected, caplog):
+    with RedisInstance() as redis:
+        cfg = replace(Config(), state=replace(Config().state, store=redis.url, fail=fail, timeout=0.3))
+        with running_server(rules_text=LIMIT_RULES, config=cfg) as srv:
+            assert mail_reply(srv).startswith("250")
+            redis.kill()
+            started = time.monotonic()
+            assert mail_reply(srv)[:3] == expected
+            assert time.monotonic() - started < 5          # the store's timeout, not a hang
+            redis.start()                                  # it comes back: counting goes on
+            replies = [mail_reply(srv)[:3] for _ in range(6)]
+            assert "450" in replies
+
+
+def test_greylisting_passes_after_the_delay_and_from_the_same_network(tmp_path):
+    cfg = sqlite_config(tmp_path, greylist_delay=1.0)
+    with running_server(rules_text=GREY_RULES, config=cfg) as srv:
+        first = rcpt_reply(srv, source="127.0.0.2")
+        assert first.startswith("451 4.7.1 Greylisted, try again in 1s"), first
+        assert rcpt_reply(srv, source="127.0.0.3").startswith("451")        # too early
+        deadline = time.monotonic() + 10
+        while (reply := rcpt_reply(srv, source="127.0.0.4")).startswith("451"):
+            assert time.monotonic() < deadline, reply
+            time.sleep(0.2)
+        assert reply.startswith("250")                   # another address of the /24 passes
+        assert rcpt_reply(srv, source="127.0.1.2").startswith("451")       # another network: its own triplet
+
+
+def test_a_restart_keeps_the_greylist(tmp_path):
+    cfg = sqlite_config(tmp_path, greylist_delay=0.5)
+    with running_server(rules_text=GREY_RULES, config=cfg) as srv:
+        assert rcpt_reply(srv).startswith("451")
+    time.sleep(0.6)                                      # the delay passes while no server runs
+    with running_server(rules_text=GREY_RULES, config=cfg) as srv:
+        assert rcpt_reply(srv).startswith("250")
+
+
+STATEFUL = """
+limit per_ip = 2 per 1h by client.ip
+on mail:
+    [fast] tempfail 450 4.7.1 "slow down, {limit.per_ip.retry}s" if limit.per_ip.exceeded
+on rcpt:
+    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames
+    [grey] tempfail 451 4.7.1 "Greylisted, try again in {greylist.retry}s" if greylist != "pass"
+"""
+
+SEQUENCE = """\
+# state carries from one test to the next, each at its time
+client 192.0.2.1 at 2026-11-30T10:00 ehlo a.test from x@a.test rcpt root@localhost -> tempfail at rcpt by grey text "Greylisted, try again in 300s"
+client 192.0.2.9 at 2026-11-30T10:06 ehlo a.test from x@a.test rcpt root@localhost -> accept
+client 192.0.2.1 at 2026-11-30T10:07 ehlo a.test from x@a.test rcpt root@localhost -> accept
+client 192.0.2.1 at 2026-11-30T10:08 ehlo a.test from x@a.test rcpt root@localhost -> tempfail at mail by fast text "slow down, 1320s"
+"""
+
+
+def test_ruleset_tests_run_stateful_rules_in_order(tmp_path, capsys):
+    from smtpfw.cli import main
+
+    (tmp_path / "s.rules").write_text(STATEFUL)
+    (tmp_path / "s.tests").write_text(SEQUENCE)
+    assert main(["test", str(tmp_path / "s.rules")]) == 0, capsys.readouterr().out
+    # a failing test's trace shows the state it met
+    (tmp_path / "s.tests").write_text(SEQUENCE.replace("10:08 ehlo a.test from x@a.test rcpt root@localhost -> tempfail "
+                                                       'at mail by fast text "slow down, 1320s"',
+                                                       "10:08 ehlo a.test from x@a.test rcpt root@localhost -> accept"))
+    assert main(["test", str(tmp_path / "s.rules")]) == 1
+    out = capsys.readouterr().out
+    assert "state limit per_ip [192.0.2.1] 2 per 3600s: exceeded, retry in 1320s" in out
+    assert "limit.per_ip.exceeded = yes" in out
+
+
+def test_dry_run_replays_stateful_rules_deterministically(tmp_path, capsys):
+    """State starts empty, each session at its recorded time, in order; the
+    same report for any --jobs."""
+    import json
+
+    from smtpfw.cli import main
+    from smtpfw.replay.build import make_record
+    from tests.test_rules_lang2 import at
+
+    (tmp_path / "s.rules").write_text(STATEFUL)
+    times = ["2026-11-30T10:00", "2026-11-30T10:06", "2026-11-30T10:07", "2026-11-30T10:08"]
+    ips = ["192.0.2.1", "192.0.2.9", "192.0.2.1", "192.0.2.1"]
+    lines = [json.dumps(make_record(ip=ip, helo="a.test", sender="x@a.test", rcpts=["root@localhost"],
+                                    session_id=f"s{i}", started=at(t + ":00+00:00")))
+             for i, (ip, t) in enumerate(zip(ips, times))]
+    (tmp_path / "a.jsonl").write_text(lines[0] + "\n" + lines[1] + "\n")
+    (tmp_path / "b.jsonl").write_text(lines[2] + "\n" + lines[3] + "\n")
+    reports = []
+    for jobs in ("1", "2"):
+        assert main(["dry-run", "--rules", str(tmp_path / "s.rules"), "--format", "json", "--jobs", jobs,
+                     str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]) == 0
+        report = json.loads(capsys.readouterr().out)
+        reports.append((report["verdicts"], report["rule_hits"]))
+    assert reports[0] == reports[1]
+    verdicts, hits = reports[0]
+    assert verdicts["tempfailed"] == 2 and verdicts["accepted"] == 2
+    assert hits["grey"] == 1 and hits["fast"] == 1
