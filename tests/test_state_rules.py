@@ -198,3 +198,21 @@ def test_dry_run_replays_stateful_rules_deterministically(tmp_path, capsys):
     verdicts, hits = reports[0]
     assert verdicts["tempfailed"] == 2 and verdicts["accepted"] == 2
     assert hits["grey"] == 1 and hits["fast"] == 1
+
+
+def test_greylisting_as_a_postfix_policy_service(tmp_path):
+    """postgrey's place: Postfix asks at RCPT (check_policy_service)."""
+    from smtpfw.config import Listener
+    from tests.test_policy_server import PolicyClient, rcpt_request
+
+    rules = GREY_RULES.replace("localnames", '["example.net"]')
+    cfg = sqlite_config(tmp_path, greylist_delay=0.5)
+    with running_server(rules_text=rules, config=cfg,
+                        listen=(Listener("127.0.0.1", 0, "policy", kind="policy"),)) as srv:
+        c = PolicyClient(srv.address)
+        assert c.ask(**rcpt_request(instance="i1")) == "451 4.7.1 Greylisted, try again in 1s"
+        deadline = time.monotonic() + 10
+        while (answer := c.ask(**rcpt_request(instance=f"i{time.monotonic()}"))) != "DUNNO":
+            assert answer.startswith("451") and time.monotonic() < deadline, answer
+            time.sleep(0.2)
+        c.close()
