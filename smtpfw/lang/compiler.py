@@ -26,8 +26,7 @@ from smtpfw.lang import ast
 from smtpfw.actions import ApplyMap, UseClass
 from smtpfw.lang.access_values import AccessValues
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, FORMS, INT, IP, LIST, ORDERED,
-                                SCORE_PREFIX, STRING, FieldSpec, fold, lookup_field)
-from smtpfw.facts.base import FactMissing
+                                SCORE_PREFIX, STRING, FieldSpec, fold, lazy_answer, lookup_field)
 from smtpfw.maps.regex import compile_regex
 from smtpfw.state.facts import RateKey
 from smtpfw.lang.parser import MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
@@ -669,13 +668,7 @@ class _Compiler:
         if make is None:
             return None
         stage_known = make.stage                                    # type: ignore[attr-defined]
-
-        def answer(s: SessionState):
-            key = make(s)
-            a = s.facts.get(key)
-            if a is None:
-                raise FactMissing(key)
-            return a
+        answer = lazy_answer(make)
         ftype, get, doc = {
             "exceeded": (BOOL, lambda s: answer(s).exceeded, "this count does not fit the limit"),
             "count": (INT, lambda s: answer(s).count, "the fullest bucket's count, this one included"),
@@ -787,11 +780,7 @@ class _Compiler:
                     else:
                         self.diags.append(d)
                 if table is not None:
-                    self.list_files.append(path)
-                    try:
-                        self.version_parts.append(Path(path).read_bytes())
-                    except OSError:
-                        pass
+                    self._read_file(path)
             self.maps[name] = table
         return self.maps[name]
 
@@ -1108,13 +1097,18 @@ class _Compiler:
                 self.error(d.code, d.message, decl.span,
                            help=f"the path is relative to the rule file's folder ({base or '.'})")
             if entries is not None:
-                self.list_files.append(path)
-                try:
-                    self.version_parts.append(Path(path).read_bytes())
-                except OSError:
-                    pass
+                self._read_file(path)
         self.list_entries[name] = entries
         return entries
+
+    def _read_file(self, path: str) -> None:
+        """A list or map file the ruleset read: reload watches it, and its
+        bytes are part of the ruleset's version."""
+        self.list_files.append(path)
+        try:
+            self.version_parts.append(Path(path).read_bytes())
+        except OSError:
+            pass
 
     def _pattern(self, spec: FieldSpec, node: ast.Pattern):
         if spec.type in (BOOL, LIST, INT):

@@ -132,12 +132,16 @@ def _helo_addresses_lookup(s: SessionState) -> Lookup | None:
     return Lookup(LookupKind.ADDRESSES, name) if name else None
 
 
-def _helo_resolvable(s: SessionState) -> str:
-    key = _helo_resolvable_lookup(s)
-    if key is None:
-        return "no"
-    a = s.facts.get(key)
-    return a.status if a is not None else "failed"
+def _resolvable_of(make: Callable[[SessionState], Lookup | None]) -> Callable[[SessionState], str]:
+    """The `*.resolvable` field of the domain ``make`` looks up: its answer's
+    status, "no" when there is no domain, "failed" when it was not had."""
+    def status(s: SessionState) -> str:
+        key = make(s)
+        if key is None:
+            return "no"
+        a = s.facts.get(key)
+        return a.status if a is not None else "failed"
+    return status
 
 
 def _helo_addresses(s: SessionState) -> list:
@@ -159,12 +163,6 @@ def _rcpt_resolvable_lookup(s: SessionState) -> Lookup | None:
     return Lookup(LookupKind.RESOLVABLE, s.rcpt_domain) if s.rcpt_domain else None
 
 
-def _rcpt_resolvable(s: SessionState) -> str:
-    key = _rcpt_resolvable_lookup(s)
-    if key is None:
-        return "no"
-    a = s.facts.get(key)
-    return a.status if a is not None else "failed"
 
 
 def _client_net(s: SessionState) -> str:
@@ -179,12 +177,19 @@ def _grey_key(s: SessionState) -> GreyKey:
     return GreyKey(_client_net(s), s.sender_lower, s.rcpt_lower, f"{s.session_id}.{s.hook_runs}")
 
 
-def _grey(s: SessionState):
-    key = _grey_key(s)
-    a = s.facts.get(key)
-    if a is None:
-        raise FactMissing(key)
-    return a
+def lazy_answer(make: Callable[[SessionState], Any]) -> Callable[[SessionState], Any]:
+    """The answer to a lazy fact (a rate limit, greylisting): the engine
+    pauses at ``FactMissing`` until Policy has asked for it."""
+    def answer(s: SessionState):
+        key = make(s)
+        a = s.facts.get(key)
+        if a is None:
+            raise FactMissing(key)
+        return a
+    return answer
+
+
+_grey = lazy_answer(_grey_key)
 
 
 def _ptr(s: SessionState):
@@ -246,7 +251,7 @@ FIELDS: dict[str, FieldSpec] = {
                   "the address of an address-literal HELO ([192.0.2.1]), \"\" otherwise"),
         FieldSpec("helo.valid", BOOL, H, _helo_valid, "the HELO is a syntactically valid hostname or address literal"),
         FieldSpec("helo.fqdn", BOOL, H, _helo_fqdn, "the HELO is a fully qualified hostname (has a dot, not a literal)"),
-        FieldSpec("helo.resolvable", STRING, H, _helo_resolvable,
+        FieldSpec("helo.resolvable", STRING, H, _resolvable_of(_helo_resolvable_lookup),
                   "the HELO name has MX or A/AAAA records: yes, no, nullmx or failed (\"no\" for a non-FQDN)",
                   _helo_resolvable_lookup, ("yes", "no", "nullmx", "failed"), folded=True),
         FieldSpec("helo.addresses", LIST, H, _helo_addresses, "the A and AAAA addresses of the HELO name (DNS)",
@@ -270,7 +275,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("rcpt", ADDRESS, R, lambda s: s.rcpt_lower, "the recipient being decided", folded=True),
         FieldSpec("rcpt.local", STRING, R, lambda s: s.rcpt_local, "local part of the recipient"),
         FieldSpec("rcpt.domain", DOMAIN, R, lambda s: s.rcpt_domain, "domain of the recipient", folded=True),
-        FieldSpec("rcpt.resolvable", STRING, R, _rcpt_resolvable,
+        FieldSpec("rcpt.resolvable", STRING, R, _resolvable_of(_rcpt_resolvable_lookup),
                   "recipient domain has MX or A/AAAA: yes, no, nullmx or failed",
                   _rcpt_resolvable_lookup, ("yes", "no", "nullmx", "failed"), folded=True),
         FieldSpec("rcpt.verified", STRING, R, _verified,
