@@ -9,30 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from pathlib import Path
 
 import pytest
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
 from smtpfw.core.conversation import Conversation
 from smtpfw.facts import RecordedFacts
-from smtpfw.lang.compiler import compile_ruleset
 from smtpfw.lint_output import format_text
 from smtpfw.policy import Policy
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
-
-
-def compile_text(tmp_path: Path, text: str):
-    path = tmp_path / "t.rules"
-    path.write_text(text)
-    return compile_ruleset(path)
-
-
-def ok(tmp_path, text):
-    ruleset, diags = compile_text(tmp_path, text)
-    assert ruleset is not None, format_text(diags)
-    return ruleset
+from tests.test_rules_lang import compile_text, ok
 
 
 def errors(tmp_path, text) -> str:
