@@ -776,6 +776,58 @@ def test_compile_regex_translations(source, text, matches):
     assert r is not None and r.search(text) is matches
 
 
+@pytest.mark.parametrize("source, texts", [
+    (r"^\[?[0-9.]+\]?$", ["mail1.example.org", "[192.0.2.1]", "192.0.2.1", "1.2.3.4\n", "x1", "1x", ""]),
+    ("[%!@]", ["rcpt1", "a%b", "a!b", "a@b", ""]),
+    ("(?i)viagra|casino", ["report 1", "VIAGRA", "Casino", "vi agra"]),
+    ("k", ["K", "k", "\u212a", "x"]),                  # the Kelvin sign folds to k (RE2 decides: not ASCII)
+    ("(?-i:K)", ["k", "K", "\u212a"]),
+    ("\u017f", ["s", "S", "x"]),                       # a long s in the pattern matches s: no atom from it
+    ("s", ["\u017f", "S", "x"]),                       # and s matches a long s (RE2 decides: not ASCII)
+    ("[[:digit:]]+", ["42", "a", "[:d"]),               # Python reads it as a nested set: no prefilter
+    ("(?m)^b$", ["a\nb", "b\nc", "ab"]),               # ^ and $ at every line
+    ("^abc$", ["abc", "abc\n", "xabc"]),               # RE2's $ is the end of the text
+    ("\\Aab|cd\\Z", ["abx", "xcd", "xabx"]),
+    ("(ab|cd)+x", ["abx", "cdcdx", "adx", "x"]),
+    ("a{0,2}b", ["b", "ab", "x"]),
+    (r"\A(?s:.*\.dyn\..*)\Z", ["a.dyn.b", "a.dynb", "A.DYN.B"]),
+])
+def test_prefilter_answers_as_re2(source, texts):
+    """What a rule's pattern test answers without calling RE2 (a text that
+    lacks every match's literal, or first or last character) is what RE2
+    answers."""
+    r, err = compile_regex(source)
+    assert r is not None, err
+    for text in texts:
+        assert r.search(text) is bool(r._searcher()(text.encode("utf-8", "surrogatepass"))), (source, text)
+
+
+def test_prefilter_is_used_for_common_patterns():
+    for source in (r"^\[?[0-9.]+\]?$", "[%!@]", "(?i)viagra|casino", r"\.dyn\.", r"^mx[0-9]+\.example\.net$"):
+        r, _ = compile_regex(source)
+        assert r is not None and r._needs is not None, source
+    for source in ("a*", ".", r"\d+", "[[:digit:]]+", r"\p{Greek}"):
+        r, _ = compile_regex(source)
+        assert r is not None and r._needs is None, source
+
+
+def test_prefilter_random_patterns_agree_with_re2():
+    rnd = random.Random(14)
+    pieces = ["a", "b", "K", "s", r"\.", "-", "@", "[ab]", "[a-c]", "[%!@]", "[^a]", "[0-9.]", r"\d", ".",
+              "(a|bc)", "(?:x|)", "(?-i:S)", r"\b", "a*", "b+", "k?", "(ab)+", "[sk]{1,2}"]
+    alphabet = "abcKks.-@%!01 \n\u212a\u017f"
+    for _ in range(400):
+        source = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 5)))
+        source = rnd.choice(["", "^", "(?i)", "(?m)^"]) + source + rnd.choice(["", "$", "|zz"])
+        r, _ = compile_regex(source)
+        if r is None:
+            continue
+        raw = r._searcher()
+        for _ in range(40):
+            text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 8)))
+            assert r.search(text) is bool(raw(text.encode("utf-8", "surrogatepass"))), (source, text)
+
+
 @pytest.mark.parametrize("source, dialect, code, offset, help_has", [
     (r"(a|b)\1", "python", "E404", 5, "alternatives"),
     (r"foo(?=bar)", "python", "E404", 3, "foobar"),

@@ -1125,7 +1125,7 @@ class _Compiler:
             self.diags.append(d if d.help else Diagnostic(
                 d.code, d.message, d.span, help="regular expressions use Python syntax; write \\. for a literal dot"))
             return None
-        search = rx.search
+        search = rx.tester()
         get, end = spec.compared, MAX_PATTERN_SUBJECT
         if node.negated:
             return lambda s: not search(str(get(s))[:end])

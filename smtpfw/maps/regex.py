@@ -81,9 +81,9 @@ class Regex:
     """A compiled pattern.  ``search`` answers yes/no (RE2's DFA, no
     submatches); ``captures`` gives the whole match and each group."""
 
-    __slots__ = ("source", "pattern", "groups", "groupindex", "_re", "_raw", "_search")
+    __slots__ = ("source", "pattern", "groups", "groupindex", "_re", "_raw", "_search", "_needs", "_test")
 
-    def __init__(self, source: str, pattern: str, compiled) -> None:
+    def __init__(self, source: str, pattern: str, compiled, needs: Needs | None = None) -> None:
         self.source = source                # as written
         self.pattern = pattern              # in RE2 syntax, flags included: what a re2.Set takes
         self._re = compiled
@@ -91,16 +91,47 @@ class Regex:
         self.groupindex: dict[str, int] = dict(compiled.groupindex)
         self._raw: Callable | None = getattr(getattr(compiled, "_regexp", None), "Match", None)
         self._search: Callable[[bytes], list[int]] | None = None
+        self._needs = needs                 # what every match needs (see _prefilter)
+        self._test: Callable[[str], bool] | None = None
 
     def __repr__(self) -> str:
         return f"Regex({self.source!r})"
 
     def search(self, text: str) -> bool:
         """Does the pattern occur in ``text``?"""
+        test = self._test
+        if test is None:
+            test = self._test = self.tester()
+        return test(text)
+
+    def tester(self) -> Callable[[str], bool]:
+        """``search`` as one function, for the engine's hot path.  A call into
+        RE2 costs about 0.5 µs whatever the pattern (the binding's dispatch,
+        the buffer, releasing the GIL), more than Python's ``re`` needs for a
+        whole short search; so a text that lacks what every match needs (a
+        literal, a first or last character: ``_prefilter``) is answered here."""
         match = self._search
         if match is None:
             match = self._search = self._searcher()
-        return bool(match(text.encode("utf-8", "surrogatepass")))
+        if self._needs is None:
+            return lambda text: bool(match(text.encode("utf-8", "surrogatepass")))
+        atoms, first, last = self._needs
+
+        def test(text: str) -> bool:
+            if text and text.isascii():     # else RE2 decides (Unicode case folding: K matches k)
+                low = text.lower()
+                if first is not None and low[0] not in first:
+                    return False
+                if last is not None and low[-1] not in last:
+                    return False
+                if atoms is not None:
+                    for atom in atoms:
+                        if atom in low:
+                            break
+                    else:
+                        return False
+            return bool(match(text.encode("utf-8", "surrogatepass")))
+        return test
 
     def _searcher(self) -> Callable[[bytes], list[int]]:
         """A one-pattern RE2 set: a yes/no answer from the DFA alone, several
@@ -187,7 +218,8 @@ def compile_pattern(source: str, dialect: str, *, ignore_case: bool = True, mult
         compiled = re2.compile(pattern, re2_options(longest=dialect == POSIX))
     except re2.error as err:
         return None, _classify(source, dialect, _text(err), ignore_case)
-    return Regex(source, pattern, compiled), None
+    needs = _prefilter(source, ignore_case) if dialect == PYTHON and not extended else None
+    return Regex(source, pattern, compiled, needs), None
 
 
 def _text(err: Exception) -> str:
@@ -221,6 +253,166 @@ def _classify(source: str, dialect: str, re2_message: str, ignore_case: bool) ->
             return RegexError(Code.E401_BAD_REGEX, f"invalid regular expression: {err}")
     return RegexError(Code.E404_REGEX_NOT_LINEAR, f"RE2 cannot run this pattern: {re2_message}",
                       "see RE2's syntax (https://github.com/google/re2/wiki/Syntax) for what it supports")
+
+
+# ---------------------------------------------------------------------------
+# prefilter: what every match needs, checked in Python before calling RE2
+
+_MAX_ATOMS = 8          # more alternatives than this: not worth checking one by one
+_MAX_CLASS = 16         # a character class of more characters is no atom
+# (strings one of which every match contains, or None; the characters a match
+# must begin with when the pattern is anchored at the start, or None; the same
+# for the end), all lower-case
+Needs = tuple[tuple[str, ...] | None, frozenset[str] | None, frozenset[str] | None]
+
+
+def _prefilter(source: str, ignore_case: bool) -> Needs | None:
+    """What every match of ``source`` needs, for ``Regex.tester`` to answer
+    "no" without RE2 when a text lacks it: one of some strings; when the
+    pattern is anchored at the start (end), a first (last) character of
+    some set.  None when nothing useful is known.
+
+    The answer is only ever "no": any doubt goes to RE2.  It looks at ASCII texts
+    only (every envelope value, nearly every header), lower-cased on both
+    sides, so case-insensitive patterns, and Unicode case folding (the
+    Kelvin sign matches `k`), need no thought: an ASCII text holding
+    neither `K` nor `k` cannot match a `K` in any case.  The pattern is read
+    with Python's own parser (``python`` dialect: the rule's syntax as
+    written), of which only literals, small classes, groups, alternations
+    and repetitions are used."""
+    import re._parser as sre_parse  # type: ignore[import-not-found]  # Python's own regex parser (3.11+)
+    from re import _constants as C  # type: ignore[attr-defined]
+    flags = re.IGNORECASE if ignore_case else 0
+    try:
+        with warnings.catch_warnings():
+            # Python reads RE2's `[[:digit:]]` as a nested set: a warning, and
+            # another meaning.  Whatever Python warns about or cannot read
+            # (`\p{Greek}`, `\Q...\E`, `\x{41}`) gets no prefilter.
+            warnings.simplefilter("error")
+            tree = sre_parse.parse(source, flags)
+    except (re.error, Warning, OverflowError, RecursionError, ValueError):
+        return None
+
+    def chars(op, av) -> frozenset[str] | None:
+        """The characters one item matches, lower-cased; None if many or unknown."""
+        if op is C.LITERAL:
+            c = chr(av)
+            return frozenset(c.lower()) if c.isascii() else None
+        if op is C.IN:
+            out: set[str] = set()
+            for iop, iav in av:
+                if iop is C.LITERAL and chr(iav).isascii():
+                    out.add(chr(iav).lower())
+                elif iop is C.RANGE and iav[1] < 128 and iav[1] - iav[0] < _MAX_CLASS:
+                    out.update(chr(c).lower() for c in range(iav[0], iav[1] + 1))
+                else:
+                    return None              # NEGATE, CATEGORY (\d: Unicode in Python, ASCII in RE2), ...
+            return frozenset(out) if len(out) <= _MAX_CLASS else None
+        return None
+
+    def needed(items) -> tuple[str, ...] | None:
+        """Strings one of which every match of the sequence contains."""
+        best: tuple[str, ...] | None = None
+        run: list[str] = []
+
+        def better(cand):
+            nonlocal best
+            if cand is None or len(cand) > _MAX_ATOMS:
+                return
+            if best is None or (min(map(len, cand)), -len(cand)) > (min(map(len, best)), -len(best)):
+                best = cand
+        for op, av in items:
+            single = chars(op, av) if op is C.LITERAL else None
+            if single is not None:
+                run.append(next(iter(single)))
+                continue
+            if run:
+                better(("".join(run),))
+                run = []
+            better(needed_one(op, av))
+        if run:
+            better(("".join(run),))
+        return best
+
+    def needed_one(op, av) -> tuple[str, ...] | None:
+        if op is C.IN:
+            cs = chars(op, av)
+            return tuple(sorted(cs)) if cs else None
+        if op is C.SUBPATTERN:
+            return needed(av[-1])
+        if op in (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT):
+            return needed(av[2]) if av[0] >= 1 else None
+        if op is C.ATOMIC_GROUP:
+            return needed(av)
+        if op is C.BRANCH:
+            out: list[str] = []
+            for branch in av[1]:
+                got = needed(branch)
+                if got is None:
+                    return None
+                out += got
+            return tuple(dict.fromkeys(out)) if len(set(out)) <= _MAX_ATOMS else None
+        return None
+
+    def firsts(items, reverse: bool) -> tuple[frozenset[str] | None, bool]:
+        """(characters a match of the sequence can begin with (end with, if
+        ``reverse``), or None if any; whether it can match the empty string)."""
+        out: set[str] = set()
+        for op, av in (reversed(items) if reverse else items):
+            got, empty = firsts_one(op, av, reverse)
+            if got is None:
+                return None, False
+            out |= got
+            if not empty:
+                return frozenset(out), False
+        return frozenset(out), True
+
+    def firsts_one(op, av, reverse: bool) -> tuple[frozenset[str] | None, bool]:
+        if op in (C.LITERAL, C.IN):
+            return chars(op, av), False
+        if op is C.SUBPATTERN:
+            return firsts(av[-1], reverse)
+        if op in (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT):
+            got, empty = firsts(av[2], reverse)
+            return got, empty or av[0] == 0
+        if op is C.BRANCH:
+            out: set[str] = set()
+            empty = False
+            for branch in av[1]:
+                got, e = firsts(branch, reverse)
+                if got is None:
+                    return None, False
+                out |= got
+                empty = empty or e
+            return frozenset(out), empty
+        return None, False              # ., \d, assertions, anchors inside: anything
+
+    def anchored(items, start: bool) -> list | None:
+        """The sequence without its first (last) item, when that item is `^`
+        or `\\A` (`$` or `\\Z`) and so every match starts (ends) there."""
+        if not items:
+            return None
+        op, av = items[0] if start else items[-1]
+        if op is C.AT and av in ((C.AT_BEGINNING, C.AT_BEGINNING_STRING) if start else (C.AT_END, C.AT_END_STRING)):
+            return items[1:] if start else items[:-1]
+        return None
+
+    items = list(tree)
+    atoms = needed(items)
+    first = last = None
+    if not tree.state.flags & re.MULTILINE:         # `(?m)`: ^ and $ at every line
+        for start in (True, False):
+            rest = anchored(items, start)
+            if rest is not None:
+                got, empty = firsts(rest, not start)
+                if got is not None and not empty:
+                    if start:
+                        first = got
+                    else:
+                        last = got
+    if atoms is None and first is None and last is None:
+        return None
+    return atoms, first, last
 
 
 # ---------------------------------------------------------------------------
