@@ -216,3 +216,58 @@ def test_greylisting_as_a_postfix_policy_service(tmp_path):
             assert answer.startswith("451") and time.monotonic() < deadline, answer
             time.sleep(0.2)
         c.close()
+
+
+CONCURRENT = """
+limit conns = 2 concurrent by client.net
+on connect:
+    [busy] disconnect 421 4.7.0 "Too many connections from {client.net}" if limit.conns.exceeded
+on rcpt:
+    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames
+"""
+
+
+def test_a_concurrency_limit_counts_open_sessions_and_frees_them(tmp_path):
+    with running_server(rules_text=CONCURRENT, config=sqlite_config(tmp_path)) as srv:
+        first = smtplib.SMTP(*srv.address, source_address=("127.0.0.1", 0), timeout=10)
+        second = smtplib.SMTP(*srv.address, source_address=("127.0.0.2", 0), timeout=10)
+        try:
+            with pytest.raises(smtplib.SMTPConnectError) as refused:
+                smtplib.SMTP(*srv.address, source_address=("127.0.0.3", 0), timeout=10)
+            assert refused.value.smtp_code == 421
+            assert b"Too many connections from 127.0.0.0/24" in refused.value.smtp_error
+            assert mail_reply(srv, source="127.0.1.1").startswith("250")       # another network
+        finally:
+            first.quit()
+        # the ended session's slot is free again (released in the background)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                smtplib.SMTP(*srv.address, source_address=("127.0.0.4", 0), timeout=10).quit()
+                break
+            except smtplib.SMTPConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        second.quit()
+
+
+def test_dry_run_counts_sessions_that_overlapped_in_time(tmp_path, capsys):
+    import json
+
+    from smtpfw.cli import main
+    from smtpfw.replay.build import make_record
+
+    (tmp_path / "c.rules").write_text(CONCURRENT)
+    # three sessions of 10 s from one network: the third starts while two are open;
+    # the fourth after the first two ended
+    starts = [1000.0, 1001.0, 1002.0, 1020.0]
+    lines = []
+    for i, t in enumerate(starts):
+        rec = make_record(ip=f"192.0.2.{i + 1}", helo="a.test", sender="x@a.test", rcpts=["root@localhost"],
+                          session_id=f"s{i}", started=t)
+        rec["duration"] = 10.0
+        lines.append(json.dumps(rec))
+    (tmp_path / "s.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["dry-run", "--rules", str(tmp_path / "c.rules"), "--format", "json", str(tmp_path / "s.jsonl")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rule_hits"]["busy"] == 1 and report["verdicts"]["disconnected"] == 1

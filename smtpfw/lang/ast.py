@@ -223,7 +223,7 @@ class LimitDecl:
     limit in the state store, keyed by the fields' values."""
 
     name: str
-    rates: tuple[tuple[int, float, Span], ...]    # (limit, window seconds, where)
+    rates: tuple[tuple[int, float, Span], ...]    # (limit, window seconds, where); window 0: concurrent sessions
     keys: tuple["Field | Value", ...]             # fields (or a constant text: one global key)
     counting: str | None
     span: Span

@@ -28,12 +28,13 @@ from smtpfw.lang.access_values import AccessValues
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, FORMS, INT, IP, LIST, ORDERED,
                                 SCORE_PREFIX, STRING, FieldSpec, fold, lazy_answer, lookup_field)
 from smtpfw.maps.regex import compile_regex
-from smtpfw.state.facts import RateKey
+from smtpfw.state.facts import RateKey, SlotKey
 from smtpfw.lang.parser import MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
 
 LIMIT_PREFIX = "limit."
+SLOT_TTL = 3600.0      # a concurrency slot of a session that never ended (a crash) is free after this
 LIMIT_ATTRS = ("exceeded", "count", "percent", "retry")
 OPTIONS = {
     "mode": ("string", ("enforce", "monitor")),
@@ -683,6 +684,13 @@ class _Compiler:
         if cache_key in self.limit_keys:
             return self.limit_keys[cache_key]
         counting = decl.counting
+        concurrent = [r for r in decl.rates if r[1] == 0.0]
+        if concurrent and (len(decl.rates) > 1 or counting not in (None, "connections")):
+            self.error(Code.E202_TYPE_MISMATCH, f"limit `{decl.name}` mixes `concurrent` with other rates or "
+                       "counts", concurrent[0][2], help="declare a concurrency limit on its own: "
+                       f"limit {decl.name} = 10 concurrent by client.net")
+            self.limit_keys[cache_key] = None
+            return None
         where = {"connections": (Stage.CONNECT,), "messages": (Stage.MAIL, Stage.DATA),
                  "recipients": (Stage.RCPT,), "bytes": (Stage.DATA,), None: tuple(Stage)}.get(counting)
         make = None
@@ -716,12 +724,19 @@ class _Compiler:
                 if spec.stage.order > known.order:
                     known = spec.stage
                 getters.append(spec.compared)
-            if ok:
+            if ok and concurrent:
+                slots, name, joined = concurrent[0][0], decl.name, tuple(getters)
+
+                def make(s: SessionState) -> Any:
+                    return SlotKey(name, "|".join(str(g(s)) for g in joined), slots, s.session_id or "-",
+                                   SLOT_TTL, f"{s.session_id}.{s.hook_runs}")
+                make.stage = known            # type: ignore[attr-defined]
+            elif ok:
                 buckets = tuple((limit, window) for limit, window, _span in decl.rates)
                 name, bytes_ = decl.name, counting == "bytes"
                 joined = tuple(getters)
 
-                def make(s: SessionState) -> RateKey:
+                def make(s: SessionState) -> Any:
                     return RateKey(name, "|".join(str(g(s)) for g in joined), buckets,
                                    float(s.message_size) if bytes_ else 1.0, f"{s.session_id}.{s.hook_runs}")
                 make.stage = known            # type: ignore[attr-defined]

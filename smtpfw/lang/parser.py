@@ -230,6 +230,9 @@ class _ToAst(Transformer):
                                        help="write 30s, 5m, 1h or 1d (or second, minute, hour, day)"))
         return (_number(str(count)), float(seconds), self._span(meta))
 
+    def concurrent(self, meta, items):
+        return (_number(str(items[0])), 0.0, self._span(meta))      # window 0: sessions at once
+
     def limit_decl(self, meta, items):
         items = _drop_eq(items)
         name = items[0]

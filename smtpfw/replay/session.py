@@ -441,11 +441,16 @@ def _with_recorded(dns_factory):
     return lambda record: Facts({"dns": dns_factory(record)}, default=_default_facts(record))
 
 
-def _with_state(source, store, when: float):
-    """``source`` with a state source over ``store`` whose clock is ``when``."""
+def _with_state(source, store, record: dict):
+    """``source`` with a state source over ``store`` at the record's time.
+    Concurrency slots are held for the recorded session's length, not
+    released when the replay of it ends: sessions replayed one after the
+    other count as the overlapping sessions they were."""
     from smtpfw.state.facts import StateFacts
 
-    state = StateFacts(store, clock=lambda: when)
+    when = float(record.get("time") or 0.0)
+    state = StateFacts(store, clock=lambda: when, release=False,
+                       slot_ttl=max(float(record.get("duration") or 0.0), 0.001))
     if isinstance(source, Facts):
         return Facts({**source.sources, "state": state}, default=source.default)
     return Facts({"state": state}, default=source)
@@ -492,8 +497,7 @@ class Replayer:
             from smtpfw.state import open_store
             self.state_store = open_store(":memory:", timeout=30.0)
             inner = self.dns_factory
-            self.dns_factory = lambda record: _with_state(inner(record), self.state_store,
-                                                          float(record.get("time") or 0.0))
+            self.dns_factory = lambda record: _with_state(inner(record), self.state_store, record)
             self.prefill = False
             self.synchronous = False
 

@@ -14,11 +14,12 @@ replay, so a dry-run of stateful rules is deterministic.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable
 
-from smtpfw.state.store import Bucket, GreyResult, RateResult, Store
+from smtpfw.state.store import Bucket, GreyResult, RateResult, SlotResult, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,28 @@ class RateKey:
     def to_json(self) -> dict:
         return {"kind": "rate", "name": self.name, "key": self.key, "buckets": [list(b) for b in self.buckets],
                 "cost": self.cost, "run": self.run}
+
+    @property
+    def store_key(self) -> str:
+        return f"{self.name}|{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotKey:
+    """A slot of concurrency limit ``name`` for ``key``, held by session
+    ``holder`` until it ends (or ``ttl`` seconds)."""
+
+    provider: ClassVar[str] = "state"
+    name: str
+    key: str
+    limit: int
+    holder: str
+    ttl: float
+    run: str
+
+    def to_json(self) -> dict:
+        return {"kind": "slot", "name": self.name, "key": self.key, "limit": self.limit, "holder": self.holder,
+                "ttl": self.ttl, "run": self.run}
 
     @property
     def store_key(self) -> str:
@@ -61,9 +84,11 @@ class GreyKey:
         return f"{self.network}|{self.sender}|{self.rcpt}"
 
 
-def key_from_json(d: dict) -> RateKey | GreyKey:
+def key_from_json(d: dict) -> RateKey | SlotKey | GreyKey:
     if d.get("kind") == "greylist":
         return GreyKey(d["network"], d["sender"], d["rcpt"], d.get("run", ""))
+    if d.get("kind") == "slot":
+        return SlotKey(d["name"], d["key"], int(d["limit"]), d["holder"], float(d["ttl"]), d.get("run", ""))
     return RateKey(d["name"], d["key"], tuple((int(b[0]), float(b[1])) for b in d["buckets"]),
                    float(d.get("cost", 1)), d.get("run", ""))
 
@@ -148,10 +173,17 @@ class StateFacts:
     "closed" (it counts as over the limit / greylisted: the rule's own
     tempfail answers)."""
 
-    def __init__(self, store: Store, *, fail: str = "open", clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, *, fail: str = "open", clock: Callable[[], float] = time.time,
+                 release: bool = True, slot_ttl: float | None = None):
+        """``release``: give the session's concurrency slots back when it
+        ends (live); a replay keeps them for the recorded session's length
+        instead (``slot_ttl``), so sessions that overlapped in time count."""
         self.store = store
         self.fail_closed = fail == "closed"
         self.clock = clock
+        self.release = release
+        self.slot_ttl = slot_ttl
+        self.held: dict[str, SlotKey] = {}      # store key -> the slot this session holds
 
     def start(self, keys: Iterable[Any]) -> None:
         pass                                  # lazy: asked only when a rule reaches it
@@ -162,6 +194,12 @@ class StateFacts:
         for key in keys:
             if isinstance(key, GreyKey):
                 out[key] = self._grey(await self.store.greylist(key.triplet, now=now, client=key.network))
+            elif isinstance(key, SlotKey):
+                ttl = self.slot_ttl if self.slot_ttl is not None else key.ttl
+                slot = await self.store.acquire(key.store_key, key.limit, ttl, now=now, holder=key.holder)
+                if slot.acquired and slot.available:
+                    self.held[key.store_key] = key
+                out[key] = self._slot(slot, key)
             else:
                 buckets = [Bucket(limit, window) for limit, window in key.buckets]
                 out[key] = self._rate(await self.store.hit(key.store_key, buckets, key.cost, now=now), key)
@@ -175,6 +213,29 @@ class StateFacts:
             if isinstance(key, RateKey) and isinstance(answer, RateAnswer) and answer.counted:
                 buckets = [Bucket(limit, window) for limit, window in key.buckets]
                 await self.store.hit(key.store_key, buckets, -key.cost, now=now, force=True)
+            elif isinstance(key, SlotKey) and self.release and self.held.pop(key.store_key, None) is not None:
+                await self.store.release(key.store_key, key.holder)
+
+    def close(self) -> None:
+        """The session ended: its concurrency slots are free again (in the
+        background: closing does not wait on the store)."""
+        if not self.release or not self.held:
+            return
+        held, self.held = list(self.held.values()), {}
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return                              # no loop any more: the slots' TTL frees them
+        for key in held:
+            loop.create_task(self.store.release(key.store_key, key.holder))
+
+    def _slot(self, slot: SlotResult, key: SlotKey) -> RateAnswer:
+        if not slot.available:
+            if self.fail_closed:
+                return RateAnswer(True, 0, 0, 60, False, slot.reason)
+            return RateAnswer(False, 0, 0, 0, False, slot.reason)
+        return RateAnswer(not slot.acquired, slot.count, int(100 * slot.count / key.limit + 0.5),
+                          0 if slot.acquired else 60)
 
     def _rate(self, r: RateResult, key: RateKey) -> RateAnswer:
         if not r.available:
