@@ -65,6 +65,21 @@ class AddScore:
 
 
 @dataclass(frozen=True, slots=True)
+class AddCount:
+    """`count NAME [+N]`: adds N to counter NAME of this session's key in
+    the state store, once the hook is decided (an effect: rules in the same
+    hook read the value from before)."""
+
+    name: str
+    amount: int
+    keep: float
+    key: Callable[[SessionState], str]          # the counter's store key for this session
+
+    def apply(self, state: SessionState, rule_id: str) -> None:
+        state.effects.append((self.key(state), float(self.amount), self.keep))
+
+
+@dataclass(frozen=True, slots=True)
 class UseClass:
     """`use NAME`: the rules of restriction class NAME run here; the first
     that decides decides for this rule."""
@@ -93,7 +108,7 @@ class RunPlugin:
     name: str
 
 
-Action = SetTag | Note | AddHeader | AddScore | UseClass | ApplyMap | RunPlugin
+Action = SetTag | Note | AddHeader | AddScore | AddCount | UseClass | ApplyMap | RunPlugin
 
 
 def action_for(kind: str, arg: str | None, render: Render | None, weight: int | None = None) -> Action | None:

@@ -111,6 +111,11 @@ class Policy:
         decision = await self._evaluate(stage, message)
         if self.asked:
             await self._settle(decision)
+        if state.effects:
+            effects, state.effects = state.effects, []
+            commit = getattr(self.facts, "commit", None)
+            if commit is not None:
+                await commit(effects)
         if self.notify is not None:
             for kind, rule_id, text in state.log_lines[logged:]:
                 self.notify(stage, kind, rule_id, text)

@@ -271,3 +271,44 @@ def test_dry_run_counts_sessions_that_overlapped_in_time(tmp_path, capsys):
     assert main(["dry-run", "--rules", str(tmp_path / "c.rules"), "--format", "json", str(tmp_path / "s.jsonl")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["rule_hits"]["busy"] == 1 and report["verdicts"]["disconnected"] == 1
+
+
+PENALTY = """
+counter strikes = 1h by client.net
+on connect:
+    [penalty] reject 554 5.7.1 "{client.net} hit a spam trap; come back later" if counter.strikes >= 2
+on rcpt:
+    [strike] count strikes if rcpt = "trap@localhost"
+    [trap] reject 550 5.1.1 "No such user" if rcpt = "trap@localhost"
+    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames
+"""
+
+
+def test_a_counter_outlives_the_session_penalty_box(tmp_path):
+    """Haraka karma / a penalty box: two trap hits, then the network is refused at connect."""
+    with running_server(rules_text=PENALTY, config=sqlite_config(tmp_path)) as srv:
+        assert rcpt_reply(srv, rcpt="trap@localhost").startswith("550 5.1.1")      # strike 1
+        assert rcpt_reply(srv, source="127.0.0.2", rcpt="trap@localhost").startswith("550")   # strike 2
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            rcpt_reply(srv, source="127.0.0.3")
+        assert refused.value.smtp_code == 554
+        assert b"127.0.0.0/24 hit a spam trap" in refused.value.smtp_error
+        assert rcpt_reply(srv, source="127.0.1.9").startswith("250")              # another network
+
+
+def test_counter_in_ruleset_tests_and_its_mistakes(tmp_path, capsys):
+    from smtpfw.cli import main
+    from tests.test_rules_lang2 import errors
+
+    (tmp_path / "p.rules").write_text(PENALTY)
+    (tmp_path / "p.tests").write_text(
+        "client 192.0.2.1 at 2026-11-30T10:00 ehlo a.test from x@a.test rcpt trap@localhost -> reject at rcpt by trap\n"
+        "client 192.0.2.2 at 2026-11-30T10:01 ehlo a.test from x@a.test rcpt root@localhost -> accept\n"
+        "client 192.0.2.3 at 2026-11-30T10:02 ehlo a.test from x@a.test rcpt trap@localhost -> reject at rcpt by trap\n"
+        "client 192.0.2.4 at 2026-11-30T10:03 -> reject at connect by penalty\n"
+        "client 192.0.2.4 at 2026-11-30T11:03 ehlo a.test from x@a.test rcpt root@localhost -> accept\n")
+    assert main(["test", str(tmp_path / "p.rules")]) == 0, capsys.readouterr().out
+    assert "unknown counter `strike`" in errors(tmp_path, "counter strikes = 1h by client.net\n"
+                                                          "on rcpt:\n    count strike\n")
+    assert "`sender` is not known yet in `on connect:`" in errors(
+        tmp_path, "counter s = 1h by sender\non connect:\n    reject if counter.s > 1\n")

@@ -92,6 +92,12 @@ class Facts:
             out.update(part)
         return out
 
+    async def commit(self, effects) -> None:
+        """The state writes rules decided (`count NAME`)."""
+        source = self.sources.get("state")
+        if source is not None:
+            await source.commit(effects)     # type: ignore[attr-defined]
+
     async def refund(self, keys, answers: dict) -> None:
         """Give back what ``keys`` counted (their hook refused)."""
         for name, group in _by_provider(keys).items():

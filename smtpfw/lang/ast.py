@@ -178,7 +178,7 @@ class Action:
 
 TERMINAL_ACTIONS = frozenset({"accept", "reject", "tempfail", "disconnect"})
 ACTIONS = ("accept", "reject", "tempfail", "disconnect", "tag", "log", "warn",
-           "add_header", "run", "score", "use", "apply")
+           "add_header", "run", "score", "use", "apply", "count")
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +231,18 @@ class LimitDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class CounterDecl:
+    """`counter NAME = SPAN by FIELD, ...`: a number per key in the state
+    store that outlives sessions, kept ``keep`` seconds after its last change."""
+
+    name: str
+    keep: float
+    keys: tuple["Field | Value", ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class ZoneDecl:
     name: str
     kind: str                     # "dnsbl" or "rhsbl"
@@ -274,7 +286,7 @@ class Include:
     span: Span
 
 
-Statement = Union[Rule, ListDecl, MapDecl, LimitDecl, ZoneDecl, PluginDecl, OptionDecl, HookHeader, ClassHeader, Include]
+Statement = Union[Rule, ListDecl, MapDecl, LimitDecl, CounterDecl, ZoneDecl, PluginDecl, OptionDecl, HookHeader, ClassHeader, Include]
 
 
 @dataclass(frozen=True, slots=True)

@@ -933,6 +933,14 @@ class _Linter:
                          "so it never counts", ldecl.name_span,
                          help=f"test it where it should count, e.g. `tempfail 450 4.7.1 \"Too fast\" "
                               f"if limit.{name}.exceeded`")
+        counted = {r.action.arg for r in every_rule if r.action.kind == "count"}
+        for name, cdecl in self.prog.counters.items():
+            read = f"counter.{name}" in limit_refs or re.search(rf"counter\.{re.escape(name)}\b", " ".join(
+                str(x) for r in every_rule for x in (r.condition, r.action.reply, r.action.arg)))
+            if name not in counted or not read:
+                what = "no rule counts it" if name not in counted else "no rule reads it"
+                self.add(Code.W603_UNUSED_DECLARATION, f"counter `{name}` is declared but {what}", cdecl.name_span,
+                         help=f"count with `count {name} if ...` and read it with `counter.{name}` in a condition")
         for name, header in self.prog.class_headers.items():
             if name not in used_classes and not applies:
                 self.add(Code.W603_UNUSED_DECLARATION, f"class `{name}` is declared but no rule uses it",

@@ -23,17 +23,18 @@ from smtpfw.checks.lists import Entry, build_matcher, read_list_file
 from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean, has_errors
 from smtpfw.engine import CompiledRule, Ruleset
 from smtpfw.lang import ast
-from smtpfw.actions import ApplyMap, UseClass
+from smtpfw.actions import AddCount, ApplyMap, UseClass
 from smtpfw.lang.access_values import AccessValues
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, FORMS, INT, IP, LIST, ORDERED,
                                 SCORE_PREFIX, STRING, FieldSpec, fold, lazy_answer, lookup_field)
 from smtpfw.maps.regex import compile_regex
-from smtpfw.state.facts import RateKey, SlotKey
+from smtpfw.state.facts import CounterKey, RateKey, SlotKey, counter_store_key
 from smtpfw.lang.parser import MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
 from smtpfw.session import SessionState
 from smtpfw.verdict import Outcome, Stage
 
 LIMIT_PREFIX = "limit."
+COUNTER_PREFIX = "counter."
 SLOT_TTL = 3600.0      # a concurrency slot of a session that never ended (a crash) is free after this
 LIMIT_ATTRS = ("exceeded", "count", "percent", "retry")
 OPTIONS = {
@@ -81,6 +82,7 @@ class Program:
     lists: dict[str, tuple[ast.ListDecl, str]] = field(default_factory=dict)   # name -> (decl, base dir)
     maps: dict[str, tuple[ast.MapDecl, str]] = field(default_factory=dict)     # name -> (decl, base dir)
     limits: dict[str, ast.LimitDecl] = field(default_factory=dict)
+    counters: dict[str, ast.CounterDecl] = field(default_factory=dict)
     classes: dict[str, list[ast.Rule]] = field(default_factory=dict)           # restriction classes
     class_headers: dict[str, ast.ClassHeader] = field(default_factory=dict)   # first header of each class
     zones: dict[str, ast.ZoneDecl] = field(default_factory=dict)
@@ -151,6 +153,8 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
             _not_both(prog, st.name, st.name_span, diags)
         elif isinstance(st, ast.LimitDecl):
             _declare(prog.limits, st.name, st, st.name_span, "limit", diags)
+        elif isinstance(st, ast.CounterDecl):
+            _declare(prog.counters, st.name, st, st.name_span, "counter", diags)
         elif isinstance(st, ast.MapDecl):
             _declare(prog.maps, st.name, (st, base), st.name_span, "map", diags)
             _not_both(prog, st.name, st.name_span, diags)
@@ -248,6 +252,7 @@ class _Compiler:
         self.class_rules: dict[tuple[str, Stage], tuple[CompiledRule, ...] | None] = {}
         self.compiling_classes: list[str] = []
         self.used_limits: set[str] = set()
+        self.used_counters: set[str] = set()
         self.stateful = False                                 # a rule tests a limit or greylisting
         self.made_fields: dict[str, FieldSpec] = {}           # specs made here, for trace: maps, limits, time
         self.limit_keys: dict[tuple[str, Stage], Any] = {}
@@ -436,7 +441,17 @@ class _Compiler:
             compiled_action = None if rules is None else UseClass(action.arg or "", rules)
         elif action.kind == "apply":
             compiled_action = self._apply(action, stage)
-        if compiled_action is None and action.kind in ("use", "apply"):
+        elif action.kind == "count":
+            found = self._counter(action.arg or "", action.arg_span, stage)
+            if found is None:
+                ok = False
+            else:
+                cdecl, key, _known = found
+                self.stateful = True
+                cname = cdecl.name
+                compiled_action = AddCount(cname, action.weight or 1, cdecl.keep,
+                                           lambda s: counter_store_key(cname, key(s)))
+        if compiled_action is None and action.kind in ("use", "apply", "count"):
             ok = False
         if not ok:
             return None
@@ -624,6 +639,11 @@ class _Compiler:
             if spec is None:
                 return None
             self.made_fields[f.name] = spec
+        if spec is None and f.name.startswith(COUNTER_PREFIX):
+            spec = self._counter_field(f, stage)
+            if spec is None:
+                return None
+            self.made_fields[f.name] = spec
         if spec is not None and spec.lazy:
             self.stateful = True
         if spec is not None and spec.lazy and self.compiling_classes:
@@ -677,6 +697,47 @@ class _Compiler:
             "retry": (INT, lambda s: answer(s).retry, "seconds until a count would fit again"),
         }[attr]
         return FieldSpec(f.name, ftype, stage_known, get, f"limit {name}: {doc}", lazy=True)
+
+    def _counter(self, name: str, span: Span | None, stage: Stage):
+        """(decl, the store key maker, the stage its keys are known) of counter ``name``."""
+        decl = self.prog.counters.get(name)
+        if decl is None:
+            guess = did_you_mean(name, self.prog.counters)
+            self.error(Code.E102_UNKNOWN_FIELD, f"unknown counter `{name}`", span,
+                       help=f"did you mean `{guess}`?" if guess else f"declare it: counter {name} = 1d by client.net")
+            return None
+        self.used_counters.add(name)
+        getters: list[Callable[[SessionState], Any]] = []
+        known = Stage.CONNECT
+        for k in decl.keys:
+            if isinstance(k, ast.Value):
+                getters.append(_constant_text(str(k.value)))
+                continue
+            spec = self._field(k, stage)
+            if spec is None:
+                return None
+            if spec.lazy or spec.type == LIST:
+                self.error(Code.E202_TYPE_MISMATCH, f"a counter cannot be keyed by `{spec.name}`", k.span)
+                return None
+            if spec.stage.order > known.order:
+                known = spec.stage
+            getters.append(spec.compared)
+        joined = tuple(getters)
+
+        def key(s: SessionState) -> str:
+            return "|".join(str(g(s)) for g in joined)
+        return decl, key, known
+
+    def _counter_field(self, f: ast.Field, stage: Stage) -> FieldSpec | None:
+        """`counter.NAME`: the counter's value for this session's key, read
+        from the state store when a rule reaches it."""
+        name = f.name[len(COUNTER_PREFIX):]
+        found = self._counter(name, f.span, stage)
+        if found is None:
+            return None
+        _decl, key, known = found
+        answer = lazy_answer(lambda s: CounterKey(name, key(s), f"{s.session_id}.{s.hook_runs}"))
+        return FieldSpec(f.name, INT, known, lambda s: answer(s).value, f"counter {name}'s value", lazy=True)
 
     def _limit_key(self, decl: ast.LimitDecl, stage: Stage):
         """The fact key maker of limit ``decl`` in ``stage`` (checked once per stage)."""

@@ -25,7 +25,7 @@ MAX_NESTING = 200
 HOOKS = ("connect", "helo", "mail", "rcpt", "data", "queue", "disconnect")
 NOT_RUN_HOOKS = ("disconnect",)          # known, refused by the compiler (E109)
 RUN_HOOKS = tuple(h for h in HOOKS if h not in NOT_RUN_HOOKS)
-STATEMENT_KEYWORDS = ("on", "class", "list", "map", "limit", "zone", "plugin", "option", "include")
+STATEMENT_KEYWORDS = ("on", "class", "list", "map", "limit", "counter", "zone", "plugin", "option", "include")
 
 
 @functools.lru_cache(maxsize=1)
@@ -232,6 +232,20 @@ class _ToAst(Transformer):
 
     def concurrent(self, meta, items):
         return (_number(str(items[0])), 0.0, self._span(meta))      # window 0: sessions at once
+
+    def counter_decl(self, meta, items):
+        items = _drop_eq(items)
+        name, span = items[0], items[1]
+        text = str(span)
+        keys = tuple(it for it in items[2:] if isinstance(it, (ast.Field, ast.Value)))
+        return ast.CounterDecl(str(name), float(int(text[:-1]) * self._SPANS[text[-1]]), keys,
+                               self._span(meta), self._tspan(name))
+
+    def count(self, meta, items):
+        name, amount = items
+        return ast.Action("count", self._span(meta), arg=str(name), arg_span=self._tspan(name),
+                          weight=1 if amount is None else int(str(amount)) if str(amount).lstrip("+-").isdigit()
+                          else _number(str(amount)))
 
     def limit_decl(self, meta, items):
         items = _drop_eq(items)
@@ -573,8 +587,8 @@ _WORDS = {
     "$END": "the end of the file",
 }
 _ACTION_TERMINALS = {"ACCEPT", "REJECT", "TEMPFAIL", "DISCONNECT", "TAG", "LOG", "WARN",
-                     "ADD_HEADER", "RUN", "SCORE", "USE", "APPLY"}
-_STATEMENT_TERMINALS = {"ON", "CLASS", "LIST", "MAP", "LIMIT", "ZONE", "PLUGIN", "OPTION", "INCLUDE"}
+                     "ADD_HEADER", "RUN", "SCORE", "USE", "APPLY", "COUNT"}
+_STATEMENT_TERMINALS = {"ON", "CLASS", "LIST", "MAP", "LIMIT", "COUNTER", "ZONE", "PLUGIN", "OPTION", "INCLUDE"}
 
 
 def _terminal_text(name: str) -> str | None:

@@ -70,11 +70,17 @@ def _yes(b: bool) -> str:
 
 
 def _describe_state(key, answer) -> str:
-    """A rate-limit or greylisting fact for a trace line."""
+    """A state fact (limit, concurrency slot, counter, greylisting) for a trace line."""
     gone = "" if getattr(answer, "available", True) else f" (store unavailable: {answer.reason})"
-    if key.to_json()["kind"] == "greylist":
+    kind = key.to_json()["kind"]
+    if kind == "greylist":
         wait = f", retry in {answer.retry}s" if answer.verdict != "pass" else ""
         return f"greylist {key.network} {key.sender or '<>'} {key.rcpt}: {answer.verdict}{wait}{gone}"
+    if kind == "counter":
+        return f"counter {key.name} [{key.key}]: {answer.value}{gone}"
+    if kind == "slot":
+        said = "full" if answer.exceeded else "slot taken"
+        return f"limit {key.name} [{key.key}] {key.limit} concurrent: {said} ({answer.count} held){gone}"
     rates = ", ".join(f"{limit} per {window:g}s" for limit, window in key.buckets)
     said = (f"exceeded, retry in {answer.retry}s" if answer.exceeded else "counted") + \
         f" ({answer.count}, {answer.percent}% of the fullest bucket)"

@@ -66,6 +66,42 @@ class SlotKey:
 
 
 @dataclass(frozen=True, slots=True)
+class CounterKey:
+    """A read of counter ``name`` for ``key`` by hook run ``run``."""
+
+    provider: ClassVar[str] = "state"
+    name: str
+    key: str
+    run: str
+
+    def to_json(self) -> dict:
+        return {"kind": "counter", "name": self.name, "key": self.key, "run": self.run}
+
+    @property
+    def store_key(self) -> str:
+        return counter_store_key(self.name, self.key)
+
+
+def counter_store_key(name: str, key: str) -> str:
+    return f"counter|{name}|{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class CounterAnswer:
+    """A counter's value (0 when absent or expired)."""
+
+    value: int
+    available: bool = True
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        d: dict = {"value": self.value}
+        if not self.available:
+            d["available"], d["reason"] = False, self.reason
+        return d
+
+
+@dataclass(frozen=True, slots=True)
 class GreyKey:
     """The greylisting triplet of one recipient."""
 
@@ -84,9 +120,11 @@ class GreyKey:
         return f"{self.network}|{self.sender}|{self.rcpt}"
 
 
-def key_from_json(d: dict) -> RateKey | SlotKey | GreyKey:
+def key_from_json(d: dict) -> RateKey | SlotKey | GreyKey | CounterKey:
     if d.get("kind") == "greylist":
         return GreyKey(d["network"], d["sender"], d["rcpt"], d.get("run", ""))
+    if d.get("kind") == "counter":
+        return CounterKey(d["name"], d["key"], d.get("run", ""))
     if d.get("kind") == "slot":
         return SlotKey(d["name"], d["key"], int(d["limit"]), d["holder"], float(d["ttl"]), d.get("run", ""))
     return RateKey(d["name"], d["key"], tuple((int(b[0]), float(b[1])) for b in d["buckets"]),
@@ -137,7 +175,9 @@ class GreyAnswer:
         return d
 
 
-def value_from_json(d: dict) -> RateAnswer | GreyAnswer:
+def value_from_json(d: dict) -> RateAnswer | GreyAnswer | CounterAnswer:
+    if "value" in d:
+        return CounterAnswer(int(d["value"]), bool(d.get("available", True)), d.get("reason", ""))
     if "verdict" in d:
         return GreyAnswer(d["verdict"], int(d.get("retry", 0)), bool(d.get("allowlisted", False)),
                           bool(d.get("available", True)), d.get("reason", ""))
@@ -158,7 +198,7 @@ class _Unavailable:
         self.reason = reason
         self.available = False
         self.exceeded = False
-        self.count = self.percent = self.retry = 0
+        self.count = self.percent = self.retry = self.value = 0
         self.verdict = "pass"
         self.allowlisted = False
         self.counted = False
@@ -194,6 +234,10 @@ class StateFacts:
         for key in keys:
             if isinstance(key, GreyKey):
                 out[key] = self._grey(await self.store.greylist(key.triplet, now=now, client=key.network))
+            elif isinstance(key, CounterKey):
+                got = await self.store.get(key.store_key, now=now)
+                value = int(float(got.value)) if got.value is not None else 0
+                out[key] = CounterAnswer(value, got.available, got.reason)
             elif isinstance(key, SlotKey):
                 ttl = self.slot_ttl if self.slot_ttl is not None else key.ttl
                 slot = await self.store.acquire(key.store_key, key.limit, ttl, now=now, holder=key.holder)
@@ -215,6 +259,12 @@ class StateFacts:
                 await self.store.hit(key.store_key, buckets, -key.cost, now=now, force=True)
             elif isinstance(key, SlotKey) and self.release and self.held.pop(key.store_key, None) is not None:
                 await self.store.release(key.store_key, key.holder)
+
+    async def commit(self, effects: Iterable[tuple[str, float, float]]) -> None:
+        """The writes rules decided (`count NAME`): (store key, amount, keep seconds)."""
+        now = self.clock()
+        for key, amount, keep in effects:
+            await self.store.incr(key, amount, keep, now=now)
 
     def close(self) -> None:
         """The session ended: its concurrency slots are free again (in the
