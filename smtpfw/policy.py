@@ -154,14 +154,11 @@ class Policy:
     async def _ask(self, need: NeedFacts) -> int:
         """A rule reached a lazy fact: ask for it (counted once) and resume there."""
         state, key = self.state, need.key
-        if key in state.facts:                 # asked, yet missing again: a bug, never a loop
-            raise RuntimeError(f"lazy fact {key!r} is still missing after it was asked for")
-        if self.facts is None:
-            answer = provider_of(key).unavailable("no state store in this run")
-            state.facts[key] = answer
-        else:
+        if self.facts is not None:
             state.facts.update(await self.facts.results([key]))
-            answer = state.facts.get(key)
+        answer = state.facts.get(key)
+        if answer is None:                     # no state store in this run (or it said nothing): fail open
+            answer = state.facts[key] = provider_of(key).unavailable("no state store in this run")
         self.asked.append(key)
         if answer is not None and not getattr(answer, "available", True):
             state.log_lines.append(("warn", "state", f"state store unavailable: {answer.reason}"))

@@ -312,3 +312,23 @@ def test_counter_in_ruleset_tests_and_its_mistakes(tmp_path, capsys):
                                                           "on rcpt:\n    count strike\n")
     assert "`sender` is not known yet in `on connect:`" in errors(
         tmp_path, "counter s = 1h by sender\non connect:\n    reject if counter.s > 1\n")
+
+
+def test_without_a_store_stateful_rules_fail_open(tmp_path):
+    """A session whose Policy has no state source (a bare evaluation) sees
+    the fail-open answers: no limit exceeded, greylisting passes."""
+    import asyncio
+
+    from smtpfw.policy import Policy
+    from smtpfw.session import SessionState
+    from smtpfw.verdict import Outcome, Stage
+    from tests.test_rules_lang import ok
+
+    rs = ok(tmp_path, STATEFUL)
+    st = SessionState(client_ip="192.0.2.1", session_id="x")
+    st.set_helo("a.test", True)
+    st.set_sender("x@a.test")
+    st.set_rcpt("root@localhost")
+    policy = Policy(rs, st, None)
+    assert asyncio.run(policy.run(Stage.MAIL)).outcome is Outcome.CONTINUE
+    assert asyncio.run(policy.run(Stage.RCPT)).outcome is Outcome.CONTINUE
