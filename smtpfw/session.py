@@ -84,6 +84,7 @@ class SessionState:
     messages: int = 0                              # transactions completed
     events_dropped: int = 0                        # events past the record's cap (recording.max_events)
     _ip: object = None
+    _net: str = ""
 
     @property
     def ip(self):
@@ -94,6 +95,18 @@ class SessionState:
             except ValueError:
                 self._ip = ipaddress.ip_address("0.0.0.0")
         return self._ip
+
+    @property
+    def net(self) -> str:
+        """The client's /24 (IPv4) or /64 (IPv6), as text (computed once:
+        limits and greylisting read it several times a message)."""
+        if not self._net:
+            ip = self.ip
+            if ip.version == 4:
+                self._net = f"{ipaddress.IPv4Address(int(ip) & 0xFFFFFF00)}/24"
+            else:
+                self._net = f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+        return self._net
 
     def note(self, event: dict, cap: int) -> dict:
         """Keep ``event`` for the record unless ``cap`` are kept already: a

@@ -168,9 +168,7 @@ def _rcpt_resolvable_lookup(s: SessionState) -> Lookup | None:
 def _client_net(s: SessionState) -> str:
     """The client's /24 (IPv4) or /64 (IPv6): one sender pool, as
     greylisting and rate limits usually key it."""
-    ip = s.ip
-    prefix = 24 if ip.version == 4 else 64
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    return s.net
 
 
 def _grey_key(s: SessionState) -> GreyKey:

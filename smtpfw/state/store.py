@@ -326,7 +326,8 @@ class Store:
         start = time.perf_counter()
         failed = True
         try:
-            result = await asyncio.wait_for(make(), self.timeout)
+            async with asyncio.timeout(self.timeout):      # cheaper than wait_for: no task of its own
+                result = await make()
             failed = False
             return result
         except asyncio.TimeoutError:
