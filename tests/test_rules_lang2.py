@@ -607,3 +607,20 @@ def test_lint_finds_map_patterns_that_never_match(tmp_path):
     assert [(d.code, d.span.line) for d in diags] == [("W402", 1), ("W402", 2)]
     assert "case-sensitive (flag i) and needs the capital `E`" in diags[0].message
     assert "it needs `@`, which a domain never contains" in diags[1].message
+
+
+def test_delay_reject_data_behind_postfix(tmp_path):
+    """As a policy service, a refusal held until DATA is the answer to
+    Postfix's DATA request (smtpd_data_restrictions), not to RCPT."""
+    from smtpfw.config import Listener
+    from tests.support.server import running_server
+    from tests.test_policy_server import PolicyClient, rcpt_request
+
+    rules = ('option delay_reject = "data"\non helo:\n    [bad-helo] reject 550 5.7.1 "bad HELO" if helo = "bad.test"\n'
+             'on rcpt:\n    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain != "example.net"\n')
+    with running_server(rules_text=rules, listen=(Listener("127.0.0.1", 0, "policy", kind="policy"),)) as srv:
+        c = PolicyClient(srv.address)
+        assert c.ask(**rcpt_request(helo="bad.test")) == "DUNNO"
+        assert c.ask(**rcpt_request(helo="bad.test", rcpt="x@other.test")) == "554 5.7.1 Relaying denied"
+        assert c.ask(**rcpt_request(helo="bad.test", state="DATA")) == "550 5.7.1 bad HELO"
+        c.close()
