@@ -80,6 +80,18 @@ class AddCount:
 
 
 @dataclass(frozen=True, slots=True)
+class Tarpit:
+    """`tarpit 5s`: every reply to this client from now on is sent that much
+    later (OpenBSD spamd's tarpit; the SMTP front end waits on a timer, not
+    a thread, and only for as many clients as `limits.max_tarpitted`)."""
+
+    seconds: float
+
+    def apply(self, state: SessionState, rule_id: str) -> None:
+        state.tarpit = max(state.tarpit, self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
 class UseClass:
     """`use NAME`: the rules of restriction class NAME run here; the first
     that decides decides for this rule."""
@@ -108,7 +120,7 @@ class RunPlugin:
     name: str
 
 
-Action = SetTag | Note | AddHeader | AddScore | AddCount | UseClass | ApplyMap | RunPlugin
+Action = SetTag | Note | AddHeader | AddScore | AddCount | Tarpit | UseClass | ApplyMap | RunPlugin
 
 
 def action_for(kind: str, arg: str | None, render: Render | None, weight: int | None = None) -> Action | None:
@@ -116,6 +128,8 @@ def action_for(kind: str, arg: str | None, render: Render | None, weight: int | 
     `use` and `apply` are built by the compiler, which knows their rules)."""
     if kind == "score":
         return AddScore(arg or "", weight or 0)
+    if kind == "tarpit":
+        return Tarpit(float(weight or 0))
     if kind == "tag":
         return SetTag(arg or "")
     if kind in ("log", "warn"):

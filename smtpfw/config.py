@@ -62,6 +62,7 @@ class DeliverySettings:
 
 @dataclass(frozen=True)
 class LimitSettings:
+    max_tarpitted: int = 50              # sessions slowed by `tarpit` at once, per worker; more are not slowed
     max_message_size: int = 10 * 1024 * 1024
     max_recipients: int = 100
     max_connections: int = 1000
@@ -356,6 +357,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "pool_size": ("forward_pool_size", _num(int)),
     },
     "limits": {
+        "max_tarpitted": ("max_tarpitted", _num(int)),
         "max_message_size": ("max_message_size", _size),
         "max_recipients": ("max_recipients", _num(int)),
         "max_connections": ("max_connections", _num(int)),

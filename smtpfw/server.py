@@ -88,6 +88,7 @@ class Server:
         self.recorder = (Recorder(config.recording_path, config.recording_rotate, config.recording_max_bytes)
                          if config.recording_enabled else None)
         self.sessions: set = set()
+        self.tarpitted: set = set()            # sessions whose replies wait (`tarpit`), at most limits.max_tarpitted
         self.connections = 0
         self.per_ip: dict[str, int] = {}       # client network key -> open connections
         self.message_bytes = 0                 # message bytes held by all sessions (limits.message_memory)
@@ -147,6 +148,16 @@ class Server:
         """Most connection slots are taken: idle clients get a short timeout
         (Postfix's stress mode), so slow or idle clients cannot hold them."""
         return self.connections >= 0.75 * self.config.max_connections
+
+    def may_tarpit(self, session) -> bool:
+        """Whether ``session``'s replies may wait: a tarpit slows bots, but
+        only so many at once, so it cannot hold all of our own connections."""
+        if session in self.tarpitted:
+            return True
+        if len(self.tarpitted) >= self.config.limits.max_tarpitted:
+            return False
+        self.tarpitted.add(session)
+        return True
 
     def release(self, key: str | None) -> None:
         self.connections -= 1

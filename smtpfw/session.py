@@ -42,6 +42,7 @@ class SessionState:
     pregreet_ms: int = 0              # how long after the first greeting line it began
     unauth_pipelining: bool = False   # it sent ahead where pipelining was not allowed
     non_smtp: bool = False            # it sent an HTTP/proxy command (GET, POST, CONNECT, Host: ...)
+    tarpit: float = 0.0               # seconds every reply waits (`tarpit` action)
     bare_newline: bool = False        # a command ended in a bare LF
     # mail (auth is known by MAIL)
     auth: bool = False

@@ -114,3 +114,58 @@ def test_well_behaved_clients_are_never_flagged(tmp_path):
                 assert s.sendmail("a@b.example", ["u@localhost", "w@localhost"], b"Subject: y\r\n\r\ny\r\n") == {}
         wait_until(lambda: len(records(rec)) >= 2, 10, "the inner server's records")
     assert all("behaviour" not in r for r in records(rec)), [r.get("behaviour") for r in records(rec)]
+
+
+# ---- tarpit (issue 18) ---------------------------------------------------------
+
+TARPIT_RULES = """
+on connect:
+    [slow] tarpit 2s if client.ip = "127.0.0.66"
+on rcpt:
+    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames
+"""
+
+
+def test_a_tarpitted_client_waits_while_others_are_served():
+    import smtplib
+    import threading
+    import time
+
+    from tests.support.server import running_server
+
+    with running_server(rules_text=TARPIT_RULES) as srv:
+        done: dict = {}
+
+        def slow():
+            started = time.monotonic()
+            with smtplib.SMTP(*srv.address, source_address=("127.0.0.66", 0), timeout=30) as s:
+                done["greeting"] = time.monotonic() - started
+                s.ehlo("bot.example")
+                done["ehlo"] = time.monotonic() - started
+        t = threading.Thread(target=slow)
+        t.start()
+        served = 0
+        while t.is_alive() and "greeting" not in done:          # normal clients meanwhile
+            with smtplib.SMTP(*srv.address, source_address=("127.0.0.1", 0), timeout=30) as s:
+                s.ehlo("good.example")
+                s.mail("a@good.example")
+                served += int(s.rcpt("root@localhost")[0] == 250)
+        t.join(30)
+        assert done["greeting"] >= 2 and done["ehlo"] >= 4          # every reply waits
+        assert served >= 10                                        # others are not held up
+
+
+def test_the_tarpit_slows_only_so_many_at_once():
+    import smtplib
+    import time
+
+    from tests.support.server import running_server
+
+    with running_server(rules_text=TARPIT_RULES.replace('if client.ip = "127.0.0.66"', ""),
+                        max_tarpitted=1) as srv:
+        first = smtplib.SMTP(*srv.address, timeout=30)               # holds the one tarpit slot
+        started = time.monotonic()
+        with smtplib.SMTP(*srv.address, timeout=30) as second:       # over the cap: served at once
+            assert second.ehlo("b.example")[0] == 250
+        assert time.monotonic() - started < 2
+        first.close()

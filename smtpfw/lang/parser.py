@@ -247,6 +247,11 @@ class _ToAst(Transformer):
                           weight=1 if amount is None else int(str(amount)) if str(amount).lstrip("+-").isdigit()
                           else _number(str(amount)))
 
+    def tarpit(self, meta, items):
+        text = str(items[0])
+        return ast.Action("tarpit", self._span(meta), arg=text, arg_span=self._tspan(items[0]),
+                          weight=int(text[:-1]) * self._SPANS[text[-1]])
+
     def limit_decl(self, meta, items):
         items = _drop_eq(items)
         name = items[0]
@@ -587,7 +592,7 @@ _WORDS = {
     "$END": "the end of the file",
 }
 _ACTION_TERMINALS = {"ACCEPT", "REJECT", "TEMPFAIL", "DISCONNECT", "TAG", "LOG", "WARN",
-                     "ADD_HEADER", "RUN", "SCORE", "USE", "APPLY", "COUNT"}
+                     "ADD_HEADER", "RUN", "SCORE", "USE", "APPLY", "COUNT", "TARPIT"}
 _STATEMENT_TERMINALS = {"ON", "CLASS", "LIST", "MAP", "LIMIT", "COUNTER", "ZONE", "PLUGIN", "OPTION", "INCLUDE"}
 
 

@@ -139,6 +139,8 @@ class FirewallSMTP(Stream):
         self.state.final_reply = status
         if status[:1] in ("4", "5"):
             self.state.refusal = status
+        if self.state.tarpit and self.server.may_tarpit(self):
+            await asyncio.sleep(self.state.tarpit)          # a timer: no worker waits
         self.write(status.encode("utf-8", "replace") + b"\r\n")
         await self.drain()
 
@@ -169,6 +171,7 @@ class FirewallSMTP(Stream):
         self.finished = True
         srv = self.server
         srv.sessions.discard(self)
+        srv.tarpitted.discard(self)
         if self.admitted:
             srv.release(self.client_key)
         self._free_message()
