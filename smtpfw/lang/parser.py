@@ -625,10 +625,10 @@ def _expected_in_words(expected: set[str]) -> tuple[str, list[str]]:
     keywords = sorted(t for t in (_terminal_text(e) for e in expected) if t and t.isalpha())
     statement = bool(expected & _STATEMENT_TERMINALS)
     if statement and expected & _ACTION_TERMINALS and not expected & (_OPERATOR_TERMINALS | {"IF"}):
-        return ("a new statement: `on <hook>:`, `class <name>:`, a declaration (`list`, `map`, `limit`, `zone`, "
-                "`plugin`, `option`, `include`) or a rule starting with an action (`accept`, `reject`, "
+        return ("a new statement: `on <hook>:`, `class <name>:`, a declaration (`list`, `map`, `limit`, "
+                "`counter`, `zone`, `plugin`, `option`, `include`) or a rule starting with an action (`accept`, `reject`, "
                 "`tempfail`, `disconnect`, `tag`, `log`, `warn`, `add_header`, `run`, `score`, `use`, "
-                "`apply`)", keywords)
+                "`apply`, `count`, `tarpit`)", keywords)
     parts = []
     if expected & (_OPERATOR_TERMINALS - {"EQ"}):
         parts.append("an operator (`=`, `!=`, `<`, `>`, `in`, `not in`, `within`, `matches`, "
