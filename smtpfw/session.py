@@ -68,6 +68,7 @@ class SessionState:
     scores: dict = field(default_factory=dict)     # score name -> total (`score NAME +N`), for the session
     score_hits: list = field(default_factory=list)  # (name, weight, rule id) in order: the breakdown
     hook_runs: int = 0                             # hooks decided so far: a lazy fact counts once per run
+    lazy_keys: dict = field(default_factory=dict)  # key maker -> (hook run, its key): made once per run
     effects: list = field(default_factory=list)    # writes decided in this hook run (`count NAME`), committed after it
     uncoded: set = field(default_factory=set)      # zones whose listing had no return codes to filter
                                                    # (imported from a mail log): dry-run says so

@@ -179,7 +179,12 @@ def lazy_answer(make: Callable[[SessionState], Any]) -> Callable[[SessionState],
     """The answer to a lazy fact (a rate limit, greylisting): the engine
     pauses at ``FactMissing`` until Policy has asked for it."""
     def answer(s: SessionState):
-        key = make(s)
+        made = s.lazy_keys.get(make)          # the key once per hook run: it is read again on resuming
+        if made is not None and made[0] == s.hook_runs:
+            key = made[1]
+        else:
+            key = make(s)
+            s.lazy_keys[make] = (s.hook_runs, key)
         a = s.facts.get(key)
         if a is None:
             raise FactMissing(key)
