@@ -61,7 +61,7 @@ class AddScore:
 
     def apply(self, state: SessionState, rule_id: str) -> None:
         state.scores[self.name] = state.scores.get(self.name, 0) + self.weight
-        state.score_hits.append((self.name, self.weight, rule_id))
+        state.score_hits.append((self.name, self.weight, rule_id, state.stage))
 
 
 @dataclass(frozen=True, slots=True)

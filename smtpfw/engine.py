@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from smtpfw.actions import Action, AddScore, ApplyMap, RunPlugin, UseClass
+from smtpfw.actions import Action, AddScore, ApplyMap, RunPlugin, Tarpit, UseClass
 from smtpfw.checks.dnsresult import Lookup
 from smtpfw.facts.base import FactMissing
 from smtpfw.session import SessionState
@@ -173,6 +173,12 @@ class Ruleset:
                                          monitor_all)
                 if result is not None:
                     return result
+                continue
+            if kind_of is Tarpit and (rule.monitor or monitor_all):
+                state.monitored.append((rule.rule_id, Decision(Outcome.CONTINUE, None, None,
+                                                               f"would tarpit {action.seconds:g}s", rule.rule_id)))  # type: ignore[union-attr]
+                if trace is not None:
+                    trace.append(TraceStep(stage, rule, True, "monitor: would tarpit"))
                 continue
             if trace is not None:
                 trace.append(TraceStep(stage, rule, True, _done(rule, state)))

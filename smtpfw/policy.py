@@ -108,9 +108,13 @@ class Policy:
                         break
                     known.update(await facts.results(wanted))
         logged, monitored = len(state.log_lines), len(state.monitored)
+        if stage is Stage.HELO:
+            state.forget_scores(Stage.HELO)    # a new HELO (after STARTTLS, say) replaces what the old one scored
+        state.stage = stage
         decision = await self._evaluate(stage, message)
-        if self.asked:
-            await self._settle(decision)
+        heard = self._delay(stage, decision) if rs.delay_reject else decision
+        if self.asked:                         # a refusal now or one held and given now gives back its counts
+            await self._settle(decision if decision.outcome.refuses else heard)
         if state.effects:
             effects, state.effects = state.effects, []
             commit = getattr(self.facts, "commit", None)
@@ -120,9 +124,10 @@ class Policy:
             for kind, rule_id, text in state.log_lines[logged:]:
                 self.notify(stage, kind, rule_id, text)
             for rule_id, would in state.monitored[monitored:]:
-                self.notify(stage, "monitor", rule_id, f"would {would.outcome.value}: {would.text or ''}".rstrip(": "))
-        if rs.delay_reject:
-            decision = self._delay(stage, decision)
+                said = (would.text or "" if would.outcome is Outcome.CONTINUE      # would tarpit ...
+                        else f"would {would.outcome.value}: {would.text or ''}".rstrip(": "))
+                self.notify(stage, "monitor", rule_id, said)
+        decision = heard
         state.decisions.append((stage, decision, subject))
         return decision
 
@@ -155,7 +160,10 @@ class Policy:
         """A rule reached a lazy fact: ask for it (counted once) and resume there."""
         state, key = self.state, need.key
         if self.facts is not None:
-            state.facts.update(await self.facts.results([key]))
+            try:
+                state.facts.update(await self.facts.results([key]))
+            except KeyError:                   # no source for it in this session: fail open, below
+                pass
         answer = state.facts.get(key)
         if answer is None:                     # no state store in this run (or it said nothing): fail open
             answer = state.facts[key] = provider_of(key).unavailable("no state store in this run")

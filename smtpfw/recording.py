@@ -88,7 +88,7 @@ def _behaviour(state: SessionState) -> dict:
 def scores_json(state: SessionState) -> dict:
     """Each score's total and what made it: {"spam": {"total": 5, "by": [["rule", 3], ...]}}."""
     out: dict = {name: {"total": total, "by": []} for name, total in sorted(state.scores.items())}
-    for name, weight, rule_id in state.score_hits:
+    for name, weight, rule_id, _hook in state.score_hits:
         if name in out:
             out[name]["by"].append([rule_id, weight])
     return out

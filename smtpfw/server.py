@@ -31,7 +31,7 @@ from smtpfw.config import Config, ConfigError, Listener
 from smtpfw.delivery import ForwardDelivery, MaildirDelivery
 from smtpfw.delivery.forward import check_downstream
 from smtpfw.delivery.maildir import prepare_maildir
-from smtpfw.diagnostics import Diagnostic
+from smtpfw.diagnostics import Code, Diagnostic
 from smtpfw.engine import Ruleset
 from smtpfw.facts import Facts
 from smtpfw.lang.compiler import compile_ruleset
@@ -219,7 +219,14 @@ class Server:
         if ruleset is None:
             log_refused_reload(self.rules_path, self.ruleset.version, diags)
             return diags
-        self._open_store(ruleset)
+        try:
+            self._open_store(ruleset)
+        except Exception as err:  # noqa: BLE001 -- a store that cannot open keeps the running rules
+            diags = [Diagnostic(Code.E001_IO_ERROR, f"cannot open the state store {self.config.state.store} "
+                                f"the new rules need: {err}", None,
+                                help="check state.store in the config (a writable path, or redis://...)")]
+            log_refused_reload(self.rules_path, self.ruleset.version, diags)
+            return diags
         self.ruleset = ruleset
         self.reloads += 1
         log.info("%s: rules reloaded from %s: version %s", _role(), self.rules_path, ruleset.version)

@@ -66,7 +66,8 @@ class SessionState:
     # engine
     tags: set = field(default_factory=set)
     scores: dict = field(default_factory=dict)     # score name -> total (`score NAME +N`), for the session
-    score_hits: list = field(default_factory=list)  # (name, weight, rule id) in order: the breakdown
+    score_hits: list = field(default_factory=list)  # (name, weight, rule id, hook) in order: the breakdown
+    stage: object = None                           # the hook being decided (Stage), for what rules note
     hook_runs: int = 0                             # hooks decided so far: a lazy fact counts once per run
     lazy_keys: dict = field(default_factory=dict)  # key maker -> (hook run, its key): made once per run
     effects: list = field(default_factory=list)    # writes decided in this hook run (`count NAME`), committed after it
@@ -125,6 +126,18 @@ class SessionState:
         for kept in (self.hits, self.log_lines, self.monitored, self.decisions, self.score_hits):
             if len(kept) > cap:
                 del kept[cap:]
+
+    def forget_scores(self, stage) -> None:
+        """Take back what the rules of ``stage`` added to scores (a HELO
+        given again replaces the one before, as after STARTTLS)."""
+        kept = []
+        for hit in self.score_hits:
+            if hit[3] is stage:
+                self.scores[hit[0]] -= hit[1]
+            else:
+                kept.append(hit)
+        if len(kept) != len(self.score_hits):
+            self.score_hits = kept
 
     def set_helo(self, name: str, esmtp: bool) -> None:
         self.helo = name

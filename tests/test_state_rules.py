@@ -332,3 +332,120 @@ def test_without_a_store_stateful_rules_fail_open(tmp_path):
     policy = Policy(rs, st, None)
     assert asyncio.run(policy.run(Stage.MAIL)).outcome is Outcome.CONTINUE
     assert asyncio.run(policy.run(Stage.RCPT)).outcome is Outcome.CONTINUE
+
+
+# ---- found in review: each failed before its fix ----------------------------------------
+
+def test_a_state_field_only_in_reply_text_opens_the_store(tmp_path):
+    """`{greylist.retry}` used only in a reply made a ruleset that needs the
+    store but did not say so: the server opened none and the session crashed."""
+    from tests.test_rules_lang import ok
+
+    rules = ('on rcpt:\n    [g] tempfail 451 4.7.1 "Greylisted, retry in {greylist.retry}s" '
+             'if rcpt.domain = "localhost"\n')
+    assert ok(tmp_path, rules).stateful
+    with running_server(rules_text=rules, config=sqlite_config(tmp_path)) as srv:
+        assert rcpt_reply(srv).startswith("451 4.7.1 Greylisted, retry in 300s")
+
+
+def test_a_state_field_in_a_class_text_is_refused(tmp_path):
+    from tests.test_rules_lang2 import errors
+
+    text = ("counter strikes = 1h by client.net\non rcpt:\n    [strike] count strikes\n    [u] use grey\n"
+            'class grey:\n    [g] tempfail 451 4.7.1 "Greylisted {greylist.retry}s"\n')
+    assert "cannot be tested in a class" in errors(tmp_path, text)
+
+
+def test_a_later_refused_hook_keeps_the_sessions_slot(tmp_path):
+    """A MAIL rule that reads the concurrency limit again and is refused used
+    to give back the slot the session took at connect."""
+    rules = ('limit conns = 1 concurrent by client.net\non connect:\n'
+             '    [busy] disconnect 421 4.7.0 "busy" if limit.conns.exceeded\n'
+             'on mail:\n    [no] reject 550 5.7.1 "no {limit.conns.count}" if sender.domain = "bad.example"\n'
+             'on rcpt:\n    reject if rcpt.domain not in localnames\n')
+    with running_server(rules_text=rules, config=sqlite_config(tmp_path)) as srv:
+        with smtplib.SMTP(*srv.address, source_address=("127.0.0.1", 0), timeout=10) as first:
+            first.ehlo("a.example")
+            assert first.mail("x@bad.example")[0] == 550
+            with pytest.raises(smtplib.SMTPConnectError):
+                smtplib.SMTP(*srv.address, source_address=("127.0.0.2", 0), timeout=10)
+
+
+def test_recipients_refused_by_a_held_refusal_cost_nothing(tmp_path):
+    import asyncio
+
+    from smtpfw.policy import Policy
+    from smtpfw.session import SessionState
+    from smtpfw.state import open_store
+    from smtpfw.state.facts import StateFacts
+    from smtpfw.facts import Facts
+    from smtpfw.verdict import Outcome, Stage
+    from tests.test_rules_lang import ok
+
+    rs = ok(tmp_path, 'option delay_reject = yes\nlimit rcpts = 3 per 1h by client.net counting recipients\n'
+                      'on connect:\n    [blocked] reject if client.ip = "192.0.2.66"\n'
+                      'on rcpt:\n    [fast] tempfail if limit.rcpts.exceeded\n')
+
+    async def main():
+        store = open_store(":memory:")
+        facts = Facts({"state": StateFacts(store, clock=lambda: 1000.0)})
+        st = SessionState(client_ip="192.0.2.66", session_id="s")
+        policy = Policy(rs, st, facts)
+        await policy.run(Stage.CONNECT)
+        st.set_helo("a.test", True)
+        st.set_sender("x@a.test")
+        outcomes = []
+        for i in range(5):
+            st.set_rcpt(f"r{i}@example.net")
+            outcomes.append((await policy.run(Stage.RCPT)).rule_id)
+        other = SessionState(client_ip="192.0.2.7", session_id="t")      # same /24: its bucket is untouched
+        other.set_helo("a.test", True)
+        other.set_sender("x@a.test")
+        other.set_rcpt("r@example.net")
+        verdict = await Policy(rs, other, facts).run(Stage.RCPT)
+        await store.close()
+        return outcomes, verdict.outcome
+    outcomes, verdict = asyncio.run(main())
+    assert outcomes == ["blocked"] * 5 and verdict is Outcome.CONTINUE
+
+
+def test_a_second_helo_replaces_what_the_first_scored(tmp_path):
+    import asyncio
+
+    from smtpfw.core.conversation import Conversation
+    from smtpfw.facts import RecordedFacts
+    from smtpfw.session import SessionState
+    from tests.test_rules_lang import ok
+
+    rs = ok(tmp_path, 'on helo:\n    score spam +3 if not helo.fqdn\non mail:\n'
+                      '    reject 550 5.7.1 "spam score {score.spam}" if score.spam >= 5\n')
+    st = SessionState(client_ip="192.0.2.1")
+    conv = Conversation(rs, st, RecordedFacts({}))
+
+    async def talk():
+        await conv.connect()
+        await conv.helo("localhost", True)
+        await conv.helo("localhost", True)          # again, as after STARTTLS
+        return await conv.mail("a@b.test", {})
+    assert asyncio.run(talk()).reply.startswith("250") and st.scores["spam"] == 3
+
+
+def test_w605_knows_hooks_that_run_again(tmp_path):
+    from tests.test_rules_lang import compile_text
+    from smtpfw.lint_output import format_text
+
+    _, diags = compile_text(tmp_path, 'on rcpt:\n    score traps +1 if rcpt = "trap@localhost"\n'
+                                      'on data:\n    reject if score.traps >= 3\n')
+    assert "W605" not in format_text(diags)
+
+
+def test_tarpit_in_monitor_mode_only_says_so(tmp_path):
+    import time
+
+    rules = 'on connect:\n    [slow] monitor tarpit 3s\non rcpt:\n    reject if rcpt.domain not in localnames\n'
+    with running_server(rules_text=rules) as srv:
+        started = time.monotonic()
+        assert mail_reply(srv).startswith("250")
+        assert time.monotonic() - started < 3
+    from tests.test_rules_lang2 import errors
+    assert "longer than 300 s" in errors(tmp_path, "on connect:\n    tarpit 1d\n")

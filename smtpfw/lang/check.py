@@ -926,7 +926,7 @@ class _Linter:
                          help=f"remove the declaration, or use it: `apply {name}(sender)` or "
                               f"`reject if {name}(sender) = \"...\"`")
         limit_refs = " ".join(_LIMIT_REF.findall(" ".join(
-            str(x) for r in every_rule for x in (r.condition, r.action.reply, r.action.arg))))
+            str(x) for r in every_rule for x in (r.condition, r.action.reply, r.action.arg, r.action.arg2))))
         for name, ldecl in self.prog.limits.items():
             if f"limit.{name}." not in limit_refs:
                 self.add(Code.W603_UNUSED_DECLARATION, f"limit `{name}` is declared but no rule tests it, "
@@ -936,7 +936,7 @@ class _Linter:
         counted = {r.action.arg for r in every_rule if r.action.kind == "count"}
         for name, cdecl in self.prog.counters.items():
             read = f"counter.{name}" in limit_refs or re.search(rf"counter\.{re.escape(name)}\b", " ".join(
-                str(x) for r in every_rule for x in (r.condition, r.action.reply, r.action.arg)))
+                str(x) for r in every_rule for x in (r.condition, r.action.reply, r.action.arg, r.action.arg2)))
             if name not in counted or not read:
                 what = "no rule counts it" if name not in counted else "no rule reads it"
                 self.add(Code.W603_UNUSED_DECLARATION, f"counter `{name}` is declared but {what}", cdecl.name_span,

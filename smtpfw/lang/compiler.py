@@ -8,6 +8,7 @@ once, so evaluating a session does no parsing and no file I/O.
 from __future__ import annotations
 
 import hashlib
+import math
 import ipaddress
 import os
 import re
@@ -35,6 +36,7 @@ from smtpfw.verdict import Outcome, Stage
 
 LIMIT_PREFIX = "limit."
 COUNTER_PREFIX = "counter."
+MAX_TARPIT = 300
 SLOT_TTL = 3600.0      # a concurrency slot of a session that never ended (a crash) is free after this
 LIMIT_ATTRS = ("exceeded", "count", "percent", "retry")
 OPTIONS = {
@@ -256,7 +258,7 @@ class _Compiler:
         self.stateful = False                                 # a rule tests a limit or greylisting
         self.made_fields: dict[str, FieldSpec] = {}           # specs made here, for trace: maps, limits, time
         self.limit_keys: dict[tuple[str, Stage], Any] = {}
-        self.score_adds: dict[str, list[int]] = {}            # score name -> weights added by rules
+        self.score_adds: dict[str, list[tuple[int, Stage]]] = {}   # score name -> (weight, hook) added by rules
         self.score_tests: list[tuple[str, str, int, Span]] = []   # (score, op, threshold, span)
         self.zone: Any = None                                 # option timezone (a tzinfo), None = UTC
 
@@ -435,12 +437,17 @@ class _Compiler:
                 ok = False
         compiled_action = action_for(action.kind, action.arg, render_arg, action.weight)
         if action.kind == "score":
-            self.score_adds.setdefault(action.arg or "", []).append(action.weight or 0)
+            self.score_adds.setdefault(action.arg or "", []).append((action.weight or 0, stage))
         elif action.kind == "use":
             rules = self._class(action.arg or "", action.arg_span, stage)
             compiled_action = None if rules is None else UseClass(action.arg or "", rules)
         elif action.kind == "apply":
             compiled_action = self._apply(action, stage)
+        elif action.kind == "tarpit" and (action.weight or 0) > MAX_TARPIT:
+            self.error(Code.E202_TYPE_MISMATCH, f"`tarpit {action.arg}` is longer than {MAX_TARPIT} s",
+                       action.arg_span, help=f"a client may give up on a reply after 5 minutes (RFC 5321 4.5.3.2); "
+                                             f"tarpit for at most {MAX_TARPIT}s")
+            ok = False
         elif action.kind == "count":
             found = self._counter(action.arg or "", action.arg_span, stage)
             if found is None:
@@ -517,8 +524,12 @@ class _Compiler:
                            (f"; did you mean `score.{did_you_mean(name, self.score_adds)}`?"
                             if did_you_mean(name, self.score_adds) else ""))
                 continue
-            high = sum(w for w in weights if w > 0)
-            low = sum(w for w in weights if w < 0)
+            # connect runs once a session; every other hook may run again
+            # (each recipient, message, HELO): its weights add up without bound
+            high = math.inf if any(w > 0 and st is not Stage.CONNECT for w, st in weights) else \
+                sum(w for w, _st in weights if w > 0)
+            low = -math.inf if any(w < 0 and st is not Stage.CONNECT for w, st in weights) else \
+                sum(w for w, _st in weights if w < 0)
             if (op in (">", ">=", "=") and (n > high or (op == ">" and n == high))) or \
                     (op in ("<", "<=") and (n < low or (op == "<" and n == low))):
                 reach = f"at most {high}" if op in (">", ">=", "=") else f"at least {low}"
@@ -609,8 +620,8 @@ class _Compiler:
                 return ""
             return listing
         spec = lookup_field(name, self.plugin_fields, self.zone)
-        if spec is None and name.startswith(LIMIT_PREFIX):
-            spec = self._field(ast.Field(name, span), stage)
+        if spec is not None and spec.lazy or spec is None and name.startswith((LIMIT_PREFIX, COUNTER_PREFIX)):
+            spec = self._field(ast.Field(name, span), stage)     # the state checks: a store, not in a class
             return None if spec is None else spec.get
         if spec is None:
             guess = did_you_mean(name, list(FIELDS) + list(EXTRA_PLACEHOLDERS) + list(self.plugin_fields))

@@ -173,7 +173,7 @@ def format_trace(ruleset, rules_path: str, result: ReplayResult, dns_desc: str) 
         out.append("tags: " + ", ".join(sorted(result.state.tags)))
     if result.state is not None and result.state.scores:
         for name, total in sorted(result.state.scores.items()):
-            parts = [f"{rule} {weight:+d}" for n, weight, rule in result.state.score_hits if n == name]
+            parts = [f"{rule} {weight:+d}" for n, weight, rule, _hook in result.state.score_hits if n == name]
             out.append(f"score {name} = {total}: " + ", ".join(parts))
     return "\n".join(out) + "\n"
 

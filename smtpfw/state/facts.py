@@ -223,7 +223,8 @@ class StateFacts:
         self.clock = clock
         self.release = release
         self.slot_ttl = slot_ttl
-        self.held: dict[str, SlotKey] = {}      # store key -> the slot this session holds
+        self.held: dict[str, SlotKey] = {}      # store key -> the key of the hook run that took the slot
+        self.releasing: set = set()             # release tasks under way (shutdown waits for them)
 
     def start(self, keys: Iterable[Any]) -> None:
         pass                                  # lazy: asked only when a rule reaches it
@@ -241,8 +242,10 @@ class StateFacts:
             elif isinstance(key, SlotKey):
                 ttl = self.slot_ttl if self.slot_ttl is not None else key.ttl
                 slot = await self.store.acquire(key.store_key, key.limit, ttl, now=now, holder=key.holder)
-                if slot.acquired and slot.available:
-                    self.held[key.store_key] = key
+                # Noted for release whatever the answer: an acquire that timed
+                # out may still have taken the slot (releasing one not held
+                # does nothing).  The first hook run that asked owns it.
+                self.held.setdefault(key.store_key, key)
                 out[key] = self._slot(slot, key)
             else:
                 buckets = [Bucket(limit, window) for limit, window in key.buckets]
@@ -257,7 +260,10 @@ class StateFacts:
             if isinstance(key, RateKey) and isinstance(answer, RateAnswer) and answer.counted:
                 buckets = [Bucket(limit, window) for limit, window in key.buckets]
                 await self.store.hit(key.store_key, buckets, -key.cost, now=now, force=True)
-            elif isinstance(key, SlotKey) and self.release and self.held.pop(key.store_key, None) is not None:
+            elif isinstance(key, SlotKey) and self.release and self.held.get(key.store_key) == key:
+                # only the hook run that took the slot gives it back: a later
+                # hook that read it again (and was refused) leaves it held
+                del self.held[key.store_key]
                 await self.store.release(key.store_key, key.holder)
 
     async def commit(self, effects: Iterable[tuple[str, float, float]]) -> None:
@@ -277,7 +283,9 @@ class StateFacts:
         except RuntimeError:
             return                              # no loop any more: the slots' TTL frees them
         for key in held:
-            loop.create_task(self.store.release(key.store_key, key.holder))
+            task = loop.create_task(self.store.release(key.store_key, key.holder))
+            self.releasing.add(task)
+            task.add_done_callback(self.releasing.discard)
 
     def _slot(self, slot: SlotResult, key: SlotKey) -> RateAnswer:
         if not slot.available:
