@@ -150,22 +150,23 @@ def _load_file(prog: Program, path: str, text: str | None, diags: list, stack: l
         elif isinstance(st, ast.ClassHeader):
             prog.class_headers.setdefault(st.name, st)
             prog.classes.setdefault(st.name, [])
-        elif isinstance(st, ast.ListDecl):
-            _declare(prog.lists, st.name, (st, base), st.name_span, "list", diags)
-            _not_both(prog, st.name, st.name_span, diags)
-        elif isinstance(st, ast.LimitDecl):
-            _declare(prog.limits, st.name, st, st.name_span, "limit", diags)
-        elif isinstance(st, ast.CounterDecl):
-            _declare(prog.counters, st.name, st, st.name_span, "counter", diags)
-        elif isinstance(st, ast.MapDecl):
-            _declare(prog.maps, st.name, (st, base), st.name_span, "map", diags)
-            _not_both(prog, st.name, st.name_span, diags)
-        elif isinstance(st, ast.ZoneDecl):
-            _declare(prog.zones, st.name, st, st.name_span, "zone", diags)
-        elif isinstance(st, ast.PluginDecl):
-            _declare(prog.plugins, st.name, st, st.name_span, "plugin", diags)
+        elif type(st) in _DECLARATIONS:
+            table, what, with_base = _DECLARATIONS[type(st)]
+            _declare(getattr(prog, table), st.name, (st, base) if with_base else st,
+                     st.name_span, what, diags)                                        # type: ignore[union-attr]
+            if table in ("lists", "maps"):
+                _not_both(prog, st.name, st.name_span, diags)                          # type: ignore[union-attr]
         elif isinstance(st, ast.OptionDecl):
             prog.options[st.name] = st
+
+
+# declaration -> (the Program's table, what it is called, kept with its folder
+# (files named in it are relative to that))
+_DECLARATIONS: dict[type, tuple[str, str, bool]] = {
+    ast.ListDecl: ("lists", "list", True), ast.MapDecl: ("maps", "map", True),
+    ast.LimitDecl: ("limits", "limit", False), ast.CounterDecl: ("counters", "counter", False),
+    ast.ZoneDecl: ("zones", "zone", False), ast.PluginDecl: ("plugins", "plugin", False),
+}
 
 
 def _hook_not_run(header: ast.HookHeader) -> Diagnostic:
@@ -699,7 +700,7 @@ class _Compiler:
         make = self._limit_key(decl, stage)
         if make is None:
             return None
-        stage_known = make.stage                                    # type: ignore[attr-defined]
+        stage_known = make.stage
         answer = lazy_answer(make)
         ftype, get, doc = {
             "exceeded": (BOOL, lambda s: answer(s).exceeded, "this count does not fit the limit"),
