@@ -318,6 +318,7 @@ def test_class_rule_ids_are_rules_of_the_ruleset(tmp_path):
     ("class a:\n    reject if sender = \"x@y\"\non connect:\n    use a\n", "`sender` is not known yet in `on connect:`"),
     ("plugin p = \"smtpfw.plugins_builtin:HeaderScore\"\nclass a:\n    run p\non data:\n    use a\n",
      "`run` cannot be used in a class"),
+    ("class a:\n    [x] reject if tls\non rcpt:\n    [x] reject if tls\n    use a\n", "rule id `x` is used twice"),
 ])
 def test_class_mistakes(tmp_path, text, message):
     assert message in errors(tmp_path, text)

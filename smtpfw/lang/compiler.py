@@ -274,26 +274,20 @@ class _Compiler:
         self._plugins()
         rules: list[CompiledRule] = []
         ids: dict[str, ast.Rule] = {}
-        for rule in self.prog.rules:
+        class_rules = [r for rules_of_class in self.prog.classes.values() for r in rules_of_class]
+        for rule in self.prog.rules + class_rules:           # one id per rule, hooks and classes alike
             if rule.label_given:
                 if rule.rule_id in ids:
                     self.error(Code.E107_DUPLICATE_NAME,
                                f"rule id `{rule.rule_id}` is used twice (first at {ids[rule.rule_id].span})",
                                rule.span, help="give each rule its own id")
                 ids[rule.rule_id] = rule
+        for rule in self.prog.rules:
             if rule.hook not in RUN_HOOKS:
                 continue
             compiled = self._rule(rule, options, Stage(rule.hook))
             if compiled is not None:
                 rules.append(compiled)
-        for name, class_rules in self.prog.classes.items():
-            for rule in class_rules:
-                if rule.label_given:
-                    if rule.rule_id in ids:
-                        self.error(Code.E107_DUPLICATE_NAME,
-                                   f"rule id `{rule.rule_id}` is used twice (first at {ids[rule.rule_id].span})",
-                                   rule.span, help="give each rule its own id")
-                    ids[rule.rule_id] = rule
         self._check_scores()
         seen = {r.rule_id for r in rules}
         for compiled_class in self.class_rules.values():    # class rules count as rules (ids, hits)
