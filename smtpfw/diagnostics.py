@@ -101,6 +101,11 @@ class Code(enum.StrEnum):
                                 "a map line has no value, a bad key or a pattern the engine cannot run")
     W305_MAP_VALUE_NOT_ACTION = ("W305", "map-value-not-action", W,
                                  "a map applied as an access map has a value that is not an action")
+    E306_TABLE_CONFIG_ERROR = ("E306", "table-config-error", E,
+                               "a database or LDAP map's settings file lacks a setting, has a bad value or "
+                               "one smtpfw does not support")
+    W307_TABLE_PARAMETER_UNKNOWN = ("W307", "table-parameter-unknown", W,
+                                    "a database or LDAP map's settings file has a setting smtpfw does not know")
     # patterns
     E401_BAD_REGEX = "E401", "bad-regex", E, "a regular expression does not compile"
     W402_PATTERN_NEVER_MATCHES = "W402", "pattern-never-matches", W, "a glob or regex can never match the field"

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from smtpfw.actions import Action, AddScore, ApplyMap, RunPlugin, Tarpit, UseClass
 from smtpfw.checks.dnsresult import Lookup
-from smtpfw.facts.base import FactMissing
+from smtpfw.facts.base import FactMissing, LookupFailed
 from smtpfw.session import SessionState
 from smtpfw.verdict import CONTINUE, Decision, Outcome, Stage
 
@@ -76,6 +76,7 @@ class Ruleset:
     zones: tuple = ()                                           # (LookupKind, zone) of every DNS list used
     stateful: bool = False                                      # rules test limits or greylisting (a state store)
     fields: dict = field(default_factory=dict)                  # specs made for this ruleset (maps, limits, time)
+    tables: dict = field(default_factory=dict)                  # name -> database/directory map (smtpfw.maps.tables)
     _groups: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # set in __post_init__
 
     @property
@@ -154,6 +155,11 @@ class Ruleset:
                 text = rule.render_text(state) if rule.render_text is not None else None
             except FactMissing as missing:           # nothing of this rule has happened yet
                 return NeedFacts(missing.key, index)
+            except LookupFailed as failed:
+                result = _lookup_failed(stage, rule, failed, state, trace, monitor_all)
+                if result is None:
+                    continue
+                return result
             state.hits.append(rule.rule_id)
             kind = rule.kind
             if rule.outcome is not None:
@@ -169,8 +175,15 @@ class Ruleset:
             action = rule.action
             kind_of = type(action)
             if kind_of is UseClass or kind_of is ApplyMap:
-                result = Ruleset._chosen(stage, rule, action.choose(state), state, trace,  # type: ignore[union-attr]
-                                         monitor_all)
+                try:
+                    chosen = action.choose(state)            # type: ignore[union-attr]
+                except LookupFailed as failed:
+                    state.hits.pop()
+                    result = _lookup_failed(stage, rule, failed, state, trace, monitor_all)
+                    if result is None:
+                        continue
+                    return result
+                result = Ruleset._chosen(stage, rule, chosen, state, trace, monitor_all)
                 if result is not None:
                     return result
                 continue
@@ -192,6 +205,13 @@ class Ruleset:
                     if trace is not None:
                         trace.pop()
                     return NeedFacts(missing.key, index)
+                except LookupFailed as failed:          # its text names a map that could not answer
+                    state.hits.pop()
+                    if trace is not None:
+                        trace.pop()
+                    result = _lookup_failed(stage, rule, failed, state, trace, monitor_all)
+                    if result is not None:
+                        return result
         return None
 
     @staticmethod
@@ -267,13 +287,37 @@ def _equality_groups(rules: tuple[CompiledRule, ...], monitor_all: bool) -> list
 
 _UNKNOWN = object()
 
+LOOKUP_FAILURE = (451, "4.3.0", "Temporary lookup failure")     # Postfix's words for a table that failed
+
+
+def _lookup_failed(stage: Stage, rule: CompiledRule, failed: LookupFailed, state: SessionState,
+                   trace: list | None, monitor_all: bool) -> Decision | None:
+    """A rule reached a map that could not answer and fails closed: the hook
+    is answered 451 4.3.0, as Postfix answers when a table lookup fails (the
+    client retries; nothing is refused for good on a database outage).  A
+    monitor rule only notes it."""
+    code, enhanced, text = LOOKUP_FAILURE
+    decision = Decision(Outcome.TEMPFAIL, code, enhanced, text, rule.rule_id)
+    state.log_lines.append(("warn", rule.rule_id, f"lookup failed: {failed.reason}"))
+    if rule.monitor or monitor_all:
+        state.monitored.append((rule.rule_id, decision))
+        if trace is not None:
+            trace.append(TraceStep(stage, rule, True, f"monitor: would tempfail (lookup failed: {failed.reason})"))
+        return None
+    if trace is not None:
+        trace.append(TraceStep(stage, rule, True, f"tempfail: lookup failed: {failed.reason}"))
+    return decision
+
 
 def _first_hit(tables, state: SessionState) -> Any:
     """Index of the first rule of a group that matches ``state``, None if
     none does, _UNKNOWN if a field's value cannot be looked up."""
     best = None
     for get, first in tables:
-        value = get(state)
+        try:
+            value = get(state)
+        except (FactMissing, LookupFailed):        # the rules themselves say what happens
+            return _UNKNOWN
         if type(value) not in _SCALARS:
             return _UNKNOWN
         hit = first.get(value)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from smtpfw import paths, replies, service
 from smtpfw.auth import AuthThrottle, Users
 from smtpfw.checks.callout import CalloutSession, Verifier
+from smtpfw.maps.tables.source import TableFacts
+from smtpfw.maps.tables.stores import close_stores
 from smtpfw.checks.dns import DnsSession, Resolver
 from smtpfw.checks.health import public_resolvers
 from smtpfw.config import Config, ConfigError, Listener
@@ -107,6 +109,8 @@ class Server:
         }
         if self.store is not None:
             sources["state"] = StateFacts(self.store, fail=cfg.state.fail)
+        if self.ruleset.tables:
+            sources["map"] = TableFacts(self.ruleset.tables)
         return Facts(sources)
 
     def _open_store(self, ruleset: Ruleset) -> None:
@@ -299,6 +303,7 @@ class Server:
             self.recorder.close()
         if self.store is not None:
             await self.store.close()
+        await close_stores()
 
 
 def client_network(ip: str, cfg: Config) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from smtpfw.checks.callout import Callout, CalloutAnswer, unknown
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, failed
+from smtpfw.checks.tableresult import TableAnswer, TableQuery, unavailable as table_unavailable
 from smtpfw.state import facts as state_facts
 
 
@@ -18,6 +19,19 @@ class FactMissing(Exception):
     def __init__(self, key: Any):
         super().__init__(key)
         self.key = key
+
+
+class LookupFailed(Exception):
+    """A rule needs the answer of a store that could not give one (a
+    database map whose `fail` is tempfail): the engine answers the hook
+    with Postfix's 451 4.3.0 "Temporary lookup failure"."""
+
+    def __init__(self, key: Any, reason: str):
+        super().__init__(key, reason)
+        self.key, self.reason = key, reason
+
+    def __str__(self) -> str:
+        return f"lookup failed: {self.reason}"
 
 
 class FactSource(Protocol):
@@ -44,6 +58,7 @@ class Provider:
 PROVIDERS: dict[str, Provider] = {
     "dns": Provider("dns", Lookup.from_json, DnsAnswer.from_json, failed),
     "callout": Provider("callout", Callout.from_json, CalloutAnswer.from_json, unknown),
+    "map": Provider("map", TableQuery.from_json, TableAnswer.from_json, table_unavailable),
     "state": Provider("state", state_facts.key_from_json, state_facts.value_from_json, state_facts.unavailable),
 }
 # Facts that count or write when asked (rate limits, greylisting): asked

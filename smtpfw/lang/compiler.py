@@ -28,7 +28,9 @@ from smtpfw.actions import AddCount, ApplyMap, UseClass
 from smtpfw.lang.access_values import AccessValues
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, FORMS, INT, IP, LIST, ORDERED,
                                 SCORE_PREFIX, STRING, FieldSpec, fold, lazy_answer, lookup_field)
+from smtpfw.facts.base import LookupFailed
 from smtpfw.maps.regex import compile_regex
+from smtpfw.maps.tables import KINDS as TABLE_KINDS, Table, TableQuery, load_table, unavailable as table_unavailable
 from smtpfw.state.facts import CounterKey, RateKey, SlotKey, counter_store_key
 from smtpfw.lang.parser import MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
 from smtpfw.session import SessionState
@@ -250,6 +252,7 @@ class _Compiler:
         self.version_parts: list[bytes] = []
         self.list_files: list[str] = []
         self.maps: dict[str, object | None] = {}              # name -> loaded map (smtpfw.maps)
+        self.tables: dict[str, Table] = {}                     # the maps in a database or directory, by name
         self.used_maps: set[str] = set()
         self.used_classes: set[str] = set()
         self.class_rules: dict[tuple[str, Stage], tuple[CompiledRule, ...] | None] = {}
@@ -312,6 +315,7 @@ class _Compiler:
             zones=tuple(sorted(self.zones_used)),
             stateful=self.stateful,
             fields=dict(self.made_fields),
+            tables=dict(self.tables),
         )
 
     def _options(self) -> dict[str, object]:
@@ -821,6 +825,8 @@ class _Compiler:
             self.error(Code.E202_TYPE_MISMATCH, f"`{key.name}` is {_tname(key.type)}; a map is looked up by "
                        "an address, domain, IP or text", f.key.span)
             return None
+        if isinstance(table, Table):
+            return self._table_field(f, key, table, stage)
         get_key, ftype, lookup = key.compared, key.type, table.lookup
 
         def value(s: SessionState) -> str:
@@ -830,6 +836,48 @@ class _Compiler:
             hit = lookup(str(k), ftype)
             return hit.value if hit is not None else ""
         return FieldSpec(f.text, STRING, key.stage, value, f"the value of map {f.name} for {key.name}")
+
+    def _table_query(self, name: str, key: FieldSpec, stage: Stage):
+        """The fact key maker of map ``name`` looked up by ``key``'s value,
+        gathered before ``stage``'s rules run (and started once the key is known)."""
+        get_key = key.compared
+
+        def make(s: SessionState) -> TableQuery | None:
+            k = get_key(s)
+            return TableQuery(name, str(k)) if k != "" and k is not None else None
+        self._need_lookup(f"map:{name}:{key.name}", make, key.stage, stage)
+        return make
+
+    def _table_answer(self, table: Table, make):
+        """A getter of the answer's value: "" for no entry; for a store that
+        could not answer, "" when the map fails open, else LookupFailed (the
+        hook answers 451 4.3.0)."""
+        fail_open = table.fail_open
+
+        def answer(s: SessionState) -> str | None:
+            q = make(s)
+            if q is None:
+                return None
+            a = s.facts.get(q)
+            if a is None:
+                a = table_unavailable("not asked (a replay without this lookup recorded)")
+            if a.status == "error":
+                if fail_open:
+                    return None
+                raise LookupFailed(q, a.reason)
+            return a.value if a.status == "found" else None
+        return answer
+
+    def _table_field(self, f: ast.Field, key: FieldSpec, table: Table, stage: Stage) -> FieldSpec:
+        """`MAP(field)` of a database or directory map: a fact."""
+        make = self._table_query(f.name, key, stage)
+        answer = self._table_answer(table, make)
+
+        def value(s: SessionState) -> str:
+            v = answer(s)
+            return v if v is not None else ""
+        return FieldSpec(f.text, STRING, key.stage, value, f"the value of {table.kind} map {f.name} for {key.name}",
+                         lookup=make)
 
     def _map(self, name: str, span: Span):
         """The loaded map ``name`` (once), or None after reporting why not."""
@@ -848,10 +896,22 @@ class _Compiler:
             from smtpfw.maps import Map, load_map, map_from_pairs
 
             decl, base = self.prog.maps[name]
-            table: Map | None
+            table: Map | Table | None
             if decl.file is None:
                 table, diags = map_from_pairs(decl.pairs)
                 self.diags.extend(diags)
+            elif decl.fmt in TABLE_KINDS:
+                path = os.path.join(base, decl.file)
+                table, diags = load_table(name, path, _shown(path), decl.fmt)
+                for d in diags:
+                    if d.code == Code.E301_LIST_FILE_MISSING:
+                        self.error(d.code, d.message, decl.span,
+                                   help=f"the path is relative to the rule file's folder ({base or '.'})")
+                    else:
+                        self.diags.append(d)
+                if table is not None:
+                    self._read_file(path)
+                    self.tables[name] = table
             else:
                 path = os.path.join(base, decl.file)
                 table, diags = load_map(path, _shown(path), decl.fmt)
@@ -1089,6 +1149,10 @@ class _Compiler:
             else:
                 found = lambda s: get(s) in items(s)                   # noqa: E731
             return (lambda s: not found(s)) if node.negated else found
+        if isinstance(target, ast.ListRef) and target.name in self.prog.maps:
+            table = self._map(target.name, target.span)
+            if isinstance(table, Table):
+                return self._table_member(spec, node, table, stage)
         matcher = self._matcher(node.target, element_type, node.within)
         if matcher is None:
             return None
@@ -1097,6 +1161,19 @@ class _Compiler:
         else:
             test = lambda s: matcher(get(s))
         return (lambda s: not test(s)) if node.negated else test
+
+    def _table_member(self, spec: FieldSpec, node: ast.Member, table: Table, stage: Stage):
+        """`field in MAP` of a database or directory map: the key has an entry."""
+        if node.within or spec.type in (LIST, INT) or spec.lazy:
+            self.error(Code.E202_TYPE_MISMATCH, f"a {table.kind} map is asked for one address, domain, IP or "
+                       f"text; `{spec.name}` is {_tname(spec.type)}" if not node.within else
+                       f"`within` takes a list; `{table.name}` is a {table.kind} map", node.span,
+                       help=f"ask it with `<field> in {table.name}`, e.g. `rcpt in {table.name}`")
+            return None
+        answer = self._table_answer(table, self._table_query(table.name, spec, stage))
+        if node.negated:
+            return lambda s: answer(s) is None
+        return lambda s: answer(s) is not None
 
     def _names_a_field(self, name: str) -> bool:
         """A name after `in`/`within` that is no list or map but a field."""

@@ -202,6 +202,21 @@ class _ToAst(Transformer):
     def map_pcre(self, meta, items):
         return self._map("pcre", meta, items)
 
+    def map_table(self, meta, items):
+        """`map NAME = sqlite|pgsql|mysql|ldap "settings.cf"`: a map in a
+        database or directory (smtpfw.maps.tables)."""
+        from smtpfw.maps.tables import KINDS
+
+        kind, path = items
+        if str(kind) not in KINDS:
+            guess = did_you_mean(str(kind), ("file", "regexp", "pcre") + KINDS)
+            raise _AstError(Diagnostic(
+                Code.E002_SYNTAX_ERROR, f"`{kind}` is not a kind of map", self._tspan(kind),
+                help=(f"did you mean `{guess}`? " if guess else "") +
+                     'a map is `file "PATH"`, `regexp "PATH"`, `pcre "PATH"`, `{"key": "value", ...}`, '
+                     'or a database or directory: `sqlite|pgsql|mysql|ldap "SETTINGS.cf"`'))
+        return (str(kind), _unquote(path), ())
+
     def map_pair(self, meta, items):
         key, value = items
         k = _unquote(key) if key.type == "STRING" else str(key)

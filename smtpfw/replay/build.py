@@ -7,6 +7,7 @@ import time
 
 from smtpfw import facts
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind, failed
+from smtpfw.checks.tableresult import NOT_FOUND
 from smtpfw.recording import FORMAT_VERSION
 
 DEFAULT_CLIENT_IP = "192.0.2.1"
@@ -68,10 +69,12 @@ UNDECLARED = {
 
 
 class DeclaredDns:
-    """DNS answers given up front (a ruleset test's `dns` lines); anything
-    not declared gets ``UNDECLARED`` for its kind.  Never waits."""
+    """DNS and map answers given up front (a ruleset test's `dns` and `map`
+    lines); a lookup not declared gets ``UNDECLARED`` for its kind, a map
+    key not declared has no entry.  Never waits."""
 
     synchronous = True
+    providers = ("dns", "map")
 
     def __init__(self, answers: dict[Lookup, DnsAnswer], defaults: dict | None = UNDECLARED):
         self.answers = answers
@@ -85,13 +88,18 @@ class DeclaredDns:
         for lk in lookups:
             a = self.answers.get(lk)
             if a is None:
-                a = self.defaults[lk.kind] if self.defaults is not None else failed("no DNS")
+                if lk.provider == "map":
+                    a = NOT_FOUND
+                else:
+                    a = self.defaults[lk.kind] if self.defaults is not None else failed("no DNS")
             out[lk] = a
         return out
 
 
 class NoDns(DeclaredDns):
     """`trace --no-dns`: every lookup fails."""
+
+    providers = ("dns",)
 
     def __init__(self):
         super().__init__({}, None)

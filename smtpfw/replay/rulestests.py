@@ -8,6 +8,10 @@
     dns ptr 192.0.2.7 = found mail.example.org
     dns resolvable example.org = yes
     dns addresses mx.example = found 192.0.2.1 2001:db8::1
+    # database or directory map answers (undeclared keys: no entry)
+    map mailboxes alice@example.org = found "example.org/alice/"
+    map mailboxes bob@example.org = none
+    map mailboxes carol@example.org = failed "the database is down"
 
     client 192.0.2.66 ehlo mx.example from a@b.example rcpt c@example.net -> reject at rcpt by dnsbl code 554
     ehlo mx.example from <> rcpt postmaster@example.net -> accept
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
+from smtpfw.checks.tableresult import NOT_FOUND, TableAnswer, TableQuery, unavailable
 from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean
 from smtpfw.lang.compiler import compile_ruleset
 from smtpfw.lint_output import format_text
@@ -173,11 +178,12 @@ def parse_tests(path: str, text: str, rule_ids: list[str] | None = None) -> Suit
             tokens = _tokens(line)
             if not tokens:
                 continue
-            if tokens[0].text == "dns":
-                lk, answer = _parse_dns(tokens)
+            if tokens[0].text in ("dns", "map"):
+                lk, answer = (_parse_dns if tokens[0].text == "dns" else _parse_map)(tokens)
                 if lk in tf.dns:
-                    raise SyntaxProblem(f"DNS answer for {lk.kind.value} {lk.name}"
-                                        f"{' in ' + lk.zone if lk.zone else ''} declared twice "
+                    what = (f"map answer for {lk.key} in {lk.map}" if isinstance(lk, TableQuery) else
+                            f"DNS answer for {lk.kind.value} {lk.name}{' in ' + lk.zone if lk.zone else ''}")
+                    raise SyntaxProblem(f"{what} declared twice "
                                         f"(first on line {dns_spans[lk]})", tokens[0].column, len(line.rstrip()))
                 tf.dns[lk], dns_spans[lk] = answer, first
                 continue
@@ -280,6 +286,33 @@ def _parse_dns(tokens: list[Token]) -> tuple[Lookup, DnsAnswer]:
     if status == "failed":
         return Lookup(kind, key, zone), DnsAnswer("failed", error=text or "declared failed")
     return Lookup(kind, key, zone), DnsAnswer(status)
+
+
+def _parse_map(tokens: list[Token]) -> tuple[TableQuery, TableAnswer]:
+    """`map NAME KEY = found "VALUE" | none | failed ["why"]`."""
+    head = tokens[0]
+    usage = 'write `map NAME KEY = found "VALUE"`, `map NAME KEY = none` or `map NAME KEY = failed "why"`'
+    if len(tokens) < 5 or tokens[3].text != "=":
+        raise SyntaxProblem("a map line is `map NAME KEY = ANSWER`", head.column, len(tokens[-1].text), usage)
+    name, key, status = tokens[1], tokens[2], tokens[4]
+    rest = tokens[5:]
+    if status.value not in ("found", "none", "failed"):
+        raise SyntaxProblem(f"a map answer is found, none or failed; not `{status.value}`", status.column,
+                            len(status.text), usage)
+    if len(rest) > 1 or rest and not rest[0].quoted:
+        bad = rest[1] if len(rest) > 1 else rest[0]
+        raise SyntaxProblem("the answer takes one quoted text", bad.column, len(bad.text), usage)
+    text = rest[0].value if rest else ""
+    query = TableQuery(name.value, key.value.lower())
+    if status.value == "found":
+        if not text:
+            raise SyntaxProblem('`found` needs the value: found "VALUE"', status.column, len(status.text), usage)
+        return query, TableAnswer("found", text)
+    if status.value == "none":
+        if rest:
+            raise SyntaxProblem("`none` takes no value", rest[0].column, len(rest[0].text), usage)
+        return query, NOT_FOUND
+    return query, unavailable(text or "declared failed")
 
 
 def _parse_case(first: int, last: int, line: str, tokens: list[Token], dns: dict,

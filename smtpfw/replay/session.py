@@ -436,9 +436,13 @@ def _default_facts(record: dict):
 
 
 def _with_recorded(dns_factory):
-    """A DNS source of replay's own (live, declared, none) for DNS facts;
-    every other fact (recipient callouts...) from the record."""
-    return lambda record: Facts({"dns": dns_factory(record)}, default=_default_facts(record))
+    """A DNS source of replay's own (live, declared, none) for DNS facts (and
+    the other providers it names in ``providers``: declared test answers
+    cover maps too); every other fact (recipient callouts...) from the record."""
+    def facts(record: dict) -> Facts:
+        source = dns_factory(record)
+        return Facts({p: source for p in getattr(source, "providers", ("dns",))}, default=_default_facts(record))
+    return facts
 
 
 def _with_state(source, store, record: dict):

@@ -104,8 +104,9 @@ def format_event(ruleset, e: EventResult, ev: dict | None, indent: str = "") -> 
             w(f"    dns   {describe_lookup(lk)}: {describe_answer(answer)}")
         elif lk.provider == "state":
             w(f"    state {_describe_state(lk, answer)}")
-        else:                                          # another fact: a recipient callout...
-            detail = f" ({answer.reply})" if getattr(answer, "reply", "") else ""
+        else:                                          # another fact: a recipient callout, a map...
+            said = getattr(answer, "reply", "") or getattr(answer, "value", "") or getattr(answer, "reason", "")
+            detail = f" ({said})" if said else ""
             w(f"    {lk.provider:<5} {' '.join(str(v) for v in lk.to_json().values())}: {answer.status}{detail}")
     stage = None
     for info in e.trace or ():
