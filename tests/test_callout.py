@@ -5,6 +5,8 @@ cached; a downstream that hangs gives "unknown" within the timeout."""
 from __future__ import annotations
 
 import smtplib
+
+import pytest
 import time
 
 from smtpfw.lang.compiler import compile_ruleset
@@ -98,3 +100,24 @@ def test_ruleset_tests_and_trace_take_callout_rules(tmp_path):
     proc = run("trace", "--rules", str(rules), "--ip", "192.0.2.1", "--helo", "a.example", "--from", "a@b.example",
                "--rcpt", "bob@example.net", "--no-dns")
     assert proc.returncode == 0 and "callout bob@example.net: unknown" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_callouts_against_a_real_postfix_with_local_recipients():
+    """Debian's Postfix behind, knowing two local users: unknown ones are
+    refused at RCPT, known ones accepted, answers cached, nothing queued."""
+    from tests.support.postfix import PostfixInstance, postfix_available
+    why = postfix_available()
+    if why:
+        pytest.fail(why)
+    settings = {"mydestination": "example.net",
+                "local_recipient_maps": "inline:{ alice=alice, bob=bob }",
+                "smtpd_recipient_restrictions": "permit_mynetworks, reject_unauth_destination"}
+    with PostfixInstance(settings) as pf, running_server(rules_text=RULES, forward_to=pf.port) as srv:
+        assert rcpt_reply(srv, "nobody@example.net") == "550 5.1.1 User unknown"
+        assert rcpt_reply(srv, "bob@example.net") == "250 2.1.5 Recipient OK"
+        assert rcpt_reply(srv, "Bob@Example.NET") == "250 2.1.5 Recipient OK"          # cached (case folded)
+        assert rcpt_reply(srv, "nobody@example.net") == "550 5.1.1 User unknown"      # cached "no"
+        assert srv.call(lambda: srv.server.verifier.asked) == 2
+        log = pf.log
+        assert "User unknown in local recipient table" in log                        # Postfix itself refused it
+        assert "message-id=" not in log and "queued as" not in log                    # no mail from a callout
