@@ -76,7 +76,8 @@ class LimitSettings:
     exempt_networks: tuple = ()           # ip_network objects exempt from per-IP caps and AUTH throttling
     message_memory: int = 256 * 1024 * 1024   # message bytes held at once by one worker; past it: 452 4.3.1
     idle_timeout: float = 300.0
-    stress_idle_timeout: float = 10.0     # idle timeout while connections >= 75% of max_connections
+    stress_threshold: float = 0.75        # under stress from this share of max_connections on
+    stress_idle_timeout: float = 10.0     # idle timeout while under stress
     data_timeout: float = 600.0
 
 
@@ -127,6 +128,8 @@ class RecordingSettings:
 class SmtpSettings:
     banner: str = "ESMTP smtpfw"         # the greeting after the host name: 220 HOSTNAME BANNER
     greet_wait: float = 0.0              # pregreet test: "220-" first, this long, then "220 " (0 = off)
+    stress_greet_wait: float = 2.0       # the wait while under stress (postscreen: 2 s instead of 6 s)
+    greet_pass_ttl: float = 86400.0      # a client that passed skips the test this long (state store; 0 = never)
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,13 @@ def _num(kind):
             raise ConfigError(f"{where}: must not be negative, got {v!r}")
         return kind(v)
     return conv
+
+
+def _fraction(v, where):
+    value = _num(float)(v, where)
+    if not 0 < value <= 1:
+        raise ConfigError(f"{where}: a share from 0 to 1 (0.75 = three quarters), got {v!r}")
+    return value
 
 
 def _str(v, where):
@@ -371,6 +381,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "exempt_networks": ("exempt_networks", _networks),
         "message_memory": ("message_memory", _size),
         "idle_timeout": ("idle_timeout", _num(float)),
+        "stress_threshold": ("stress_threshold", _fraction),
         "stress_idle_timeout": ("stress_idle_timeout", _num(float)),
         "data_timeout": ("data_timeout", _num(float)),
     },
@@ -409,7 +420,9 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "headers": ("recording_headers", _headers),
         "max_events": ("recording_max_events", _num(int)),
     },
-    "smtp": {"banner": ("smtp_banner", _banner), "greet_wait": ("smtp_greet_wait", _num(float))},
+    "smtp": {"banner": ("smtp_banner", _banner), "greet_wait": ("smtp_greet_wait", _num(float)),
+             "stress_greet_wait": ("smtp_stress_greet_wait", _num(float)),
+             "greet_pass_ttl": ("smtp_greet_pass_ttl", _num(float))},
     "logging": {"format": ("log_format", _choice("kv", "json")),
                 "level": ("log_level", _choice("debug", "info", "warning", "error"))},
     "tls": {"cert": ("tls_cert", _str), "key": ("tls_key", _str),

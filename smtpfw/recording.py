@@ -15,8 +15,8 @@ Format version 2 (docs/recording.md):
      "facts": [{"provider": "dns", "key": {...}, "value": {...}}],
      "tags", "monitored": [{"rule", "decision"}], "final_reply", "refusal",
      "events_dropped" (only when some were),
-     "behaviour": {"pregreet", "pregreet_text", "pregreet_ms", "unauth_pipelining",
-                   "non_smtp", "bare_newline"} (only what happened)}
+     "behaviour": {"pregreet", "pregreet_text", "pregreet_ms", "pregreet_cached",
+                   "unauth_pipelining", "non_smtp", "bare_newline"} (only what happened)}
 
 Version 1 had the DNS answers as "dns": [{"lookup", "answer"}]; version 2
 keeps every fact (smtpfw.facts) under one key.  Bodies are never recorded.
@@ -75,7 +75,8 @@ def session_record(state: SessionState, ruleset_version: str, duration: float) -
     }
 
 
-BEHAVIOUR = ("pregreet", "pregreet_text", "pregreet_ms", "unauth_pipelining", "non_smtp", "bare_newline")
+BEHAVIOUR = ("pregreet", "pregreet_text", "pregreet_ms", "pregreet_cached", "unauth_pipelining", "non_smtp",
+             "bare_newline")
 
 
 def _behaviour(state: SessionState) -> dict:

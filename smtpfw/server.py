@@ -26,6 +26,7 @@ from smtpfw import paths, replies, service
 from smtpfw.auth import AuthThrottle, Users
 from smtpfw.checks.callout import CalloutSession, Verifier
 from smtpfw.maps.tables.source import TableFacts
+from smtpfw.state.passes import GreetPasses
 from smtpfw.maps.tables.stores import close_stores
 from smtpfw.checks.dns import DnsSession, Resolver
 from smtpfw.checks.health import public_resolvers
@@ -85,6 +86,8 @@ class Server:
         self.health_task: asyncio.Task | None = None
         self.store: Store | None = None           # opened when a ruleset tests limits or greylisting
         self._open_store(ruleset)
+        self.greet_passes = (GreetPasses(self.store, config.smtp_greet_pass_ttl)
+                             if self.greet_pass_cache and self.store is not None else None)
         self.delivery = make_delivery(config)
         self.users = secrets.users
         self.recorder = (Recorder(config.recording_path, config.recording_rotate, config.recording_max_bytes)
@@ -113,10 +116,15 @@ class Server:
             sources["map"] = TableFacts(self.ruleset.tables)
         return Facts(sources)
 
+    @property
+    def greet_pass_cache(self) -> bool:
+        """Clients that passed the pregreet test are remembered (in the state store)."""
+        return self.config.smtp_greet_wait > 0 and self.config.smtp_greet_pass_ttl > 0
+
     def _open_store(self, ruleset: Ruleset) -> None:
         """The state store, the first time a ruleset needs one (limits,
-        greylisting); it stays open across reloads."""
-        if self.store is not None or not ruleset.stateful:
+        greylisting) or the pregreet pass cache does; it stays open across reloads."""
+        if self.store is not None or not (ruleset.stateful or self.greet_pass_cache):
             return
         s = self.config.state
         self.store = open_store(s.store, timeout=s.timeout, failures=s.failures, cooldown=s.cooldown,
@@ -151,7 +159,7 @@ class Server:
     def under_stress(self) -> bool:
         """Most connection slots are taken: idle clients get a short timeout
         (Postfix's stress mode), so slow or idle clients cannot hold them."""
-        return self.connections >= 0.75 * self.config.max_connections
+        return self.connections >= self.config.stress_threshold * self.config.max_connections
 
     def may_tarpit(self, session) -> bool:
         """Whether ``session``'s replies may wait: a tarpit slows bots, but

@@ -40,6 +40,7 @@ class SessionState:
     pregreet: bool = False            # it talked before the greeting ended (smtp.greet_wait on)
     pregreet_text: str = ""           # what it sent (the first 64 characters, escaped)
     pregreet_ms: int = 0              # how long after the first greeting line it began
+    pregreet_cached: bool = False     # it passed the pregreet test before (smtp.greet_pass_ttl): not tested
     unauth_pipelining: bool = False   # it sent ahead where pipelining was not allowed
     non_smtp: bool = False            # it sent an HTTP/proxy command (GET, POST, CONNECT, Host: ...)
     tarpit: float = 0.0               # seconds every reply waits (`tarpit` action)

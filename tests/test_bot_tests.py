@@ -5,6 +5,7 @@ pipelines as RFC 2920 allows) are never flagged."""
 
 from __future__ import annotations
 
+import re
 import smtplib
 import time
 
@@ -113,7 +114,9 @@ def test_well_behaved_clients_are_never_flagged(tmp_path):
                 s.ehlo("client.example")
                 assert s.sendmail("a@b.example", ["u@localhost", "w@localhost"], b"Subject: y\r\n\r\ny\r\n") == {}
         wait_until(lambda: len(records(rec)) >= 2, 10, "the inner server's records")
-    assert all("behaviour" not in r for r in records(rec)), [r.get("behaviour") for r in records(rec)]
+    behaviour = [r.get("behaviour") for r in records(rec)]
+    # no bot sign; the second client skipped the wait: the first one's pass is remembered (PASS OLD)
+    assert behaviour == [None, {"pregreet_cached": True}], behaviour
 
 
 # ---- tarpit (issue 18) ---------------------------------------------------------
@@ -169,3 +172,62 @@ def test_the_tarpit_slows_only_so_many_at_once():
             assert second.ehlo("b.example")[0] == 250
         assert time.monotonic() - started < 2
         first.close()
+
+
+# ---- the pass cache and stress (issue 18) ----------------------------------------
+
+def greeting(address, talk_early: bytes = b"") -> tuple[float, list[str], str]:
+    """(seconds until the greeting ended, its lines, the reply to QUIT)."""
+    started = time.monotonic()
+    with RawClient(address, timeout=10) as c:
+        lines = [c.line()]
+        if talk_early:
+            c.send(talk_early)
+        while lines[-1][3:4] == "-":
+            lines.append(c.line())
+        took = time.monotonic() - started
+        quit_reply = c.cmd("QUIT") if not talk_early else c.reply()
+    return took, lines, quit_reply
+
+
+def test_a_client_that_passed_skips_the_wait_across_workers_until_the_pass_expires(tmp_path):
+    from tests.support.cli import serve_with
+    settings = {"smtp": {"greet_wait": 1.0, "greet_pass_ttl": 3}, "state": {"store": str(tmp_path / "state.db")}}
+    with serve_with(tmp_path, settings, "--workers", "2") as srv:
+        took, lines, _ = greeting(srv.address)
+        assert took >= 1.0 and lines == ["220-localhost ESMTP smtpfw", "220 localhost ESMTP smtpfw"]
+        first_pass = time.monotonic()
+        quick = [greeting(srv.address) for _ in range(8)]
+        assert all(t < 0.5 for t, _l, _q in quick), quick                     # PASS OLD, on both workers
+        assert all(lines == ["220-localhost ESMTP smtpfw", "220 localhost ESMTP smtpfw"] for _t, lines, _q in quick)
+        wait_until(lambda: len(re.findall(r"smtpfw\.session\[(\d+)\]", srv.text)) >= 9, 10, "session lines")
+        workers = set(re.findall(r"smtpfw\.session\[(\d+)\]", srv.text))
+        assert len(workers) == 2, workers                                      # both workers took sessions
+        time.sleep(max(0.0, first_pass + 3.2 - time.monotonic()))
+        took, _lines, _ = greeting(srv.address)
+        assert took >= 1.0                                                      # expired: tested again
+
+
+def test_a_pregreeter_is_not_remembered(tmp_path):
+    with running_server(rules_text=RULES, smtp_greet_wait=0.5) as srv:
+        took, lines, reply = greeting(srv.address, talk_early=b"EHLO bot.example\r\n")
+        assert reply.startswith("550 5.7.1 Talked before its turn")
+        took, lines, _ = greeting(srv.address)
+        assert took >= 0.5                                                      # tested again, and passes
+        took, lines, _ = greeting(srv.address)
+        assert took < 0.4                                                       # now it is remembered
+
+
+def test_under_stress_the_wait_is_shorter(tmp_path):
+    with running_server(rules_text=RULES, smtp_greet_wait=2.0, smtp_stress_greet_wait=0.2, smtp_greet_pass_ttl=0,
+                        max_connections=4, stress_threshold=0.5) as srv:
+        took, _lines, _ = greeting(srv.address)
+        assert took >= 2.0                                                      # no stress: the whole wait
+        held = [RawClient(srv.address, timeout=10) for _ in range(2)]          # 2 of 4 slots: under stress
+        try:
+            wait_until(lambda: srv.call(lambda: srv.server.connections) >= 2, 5, "held connections")
+            took, _lines, _ = greeting(srv.address)
+            assert 0.2 <= took < 1.0, took
+        finally:
+            for c in held:
+                c.close()

@@ -245,6 +245,8 @@ FIELDS: dict[str, FieldSpec] = {
                   "what a pregreeting client sent (its first 64 characters)"),
         FieldSpec("client.pregreet_ms", INT, C, lambda s: s.pregreet_ms,
                   "milliseconds after the first greeting line that a pregreeting client began"),
+        FieldSpec("client.pregreet_cached", BOOL, C, lambda s: s.pregreet_cached,
+                  "the client passed the pregreet test within smtp.greet_pass_ttl, so it was not made to wait"),
         FieldSpec("session.unauth_pipelining", BOOL, C, lambda s: s.unauth_pipelining,
                   "the client sent commands ahead where pipelining is not allowed (before EHLO, after DATA...)"),
         FieldSpec("session.bare_newline", BOOL, C, lambda s: s.bare_newline,

@@ -227,6 +227,8 @@ class FirewallSMTP(Stream):
                                  greeting=f"220 {self.hostname} {self.cfg.smtp_banner}", notify=self._notify)
         greet_wait = self.cfg.smtp_greet_wait
         if greet_wait > 0:
+            if self.server.under_stress:
+                greet_wait = min(greet_wait, self.cfg.smtp_stress_greet_wait)
             await self._pregreet_test(greet_wait)
         step = await self.conv.connect()
         if greet_wait > 0 and step.close:
@@ -256,11 +258,18 @@ class FirewallSMTP(Stream):
         turn (bots do).  The connect hook's DNS lookups run meanwhile."""
         st, rs = self.state, self.ruleset
         self.facts.start(rs.fact_keys(rs.fact_starts, Stage.CONNECT, st))
+        passes = self.server.greet_passes
+        if passes is not None and await passes.passed(st.client_ip):
+            st.pregreet_cached = True            # postscreen's "PASS OLD": no wait this time
+            await self.push(f"220-{self.hostname} {self.cfg.smtp_banner}")
+            return
         await self.push(f"220-{self.hostname} {self.cfg.smtp_banner}")
         started = self.loop.time()
         try:
             await asyncio.wait_for(self._input(), wait)
         except asyncio.TimeoutError:
+            if passes is not None:
+                await passes.remember(st.client_ip)    # "PASS NEW"
             return
         if self.buffer:
             st.pregreet = True

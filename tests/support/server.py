@@ -69,6 +69,7 @@ def running_server(rules: str | os.PathLike | None = None, *, rules_text: str | 
     cfg = config or Config()
     cfg = replace(cfg, listen=(Listener("127.0.0.1", 0, "test"),), workers=1,
                   maildir=overrides.pop("maildir", os.path.join(tmpdir, "maildir")),
+                  state_store=overrides.pop("state_store", os.path.join(tmpdir, "state.db")),
                   hostname=overrides.pop("hostname", "mx.test"))
     if dns is not None:
         cfg = replace(cfg, dns_nameservers=(dns.address,))
