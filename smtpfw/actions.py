@@ -92,6 +92,19 @@ class Tarpit:
 
 
 @dataclass(frozen=True, slots=True)
+class Stutter:
+    """`stutter 10s`: for that long from the next reply on, replies to this
+    client go out one byte a second (OpenBSD spamd's stutter: a bot that
+    waits for whole lines wastes its time), then whole again.  Bounded like
+    `tarpit`, by `limits.max_tarpitted`."""
+
+    seconds: float
+
+    def apply(self, state: SessionState, rule_id: str) -> None:
+        state.stutter = max(state.stutter, self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
 class UseClass:
     """`use NAME`: the rules of restriction class NAME run here; the first
     that decides decides for this rule."""
@@ -120,7 +133,7 @@ class RunPlugin:
     name: str
 
 
-Action = SetTag | Note | AddHeader | AddScore | AddCount | Tarpit | UseClass | ApplyMap | RunPlugin
+Action = SetTag | Note | AddHeader | AddScore | AddCount | Tarpit | Stutter | UseClass | ApplyMap | RunPlugin
 
 
 def action_for(kind: str, arg: str | None, render: Render | None, weight: int | None = None) -> Action | None:
@@ -130,6 +143,8 @@ def action_for(kind: str, arg: str | None, render: Render | None, weight: int | 
         return AddScore(arg or "", weight or 0)
     if kind == "tarpit":
         return Tarpit(float(weight or 0))
+    if kind == "stutter":
+        return Stutter(float(weight or 0))
     if kind == "tag":
         return SetTag(arg or "")
     if kind in ("log", "warn"):

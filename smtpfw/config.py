@@ -153,13 +153,22 @@ class AuthSettings:
     failure_window: float = 600.0        # ... after which AUTH is refused (454) until the window passes
 
 
+@dataclass(frozen=True)
+class ScannerSettings:
+    clamd: str = ""                      # clamd's socket: "unix:/run/clamav/clamd.ctl" or "host:port"; "" = none
+    spamd: str = ""                      # spamd: "host:port" or "unix:/path"; "" = none
+    spamd_user: str = ""                 # the User: spamd scans as ("" = spamd's own)
+    timeout: float = 30.0                # a scan that takes longer is an error (the rules decide: virus = "error")
+    max_bytes: int = 10 * 1024 * 1024    # larger messages are not sent (virus/spam = "skipped")
+
+
 # The config file's sections, each read into its own settings object, so a
 # component takes the section it needs (``Resolver`` the DnsSettings...).
 SECTIONS: dict[str, type] = {
     "server": ServerSettings, "delivery": DeliverySettings, "limits": LimitSettings, "dns": DnsSettings,
     "callout": CalloutSettings, "state": StateSettings,
     "recording": RecordingSettings, "smtp": SmtpSettings, "logging": LoggingSettings, "tls": TlsSettings,
-    "auth": AuthSettings,
+    "auth": AuthSettings, "scanners": ScannerSettings,
 }
 DEFAULT_LISTEN = (Listener("127.0.0.1", 2525, "127.0.0.1:2525"),)
 
@@ -400,6 +409,13 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "negative_ttl": ("callout_negative_ttl", _num(float)),
         "cache_size": ("callout_cache_size", _num(int)),
         "pool_size": ("callout_pool_size", _num(int)),
+    },
+    "scanners": {
+        "clamd": ("scanners_clamd", _str),
+        "spamd": ("scanners_spamd", _str),
+        "spamd_user": ("scanners_spamd_user", _str),
+        "timeout": ("scanners_timeout", _num(float)),
+        "max_bytes": ("scanners_max_bytes", _size),
     },
     "state": {
         "store": ("state_store", _str),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from smtpfw.actions import Action, AddScore, ApplyMap, RunPlugin, Tarpit, UseClass
+from smtpfw.actions import Action, AddScore, ApplyMap, RunPlugin, Stutter, Tarpit, UseClass
 from smtpfw.checks.dnsresult import Lookup
 from smtpfw.facts.base import FactMissing, LookupFailed
 from smtpfw.session import SessionState
@@ -99,7 +99,9 @@ class Ruleset:
         out = []
         for make in table.get(stage, ()):
             key = make(state)
-            if key is not None:
+            if type(key) is list:               # several: the inputs of a fact made from facts (DMARC)
+                out.extend(key)
+            elif key is not None:
                 out.append(key)
         return out
 
@@ -187,11 +189,11 @@ class Ruleset:
                 if result is not None:
                     return result
                 continue
-            if kind_of is Tarpit and (rule.monitor or monitor_all):
+            if (kind_of is Tarpit or kind_of is Stutter) and (rule.monitor or monitor_all):
                 state.monitored.append((rule.rule_id, Decision(Outcome.CONTINUE, None, None,
-                                                               f"would tarpit {action.seconds:g}s", rule.rule_id)))  # type: ignore[union-attr]
+                                                               f"would {kind} {action.seconds:g}s", rule.rule_id)))  # type: ignore[union-attr]
                 if trace is not None:
-                    trace.append(TraceStep(stage, rule, True, "monitor: would tarpit"))
+                    trace.append(TraceStep(stage, rule, True, f"monitor: would {kind}"))
                 continue
             if trace is not None:
                 trace.append(TraceStep(stage, rule, True, _done(rule, state)))

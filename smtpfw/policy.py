@@ -93,6 +93,15 @@ class Policy:
         rs, state = self.ruleset, self.state
         facts = self.facts
         state.hook_runs += 1
+        state.message = message                # content checks read it; dropped when the hook is decided
+        try:
+            return await self._run(stage, message, subject)
+        finally:
+            state.message = None
+
+    async def _run(self, stage: Stage, message: bytes | None, subject: str) -> Decision:
+        rs, state = self.ruleset, self.state
+        facts = self.facts
         self.asked = []                        # lazy facts asked in this hook run (what a refusal gives back)
         if facts is not None:
             if rs.fact_starts.get(stage):
@@ -103,7 +112,7 @@ class Policy:
                 # the PTR name needs the PTR answer): ask again for the keys
                 # the answers made known, a few rounds at most.
                 for _ in range(FACT_ROUNDS):
-                    wanted = [k for k in rs.fact_keys(rs.fact_needs, stage, state) if k not in known]
+                    wanted = [k for k in dict.fromkeys(rs.fact_keys(rs.fact_needs, stage, state)) if k not in known]
                     if not wanted:
                         break
                     known.update(await facts.results(wanted))
@@ -128,6 +137,11 @@ class Policy:
                         else f"would {would.outcome.value}: {would.text or ''}".rstrip(": "))
                 self.notify(stage, "monitor", rule_id, said)
         decision = heard
+        authserv_id = rs.options.get("authentication_results")
+        if authserv_id and stage is Stage.DATA and not decision.outcome.refuses:
+            from smtpfw.checks.content import header_for
+            state.auth_results = header_for(state.facts, state.messages, state.sender, str(authserv_id),
+                                            state.client_ip)
         state.decisions.append((stage, decision, subject))
         return decision
 
@@ -165,8 +179,8 @@ class Policy:
             except KeyError:                   # no source for it in this session: fail open, below
                 pass
         answer = state.facts.get(key)
-        if answer is None:                     # no state store in this run (or it said nothing): fail open
-            answer = state.facts[key] = provider_of(key).unavailable("no state store in this run")
+        if answer is None:                     # no source in this run (a state store, a scanner): fail open
+            answer = state.facts[key] = provider_of(key).unavailable(f"no {key.provider} source in this run")
         self.asked.append(key)
         if answer is not None and not getattr(answer, "available", True):
             state.log_lines.append(("warn", "state", f"state store unavailable: {answer.reason}"))

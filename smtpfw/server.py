@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from smtpfw import paths, replies, service
 from smtpfw.auth import AuthThrottle, Users
 from smtpfw.checks.callout import CalloutSession, Verifier
+from smtpfw.checks.content import ContentFacts, ContentSettings
 from smtpfw.maps.tables.source import TableFacts
 from smtpfw.state.passes import GreetPasses
 from smtpfw.maps.tables.stores import close_stores
@@ -83,6 +84,9 @@ class Server:
                                   negative_ttl=config.callout_negative_ttl, cache_size=config.callout_cache_size,
                                   pool_size=config.callout_pool_size)
                          if config.delivery_mode == "forward" else None)
+        sc = config.scanners
+        self.content_settings = ContentSettings(tuple(config.dns_nameservers), config.dns_session_budget,
+                                                sc.clamd, sc.spamd, sc.spamd_user, sc.timeout, sc.max_bytes)
         self.health_task: asyncio.Task | None = None
         self.store: Store | None = None           # opened when a ruleset tests limits or greylisting
         self._open_store(ruleset)
@@ -114,6 +118,9 @@ class Server:
             sources["state"] = StateFacts(self.store, fail=cfg.state.fail)
         if self.ruleset.tables:
             sources["map"] = TableFacts(self.ruleset.tables)
+        content = ContentFacts(self.content_settings)
+        for provider in ("spf", "dkim", "dmarc", "scan"):
+            sources[provider] = content
         return Facts(sources)
 
     @property

@@ -44,6 +44,7 @@ class SessionState:
     unauth_pipelining: bool = False   # it sent ahead where pipelining was not allowed
     non_smtp: bool = False            # it sent an HTTP/proxy command (GET, POST, CONNECT, Host: ...)
     tarpit: float = 0.0               # seconds every reply waits (`tarpit` action)
+    stutter: float = 0.0              # seconds of one-byte-a-second replies (`stutter` action)
     bare_newline: bool = False        # a command ended in a bare LF
     # mail (auth is known by MAIL)
     auth: bool = False
@@ -63,6 +64,8 @@ class SessionState:
     rcpt_rejected: int = 0
     # data
     message_size: int = 0
+    message: bytes | None = None      # the message while its data hook is decided (content checks); never recorded
+    auth_results: str = ""            # the Authentication-Results value for it (option authentication_results)
     headers: dict = field(default_factory=dict)   # lower-case name -> first value
     # engine
     tags: set = field(default_factory=set)
@@ -168,5 +171,6 @@ class SessionState:
         self.rcpts = []
         self.rcpt_rejected = 0
         self.message_size = 0
+        self.auth_results = ""
         self.headers = {}
         self.add_headers = []

@@ -231,3 +231,36 @@ def test_under_stress_the_wait_is_shorter(tmp_path):
         finally:
             for c in held:
                 c.close()
+
+
+STUTTER_RULES = """
+on connect:
+    [stutter] stutter 3s if client.ip = "127.0.0.67"
+on rcpt:
+    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames
+"""
+
+
+def test_a_stuttered_client_gets_a_byte_a_second_then_whole_replies():
+    with running_server(rules_text=STUTTER_RULES) as srv:
+        with RawClient(srv.address, timeout=30, source="127.0.0.67") as c:
+            started = time.monotonic()
+            first = c.sock.recv(100)
+            assert first == b"2"                                        # one byte, then a pause
+            assert c.line() == "20 mx.test ESMTP smtpfw"                # the rest once the 3 s are over
+            took = time.monotonic() - started
+            assert 2.5 <= took < 6, took
+            started = time.monotonic()
+            assert c.cmd("EHLO bot.example").startswith("250 ")        # no longer stuttered
+            assert time.monotonic() - started < 1
+        took, _lines, _ = greeting(srv.address)                          # another client: at once
+        assert took < 1
+
+
+def test_monitor_mode_only_reports_a_stutter(tmp_path):
+    rules = "option mode = \"monitor\"\n" + STUTTER_RULES
+    with running_server(rules_text=rules) as srv:
+        with RawClient(srv.address, timeout=30, source="127.0.0.67") as c:
+            started = time.monotonic()
+            assert c.line() == "220 mx.test ESMTP smtpfw"
+            assert time.monotonic() - started < 1

@@ -239,7 +239,7 @@ ERRORS = [
      "t.rules:2:5: error[E002] unexpected `rejct`; expected a new statement: `on <hook>:`, `class <name>:`, "
      "a declaration (`list`, `map`, `limit`, `counter`, `zone`, `plugin`, `option`, `include`) or a rule starting "
      "with an action (`accept`, `reject`, `tempfail`, `disconnect`, `tag`, `log`, `warn`, `add_header`, `run`, "
-     "`score`, `use`, `apply`, `count`, `tarpit`)\n"
+     "`score`, `use`, `apply`, `count`, `tarpit`, `stutter`)\n"
      "  |\n2 |     rejct \"x\" if helo = \"a\"\n  |     ^^^^^\n  = help: did you mean `reject`?\n"),
     ('on rcpt:\n    reject if sender.domian = "x"\n',
      "t.rules:2:15: error[E102] unknown field `sender.domian`\n"

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol
 
+from smtpfw.checks import content
 from smtpfw.checks.callout import Callout, CalloutAnswer, unknown
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, failed
 from smtpfw.checks.tableresult import TableAnswer, TableQuery, unavailable as table_unavailable
@@ -59,6 +60,10 @@ PROVIDERS: dict[str, Provider] = {
     "dns": Provider("dns", Lookup.from_json, DnsAnswer.from_json, failed),
     "callout": Provider("callout", Callout.from_json, CalloutAnswer.from_json, unknown),
     "map": Provider("map", TableQuery.from_json, TableAnswer.from_json, table_unavailable),
+    "spf": Provider("spf", content.SpfQuery.from_json, content.SpfResult.from_json, content.spf_unavailable),
+    "dkim": Provider("dkim", content.MessageQuery.from_json, content.DkimVerdict.from_json, content.dkim_unavailable),
+    "dmarc": Provider("dmarc", content.DmarcQuery.from_json, content.DmarcResult.from_json, content.dmarc_unavailable),
+    "scan": Provider("scan", content.MessageQuery.from_json, content.ScanResult.from_json, content.scan_unavailable),
     "state": Provider("state", state_facts.key_from_json, state_facts.value_from_json, state_facts.unavailable),
 }
 # Facts that count or write when asked (rate limits, greylisting): asked

@@ -178,7 +178,7 @@ class Action:
 
 TERMINAL_ACTIONS = frozenset({"accept", "reject", "tempfail", "disconnect"})
 ACTIONS = ("accept", "reject", "tempfail", "disconnect", "tag", "log", "warn",
-           "add_header", "run", "score", "use", "apply", "count", "tarpit")
+           "add_header", "run", "score", "use", "apply", "count", "tarpit", "stutter")
 
 
 @dataclass(frozen=True, slots=True)

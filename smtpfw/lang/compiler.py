@@ -46,6 +46,7 @@ OPTIONS = {
     "delay_reject": ("boolean", ("rcpt", "data")),     # yes = "rcpt"
     "reply_rule_id": ("boolean", ()),
     "timezone": ("string", ()),                       # for time.* fields; default UTC
+    "authentication_results": ("string", ()),         # authserv-id: SPF, DKIM, DMARC, ARC asked, the header added
 }
 MAX_INCLUDE_DEPTH = 16
 # A `matches` or `like` test reads at most this many characters of the value:
@@ -291,6 +292,8 @@ class _Compiler:
             compiled = self._rule(rule, options, Stage(rule.hook))
             if compiled is not None:
                 rules.append(compiled)
+        if options.get("authentication_results"):
+            self._authentication_results(self.prog.options["authentication_results"])
         self._check_scores()
         seen = {r.rule_id for r in rules}
         for compiled_class in self.class_rules.values():    # class rules count as rules (ids, hits)
@@ -346,6 +349,19 @@ class _Compiler:
                 continue
             out[name] = v.value
         return out
+
+    def _authentication_results(self, decl) -> None:
+        """`option authentication_results = "mx.example.org"`: every message's
+        SPF, DKIM, DMARC and ARC results are asked at DATA (as if a rule tested
+        them) and an Authentication-Results header with that authserv-id is
+        added to accepted mail (smtpfw.checks.content.header_for)."""
+        value = str(decl.value.value)
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", value):
+            self.error(Code.E106_UNKNOWN_OPTION, f"option `authentication_results` takes this server's name "
+                       f"(the authserv-id, e.g. \"mx.example.org\"), not {decl.value.text}", decl.value.span)
+            return
+        for name in ("spf", "dkim", "dmarc"):
+            self._field(ast.Field(name, decl.span), Stage.DATA)
 
     def _timezone(self, v: ast.Value):
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -442,10 +458,10 @@ class _Compiler:
             compiled_action = None if rules is None else UseClass(action.arg or "", rules)
         elif action.kind == "apply":
             compiled_action = self._apply(action, stage)
-        elif action.kind == "tarpit" and (action.weight or 0) > MAX_TARPIT:
-            self.error(Code.E202_TYPE_MISMATCH, f"`tarpit {action.arg}` is longer than {MAX_TARPIT} s",
+        elif action.kind in ("tarpit", "stutter") and (action.weight or 0) > MAX_TARPIT:
+            self.error(Code.E202_TYPE_MISMATCH, f"`{action.kind} {action.arg}` is longer than {MAX_TARPIT} s",
                        action.arg_span, help=f"a client may give up on a reply after 5 minutes (RFC 5321 4.5.3.2); "
-                                             f"tarpit for at most {MAX_TARPIT}s")
+                                             f"{action.kind} for at most {MAX_TARPIT}s")
             ok = False
         elif action.kind == "count":
             found = self._counter(action.arg or "", action.arg_span, stage)
@@ -1473,7 +1489,12 @@ def _code_filter(filters: list[ast.CodeFilter]):
 
 def _safe_text(value) -> str:
     """Values go into SMTP replies and logs: no line breaks, printable."""
-    text = "" if value is None else str(value)
+    if value is None:
+        text = ""
+    elif isinstance(value, (list, tuple)):            # a list field: its items, as a header or reply lists them
+        text = ", ".join(map(str, value))
+    else:
+        text = str(value)
     return "".join(ch if ch.isprintable() else "?" for ch in text)[:400]
 
 

@@ -15,6 +15,8 @@ from functools import cached_property, lru_cache
 from typing import Any, Callable
 
 from smtpfw.checks.callout import Callout
+from smtpfw.checks.content import (DkimVerdict, DmarcQuery, DmarcResult, MessageQuery, SpfQuery, dkim_unavailable,
+                                   dmarc_unavailable)
 from smtpfw.checks.dnsresult import Lookup, LookupKind
 from smtpfw.facts.base import FactMissing
 from smtpfw.session import SessionState
@@ -195,6 +197,54 @@ def lazy_answer(make: Callable[[SessionState], Any]) -> Callable[[SessionState],
 _grey = lazy_answer(_grey_key)
 
 
+SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
+DKIM_RESULTS = ("pass", "fail", "neutral", "none", "temperror", "permerror")
+
+
+def _spf_key(s: SessionState) -> SpfQuery | None:
+    return SpfQuery("mailfrom", s.client_ip, s.sender, s.helo) if s.sender is not None else None
+
+
+def _spf_helo_key(s: SessionState) -> SpfQuery:
+    return SpfQuery("helo", s.client_ip, "", s.helo)
+
+
+def _spf_of(s: SessionState, make) -> str:
+    a = s.facts.get(make(s))
+    return a.result if a is not None else "temperror"
+
+
+def _dkim_key(s: SessionState) -> MessageQuery:
+    return MessageQuery("dkim", s.messages, s.message or b"")
+
+
+def _dkim(s: SessionState) -> DkimVerdict:
+    return s.facts.get(_dkim_key(s)) or _NOT_ASKED_DKIM
+
+
+def _dmarc_key(s: SessionState) -> DmarcQuery | list:
+    """DMARC's key holds the SPF and DKIM results: until they are known,
+    the keys to ask for them."""
+    spf_key, dkim_key = _spf_key(s), _dkim_key(s)
+    spf, dkim = s.facts.get(spf_key), s.facts.get(dkim_key)
+    if spf is None or dkim is None:
+        return [k for k, a in ((spf_key, spf), (dkim_key, dkim)) if a is None and k is not None]
+    return DmarcQuery(s.messages, (spf.result, spf.domain), tuple((g.domain, g.result) for g in dkim.signatures),
+                      s.message or b"")
+
+
+def _dmarc(s: SessionState) -> DmarcResult:
+    key = _dmarc_key(s)
+    a = s.facts.get(key) if not isinstance(key, list) else None
+    return a if a is not None else _NOT_ASKED_DMARC
+
+
+_NOT_ASKED_DKIM = dkim_unavailable("not asked")
+_NOT_ASKED_DMARC = dmarc_unavailable("not asked")
+_clamd = lazy_answer(lambda s: MessageQuery("clamd", s.messages, s.message or b""))
+_spamd = lazy_answer(lambda s: MessageQuery("spamd", s.messages, s.message or b""))
+
+
 def _ptr(s: SessionState):
     return s.facts.get(_ptr_lookup(s))
 
@@ -295,6 +345,39 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("rcpt.count", INT, R, lambda s: len(s.rcpts), "number of recipients accepted so far"),
         FieldSpec("rcpt.rejected", INT, R, lambda s: s.rcpt_rejected, "number of recipients refused so far"),
         FieldSpec("message.size", INT, D, lambda s: s.message_size, "size of the message in bytes"),
+        # sender authentication (smtpfw.checks.content): asked before the hook's rules run
+        FieldSpec("spf.helo", STRING, H, lambda s: _spf_of(s, _spf_helo_key),
+                  "SPF of the HELO name (RFC 7208): pass, fail, softfail, neutral, none, temperror or permerror",
+                  _spf_helo_key, SPF_RESULTS, folded=True),
+        FieldSpec("spf", STRING, M, lambda s: _spf_of(s, _spf_key),
+                  "SPF of the MAIL FROM identity (of the HELO name for the null sender <>): pass, fail, softfail, "
+                  "neutral, none, temperror or permerror", _spf_key, SPF_RESULTS, folded=True),
+        FieldSpec("dkim", STRING, D, lambda s: _dkim(s).result,
+                  "DKIM (RFC 6376): pass when a signature verifies, else the first one's result (fail, neutral, "
+                  "temperror, permerror); none when unsigned", _dkim_key, DKIM_RESULTS, folded=True),
+        FieldSpec("dkim.domains", LIST, D, lambda s: _dkim(s).domains,
+                  "the d= domains of the signatures that verify", _dkim_key),
+        FieldSpec("arc", STRING, D, lambda s: _dkim(s).arc.result,
+                  "the ARC chain (RFC 8617): pass, fail or none", _dkim_key, ("pass", "fail", "none"), folded=True),
+        FieldSpec("dmarc", STRING, D, lambda s: _dmarc(s).result,
+                  "DMARC (RFC 7489) of the From: domain: pass, fail, none, temperror or permerror", _dmarc_key,
+                  ("pass", "fail", "none", "temperror", "permerror"), folded=True),
+        FieldSpec("dmarc.policy", STRING, D, lambda s: _dmarc(s).policy,
+                  "what the From: domain asks for failing mail: none, quarantine, reject ('' without a record)",
+                  _dmarc_key, ("none", "quarantine", "reject", ""), folded=True),
+        FieldSpec("dmarc.from", DOMAIN, D, lambda s: _dmarc(s).from_domain, "the From: domain DMARC evaluated",
+                  _dmarc_key, folded=True),
+        # scanners: asked only when a rule reaches them (a scan costs)
+        FieldSpec("virus", STRING, D, lambda s: _clamd(s).status,
+                  "clamd's verdict: clean, infected, skipped (larger than scanners.max_bytes) or error",
+                  choices=("clean", "infected", "skipped", "error"), folded=True),
+        FieldSpec("virus.name", STRING, D, lambda s: _clamd(s).virus, "the virus clamd found ('' if none)"),
+        FieldSpec("spam", STRING, D, lambda s: _spamd(s).status,
+                  "spamd's verdict: spam, ham, skipped or error", choices=("spam", "ham", "skipped", "error"),
+                  folded=True),
+        FieldSpec("spam.score", INT, D, lambda s: round(_spamd(s).score or 0),
+                  "spamd's score, rounded to a whole number (0 when not scanned)"),
+        FieldSpec("spam.tests", LIST, D, lambda s: list(_spamd(s).tests), "the SpamAssassin rules that hit"),
     ]
 }
 

@@ -262,10 +262,13 @@ class _ToAst(Transformer):
                           weight=1 if amount is None else int(str(amount)) if str(amount).lstrip("+-").isdigit()
                           else _number(str(amount)))
 
-    def tarpit(self, meta, items):
+    def tarpit(self, meta, items, kind: str = "tarpit"):
         text = str(items[0])
-        return ast.Action("tarpit", self._span(meta), arg=text, arg_span=self._tspan(items[0]),
+        return ast.Action(kind, self._span(meta), arg=text, arg_span=self._tspan(items[0]),
                           weight=int(text[:-1]) * self._SPANS[text[-1]])
+
+    def stutter(self, meta, items):
+        return self.tarpit(meta, items, "stutter")
 
     def limit_decl(self, meta, items):
         items = _drop_eq(items)
@@ -643,7 +646,7 @@ def _expected_in_words(expected: set[str]) -> tuple[str, list[str]]:
         return ("a new statement: `on <hook>:`, `class <name>:`, a declaration (`list`, `map`, `limit`, "
                 "`counter`, `zone`, `plugin`, `option`, `include`) or a rule starting with an action (`accept`, `reject`, "
                 "`tempfail`, `disconnect`, `tag`, `log`, `warn`, `add_header`, `run`, `score`, `use`, "
-                "`apply`, `count`, `tarpit`)", keywords)
+                "`apply`, `count`, `tarpit`, `stutter`)", keywords)
     parts = []
     if expected & (_OPERATOR_TERMINALS - {"EQ"}):
         parts.append("an operator (`=`, `!=`, `<`, `>`, `in`, `not in`, `within`, `matches`, "

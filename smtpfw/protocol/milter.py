@@ -195,6 +195,8 @@ class MilterConnection(MtaConnection):
                                   bytes(self.body))
         if step.deliver:
             edits = [m.AddHeader(name, value.encode("utf-8")) for name, value in self.state.add_headers]
+            if self.state.auth_results:          # the MTA prepends it (forged ones are not removed in milter mode)
+                edits.insert(0, m.AddHeader("Authentication-Results", self.state.auth_results.encode("ascii")))
             step = conv.delivered("250 2.0.0 Ok: handed back to the MTA")
             self._send(*edits, m.Continue())
         else:

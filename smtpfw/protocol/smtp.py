@@ -31,6 +31,7 @@ from smtpfw.protocol.address import parse_path
 from smtpfw.protocol.stream import LineTooLong, Stream
 from smtpfw.delivery import Message
 from smtpfw.facts import Facts
+from smtpfw.checks.authresults import strip_forged
 from smtpfw.core.conversation import Conversation, Limits
 from smtpfw.core.events import Step
 from smtpfw.session import SessionState
@@ -72,6 +73,7 @@ class FirewallSMTP(Stream):
         self.closing = False
         self.started = time.monotonic()
         self.finished = False
+        self.stutter_until: float | None = None   # loop time when `stutter` ends (set at its first reply)
         self.admitted = False                  # counted against the connection limits
         self.client_key: str | None = None     # the client's network, as the per-IP limits count it
         self.handshaking = False               # inside a STARTTLS handshake
@@ -139,10 +141,26 @@ class FirewallSMTP(Stream):
         self.state.final_reply = status
         if status[:1] in ("4", "5"):
             self.state.refusal = status
-        if self.state.tarpit and self.server.may_tarpit(self):
-            await asyncio.sleep(self.state.tarpit)          # a timer: no worker waits
-        self.write(status.encode("utf-8", "replace") + b"\r\n")
+        data = status.encode("utf-8", "replace") + b"\r\n"
+        if (self.state.tarpit or self.state.stutter) and self.server.may_tarpit(self):
+            if self.state.tarpit:
+                await asyncio.sleep(self.state.tarpit)      # a timer: no worker waits
+            if self.state.stutter:
+                data = await self._stutter(data)
+        self.write(data)
         await self.drain()
+
+    async def _stutter(self, data: bytes) -> bytes:
+        """spamd's stutter: one byte a second until the `stutter` span
+        (counted from the first stuttered reply) is over; the rest of
+        ``data``, to be sent whole."""
+        if self.stutter_until is None:
+            self.stutter_until = self.loop.time() + self.state.stutter
+        while len(data) > 1 and self.loop.time() < self.stutter_until and not self.closing:
+            self.write(data[:1])
+            data = data[1:]
+            await asyncio.sleep(1.0)
+        return data
 
     def close(self) -> None:
         self.closing = True
@@ -492,6 +510,9 @@ class FirewallSMTP(Stream):
         if not step.deliver:
             return step
         queue_id = f"{st.session_id}.{st.messages}"
+        authserv_id = self.ruleset.options.get("authentication_results")
+        if authserv_id:                          # ours are trusted downstream: a client's claiming our id goes
+            message = strip_forged(message, str(authserv_id))
         data = self._trace_headers(queue_id) + message
         result = await self.server.delivery.deliver(
             Message(st.sender or "", tuple(st.rcpts), data, _mail_options(st.mail_params)))
@@ -510,6 +531,8 @@ class FirewallSMTP(Stream):
                     + (f"\r\n\tfor <{_clean(st.rcpts[0])}>" if len(st.rcpts) == 1 else "")
                     + f"; {_date_now()}\r\n")
         extra = "".join(f"{_clean(name)}: {_clean(value)}\r\n" for name, value in st.add_headers)
+        if st.auth_results:                      # built from checked parts (smtpfw.checks.authresults), folded
+            extra = f"Authentication-Results: {st.auth_results}\r\n" + extra
         return (extra + received).encode("utf-8", "replace")
 
     async def _read_data(self) -> tuple[bytes | None, str | None]:

@@ -69,7 +69,10 @@ def running_server(rules: str | os.PathLike | None = None, *, rules_text: str | 
     cfg = config or Config()
     cfg = replace(cfg, listen=(Listener("127.0.0.1", 0, "test"),), workers=1,
                   maildir=overrides.pop("maildir", os.path.join(tmpdir, "maildir")),
-                  state_store=overrides.pop("state_store", os.path.join(tmpdir, "state.db")),
+                  # a state file of its own unless the test names one (a pass cache or a
+                  # limit must not carry over from another test)
+                  state_store=overrides.pop("state_store", cfg.state_store if cfg.state_store != Config().state_store
+                                            else os.path.join(tmpdir, "state.db")),
                   hostname=overrides.pop("hostname", "mx.test"))
     if dns is not None:
         cfg = replace(cfg, dns_nameservers=(dns.address,))
