@@ -119,7 +119,7 @@ class Server:
         if self.ruleset.tables:
             sources["map"] = TableFacts(self.ruleset.tables)
         content = ContentFacts(self.content_settings)
-        for provider in ("spf", "dkim", "dmarc", "scan"):
+        for provider in ("spf", "dkim", "dmarc", "mime", "scan"):
             sources[provider] = content
         return Facts(sources)
 

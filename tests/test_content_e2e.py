@@ -223,3 +223,61 @@ def test_scans_are_recorded_and_replay(tmp_path, scanners):
     scans = [f for f in record["facts"] if f["provider"] == "scan"]
     assert [f["value"]["status"] for f in scans] == ["infected"]             # spamd was never asked: lazy
     assert replay_record(ruleset, record).verdict.key() == ("rejected", "data", "virus", 554)
+
+
+# ---- header and body checks, MIME structure -------------------------------------------
+
+CHECK_RULES = """
+map header_checks = regexp "header_checks"
+map body_checks = pcre "body_checks"
+on rcpt:
+    [local] accept if rcpt.domain in localnames
+    [relay] reject 554 5.7.1 "Relaying denied"
+on data:
+    [header-checks] apply header_checks(headers)
+    [body-checks] apply body_checks(body.lines)
+    [exe] reject 554 5.7.1 "Executable attachments are not accepted: {attachment.names}" if attachment.names matches "(?i)\\\\.(exe|scr|com|bat)$"
+    [zip-type] tag archive if attachment.types = "application/zip"
+"""
+
+
+def test_header_and_body_checks_and_attachment_names(tmp_path):
+    import shutil
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "header_checks").write_text(
+        "# Postfix header_checks(5), as it is\n"
+        "/^Subject:.*viagra/   REJECT Spam subject\n"         # case-insensitive (Postfix's default; /i toggles)
+        "/^X-Mailer: SpamBot/   550 5.7.1 Known spam software\n")
+    (folder / "body_checks").write_text("/^Click here to claim your prize/   REJECT Spam body\n")
+    (folder / "site.rules").write_text(CHECK_RULES)
+    with running_server(folder / "site.rules") as srv:
+        assert send(srv, "a@example.com", ham("Subject-Extra: x\r\n").replace(b"Subject: minutes", b"Subject: Cheap VIAGRA")) \
+            == (554, "5.7.1 Spam subject")
+        assert send(srv, "a@example.com", ham("X-Mailer: SpamBot 2.0\r\n"))[0] == 550
+        assert send(srv, "a@example.com", ham(body="Hi!\r\nClick here to claim your prize\r\n")) \
+            == (554, "5.7.1 Spam body")
+        code, text = send(srv, "a@example.com", with_attachment(b"MZ...").replace(b'name="x.com"', b'name="invoice.PDF.exe"'))
+        assert (code, text) == (554, "5.7.1 Executable attachments are not accepted: invoice.PDF.exe")
+        assert send(srv, "a@example.com", with_attachment(b"%PDF-1.4").replace(b'name="x.com"', b'name="report.pdf"')) \
+            == (250, "")
+    shutil.rmtree(folder)
+
+
+def test_attachment_names_are_recorded_and_replay(tmp_path):
+    rec = tmp_path / "rec"
+    rules = tmp_path / "site.rules"
+    rules.write_text(CHECK_RULES.replace('map header_checks = regexp "header_checks"\n', "")
+                     .replace('map body_checks = pcre "body_checks"\n', "")
+                     .replace("    [header-checks] apply header_checks(headers)\n", "")
+                     .replace("    [body-checks] apply body_checks(body.lines)\n", ""))
+    with running_server(rules, recording_enabled=True, recording_path=str(rec)) as srv:
+        msg = with_attachment(b"MZ").replace(b'name="x.com"', b'name="setup.exe"')
+        assert send(srv, "a@example.com", msg)[0] == 554
+        (record,) = recorded_sessions(rec, 1)
+    (mime,) = [f for f in record["facts"] if f["provider"] == "mime"]
+    assert mime["value"] == {"names": ["setup.exe"],
+                             "types": ["multipart/mixed", "text/plain", "application/octet-stream"]}
+    ruleset, diags = compile_ruleset(str(rules))
+    assert ruleset is not None, diags
+    assert replay_record(ruleset, record).verdict.key() == ("rejected", "data", "exe", 554)

@@ -19,6 +19,7 @@ from typing import Iterable, NamedTuple
 
 from smtpfw.checks.dkim import ArcResult, DkimSignature, verify_arc, verify_dkim
 from smtpfw.checks.dmarc import DmarcResult, check_dmarc_message
+from smtpfw.checks.mime import MimeSummary, mime_summary
 from smtpfw.checks.scanners import ScanResult, clamd_scan, spamd_check
 from smtpfw.checks.spf import SpfResult, check_spf, check_spf_helo
 
@@ -47,7 +48,7 @@ class SpfQuery(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class MessageQuery:
     """A check of the session's message number ``message_no`` (0 = first):
-    "dkim" (DKIM and ARC), "clamd" or "spamd"."""
+    "dkim" (DKIM and ARC), "mime" (its attachments), "clamd" or "spamd"."""
 
     check: str
     message_no: int
@@ -55,7 +56,7 @@ class MessageQuery:
 
     @property
     def provider(self) -> str:
-        return "dkim" if self.check == "dkim" else "scan"
+        return self.check if self.check in ("dkim", "mime") else "scan"
 
     def to_json(self) -> dict:
         return {"check": self.check, "message": self.message_no}
@@ -183,6 +184,8 @@ class ContentFacts:
             sigs = [DkimSignature(domain, "", result) for domain, result in key.dkim]
             return await check_dmarc_message(key.message, spf, sigs, nameservers=ns, timeout=s.auth_timeout)
         assert isinstance(key, MessageQuery)
+        if key.check == "mime":
+            return mime_summary(key.message)
         if key.check == "dkim":
             sigs, arc = await asyncio.gather(verify_dkim(key.message, nameservers=ns, timeout=s.auth_timeout),
                                              verify_arc(key.message, nameservers=ns, timeout=s.auth_timeout))

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from smtpfw.checks import content
 from smtpfw.checks.callout import Callout, CalloutAnswer, unknown
+from smtpfw.checks.mime import unavailable as mime_unavailable
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, failed
 from smtpfw.checks.tableresult import TableAnswer, TableQuery, unavailable as table_unavailable
 from smtpfw.state import facts as state_facts
@@ -63,6 +64,7 @@ PROVIDERS: dict[str, Provider] = {
     "spf": Provider("spf", content.SpfQuery.from_json, content.SpfResult.from_json, content.spf_unavailable),
     "dkim": Provider("dkim", content.MessageQuery.from_json, content.DkimVerdict.from_json, content.dkim_unavailable),
     "dmarc": Provider("dmarc", content.DmarcQuery.from_json, content.DmarcResult.from_json, content.dmarc_unavailable),
+    "mime": Provider("mime", content.MessageQuery.from_json, content.MimeSummary.from_json, mime_unavailable),
     "scan": Provider("scan", content.MessageQuery.from_json, content.ScanResult.from_json, content.scan_unavailable),
     "state": Provider("state", state_facts.key_from_json, state_facts.value_from_json, state_facts.unavailable),
 }

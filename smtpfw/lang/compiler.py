@@ -30,6 +30,7 @@ from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELD
                                 SCORE_PREFIX, STRING, FieldSpec, fold, lazy_answer, lookup_field)
 from smtpfw.facts.base import LookupFailed
 from smtpfw.maps.regex import compile_regex
+from smtpfw.maps.regexp import RegexpMap
 from smtpfw.maps.tables import KINDS as TABLE_KINDS, Table, TableQuery, load_table, unavailable as table_unavailable
 from smtpfw.state.facts import CounterKey, RateKey, SlotKey, counter_store_key
 from smtpfw.lang.parser import MAX_SOURCE_BYTES, NOT_RUN_HOOKS, RUN_HOOKS, parse
@@ -837,12 +838,15 @@ class _Compiler:
         table = self._map(f.name, f.span)
         if key is None or table is None:
             return None
-        if key.type in (BOOL, LIST) or key.lazy:
+        if key.type == BOOL or key.lazy or key.type == LIST and not isinstance(table, RegexpMap):
             self.error(Code.E202_TYPE_MISMATCH, f"`{key.name}` is {_tname(key.type)}; a map is looked up by "
-                       "an address, domain, IP or text", f.key.span)
+                       "an address, domain, IP or text" + (" (a list, line by line, only in a regexp or pcre map)"
+                                                           if key.type == LIST else ""), f.key.span)
             return None
         if isinstance(table, Table):
             return self._table_field(f, key, table, stage)
+        if key.type == LIST:
+            return self._map_over_list(f, key, table)
         get_key, ftype, lookup = key.compared, key.type, table.lookup
 
         def value(s: SessionState) -> str:
@@ -852,6 +856,21 @@ class _Compiler:
             hit = lookup(str(k), ftype)
             return hit.value if hit is not None else ""
         return FieldSpec(f.text, STRING, key.stage, value, f"the value of map {f.name} for {key.name}")
+
+    def _map_over_list(self, f: ast.Field, key: FieldSpec, table) -> FieldSpec:
+        """`MAP(list field)`: the value of the first item that has an entry,
+        as Postfix's header_checks and body_checks take the first line that
+        matches (`apply header_checks(header.lines)`)."""
+        get_items, lookup = key.get, table.lookup
+
+        def value(s: SessionState) -> str:
+            for item in get_items(s):
+                hit = lookup(str(item), STRING)
+                if hit is not None:
+                    return hit.value
+            return ""
+        return FieldSpec(f.text, STRING, key.stage, value, f"the value of map {f.name} for the first of {key.name} "
+                         "that has an entry")
 
     def _table_query(self, name: str, key: FieldSpec, stage: Stage):
         """The fact key maker of map ``name`` looked up by ``key``'s value,
@@ -916,21 +935,14 @@ class _Compiler:
             if decl.file is None:
                 table, diags = map_from_pairs(decl.pairs)
                 self.diags.extend(diags)
-            elif decl.fmt in TABLE_KINDS:
-                path = os.path.join(base, decl.file)
-                table, diags = load_table(name, path, _shown(path), decl.fmt)
-                for d in diags:
-                    if d.code == Code.E301_LIST_FILE_MISSING:
-                        self.error(d.code, d.message, decl.span,
-                                   help=f"the path is relative to the rule file's folder ({base or '.'})")
-                    else:
-                        self.diags.append(d)
-                if table is not None:
-                    self._read_file(path)
-                    self.tables[name] = table
             else:
                 path = os.path.join(base, decl.file)
-                table, diags = load_map(path, _shown(path), decl.fmt)
+                if decl.fmt in TABLE_KINDS:          # a database or directory: its settings file
+                    table, diags = load_table(name, path, _shown(path), decl.fmt)
+                    if isinstance(table, Table):
+                        self.tables[name] = table
+                else:
+                    table, diags = load_map(path, _shown(path), decl.fmt)
                 for d in diags:
                     if d.code == Code.E301_LIST_FILE_MISSING:
                         self.error(d.code, d.message, decl.span,
@@ -1286,7 +1298,7 @@ class _Compiler:
             pass
 
     def _pattern(self, spec: FieldSpec, node: ast.Pattern):
-        if spec.type in (BOOL, LIST, INT):
+        if spec.type in (BOOL, INT):
             self.error(Code.E202_TYPE_MISMATCH,
                        f"`{node.kind}` tests text; `{spec.name}` is {_tname(spec.type)}", node.span)
             return None
@@ -1302,6 +1314,12 @@ class _Compiler:
             return None
         search = rx.tester()
         get, end = spec.compared, MAX_PATTERN_SUBJECT
+        if spec.type == LIST:                       # any item matches (an attachment name, a header line)
+            items = spec.get
+
+            def found(s: SessionState) -> bool:
+                return any(search(str(x)[:end]) for x in items(s))
+            return (lambda s: not found(s)) if node.negated else found
         if node.negated:
             return lambda s: not search(str(get(s))[:end])
         return lambda s: search(str(get(s))[:end])

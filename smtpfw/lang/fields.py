@@ -15,6 +15,7 @@ from functools import cached_property, lru_cache
 from typing import Any, Callable
 
 from smtpfw.checks.callout import Callout
+from smtpfw.checks.mime import BODY_LIMIT, MimeSummary, body_lines, header_lines
 from smtpfw.checks.content import (DkimVerdict, DmarcQuery, DmarcResult, MessageQuery, SpfQuery, dkim_unavailable,
                                    dmarc_unavailable)
 from smtpfw.checks.dnsresult import Lookup, LookupKind
@@ -239,6 +240,23 @@ def _dmarc(s: SessionState) -> DmarcResult:
     return a if a is not None else _NOT_ASKED_DMARC
 
 
+def _mime_key(s: SessionState) -> MessageQuery:
+    return MessageQuery("mime", s.messages, s.message or b"")
+
+
+def _mime(s: SessionState) -> MimeSummary:
+    return s.facts.get(_mime_key(s)) or _NO_MIME
+
+
+def _header_lines(s: SessionState) -> list[str]:
+    return header_lines(s.message) if s.message else []
+
+
+def _body_lines(s: SessionState) -> list[str]:
+    return body_lines(s.message) if s.message else []
+
+
+_NO_MIME = MimeSummary(error="not asked")
 _NOT_ASKED_DKIM = dkim_unavailable("not asked")
 _NOT_ASKED_DMARC = dmarc_unavailable("not asked")
 _clamd = lazy_answer(lambda s: MessageQuery("clamd", s.messages, s.message or b""))
@@ -367,6 +385,17 @@ FIELDS: dict[str, FieldSpec] = {
                   _dmarc_key, ("none", "quarantine", "reject", ""), folded=True),
         FieldSpec("dmarc.from", DOMAIN, D, lambda s: _dmarc(s).from_domain, "the From: domain DMARC evaluated",
                   _dmarc_key, folded=True),
+        # the message's lines and structure
+        FieldSpec("headers", LIST, D, _header_lines,
+                  "every header field as one line, \"Name: value\", unfolded (Postfix header_checks); "
+                  "live only: a replay has no message"),
+        FieldSpec("body.lines", LIST, D, _body_lines,
+                  f"the body's lines as sent, its first {BODY_LIMIT // 1024} KiB (Postfix body_checks); "
+                  "live only: a replay has no message"),
+        FieldSpec("attachment.names", LIST, D, lambda s: list(_mime(s).names),
+                  "the file names the message's parts carry (recorded)", _mime_key),
+        FieldSpec("attachment.types", LIST, D, lambda s: list(_mime(s).types),
+                  "the content types of the message's parts, lower case (recorded)", _mime_key),
         # scanners: asked only when a rule reaches them (a scan costs)
         FieldSpec("virus", STRING, D, lambda s: _clamd(s).status,
                   "clamd's verdict: clean, infected, skipped (larger than scanners.max_bytes) or error",

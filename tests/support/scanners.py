@@ -58,6 +58,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from tests.support.stores import _descendants, _which, free_port    # shared with the store harnesses
+
 HOST = "127.0.0.1"
 INSTALL_HINT = "(.ci/run installs it)"
 
@@ -89,15 +91,6 @@ MINIMAL_RULES = (
 )
 
 
-def _which(*names: str, dirs: tuple[str, ...] = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")) -> str | None:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-        for d in dirs:
-            if os.access(f"{d}/{name}", os.X_OK):
-                return f"{d}/{name}"
-    return None
 
 
 def shipped_rules() -> Path | None:
@@ -138,10 +131,6 @@ def scanners_available(kind: str) -> str | None:
 
 # -- common machinery ---------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _searchable_by_all(path: Path) -> bool:
@@ -166,24 +155,6 @@ def _make_root(prefix: str, owner: pwd.struct_passwd | None) -> Path:
     return root
 
 
-def _descendants(root: int) -> list[int]:
-    """The pids of ``root``'s children, their children, ... (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat_text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat_text.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in parents.get(todo.pop(), ()):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _gone(pid: int) -> bool:
