@@ -281,3 +281,24 @@ def test_attachment_names_are_recorded_and_replay(tmp_path):
     ruleset, diags = compile_ruleset(str(rules))
     assert ruleset is not None, diags
     assert replay_record(ruleset, record).verdict.key() == ("rejected", "data", "exe", 554)
+
+
+def test_one_ruleset_for_dmarc_viruses_scanner_outage_and_authentication_results(tmp_path, dns_server, key,
+                                                                                 scanners):
+    """The issue's end to end: rejects DMARC p=reject failures and viruses,
+    tempfails when the scanner is out, adds Authentication-Results."""
+    from tests.support.scanners import EICAR, ClamdInstance
+    rules = RULES + "\n".join(line for line in SCAN_RULES.splitlines() if "[virus]" in line or "[scanner-down]" in line)
+    clamd, _spamd = scanners
+    with ClamdInstance() as own_clamd, \
+            running_server(rules_text=rules, dns=dns_server, scanners_clamd=own_clamd.address, scanners_timeout=1) as srv:
+        good = signed(message("Alice <alice@example.com>"), key)
+        assert send(srv, "alice@example.com", good) == (250, "")
+        assert send(srv, "x@other.test", message("Bank <service@bank.test>"))[0] == 550            # DMARC
+        infected = signed(with_attachment(EICAR).replace(b"From: Alice <alice@example.com>\r\n", b"")
+                          .replace(b"To: Bob", b"From: Alice <alice@example.com>\r\nTo: Bob"), key)
+        assert send(srv, "alice@example.com", infected)[0] == 554                                 # virus
+        own_clamd.kill()
+        assert send(srv, "alice@example.com", good) == (451, "4.7.0 Cannot scan for viruses now, try again later")
+        (delivered,) = maildir_messages(Path(srv.tmpdir) / "maildir")
+    assert b"Authentication-Results: mx.test;" in delivered and b"dmarc=pass" in delivered
