@@ -12,6 +12,7 @@ no terminal action the hook continues.  A ``monitor`` rule (or a ruleset in
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -42,6 +43,7 @@ class CompiledRule:
     node: object = None                        # the ast.Rule, for trace and lint
     leaves: tuple = ()                         # (ast condition leaf, Test) for trace
     equality: tuple | None = None              # (getter, value) when the condition is `field = value`
+    pattern: tuple | None = None               # (getter, RE2 pattern, length read) when it is `field matches "re"`
     klass: str | None = None                   # the restriction class the rule belongs to
 
 
@@ -106,7 +108,7 @@ class Ruleset:
         return out
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_groups", {stage: _equality_groups(rules, self.monitor_all)
+        object.__setattr__(self, "_groups", {stage: _groups(rules, self.monitor_all)
                                              for stage, rules in self.hooks.items()})
 
     def evaluate(self, stage: Stage, state: SessionState, start: int = 0,
@@ -118,10 +120,11 @@ class Ruleset:
             result = self._run(stage, rules, start, len(rules), state, trace, monitor_all)
             return CONTINUE if result is None else result
         # A run of `<terminal action> if <field> = <value>` rules is one dict
-        # lookup per field: the first rule of the run whose value is its
-        # field's is the only one that can match first; if none, none match.
+        # lookup per field, a run of `... if <field> matches "re"` rules one
+        # pass of an RE2 set: the first rule of the run that the lookup finds
+        # is the only one that can match first; if none, none match.
         index = start
-        for lo, hi, tables in groups:
+        for lo, hi, find in groups:
             if hi <= index:
                 continue
             if lo > index:
@@ -129,7 +132,7 @@ class Ruleset:
                 if result is not None:
                     return result
                 index = lo
-            hit: Any = _first_hit(tables, state) if index == lo else _UNKNOWN
+            hit: Any = find(state) if index == lo else _UNKNOWN
             if hit is _UNKNOWN:
                 result = self._run(stage, rules, index, hi, state, None, monitor_all)
             elif hit is not None:
@@ -265,9 +268,18 @@ def _equality(rule: CompiledRule):
     return rule.equality
 
 
-def _equality_groups(rules: tuple[CompiledRule, ...], monitor_all: bool) -> list[tuple]:
-    """[(lo, hi, ((getter, {value: first rule index}), ...))] for each run of
-    at least MIN_GROUP consecutive equality rules (on any fields)."""
+def _pattern(rule: CompiledRule):
+    """(getter, pattern, length) when ``rule`` is `<terminal action> if <field> matches "re"`."""
+    if rule.outcome is None or rule.monitor:
+        return None
+    return rule.pattern
+
+
+def _groups(rules: tuple[CompiledRule, ...], monitor_all: bool) -> list[tuple]:
+    """[(lo, hi, find)] for each run of at least MIN_GROUP consecutive
+    equality rules (on any fields) or MIN_PATTERN_GROUP pattern rules on one
+    field: ``find(state)`` is the index of the only rule of the run that can
+    match first, None when none can, _UNKNOWN when the rules must decide."""
     if monitor_all:
         return []
     groups = []
@@ -282,9 +294,48 @@ def _equality_groups(rules: tuple[CompiledRule, ...], monitor_all: bool) -> list
             tables.setdefault(eq[0], {}).setdefault(eq[1], hi)
             hi += 1
         if hi - lo >= MIN_GROUP:
-            groups.append((lo, hi, tuple(tables.items())))
-        lo = max(hi, lo + 1)
+            groups.append((lo, hi, functools.partial(_first_hit, tuple(tables.items()))))
+            lo = hi
+            continue
+        hi = lo
+        first = _pattern(rules[lo])
+        while hi < len(rules):
+            pat = _pattern(rules[hi])
+            if pat is None or pat[0] is not first[0] or pat[2] != first[2]:   # type: ignore[index]
+                break
+            hi += 1
+        if hi - lo >= MIN_PATTERN_GROUP:
+            finder = _pattern_finder(lo, rules[lo:hi])
+            if finder is not None:
+                groups.append((lo, hi, finder))
+                lo = hi
+                continue
+        lo += 1
     return groups
+
+
+MIN_PATTERN_GROUP = 4
+
+
+def _pattern_finder(lo: int, rules: tuple[CompiledRule, ...]):
+    """One RE2 set for the rules' patterns (on one field); None when RE2
+    will not build it (then the rules run one by one, as always)."""
+    from smtpfw.maps.regex import set_matcher
+
+    get, _pattern_text, length = rules[0].pattern             # type: ignore[misc]
+    try:
+        match = set_matcher([r.pattern[1] for r in rules])   # type: ignore[index]
+    except Exception:                                         # re2.error: too large, say
+        return None
+
+    def find(state: SessionState) -> Any:
+        try:
+            value = get(state)
+        except (FactMissing, LookupFailed):                   # the rules themselves say what happens
+            return _UNKNOWN
+        hits = match(str(value)[:length].encode("utf-8", "surrogatepass"))
+        return lo + min(hits) if hits else None
+    return find
 
 
 _UNKNOWN = object()

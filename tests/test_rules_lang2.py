@@ -625,3 +625,32 @@ def test_delay_reject_data_behind_postfix(tmp_path):
         assert c.ask(**rcpt_request(helo="bad.test", rcpt="x@other.test")) == "554 5.7.1 Relaying denied"
         assert c.ask(**rcpt_request(helo="bad.test", state="DATA")) == "550 5.7.1 bad HELO"
         c.close()
+
+
+# ---- many `matches` rules as one RE2 set (issue 13) ------------------------------------
+
+PATTERN_RULES = """
+on helo:
+    [dyn1] reject 550 5.7.1 "dynamic 1" if helo matches "^(dhcp|dyn|dsl)[-.]"
+    [dyn2] reject 550 5.7.1 "dynamic 2" if helo matches "\\\\d+-\\\\d+-\\\\d+-\\\\d+"
+    [cable] reject 550 5.7.1 "cable" if helo matches "cable|catv"
+    [pool] tempfail 450 4.7.1 "pool" if helo matches "pool"
+    [ppp] reject 550 5.7.1 "ppp" if helo matches "^ppp"
+    [exact] accept if helo = "mx.example.org"
+    [after] reject 550 5.7.1 "x" if helo matches "x$"
+"""
+
+
+def test_a_run_of_pattern_rules_is_one_set_and_decides_as_the_rules_do(tmp_path):
+    from smtpfw.engine import Ruleset
+    rs = ok(tmp_path, PATTERN_RULES)
+    groups = rs._groups[Stage.HELO]
+    assert [(lo, hi) for lo, hi, _find in groups] == [(0, 5)]          # the five `matches` rules
+    for helo in ["dhcp-1.example", "1-2-3-4.isp.example", "pool-cable-9.example", "mypool.example",
+                 "ppp9.example", "mx.example.org", "box.example.tx", "clean.example", "DYN-2.EXAMPLE", ""]:
+        st = state(helo=helo)
+        grouped = rs.evaluate(Stage.HELO, st)
+        traced = Ruleset.evaluate(rs, Stage.HELO, state(helo=helo), 0, [])     # the trace path runs every rule
+        assert grouped == traced, helo
+    # the first matching rule wins, as in order: "pool-cable" matches cable (rule 3) before pool (rule 4)
+    assert rs.evaluate(Stage.HELO, state(helo="pool-cable-9.example")).rule_id == "cable"

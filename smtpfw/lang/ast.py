@@ -4,9 +4,11 @@ compiler, lint, trace and dry-run can point at the exact source text."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Generic, Iterator, TypeVar, Union
 
 from smtpfw.diagnostics import Span
+
+T = TypeVar("T")
 
 
 # ---- values -----------------------------------------------------------------
@@ -145,6 +147,46 @@ class Or:
 
 
 Condition = Union[Compare, Member, Pattern, Listed, LookupFailed, Tagged, Truthy, Not, And, Or]
+LEAVES = (Compare, Member, Pattern, Listed, LookupFailed, Tagged, Truthy)
+
+
+def children(cond: "Condition | None") -> tuple:
+    """The conditions directly inside ``cond`` (none for a leaf)."""
+    if type(cond) is And or type(cond) is Or:
+        return cond.operands                       # type: ignore[union-attr]
+    if type(cond) is Not:
+        return (cond.operand,)                     # type: ignore[union-attr]
+    return ()
+
+
+def leaves(cond: "Condition | None") -> Iterator["Condition"]:
+    """The leaf tests of ``cond``, in source order."""
+    stack = [cond]
+    while stack:
+        node = stack.pop()
+        inner = children(node)
+        if inner:
+            stack.extend(reversed(inner))
+        elif node is not None:
+            yield node
+
+
+class ConditionVisitor(Generic[T]):
+    """One method per kind of condition node (``visit_compare``,
+    ``visit_member``, ... ``visit_and``): ``visit`` picks it by the node's
+    class, so a walk over conditions is a class with those methods rather
+    than a chain of isinstance tests, and a new kind of node is one new
+    method wherever conditions are walked (a missing one fails loudly)."""
+
+    def visit(self, node: "Condition", *args: Any) -> T:
+        method = _VISIT.get(type(node))
+        if method is None:
+            raise TypeError(f"not a condition node: {node!r}")
+        return getattr(self, method)(node, *args)
+
+
+_VISIT = {kind: "visit_" + kind.__name__.lower() for kind in LEAVES + (Not, And, Or)}
+_VISIT[LookupFailed] = "visit_lookup_failed"
 
 
 # ---- actions and rules ------------------------------------------------------

@@ -34,7 +34,7 @@ import re
 import traceback
 import warnings
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 from smtpfw.checks.lists import Entry, build_matcher, read_list_file, read_list_text
 from smtpfw.diagnostics import Code, Diagnostic, Span, nearest_file
@@ -148,16 +148,7 @@ def _internal(what: str, err: BaseException, span: Span | None) -> Diagnostic:
 
 # ---- walking conditions ------------------------------------------------------
 
-def _leaves(cond) -> Iterator:
-    stack = [cond]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (ast.And, ast.Or)):
-            stack.extend(reversed(node.operands))
-        elif isinstance(node, ast.Not):
-            stack.append(node.operand)
-        elif node is not None:
-            yield node
+_leaves = ast.leaves
 
 
 def _depth(cond) -> int:
@@ -166,10 +157,7 @@ def _depth(cond) -> int:
     while stack:
         node, d = stack.pop()
         best = max(best, d)
-        if isinstance(node, (ast.And, ast.Or)):
-            stack.extend((n, d + 1) for n in node.operands)
-        elif isinstance(node, ast.Not):
-            stack.append((node.operand, d + 1))
+        stack.extend((n, d + 1) for n in ast.children(node))
     return best
 
 
@@ -277,35 +265,49 @@ def _codes_key(c: ast.CodeFilter | None):
 def _canon(cond, negated: bool = False) -> tuple:
     """A span-free form in negation normal form: equal conditions give equal
     tuples, whatever their order of `and`/`or` operands."""
-    if isinstance(cond, ast.Not):
-        return _canon(cond.operand, not negated)
-    if isinstance(cond, (ast.And, ast.Or)):
+    return _Canon().visit(cond, negated)
+
+
+class _Canon(ast.ConditionVisitor[tuple]):
+    def visit_not(self, cond: ast.Not, negated: bool) -> tuple:
+        return self.visit(cond.operand, not negated)
+
+    def _junction(self, cond: ast.And | ast.Or, negated: bool) -> tuple:
         conj = isinstance(cond, ast.And) != negated
-        parts = sorted({_canon(n, negated) for n in cond.operands}, key=repr)
+        parts = sorted({self.visit(n, negated) for n in cond.operands}, key=repr)
         if len(parts) == 1:
             return parts[0]
         return ("and" if conj else "or", tuple(parts))
-    if isinstance(cond, ast.Compare):
+
+    visit_and = visit_or = _junction
+
+    def visit_compare(self, cond: ast.Compare, negated: bool) -> tuple:
         op = cond.op
         if negated:
             op = {"=": "!=", "!=": "=", "<": ">=", ">=": "<", ">": "<=", "<=": ">"}[op]
         return ("cmp", cond.field.text, op, _norm_value(cond.field.text, cond.value))
-    if isinstance(cond, ast.Member):
+
+    def visit_member(self, cond: ast.Member, negated: bool) -> tuple:
         return ("in", cond.field.text, cond.within, cond.negated != negated,
                 _norm_target(cond.field.text, cond.target))
-    if isinstance(cond, ast.Pattern):
+
+    def visit_pattern(self, cond: ast.Pattern, negated: bool) -> tuple:
         return ("pat", cond.field.text, cond.kind, str(cond.pattern.value), cond.negated != negated)
-    if isinstance(cond, ast.Listed):
+
+    def visit_listed(self, cond: ast.Listed, negated: bool) -> tuple:
         return ("listed", cond.field.text, _zone_key(cond.zone), _codes_key(cond.codes), cond.negated != negated)
-    leaf: tuple
-    if isinstance(cond, ast.LookupFailed):
-        leaf = ("failed", cond.field.text, _zone_key(cond.zone))
-    elif isinstance(cond, ast.Tagged):
-        leaf = ("tagged", cond.tag)
-    elif isinstance(cond, ast.Truthy):
-        leaf = ("truthy", cond.field.text)
-    else:
-        leaf = ("other", repr(cond))
+
+    def visit_lookup_failed(self, cond: ast.LookupFailed, negated: bool) -> tuple:
+        return _not(("failed", cond.field.text, _zone_key(cond.zone)), negated)
+
+    def visit_tagged(self, cond: ast.Tagged, negated: bool) -> tuple:
+        return _not(("tagged", cond.tag), negated)
+
+    def visit_truthy(self, cond: ast.Truthy, negated: bool) -> tuple:
+        return _not(("truthy", cond.field.text), negated)
+
+
+def _not(leaf: tuple, negated: bool) -> tuple:
     return ("not", leaf) if negated else leaf
 
 
@@ -915,7 +917,7 @@ class _Linter:
                     used_zones.add(leaf.zone.name)
                 name = _field_name(leaf)
                 if name and "." in name:
-                    plugin_fields.setdefault(name.split(".", 1)[0], leaf.field)
+                    plugin_fields.setdefault(name.split(".", 1)[0], getattr(leaf, "field"))
         for name, (decl, _base) in self.prog.lists.items():
             if name not in used_lists:
                 self.add(Code.W603_UNUSED_DECLARATION, f"list `{name}` is declared but no rule uses it", decl.name_span,

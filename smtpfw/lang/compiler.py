@@ -482,7 +482,8 @@ class _Compiler:
             rule_id=rule.rule_id, stage=stage, kind=action.kind, outcome=outcome, test=test,
             code=code, enhanced=enhanced, render_text=render_text, render_arg=render_arg,
             arg=action.arg, action=compiled_action, monitor=rule.monitor,
-            node=rule, leaves=tuple(leaves), equality=getattr(test, "equality", None), klass=rule.klass)
+            node=rule, leaves=tuple(leaves), equality=getattr(test, "equality", None),
+            pattern=getattr(test, "pattern", None), klass=rule.klass)
 
     # ---- restriction classes, maps as actions, scores -------------------------------
 
@@ -966,53 +967,8 @@ class _Compiler:
         self.fact_starts.setdefault(input_stage, {})[key] = make
 
     def _cond(self, node, stage: Stage, leaves: list, listings: list):
-        if isinstance(node, ast.And):
-            tests = [self._cond(n, stage, leaves, listings) for n in node.operands]
-            if any(t is None for t in tests):
-                return None
-            return _all(tests)
-        if isinstance(node, ast.Or):
-            tests = [self._cond(n, stage, leaves, listings) for n in node.operands]
-            if any(t is None for t in tests):
-                return None
-            return _any(tests)
-        if isinstance(node, ast.Not):
-            inner = self._cond(node.operand, stage, leaves, listings)
-            return None if inner is None else (lambda s, t=inner: not t(s))
-        test = self._leaf(node, stage, listings)
-        if test is not None:
-            leaves.append((node, test))
-        return test
-
-    def _leaf(self, node, stage: Stage, listings: list):
-        if isinstance(node, ast.Tagged):
-            tag = node.tag
-            return lambda s: tag in s.tags
-        spec = self._field(node.field, stage)
-        if spec is None:
-            return None
-        get = spec.get
-        if isinstance(node, ast.Truthy):
-            if spec.type == LIST:
-                return lambda s: bool(get(s))
-            if spec.type != BOOL:
-                self.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is {_tname(spec.type)}, not yes/no", node.span,
-                           help=f"compare it, e.g. `{spec.name} = \"...\"` or `{spec.name} in <list>`")
-                return None
-            return lambda s: bool(get(s))
-        if isinstance(node, ast.Compare):
-            if isinstance(node.value, ast.Field):
-                return self._compare_fields(spec, node, stage)
-            if node.value.kind == "string" and ("{" in str(node.value.value) or "}" in str(node.value.value)):
-                return self._compare_template(spec, node, stage, listings)
-            return self._compare(spec, node)
-        if isinstance(node, ast.Member):
-            return self._member(spec, node, stage)
-        if isinstance(node, ast.Pattern):
-            return self._pattern(spec, node)
-        if isinstance(node, (ast.Listed, ast.LookupFailed)):
-            return self._listed(spec, node, stage, listings)
-        raise AssertionError(f"unknown condition node {node!r}")
+        """A rule's condition as one test (None after reporting why it cannot be)."""
+        return _ConditionCompiler(self, stage, leaves, listings).visit(node)
 
     def _compare(self, spec: FieldSpec, node: ast.Compare):
         v, op, get = node.value, node.op, spec.get
@@ -1322,7 +1278,12 @@ class _Compiler:
             return (lambda s: not found(s)) if node.negated else found
         if node.negated:
             return lambda s: not search(str(get(s))[:end])
-        return lambda s: search(str(get(s))[:end])
+
+        def matches(s: SessionState) -> bool:
+            return search(str(get(s))[:end])
+        if not spec.lazy:                   # lets the engine run many `field matches` rules as one RE2 set
+            matches.pattern = (get, rx.pattern, end)   # type: ignore[attr-defined]
+        return matches
 
     def _listed(self, spec: FieldSpec, node, stage: Stage, listings: list):
         zref = node.zone
@@ -1461,6 +1422,75 @@ def _text_of(spec: FieldSpec) -> Callable[[SessionState], str]:
     if spec.type in (INT, BOOL):
         return lambda s: str(get(s)).lower()
     return lambda s: str(get(s))
+
+
+class _ConditionCompiler(ast.ConditionVisitor):
+    """Compiles one condition into a test over SessionState: `and`/`or`/`not`
+    combine their operands' tests, each leaf goes to the compiler's method
+    for its kind; every leaf's test is noted in ``leaves`` (for trace) and
+    every DNS listing in ``listings`` (for `{dnsbl.*}` placeholders)."""
+
+    def __init__(self, compiler: "_Compiler", stage: Stage, leaves: list, listings: list):
+        self.c, self.stage, self.leaves, self.listings = compiler, stage, leaves, listings
+
+    def visit_and(self, node: ast.And):
+        tests = [self.visit(n) for n in node.operands]
+        return None if any(t is None for t in tests) else _all(tests)
+
+    def visit_or(self, node: ast.Or):
+        tests = [self.visit(n) for n in node.operands]
+        return None if any(t is None for t in tests) else _any(tests)
+
+    def visit_not(self, node: ast.Not):
+        inner = self.visit(node.operand)
+        return None if inner is None else (lambda s, t=inner: not t(s))
+
+    def _noted(self, node, test):
+        if test is not None:
+            self.leaves.append((node, test))
+        return test
+
+    def _spec(self, node) -> FieldSpec | None:
+        return self.c._field(node.field, self.stage)
+
+    def visit_tagged(self, node: ast.Tagged):
+        tag = node.tag
+        return self._noted(node, lambda s: tag in s.tags)
+
+    def visit_truthy(self, node: ast.Truthy):
+        spec = self._spec(node)
+        if spec is None:
+            return None
+        get = spec.get
+        if spec.type not in (LIST, BOOL):
+            self.c.error(Code.E202_TYPE_MISMATCH, f"`{spec.name}` is {_tname(spec.type)}, not yes/no", node.span,
+                         help=f"compare it, e.g. `{spec.name} = \"...\"` or `{spec.name} in <list>`")
+            return None
+        return self._noted(node, lambda s: bool(get(s)))
+
+    def visit_compare(self, node: ast.Compare):
+        spec = self._spec(node)
+        if spec is None:
+            return None
+        if isinstance(node.value, ast.Field):
+            return self._noted(node, self.c._compare_fields(spec, node, self.stage))
+        if node.value.kind == "string" and ("{" in str(node.value.value) or "}" in str(node.value.value)):
+            return self._noted(node, self.c._compare_template(spec, node, self.stage, self.listings))
+        return self._noted(node, self.c._compare(spec, node))
+
+    def visit_member(self, node: ast.Member):
+        spec = self._spec(node)
+        return None if spec is None else self._noted(node, self.c._member(spec, node, self.stage))
+
+    def visit_pattern(self, node: ast.Pattern):
+        spec = self._spec(node)
+        return None if spec is None else self._noted(node, self.c._pattern(spec, node))
+
+    def visit_listed(self, node: ast.Listed | ast.LookupFailed):
+        spec = self._spec(node)
+        return None if spec is None else self._noted(node, self.c._listed(spec, node, self.stage, self.listings))
+
+    visit_lookup_failed = visit_listed
 
 
 def map_values(table) -> list[tuple[str, Span]]:
