@@ -28,6 +28,9 @@ connect as ``[fq] apply fq(client.rdns)``, and the same 1,500 patterns as
 to write it before maps: each in its own process, each with a row where
 the client's PTR name matches no pattern (every rule runs) and a row where
 it matches a pattern near the end of the table (the connect hook rejects).
+Since a run of `matches` rules on one field became one RE2 set (issue 13)
+the rules should cost about what the map costs: the target is a ratio of
+at most 2.
 
 ``scores`` (issue 14): 1,000 rules using the new language: postscreen-style
 weighted DNSBL scores with thresholds, a 100,000-entry access map (IPs,
@@ -70,7 +73,7 @@ TARGET_EVAL_US = 20.0
 TARGET_LOAD_S = 2.0
 TARGET_REGEX_MAP_US = 50.0
 TARGET_SCORES_FACTOR = 1.25          # scores+maps ruleset / the lists case's 1,000 rules
-TARGET_MAP_SPEEDUP = 10.0            # 1,500 rules / the map holding the same patterns
+TARGET_RULES_VS_MAP = 2.0            # 1,500 `matches` rules / the map holding the same patterns (one RE2 set each)
 CASES = ("lists", "regex", "scores")
 FQRDNS_PATTERNS = 1500
 ACCESS_ENTRIES = 100_000
@@ -759,9 +762,11 @@ def main(argv: list[str] | None = None) -> int:
         if ("regex-map", ptr) in by and ("regex-rules", ptr) in by:
             ratio = by[("regex-rules", ptr)]["eval_us_median"] / by[("regex-map", ptr)]["eval_us_median"]
             what = "no match" if ptr == "none" else f"match at pattern {by[('regex-map', ptr)]['late_pattern']:,}"
+            # Since 85501b9 a run of `matches` rules is one RE2 set, like the
+            # map: the rules should cost what the map costs, not 500x more.
             targets.append({"target": f"1,500 `matches` rules / the map, {what} (rules µs / map µs) "
-                                      f">= {TARGET_MAP_SPEEDUP:g}",
-                            "value": round(ratio, 1), "met": ratio >= TARGET_MAP_SPEEDUP})
+                                      f"<= {TARGET_RULES_VS_MAP:g}",
+                            "value": round(ratio, 1), "met": ratio <= TARGET_RULES_VS_MAP})
     if scores_rows:
         r = scores_rows[0]
         if rows:
