@@ -154,6 +154,15 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = ""                     # HOST:PORT of the Prometheus endpoint ("" = off); keep it on loopback
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return _hostport(self.listen, "metrics.listen")
+
+
+@dataclass(frozen=True)
 class ScannerSettings:
     clamd: str = ""                      # clamd's socket: "unix:/run/clamav/clamd.ctl" or "host:port"; "" = none
     spamd: str = ""                      # spamd: "host:port" or "unix:/path"; "" = none
@@ -168,7 +177,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerSettings, "delivery": DeliverySettings, "limits": LimitSettings, "dns": DnsSettings,
     "callout": CalloutSettings, "state": StateSettings,
     "recording": RecordingSettings, "smtp": SmtpSettings, "logging": LoggingSettings, "tls": TlsSettings,
-    "auth": AuthSettings, "scanners": ScannerSettings,
+    "auth": AuthSettings, "scanners": ScannerSettings, "metrics": MetricsSettings,
 }
 DEFAULT_LISTEN = (Listener("127.0.0.1", 2525, "127.0.0.1:2525"),)
 
@@ -196,6 +205,8 @@ class Config:
     logging: LoggingSettings
     tls: TlsSettings
     auth: AuthSettings
+    scanners: ScannerSettings
+    metrics: MetricsSettings
     source: str                          # the file it came from, for messages
 
     def __init__(self, listen: tuple[Listener, ...] = DEFAULT_LISTEN, hostname: str = "", rules: str = "",
@@ -254,6 +265,13 @@ def _num(kind):
             raise ConfigError(f"{where}: must not be negative, got {v!r}")
         return kind(v)
     return conv
+
+
+def _metrics_listen(v, where):
+    text = _str(v, where)
+    if text:
+        _hostport(text, where)              # refused now, not when the endpoint starts
+    return text
 
 
 def _fraction(v, where):
@@ -410,6 +428,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "cache_size": ("callout_cache_size", _num(int)),
         "pool_size": ("callout_pool_size", _num(int)),
     },
+    "metrics": {"listen": ("metrics_listen", _metrics_listen)},
     "scanners": {
         "clamd": ("scanners_clamd", _str),
         "spamd": ("scanners_spamd", _str),

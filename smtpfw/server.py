@@ -16,13 +16,15 @@ import asyncio
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
+import tempfile
 import time
 from dataclasses import dataclass
 
-from smtpfw import paths, replies, service
+from smtpfw import metrics, paths, replies, service
 from smtpfw.auth import AuthThrottle, Users
 from smtpfw.checks.callout import CalloutSession, Verifier
 from smtpfw.checks.content import ContentFacts, ContentSettings
@@ -499,6 +501,34 @@ def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
         service.drop_privileges(cfg.server.user, cfg.server.group)
         log.info("running as user %s (uid %d, gid %d)", cfg.server.user, os.getuid(), os.getgid())
     preflight(cfg)
+    metrics_dir = _start_metrics(cfg) if cfg.metrics.listen else None
+    try:
+        return _serve(cfg, ruleset, rules_path, secrets, sockets)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _start_metrics(cfg: Config) -> str:
+    """metrics.listen set: every process counts into a directory of its own
+    (made after the privilege drop, so the workers can write it)."""
+    directory = tempfile.mkdtemp(prefix="smtpfw-metrics-")
+    metrics.setup(directory)
+    return directory
+
+
+def _metrics_endpoint(cfg: Config) -> None:
+    """Serve /metrics in this process (a thread)."""
+    host, port = cfg.metrics.address
+    try:
+        server = metrics.serve_http(host, port)
+    except OSError as err:
+        log.error("metrics: cannot listen on %s:%d: %s", host, port, err.strerror or err)
+        return
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+
+
+def _serve(cfg: Config, ruleset: Ruleset, rules_path: str, secrets: Secrets, sockets: dict) -> int:
     # From here until a process has its handlers, SIGTERM/SIGHUP are held,
     # not lost and not fatal: a reload sent right after the "listening" line
     # must not kill a worker that is still starting.
@@ -511,6 +541,8 @@ def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
              where, rules_path, ruleset.version, target, workers)
     _warn_public_resolvers(cfg, ruleset)
     if workers <= 1:
+        if metrics.ENABLED:
+            _metrics_endpoint(cfg)
         _use_uvloop()
         asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets, _NOTIFY, secrets))
         return 0
@@ -562,6 +594,7 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int, secrets: Secrets
             except ProcessLookupError:
                 pass
 
+    endpoint = _fork_metrics_endpoint(cfg) if metrics.ENABLED else None
     for _ in range(workers):
         spawn()
     for sig in _SIGNALS:
@@ -575,7 +608,10 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int, secrets: Secrets
             break
         except InterruptedError:
             continue
+        if pid == endpoint:
+            continue
         started = children.pop(pid, time.monotonic())
+        metrics.process_gone(pid)
         if stopping:
             continue
         quick_deaths = quick_deaths + 1 if time.monotonic() - started < 5 else 0
@@ -588,7 +624,33 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int, secrets: Secrets
         log.error("worker %d exited (status %d); starting a new one", pid, status)
         time.sleep(0.5)
         spawn()
+    if endpoint is not None:
+        try:
+            os.kill(endpoint, signal.SIGTERM)
+            os.waitpid(endpoint, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
     return 0
+
+
+def _fork_metrics_endpoint(cfg: Config) -> int:
+    """The /metrics endpoint in a process of its own: the supervisor forks
+    workers again when one dies, and forking a process that runs an HTTP
+    thread could copy a lock that thread holds."""
+    pid = os.fork()
+    if pid == 0:
+        _ROLE[0] = "metrics"
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        try:
+            _metrics_endpoint(cfg)
+            while True:
+                time.sleep(3600)
+        finally:
+            logging.shutdown()
+            os._exit(0)
+    return pid
 
 
 def _reload_compiles(rules_path: str, current: list) -> bool:

@@ -29,6 +29,8 @@ import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
+from smtpfw import metrics
+
 from .dnsresult import DnsAnswer, Lookup, LookupKind, failed
 from .health import HealthBoard
 
@@ -169,6 +171,7 @@ class Resolver:
             self._wanted.pop(lookup, None)
 
     async def _run(self, lookup: Lookup) -> DnsAnswer:
+        started = time.monotonic()
         try:
             answer, ttl = await self._resolve(lookup)
         except asyncio.CancelledError:
@@ -184,6 +187,7 @@ class Resolver:
             self._warn(lookup, answer.error)
             ttl = FAILURE_TTL
         self._store(lookup, answer, ttl)
+        metrics.dns_lookup(lookup.kind.value, lookup.zone, answer.status, time.monotonic() - started)
         return answer
 
     def _store(self, lookup: Lookup, answer: DnsAnswer, ttl: float) -> None:

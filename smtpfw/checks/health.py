@@ -24,6 +24,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from smtpfw import metrics
 from smtpfw.checks.dnsresult import DnsAnswer, Lookup, LookupKind
 
 log = logging.getLogger("smtpfw.dns")
@@ -109,6 +110,7 @@ class HealthBoard:
         key = (health.kind, health.zone)
         before = self.zones.get(key)
         self.zones[key] = health
+        metrics.zone_health(health.kind.value, health.zone, health.healthy)
         if before is not None and before.problem == health.problem:
             return
         if not health.healthy:

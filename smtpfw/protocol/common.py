@@ -9,6 +9,7 @@ import logging
 import os
 import time
 
+from smtpfw import metrics
 from smtpfw.protocol.stream import Stream
 from smtpfw.recording import log_line, session_record
 from smtpfw.session import SessionState
@@ -65,6 +66,7 @@ class MtaConnection(Stream):
 def log_and_record(server, state: SessionState, ruleset_version: str, duration: float) -> None:
     """The session's log line, and its record when recording is on."""
     record = session_record(state, ruleset_version, duration)
+    metrics.session_done(state)
     try:
         session_log.info(log_line(record, server.config.log_format))
         if server.recorder is not None:

@@ -24,6 +24,7 @@ import logging
 import re
 import time
 
+from smtpfw import metrics
 from smtpfw import replies
 from smtpfw.protocol import proxy, sasl
 from smtpfw.protocol.common import log_and_record, new_session_id, plain_ip
@@ -89,6 +90,7 @@ class FirewallSMTP(Stream):
         super().connection_made(transport)
         if first:
             self.server.sessions.add(self)
+            metrics.in_flight(len(self.server.sessions))
             self._reset_timeout()
 
     def connection_lost(self, error) -> None:
@@ -189,6 +191,7 @@ class FirewallSMTP(Stream):
         self.finished = True
         srv = self.server
         srv.sessions.discard(self)
+        metrics.in_flight(len(srv.sessions))
         srv.tarpitted.discard(self)
         if self.admitted:
             srv.release(self.client_key)
@@ -514,8 +517,10 @@ class FirewallSMTP(Stream):
         if authserv_id:                          # ours are trusted downstream: a client's claiming our id goes
             message = strip_forged(message, str(authserv_id))
         data = self._trace_headers(queue_id) + message
+        started = time.monotonic()
         result = await self.server.delivery.deliver(
             Message(st.sender or "", tuple(st.rcpts), data, _mail_options(st.mail_params)))
+        metrics.delivery(result.ok, time.monotonic() - started)
         if result.ok:
             return self.conv.delivered(replies.line(250, result.enhanced or "2.0.0", f"Ok: queued as {queue_id}"))
         log.warning("session %s: delivery failed: %s %s %s", st.session_id, result.code,
