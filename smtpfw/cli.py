@@ -205,6 +205,20 @@ def cmd_dry_run(args) -> int:
     return EXIT_FINDINGS if args.fail_on_change and report.changed_sessions else EXIT_OK
 
 
+@_guarded("stats", config_errors=True)
+def cmd_stats(args) -> int:
+    from smtpfw.commands.errors import CommandError
+    from smtpfw.commands.stats import stats_from_metrics, stats_from_recordings
+
+    if bool(args.metrics) == bool(args.sessions):
+        raise CommandError("give recorded sessions (files or folders) or --metrics URL, one of the two")
+    report = (stats_from_metrics(args.metrics, rules=args.rules, config=args.config) if args.metrics else
+              stats_from_recordings(args.sessions, rules=args.rules, config=args.config, days=args.days,
+                                    top=args.top, jobs=args.jobs))
+    sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n" if args.format == "json" else report.to_text())
+    return EXIT_OK
+
+
 @_guarded("trace", config_errors=True)
 def cmd_trace(args) -> int:
     from smtpfw.commands.trace import SessionSpec, trace
@@ -255,5 +269,5 @@ def cmd_import_postfix(args) -> int:
 
 
 _HANDLERS = {"serve": cmd_serve, "policy": cmd_serve, "milter": cmd_serve, "lint": cmd_lint, "passwd": cmd_passwd,
-             "docs": cmd_docs, "dry-run": cmd_dry_run, "trace": cmd_trace, "test": cmd_test,
+             "docs": cmd_docs, "dry-run": cmd_dry_run, "stats": cmd_stats, "trace": cmd_trace, "test": cmd_test,
              "import postfix": cmd_import_postfix}

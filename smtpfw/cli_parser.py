@@ -48,6 +48,7 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     _passwd(sub)
     _docs(sub)
     _dry_run(sub)
+    _stats(sub)
     _trace(sub)
     _test(sub)
     _import(sub, handlers["import postfix"])
@@ -122,6 +123,21 @@ def _dry_run(sub) -> None:
     p.add_argument("--fail-on-change", action="store_true", help="exit 1 if any session changes")
     p.add_argument("--jobs", metavar="N", type=nonnegative, default=0,
                    help="worker processes (default: one per CPU for inputs over 16 MB, else 1)")
+
+
+def _stats(sub) -> None:
+    p = sub.add_parser(
+        "stats", help="hits per rule, rules never hit, who is refused most",
+        description="What the rules do on real traffic: from recorded sessions (replayed through the ruleset, "
+                    "the numbers dry-run shows) or from a running server's metrics endpoint (--metrics).")
+    p.add_argument("sessions", nargs="*", metavar="SESSIONS", help="session files or folders")
+    p.add_argument("--metrics", metavar="URL", help="a running server's endpoint, e.g. http://127.0.0.1:9185/metrics")
+    p.add_argument("--rules", metavar="FILE", help="the ruleset (default: the config's, else rules/default.rules)")
+    p.add_argument("--config", metavar="FILE", help="YAML config")
+    p.add_argument("--days", metavar="N", type=float, help="only sessions of the last N days (recordings)")
+    p.add_argument("--top", metavar="N", type=nonnegative, default=10, help="refused clients/senders/domains shown")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="text, or json for scripts")
+    p.add_argument("--jobs", metavar="N", type=nonnegative, default=0, help="worker processes for recordings")
 
 
 def _trace(sub) -> None:

@@ -13,7 +13,7 @@ from smtpfw.settings import load_settings
 
 def dry_run(sessions: list[str], *, rules: str | None = None, config: str | None = None,
             baseline: str | None = None, live_dns: bool = False, dns: str | None = None, examples: int = 3,
-            jobs: int = 0, progress_stream=None) -> Report:
+            jobs: int = 0, progress_stream=None, since: float | None = None) -> Report:
     """The dry-run report of ``sessions`` (files, folders, "-") against
     ``baseline`` (default: the verdicts recorded).  Progress goes to
     ``progress_stream`` when it is a terminal."""
@@ -28,6 +28,7 @@ def dry_run(sessions: list[str], *, rules: str | None = None, config: str | None
         return replay_files(files, ruleset, rules, baseline=base, baseline_path=baseline, examples=examples,
                             jobs=jobs_for(files, jobs, live),
                             dns_factory=dns_source_factory(cfg.dns, dns) if live else None,
-                            max_recipients=cfg.limits.max_recipients, progress=progress_for(progress_stream, files))
+                            max_recipients=cfg.limits.max_recipients, progress=progress_for(progress_stream, files),
+                            since=since)
     except RecordError as err:
         raise CommandError(str(err)) from None

@@ -71,6 +71,8 @@ class Report:
     changes: Counter = field(default_factory=Counter)  # category -> sessions
     uncoded: Counter = field(default_factory=Counter)  # zone -> sessions with a listing without codes
     scores: dict = field(default_factory=dict)         # score name -> Counter(total -> sessions)
+    refused: dict = field(default_factory=dict)        # "client", "sender", "sender domain" -> Counter
+    skipped: int = 0                                   # records older than ``since`` (smtpfw stats --days)
     elapsed: float = 0.0
 
     @property
@@ -127,6 +129,15 @@ def new_report(ruleset, rules_path: str, baseline=None, baseline_path: str | Non
                   rule_ids=list(dict.fromkeys(r.rule_id for r in ruleset.rules)))
 
 
+def _count_refused(refused: dict, record: dict) -> None:
+    """Who a refused session came from: its client, its sender, the sender's domain."""
+    refused.setdefault("client", Counter())[str((record.get("client") or {}).get("ip") or "?")] += 1
+    sender = next((str(e.get("addr") or "") for e in record.get("events") or () if e.get("cmd") == "mail"), None)
+    if sender is not None:
+        refused.setdefault("sender", Counter())[sender or "<>"] += 1
+        refused.setdefault("sender domain", Counter())[sender.rpartition("@")[2].lower() or "<>"] += 1
+
+
 def _example(result: ReplayResult, base: Verdict, new: Verdict, what: str) -> dict:
     rec = result.record
     helo = sender = None
@@ -176,7 +187,9 @@ class DryRun:
     """Accumulates a Report, one session at a time."""
 
     def __init__(self, ruleset, rules_path: str, baseline=None, baseline_path: str | None = None,
-                 examples: int = 3, dns_factory=None, synchronous_dns=None, max_recipients: int = 100):
+                 examples: int = 3, dns_factory=None, synchronous_dns=None, max_recipients: int = 100,
+                 since: float | None = None):
+        self.since = since
         self.replayer = Replayer(ruleset, dns_factory, max_recipients=max_recipients,
                                  synchronous_dns=synchronous_dns)
         self.base_replayer = (Replayer(baseline, dns_factory, max_recipients=max_recipients,
@@ -190,10 +203,15 @@ class DryRun:
         if self.base_replayer is not None:
             self.base_replayer.close()
 
-    def add(self, record: dict) -> ReplayResult:
+    def add(self, record: dict) -> ReplayResult | None:
         rep = self.report
+        if self.since is not None and float(record.get("time") or 0) < self.since:
+            rep.skipped += 1
+            return None
         result = self.replayer.replay(record)
         new = result.verdict
+        if new.kind in REFUSING:
+            _count_refused(rep.refused, record)
         compared: tuple[EventResult, list[EventResult]] | None     # the baseline's decisions
         if self.base_replayer is not None:
             base_result = self.base_replayer.replay(record)
@@ -466,7 +484,7 @@ def _replay_chunk(chunk) -> tuple[Report | None, str | None, bool]:
     path, start, end = chunk
     state = _FORK_STATE
     dry = DryRun(state["ruleset"], state["rules"], state["baseline"], state["baseline_path"],
-                 examples=state["examples"], max_recipients=state["max_recipients"])
+                 examples=state["examples"], max_recipients=state["max_recipients"], since=state["since"])
     records = (iter_records(path) if end is None
                else ((f"@{offset}", record) for offset, record in _iter_range(path, start, end)))
     try:
@@ -511,6 +529,9 @@ def merge(into: Report, part: Report, examples: int) -> None:
     for name, counts in part.scores.items():
         into.scores.setdefault(name, Counter()).update(counts)
     into.changes.update(part.changes)
+    into.skipped += part.skipped
+    for what, counts in part.refused.items():
+        into.refused.setdefault(what, Counter()).update(counts)
     for stage, counts in part.hooks.items():
         into.hooks.setdefault(stage, Counter()).update(counts)
     into.hooks = {s.value: into.hooks[s.value] for s in Stage if s.value in into.hooks}
@@ -555,7 +576,7 @@ def _auto_jobs(files: list[str]) -> int:
 
 def replay_files(files: list[str], ruleset, rules_path: str, *, baseline=None, baseline_path: str | None = None,
                  examples: int = 3, jobs: int = 1, dns_factory=None, max_recipients: int = 100,
-                 progress: Progress | None = None) -> Report:
+                 progress: Progress | None = None, since: float | None = None) -> Report:
     """The report of replaying every record of ``files``.  Raises RecordError
     for unreadable input and ReplayBug when replay itself fails."""
     progress = progress or Progress(None, len(files))
@@ -564,7 +585,7 @@ def replay_files(files: list[str], ruleset, rules_path: str, *, baseline=None, b
         jobs = 1            # one state store, sessions in order: limits and greylisting replay as they ran
     if jobs > 1:
         _FORK_STATE.update(ruleset=ruleset, rules=rules_path, baseline=baseline, baseline_path=baseline_path,
-                           examples=examples, max_recipients=max_recipients)
+                           examples=examples, max_recipients=max_recipients, since=since)
         report = new_report(ruleset, rules_path, baseline, baseline_path)
         try:
             _run_parallel(jobs, files, report, examples, progress)
@@ -573,7 +594,8 @@ def replay_files(files: list[str], ruleset, rules_path: str, *, baseline=None, b
             _FORK_STATE.clear()
     else:
         dry = DryRun(ruleset, rules_path, baseline, baseline_path, examples=examples, dns_factory=dns_factory,
-                     synchronous_dns=False if dns_factory is not None else None, max_recipients=max_recipients)
+                     synchronous_dns=False if dns_factory is not None else None, max_recipients=max_recipients,
+                     since=since)
         try:
             _replay_serially(dry, files, progress)
         finally:
