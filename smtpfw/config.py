@@ -154,6 +154,11 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class CanarySettings:
+    rules: str = ""                      # a second ruleset judged on every live session, never replying ("" = none)
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     listen: str = ""                     # HOST:PORT of the Prometheus endpoint ("" = off); keep it on loopback
 
@@ -177,7 +182,7 @@ SECTIONS: dict[str, type] = {
     "server": ServerSettings, "delivery": DeliverySettings, "limits": LimitSettings, "dns": DnsSettings,
     "callout": CalloutSettings, "state": StateSettings,
     "recording": RecordingSettings, "smtp": SmtpSettings, "logging": LoggingSettings, "tls": TlsSettings,
-    "auth": AuthSettings, "scanners": ScannerSettings, "metrics": MetricsSettings,
+    "auth": AuthSettings, "scanners": ScannerSettings, "metrics": MetricsSettings, "canary": CanarySettings,
 }
 DEFAULT_LISTEN = (Listener("127.0.0.1", 2525, "127.0.0.1:2525"),)
 
@@ -207,6 +212,7 @@ class Config:
     auth: AuthSettings
     scanners: ScannerSettings
     metrics: MetricsSettings
+    canary: CanarySettings
     source: str                          # the file it came from, for messages
 
     def __init__(self, listen: tuple[Listener, ...] = DEFAULT_LISTEN, hostname: str = "", rules: str = "",
@@ -429,6 +435,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "pool_size": ("callout_pool_size", _num(int)),
     },
     "metrics": {"listen": ("metrics_listen", _metrics_listen)},
+    "canary": {"rules": ("canary_rules", _str)},
     "scanners": {
         "clamd": ("scanners_clamd", _str),
         "spamd": ("scanners_spamd", _str),

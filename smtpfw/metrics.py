@@ -42,6 +42,8 @@ def setup(directory: str) -> None:
         delivery_seconds=Histogram("smtpfw_delivery_seconds", "time a delivery took",
                                    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)),
         in_flight=Gauge("smtpfw_sessions_in_flight", "sessions open now", multiprocess_mode="livesum"),
+        canary=Counter("smtpfw_canary_divergences", "sessions the canary ruleset judged otherwise",
+                       ["live", "canary"]),
         zone_healthy=Gauge("smtpfw_dns_zone_healthy", "1 when a DNS list answers its test entries as it should",
                            ["kind", "zone"], multiprocess_mode="livemin"),
     )
@@ -81,6 +83,11 @@ def in_flight(count: int) -> None:
 def zone_health(kind: str, zone: str, healthy: bool) -> None:
     if ENABLED:
         _m["zone_healthy"].labels(kind, zone).set(1 if healthy else 0)
+
+
+def canary_divergence(live: str, canary: str) -> None:
+    if ENABLED:
+        _m["canary"].labels(live, canary).inc()
 
 
 def serve_http(host: str, port: int):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from smtpfw import metrics, paths, replies, service
 from smtpfw.auth import AuthThrottle, Users
 from smtpfw.checks.callout import CalloutSession, Verifier
+from smtpfw.canary import Canary
 from smtpfw.checks.content import ContentFacts, ContentSettings
 from smtpfw.maps.tables.source import TableFacts
 from smtpfw.state.passes import GreetPasses
@@ -89,6 +90,7 @@ class Server:
         sc = config.scanners
         self.content_settings = ContentSettings(tuple(config.dns_nameservers), config.dns_session_budget,
                                                 sc.clamd, sc.spamd, sc.spamd_user, sc.timeout, sc.max_bytes)
+        self.canary = Canary(config.canary.rules) if config.canary.rules else None
         self.health_task: asyncio.Task | None = None
         self.store: Store | None = None           # opened when a ruleset tests limits or greylisting
         self._open_store(ruleset)
@@ -251,6 +253,8 @@ class Server:
         self.ruleset = ruleset
         self.reloads += 1
         log.info("%s: rules reloaded from %s: version %s", _role(), self.rules_path, ruleset.version)
+        if self.canary is not None:
+            self.canary.load()
         return None
 
     async def watch(self, interval: float = 1.0) -> None:
@@ -321,6 +325,8 @@ class Server:
         if self.store is not None:
             await self.store.close()
         await close_stores()
+        if self.canary is not None:
+            self.canary.close()
 
 
 def client_network(ip: str, cfg: Config) -> str | None:

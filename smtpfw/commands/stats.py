@@ -27,6 +27,7 @@ class Stats:
     refused: dict = field(default_factory=dict)   # "client" / "sender" / "sender domain" -> [(who, n)]
     days: float | None = None
     skipped: int = 0                              # records older than the window
+    canary: dict = field(default_factory=dict)    # "live -> canary" -> sessions (metrics)
 
     @property
     def never_hit(self) -> list[str]:
@@ -36,7 +37,8 @@ class Stats:
         return {"source": self.source, "rules": self.rules, "days": self.days, "sessions": self.sessions,
                 "older_sessions_skipped": self.skipped, "verdicts": self.verdicts, "rule_hits": self.hits,
                 "never_hit": self.never_hit, "monitored": self.monitored,
-                "top_refused": {k: [list(p) for p in v] for k, v in self.refused.items()}}
+                "top_refused": {k: [list(p) for p in v] for k, v in self.refused.items()},
+                "canary_divergences": self.canary}
 
     def to_text(self) -> str:
         out = [f"smtpfw stats: {self.source}, rules {self.rules}"
@@ -52,6 +54,8 @@ class Stats:
         out.append("never hit: " + (", ".join(self.never_hit) or "(none)"))
         if self.monitored:
             out.append("monitor mode, would have refused: " + ", ".join(f"{r} {n:,}" for r, n in self.monitored.items()))
+        if self.canary:
+            out.append("canary ruleset judged otherwise: " + ", ".join(f"{k} {n:,}" for k, n in self.canary.items()))
         for what, top in self.refused.items():
             out.append(f"top refused by {what}: " + (", ".join(f"{who} {n:,}" for who, n in top) or "(none)"))
         return "\n".join(out) + "\n"
@@ -82,6 +86,7 @@ def stats_from_metrics(url: str, *, rules: str | None = None, config: str | None
     hits: Counter = Counter()
     monitored: Counter = Counter()
     decisions: Counter = Counter()
+    canary: Counter = Counter()
     sessions = 0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -93,5 +98,8 @@ def stats_from_metrics(url: str, *, rules: str | None = None, config: str | None
                 sessions += int(sample.value)
             elif sample.name == "smtpfw_decisions_total":
                 decisions[f"{sample.labels['hook']} {sample.labels['outcome']}"] += int(sample.value)
+            elif sample.name == "smtpfw_canary_divergences_total":
+                canary[f"{sample.labels['live']} -> {sample.labels['canary']}"] += int(sample.value)
     ids = list(dict.fromkeys(r.rule_id for r in ruleset.rules))
-    return Stats(url, rules_path, sessions, dict(decisions), {r: hits.get(r, 0) for r in ids}, dict(monitored))
+    return Stats(url, rules_path, sessions, dict(decisions), {r: hits.get(r, 0) for r in ids}, dict(monitored),
+                 canary=dict(canary))

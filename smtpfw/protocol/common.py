@@ -67,6 +67,8 @@ def log_and_record(server, state: SessionState, ruleset_version: str, duration: 
     """The session's log line, and its record when recording is on."""
     record = session_record(state, ruleset_version, duration)
     metrics.session_done(state)
+    if server.canary is not None:
+        server.canary.judge(record)
     try:
         session_log.info(log_line(record, server.config.log_format))
         if server.recorder is not None:
