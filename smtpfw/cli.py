@@ -268,6 +268,23 @@ def cmd_import_postfix(args) -> int:
     return EXIT_OK
 
 
+@_guarded("import", config_errors=True)
+def cmd_import_postfix_config(args) -> int:
+    from smtpfw.commands.errors import CommandError
+    from smtpfw.importers import import_main_cf
+
+    try:
+        result = import_main_cf(args.main_cf, map_dir=args.map_dir)
+        written = result.write(args.output, overwrite=args.force)
+    except FileExistsError as err:
+        raise CommandError(f"{err}: use --force to overwrite") from None
+    except OSError as err:
+        raise CommandError(f"{getattr(err, 'filename', '') or args.main_cf}: {err.strerror or err}") from None
+    sys.stdout.write(result.report_text())
+    print(f"smtpfw import: wrote {', '.join(written)}; check it with `smtpfw lint {written[0]}`", file=sys.stderr)
+    return EXIT_OK
+
+
 _HANDLERS = {"serve": cmd_serve, "policy": cmd_serve, "milter": cmd_serve, "lint": cmd_lint, "passwd": cmd_passwd,
              "docs": cmd_docs, "dry-run": cmd_dry_run, "stats": cmd_stats, "trace": cmd_trace, "test": cmd_test,
-             "import postfix": cmd_import_postfix}
+             "import postfix": cmd_import_postfix, "import postfix-config": cmd_import_postfix_config}

@@ -51,7 +51,7 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     _stats(sub)
     _trace(sub)
     _test(sub)
-    _import(sub, handlers["import postfix"])
+    _import(sub, handlers["import postfix"], handlers["import postfix-config"])
     for name, p in sub.choices.items():
         if name in handlers:
             p.set_defaults(func=handlers[name])
@@ -185,9 +185,10 @@ def _test(sub) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="list every test")
 
 
-def _import(sub, postfix_handler) -> None:
-    p = sub.add_parser("import", help="turn mail logs into recorded sessions",
-                       description="Turn mail server logs into smtpfw session records (format v1) for dry-run.")
+def _import(sub, postfix_handler, config_handler) -> None:
+    p = sub.add_parser("import", help="turn mail logs into recorded sessions, or a Postfix main.cf into rules",
+                       description="Turn mail server logs into smtpfw session records (format v1) for dry-run, "
+                                   "or a Postfix configuration into an smtpfw ruleset.")
     isub = p.add_subparsers(dest="source", metavar="SOURCE")
     q = isub.add_parser("postfix", help="Postfix smtpd/cleanup/qmgr log lines",
                         description="Read a Postfix mail log (plain, .gz, or - for stdin) and write one "
@@ -196,4 +197,16 @@ def _import(sub, postfix_handler) -> None:
     q.add_argument("-o", "--output", metavar="OUT.jsonl", help="output file (.gz compresses; default stdout)")
     q.add_argument("--year", type=int, help="year for syslog time stamps without one (default: this year)")
     q.set_defaults(func=postfix_handler)
+    c = isub.add_parser("postfix-config", help="a Postfix main.cf and the maps it names, as a ruleset",
+                        description="Translate a Postfix main.cf (smtpd_*_restrictions, restriction classes, "
+                                    "postscreen DNSBL scores, the access/cidr/regexp/pcre/hash/database maps they "
+                                    "name) into a ruleset that lints clean, and report every parameter and "
+                                    "restriction: translated, approximated, or why not.")
+    c.add_argument("main_cf", metavar="MAIN_CF", help="the main.cf to read")
+    c.add_argument("-o", "--output", metavar="DIR", required=True,
+                   help="folder for imported.rules and its maps/ (created; existing files are kept unless --force)")
+    c.add_argument("--map-dir", metavar="DIR", help="where the files main.cf names are (default: their own paths, "
+                                                   "then beside main.cf)")
+    c.add_argument("--force", action="store_true", help="overwrite files in the output folder")
+    c.set_defaults(func=config_handler)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -279,3 +279,15 @@ def test_the_shipped_example_refuses_unknown_recipients_end_to_end(tmp_path):
         assert rcpt(srv, "nobody@localhost").endswith("User unknown in virtual mailbox table")
         assert rcpt(srv, "bob@example.org") == "250 2.1.5 Recipient OK"
         assert rcpt(srv, "mallory@example.org").endswith("User unknown in relay recipient table")
+
+
+def test_lint_takes_rules_that_read_a_database_maps_value(tmp_path):
+    """It used to read every map that is not an access file as a pattern file (E999)."""
+    from smtpfw.lint import lint_files
+    (tmp_path / "m.cf").write_text("dbpath = x.sqlite\nquery = SELECT goto FROM alias WHERE address='%s'\n")
+    rules = tmp_path / "t.rules"
+    rules.write_text('map m = sqlite "m.cf"\non mail:\n    [mm] reject if m(sender) != ""\n'
+                     "on rcpt:\n    apply m(rcpt)\n"
+                     '    reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames\n')
+    diags, _sources, _files = lint_files([str(rules)])
+    assert [d.code for d in diags] == [], diags

@@ -677,7 +677,7 @@ class _Linter:
                 mentioned += [f for f in (getattr(leaf, "field", None), getattr(leaf, "value", None),
                                           getattr(leaf, "target", None)) if isinstance(f, ast.Field)]
             for f in mentioned:
-                if f.key is not None and f.name in self.prog.maps and self.prog.maps[f.name][0].fmt != "access":
+                if f.key is not None and f.name in self.prog.maps and self.prog.maps[f.name][0].fmt in ("regexp", "pcre"):
                     uses.setdefault(f.name, set()).add(f.key.name)
         for name, looked_up_by in uses.items():
             decl, base = self.prog.maps[name]
