@@ -313,7 +313,7 @@ async def verify_dkim(message: bytes, *, nameservers: Nameservers = None, timeou
     if len(message) > max_size:
         return tuple(_described(v, "neutral", f"not verified: message larger than {max_size} bytes")
                      for v in sigs)
-    resolver = build_resolver(nameservers, timeout)
+    resolver = build_resolver(nameservers, timeout, cached=True)
     timed_out = tuple(_described(v, "temperror", f"no result within {timeout:g}s") for v in sigs)
     return await _run(_verify_all, message, resolver, timeout, max_signatures,
                       timeout=timeout, on_timeout=timed_out)
@@ -369,6 +369,6 @@ async def verify_arc(message: bytes, *, nameservers: Nameservers = None, timeout
     if len(message) > max_size:
         instances, domain = _arc_sets(_header_block(message))
         return ArcResult("fail", f"not verified: message larger than {max_size} bytes", instances, domain)
-    resolver = build_resolver(nameservers, timeout)
+    resolver = build_resolver(nameservers, timeout, cached=True)
     return await _run(_arc_verify, message, resolver, timeout, timeout=timeout,
                       on_timeout=ArcResult("fail", f"no result within {timeout:g}s"))

@@ -266,7 +266,7 @@ async def check_dmarc(from_domain: str, spf: SpfResult | None, dkim: Iterable[Dk
     sigs = tuple(dkim)
     if not domain or "." not in domain:
         return DmarcResult("none", domain, org_domain=org, reason="no From domain")
-    resolver = build_resolver(nameservers, timeout, asynchronous=True)
+    resolver = build_resolver(nameservers, timeout, asynchronous=True, cached=True)
     where = domain
     records, error = await _lookup(resolver, f"_dmarc.{domain}")
     if not records and not error and org != domain:

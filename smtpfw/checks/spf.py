@@ -127,11 +127,15 @@ def parse_nameservers(nameservers: Iterable["str | tuple[str, int]"]) -> tuple[t
     return tuple(out)
 
 
-def build_resolver(nameservers: Nameservers, timeout: float, *, asynchronous: bool = False) -> Any:
+def build_resolver(nameservers: Nameservers, timeout: float, *, asynchronous: bool = False,
+                   cached: bool = False) -> Any:
     """A dnspython resolver on ``nameservers`` whose lookups last ``timeout`` at most.
 
-    No search list, no cache (callers cache final results).  ``asynchronous``
-    gives a dns.asyncresolver.Resolver for code on the event loop.
+    No search list.  No cache unless ``cached``: SPF caches its final
+    results instead; DKIM keys and DMARC records (two queries a message
+    otherwise) share one answer cache per set of servers, which keeps each
+    answer for its TTL (dnspython's LRUCache, thread-safe).
+    ``asynchronous`` gives a dns.asyncresolver.Resolver for code on the event loop.
     """
     cls = dns.asyncresolver.Resolver if asynchronous else dns.resolver.Resolver
     if nameservers is None:
@@ -146,7 +150,7 @@ def build_resolver(nameservers: Nameservers, timeout: float, *, asynchronous: bo
     timeout = max(0.01, float(timeout))
     res.lifetime = timeout
     res.timeout = timeout
-    res.cache = None
+    res.cache = _answer_cache(nameservers) if cached else None
     res.search = []
     res.use_search_by_default = False
     return res
@@ -233,9 +237,28 @@ _MAP = {"unknown": "permerror", "error": "temperror", "ambiguous": "permerror"}
 
 
 def clear_cache() -> None:
-    """Forget every cached result (tests; a configuration reload)."""
+    """Forget every cached result and DNS answer (tests; a configuration reload)."""
     with _cache_lock:
         _cache.clear()
+    clear_answers()
+
+
+def clear_answers() -> None:
+    """Forget the DNS answers cached for DKIM keys and DMARC records."""
+    for answers in _ANSWER_CACHES.values():
+        answers.flush()
+
+
+_ANSWER_CACHES: dict[tuple, Any] = {}
+ANSWER_CACHE_SIZE = 10_000
+
+
+def _answer_cache(nameservers: Nameservers) -> Any:
+    key = _ns_key(nameservers)
+    answers = _ANSWER_CACHES.get(key)
+    if answers is None:
+        answers = _ANSWER_CACHES.setdefault(key, dns.resolver.LRUCache(ANSWER_CACHE_SIZE))
+    return answers
 
 
 def _pool() -> ThreadPoolExecutor:

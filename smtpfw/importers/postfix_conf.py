@@ -57,6 +57,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from smtpfw.diagnostics import Code
 from smtpfw.lang.check import _map_pattern_problem, public_zone
 from smtpfw.maps import load_map, logical_lines
 from smtpfw.maps.regexp import parse_regexp_lines
@@ -828,7 +829,7 @@ class _Translator:
         for d in diags:
             if d.span is None or d.level.value == "hint":
                 continue
-            if d.level.value == "warning" and str(d.code) != "W303":
+            if d.level.value == "warning" and d.code != Code.W303_LIST_ENTRY_DUPLICATE:
                 continue
             bad.setdefault(d.span.line, f"{d.code} {d.message}")
         if not bad:
