@@ -94,7 +94,7 @@ class Server:
         self.health_task: asyncio.Task | None = None
         self.store: Store | None = None           # opened when a ruleset tests limits or greylisting
         self._open_store(ruleset)
-        self.greet_passes = (GreetPasses(self.store, config.smtp_greet_pass_ttl)
+        self.greet_passes = (GreetPasses(self.store, config.smtp_greet_pass_ttl, fail_open=config.state.fail == "open")
                              if self.greet_pass_cache and self.store is not None else None)
         self.delivery = make_delivery(config)
         self.users = secrets.users

@@ -271,3 +271,32 @@ def test_monitor_mode_only_reports_a_stutter(tmp_path):
             started = time.monotonic()
             assert c.line() == "220 mx.test ESMTP smtpfw"
             assert time.monotonic() - started < 1
+
+
+def test_the_pass_cache_remembers_locally_and_fails_open(tmp_path):
+    import asyncio
+
+    from smtpfw.state import open_store
+    from smtpfw.state.passes import GreetPasses
+
+    async def main():
+        store = open_store(str(tmp_path / "state.db"), timeout=1.0)
+        now = [1000.0]
+        one = GreetPasses(store, 60, clock=lambda: now[0])
+        other = GreetPasses(store, 60, clock=lambda: now[0])          # another worker, same store
+        assert not await one.passed("192.0.2.1")
+        await one.remember("192.0.2.1")
+        reads = one.store_reads
+        assert await one.passed("192.0.2.1") and one.store_reads == reads      # from memory: no store read
+        now[0] += 30
+        assert await other.passed("192.0.2.1")                                # from the store ...
+        assert await other.passed("192.0.2.1") and other.store_reads == 1     # ... then from memory
+        now[0] += 31                                                           # 61 s after the pass
+        assert not await one.passed("192.0.2.1") and not await other.passed("192.0.2.1")
+        await store.close()
+        closed = GreetPasses(store, 60, clock=lambda: now[0], fail_open=False)
+        opened = GreetPasses(store, 60, clock=lambda: now[0])
+        # a store that cannot answer: state.fail decides
+        assert await opened.passed("192.0.2.9") is True
+        assert await closed.passed("192.0.2.9") is False
+    asyncio.run(main())
