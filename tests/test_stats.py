@@ -77,3 +77,18 @@ def test_stats_needs_recordings_or_metrics():
     assert proc.returncode == 2 and "give recorded sessions" in proc.stderr
     proc = run("stats", "--metrics", "http://127.0.0.1:1/metrics", "--rules", RULES)
     assert proc.returncode == 2 and "cannot read the metrics" in proc.stderr
+
+
+def test_an_unhealthy_dns_list_shows_in_the_metrics_and_in_stats(tmp_path):
+    from tests.support.dnsserver import DnsServer
+    rules = tmp_path / "z.rules"
+    rules.write_text('zone bl = dnsbl "bl.test"\non connect:\n    reject 554 5.7.1 "listed" if client.ip listed in bl\n'
+                     'on rcpt:\n    reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames\n')
+    with DnsServer([], fixed_a="127.0.0.2") as dns:        # lists everything, its test entry 127.0.0.1 too
+        settings = {"metrics": {"listen": "127.0.0.1:0"}, "dns": {"nameservers": [f"{dns.host}:{dns.port}"]},
+                    "rules": str(rules)}
+        with serve_with(tmp_path, settings) as srv:
+            url = srv.wait_for(r"metrics on (http://\S+)").group(1)
+            srv.wait_for(r"zone bl.test is unhealthy")
+            got = json.loads(run("stats", "--metrics", url, "--rules", rules, "--format", "json").stdout)
+    assert got["unhealthy_dns_lists"] == ["dnsbl bl.test"]

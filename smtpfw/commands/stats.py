@@ -28,6 +28,7 @@ class Stats:
     days: float | None = None
     skipped: int = 0                              # records older than the window
     canary: dict = field(default_factory=dict)    # "live -> canary" -> sessions (metrics)
+    unhealthy_zones: list = field(default_factory=list)   # DNS lists failing their test entries (metrics)
 
     @property
     def never_hit(self) -> list[str]:
@@ -38,7 +39,7 @@ class Stats:
                 "older_sessions_skipped": self.skipped, "verdicts": self.verdicts, "rule_hits": self.hits,
                 "never_hit": self.never_hit, "monitored": self.monitored,
                 "top_refused": {k: [list(p) for p in v] for k, v in self.refused.items()},
-                "canary_divergences": self.canary}
+                "canary_divergences": self.canary, "unhealthy_dns_lists": self.unhealthy_zones}
 
     def to_text(self) -> str:
         out = [f"smtpfw stats: {self.source}, rules {self.rules}"
@@ -54,6 +55,8 @@ class Stats:
         out.append("never hit: " + (", ".join(self.never_hit) or "(none)"))
         if self.monitored:
             out.append("monitor mode, would have refused: " + ", ".join(f"{r} {n:,}" for r, n in self.monitored.items()))
+        if self.unhealthy_zones:
+            out.append("unhealthy DNS lists (skipped or failing; see the log): " + ", ".join(self.unhealthy_zones))
         if self.canary:
             out.append("canary ruleset judged otherwise: " + ", ".join(f"{k} {n:,}" for k, n in self.canary.items()))
         for what, top in self.refused.items():
@@ -87,6 +90,7 @@ def stats_from_metrics(url: str, *, rules: str | None = None, config: str | None
     monitored: Counter = Counter()
     decisions: Counter = Counter()
     canary: Counter = Counter()
+    unhealthy: set[str] = set()
     sessions = 0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -98,8 +102,10 @@ def stats_from_metrics(url: str, *, rules: str | None = None, config: str | None
                 sessions += int(sample.value)
             elif sample.name == "smtpfw_decisions_total":
                 decisions[f"{sample.labels['hook']} {sample.labels['outcome']}"] += int(sample.value)
+            elif sample.name == "smtpfw_dns_zone_healthy" and sample.value == 0:
+                unhealthy.add(f"{sample.labels['kind']} {sample.labels['zone']}")
             elif sample.name == "smtpfw_canary_divergences_total":
                 canary[f"{sample.labels['live']} -> {sample.labels['canary']}"] += int(sample.value)
     ids = list(dict.fromkeys(r.rule_id for r in ruleset.rules))
     return Stats(url, rules_path, sessions, dict(decisions), {r: hits.get(r, 0) for r in ids}, dict(monitored),
-                 canary=dict(canary))
+                 canary=dict(canary), unhealthy_zones=sorted(unhealthy))
