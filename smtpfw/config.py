@@ -34,6 +34,7 @@ class Listener:
     # and come from one of them.
     proxy_from: tuple = ()
     kind: str = "smtp"                   # smtp | policy (Postfix policy delegation) | milter
+    greet_wait: float | None = None      # this listener's pregreet wait (None: smtp.greet_wait; 0: no test)
 
 
 @dataclass(frozen=True)
@@ -328,13 +329,15 @@ def _listen(v, where):
             host, port = _hostport(item, w)
             out.append(Listener(host, port, f"{host}:{port}"))
         elif isinstance(item, dict):
-            unknown = set(item) - {"address", "name", "proxy_from", "kind"}
+            unknown = set(item) - {"address", "name", "proxy_from", "kind", "greet_wait"}
             if unknown:
-                raise ConfigError(f"{w}: unknown key {sorted(unknown)[0]!r} (expected address, name, proxy_from, kind)")
+                raise ConfigError(f"{w}: unknown key {sorted(unknown)[0]!r} "
+                                  "(expected address, name, proxy_from, kind, greet_wait)")
             host, port = _hostport(item.get("address", ""), f"{w}.address")
             proxies = _networks(item["proxy_from"], f"{w}.proxy_from") if item.get("proxy_from") is not None else ()
             kind = _choice("smtp", "policy", "milter")(item.get("kind", "smtp"), f"{w}.kind")
-            out.append(Listener(host, port, str(item.get("name") or f"{host}:{port}"), proxies, kind))
+            greet = _num(float)(item["greet_wait"], f"{w}.greet_wait") if item.get("greet_wait") is not None else None
+            out.append(Listener(host, port, str(item.get("name") or f"{host}:{port}"), proxies, kind, greet))
         else:
             raise ConfigError(f"{w}: expected \"HOST:PORT\" or {{address: HOST:PORT, name: NAME, proxy_from: [...]}}")
     if not out:

@@ -15,7 +15,7 @@ Format version 2 (docs/recording.md):
      "facts": [{"provider": "dns", "key": {...}, "value": {...}}],
      "tags", "monitored": [{"rule", "decision"}], "final_reply", "refusal",
      "events_dropped" (only when some were),
-     "behaviour": {"pregreet", "pregreet_text", "pregreet_ms", "pregreet_cached",
+     "behaviour": {"pregreet", "pregreet_text", "pregreet_ms", "pregreet_cached", "pass_new",
                    "unauth_pipelining", "non_smtp", "bare_newline"} (only what happened)}
 
 Version 1 had the DNS answers as "dns": [{"lookup", "answer"}]; version 2
@@ -75,8 +75,8 @@ def session_record(state: SessionState, ruleset_version: str, duration: float) -
     }
 
 
-BEHAVIOUR = ("pregreet", "pregreet_text", "pregreet_ms", "pregreet_cached", "unauth_pipelining", "non_smtp",
-             "bare_newline")
+BEHAVIOUR = ("pregreet", "pregreet_text", "pregreet_ms", "pregreet_cached", "pass_new", "unauth_pipelining",
+             "non_smtp", "bare_newline")
 
 
 def _behaviour(state: SessionState) -> dict:

@@ -130,7 +130,9 @@ class Server:
     @property
     def greet_pass_cache(self) -> bool:
         """Clients that passed the pregreet test are remembered (in the state store)."""
-        return self.config.smtp_greet_wait > 0 and self.config.smtp_greet_pass_ttl > 0
+        cfg = self.config
+        waits = [cfg.smtp_greet_wait] + [l.greet_wait for l in cfg.listen if l.greet_wait is not None]
+        return max(waits) > 0 and cfg.smtp_greet_pass_ttl > 0
 
     def _open_store(self, ruleset: Ruleset) -> None:
         """The state store, the first time a ruleset needs one (limits,

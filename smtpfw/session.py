@@ -41,6 +41,7 @@ class SessionState:
     pregreet_text: str = ""           # what it sent (the first 64 characters, escaped)
     pregreet_ms: int = 0              # how long after the first greeting line it began
     pregreet_cached: bool = False     # it passed the pregreet test before (smtp.greet_pass_ttl): not tested
+    pass_new: bool = False            # it passed the test just now, for the first time (postscreen's PASS NEW)
     unauth_pipelining: bool = False   # it sent ahead where pipelining was not allowed
     non_smtp: bool = False            # it sent an HTTP/proxy command (GET, POST, CONNECT, Host: ...)
     tarpit: float = 0.0               # seconds every reply waits (`tarpit` action)

@@ -300,3 +300,31 @@ def test_the_pass_cache_remembers_locally_and_fails_open(tmp_path):
         assert await opened.passed("192.0.2.9") is True
         assert await closed.passed("192.0.2.9") is False
     asyncio.run(main())
+
+
+def test_a_new_pass_can_be_told_to_come_back_and_a_listener_can_skip_the_test(tmp_path):
+    """postscreen's PASS NEW: the client that just passed is deferred at RCPT
+    (a rule on client.pass_new); when it comes back it is PASS OLD and goes
+    through.  A listener with greet_wait 0 (a submission port) never tests."""
+    from smtpfw.config import Listener
+    rules = ('on rcpt:\n    [pass-new] tempfail 450 4.3.2 "Service currently unavailable" if client.pass_new\n'
+             '    [relay] reject 554 5.7.1 "Relaying denied" if rcpt.domain not in localnames\n')
+
+    def rcpt(address) -> tuple[float, str]:
+        started = time.monotonic()
+        with RawClient(address, timeout=10) as c:
+            c.reply()
+            waited = time.monotonic() - started
+            c.cmd("EHLO mx.example.org")
+            c.cmd("MAIL FROM:<a@example.org>")
+            return waited, c.cmd("RCPT TO:<root@localhost>")
+
+    with running_server(rules_text=rules, smtp_greet_wait=0.5) as srv:
+        waited, reply = rcpt(srv.address)
+        assert waited >= 0.5 and reply == "450 4.3.2 Service currently unavailable"
+        waited, reply = rcpt(srv.address)
+        assert waited < 0.4 and reply == "250 2.1.5 Recipient OK"
+    with running_server(rules_text=rules, smtp_greet_wait=2.0,
+                        listen=(Listener("127.0.0.1", 0, "submission", greet_wait=0.0),)) as srv:
+        waited, reply = rcpt(srv.address)
+        assert waited < 1.0 and reply == "250 2.1.5 Recipient OK"

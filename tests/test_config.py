@@ -76,3 +76,12 @@ def test_nameservers_take_ipv6_with_or_without_a_port():
     assert cfg.dns_nameservers == (("192.0.2.53", 53), ("2001:db8::53", 53), ("2001:db8::54", 53), ("::1", 5353))
     with pytest.raises(ConfigError, match=r"dns.nameservers\[0\]"):
         from_mapping({"dns": {"nameservers": ["2001:db8::zz"]}})
+
+
+def test_a_listener_can_have_its_own_greet_wait():
+    cfg = from_mapping({"listen": [{"address": "127.0.0.1:25", "name": "mx"},
+                                   {"address": "127.0.0.1:587", "name": "submission", "greet_wait": 0}],
+                        "smtp": {"greet_wait": 6}})
+    assert [(l.name, l.greet_wait) for l in cfg.listen] == [("mx", None), ("submission", 0.0)]
+    with pytest.raises(ConfigError, match="greet_wait"):
+        from_mapping({"listen": [{"address": "127.0.0.1:25", "greet_wait": "soon"}]})

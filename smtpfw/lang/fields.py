@@ -315,6 +315,9 @@ FIELDS: dict[str, FieldSpec] = {
                   "milliseconds after the first greeting line that a pregreeting client began"),
         FieldSpec("client.pregreet_cached", BOOL, C, lambda s: s.pregreet_cached,
                   "the client passed the pregreet test within smtp.greet_pass_ttl, so it was not made to wait"),
+        FieldSpec("client.pass_new", BOOL, C, lambda s: s.pass_new,
+                  "the client passed the pregreet test just now, for the first time (postscreen's PASS NEW); "
+                  "a ruleset can tell it to come back: tempfail 450 4.3.2 at RCPT"),
         FieldSpec("session.unauth_pipelining", BOOL, C, lambda s: s.unauth_pipelining,
                   "the client sent commands ahead where pipelining is not allowed (before EHLO, after DATA...)"),
         FieldSpec("session.bare_newline", BOOL, C, lambda s: s.bare_newline,

@@ -246,7 +246,9 @@ class FirewallSMTP(Stream):
         self.conv = Conversation(self.ruleset, st, self.facts, Limits.from_config(self.cfg),
                                  hostname=self.hostname,
                                  greeting=f"220 {self.hostname} {self.cfg.smtp_banner}", notify=self._notify)
-        greet_wait = self.cfg.smtp_greet_wait
+        greet_wait = self.listener.greet_wait
+        if greet_wait is None:
+            greet_wait = self.cfg.smtp_greet_wait
         if greet_wait > 0:
             if self.server.under_stress:
                 greet_wait = min(greet_wait, self.cfg.smtp_stress_greet_wait)
@@ -291,6 +293,7 @@ class FirewallSMTP(Stream):
         except asyncio.TimeoutError:
             if passes is not None:
                 await passes.remember(st.client_ip)    # "PASS NEW"
+                st.pass_new = True
             return
         if self.buffer:
             st.pregreet = True
