@@ -328,3 +328,36 @@ def test_a_new_pass_can_be_told_to_come_back_and_a_listener_can_skip_the_test(tm
                         listen=(Listener("127.0.0.1", 0, "submission", greet_wait=0.0),)) as srv:
         waited, reply = rcpt(srv.address)
         assert waited < 1.0 and reply == "250 2.1.5 Recipient OK"
+
+
+def test_postfix_smtp_client_is_never_flagged(tmp_path):
+    """Debian's Postfix relays two messages (several recipients, so it
+    pipelines) through smtpfw with the pregreet test on: its smtp client
+    waits for the whole greeting and pipelines only where allowed."""
+    import pytest
+
+    from tests.support.postfix import PostfixInstance, postfix_available
+    why = postfix_available()
+    if why:
+        pytest.fail(why)
+    rec = tmp_path / "rec"
+    rules = ("on rcpt:\n    [local] accept if rcpt.domain = \"example.net\"\n"
+             "    [relay] reject 554 5.7.1 \"Relaying denied\"\n")
+    with running_server(rules_text=rules, smtp_greet_wait=0.5, recording_enabled=True,
+                        recording_path=str(rec)) as srv:
+        settings = {"relayhost": f"[127.0.0.1]:{srv.port}", "smtp_dns_support_level": "disabled",
+                    "relay_domains": "example.net"}
+        with PostfixInstance(settings) as pf:
+            for n in range(2):
+                with smtplib.SMTP("127.0.0.1", pf.port, timeout=30) as s:
+                    s.ehlo("client.example")
+                    assert s.sendmail("alice@example.org", ["bob@example.net", "carol@example.net"],
+                                      f"Subject: {n}\r\n\r\nhello\r\n".encode()) == {}
+            wait_until(lambda: len(records(rec)) >= 2, 60, f"two sessions from Postfix: {pf.log[-2000:]}")
+    sessions = records(rec)
+    rcpts = [e for r in sessions for e in r["events"] if e["cmd"] == "rcpt"]
+    assert len(rcpts) == 4 and all(e["reply"].startswith("250") for e in rcpts), rcpts
+    flags = [{k: v for k, v in (r.get("behaviour") or {}).items() if k not in ("pregreet_cached", "pass_new")}
+             for r in sessions]
+    assert flags == [{}] * len(sessions), flags
+    assert all(e.get("decision", {}).get("outcome") != "reject" for r in sessions for e in r["events"])
