@@ -51,7 +51,7 @@ def test_a_client_that_talks_early_is_a_pregreeter(tmp_path):
     bot, good = sorted(records(tmp_path / "rec"), key=lambda r: r["time"])
     assert bot["behaviour"]["pregreet"] is True and bot["behaviour"]["pregreet_text"] == "EHLO bot.example"
     assert 0 <= bot["behaviour"]["pregreet_ms"] < 500
-    assert "behaviour" not in good
+    assert good["behaviour"] == {"pass_new": True}                          # it waited: a new pass, no bot sign
     ruleset, _ = compile_ruleset(srv.server.rules_path)
     assert replay_record(ruleset, bot).verdict.rule == "pregreet"          # dry-run sees it too
 
@@ -116,7 +116,7 @@ def test_well_behaved_clients_are_never_flagged(tmp_path):
         wait_until(lambda: len(records(rec)) >= 2, 10, "the inner server's records")
     behaviour = [r.get("behaviour") for r in records(rec)]
     # no bot sign; the second client skipped the wait: the first one's pass is remembered (PASS OLD)
-    assert behaviour == [None, {"pregreet_cached": True}], behaviour
+    assert behaviour == [{"pass_new": True}, {"pregreet_cached": True}], behaviour
 
 
 # ---- tarpit (issue 18) ---------------------------------------------------------
