@@ -147,15 +147,26 @@ def test_a_tarpitted_client_waits_while_others_are_served():
                 done["ehlo"] = time.monotonic() - started
         t = threading.Thread(target=slow)
         t.start()
-        served = 0
-        while t.is_alive() and "greeting" not in done:          # normal clients meanwhile
-            with smtplib.SMTP(*srv.address, source_address=("127.0.0.1", 0), timeout=30) as s:
+        time.sleep(0.2)                                          # the tarpitted client is connected
+
+        def normal(_i):
+            started = time.monotonic()
+            source = f"127.0.0.{2 + _i % 10}"                  # ten clients: within the per-IP cap
+            with smtplib.SMTP(*srv.address, source_address=(source, 0), timeout=30) as s:
                 s.ehlo("good.example")
                 s.mail("a@good.example")
-                served += int(s.rcpt("root@localhost")[0] == 250)
+                ok = s.rcpt("root@localhost")[0] == 250
+            return ok, time.monotonic() - started
+        from concurrent.futures import ThreadPoolExecutor
+        started = time.monotonic()
+        with ThreadPoolExecutor(50) as pool:                    # 100 normal clients at once, meanwhile
+            results = list(pool.map(normal, range(100)))
+        took = time.monotonic() - started
         t.join(30)
-        assert done["greeting"] >= 2 and done["ehlo"] >= 4          # every reply waits
-        assert served >= 10                                        # others are not held up
+        assert done["greeting"] >= 2 and done["ehlo"] >= 4          # every reply to it waits
+        assert all(ok for ok, _ in results)
+        # a client held by the tarpit would wait 2 s for every reply (8 s a session)
+        assert took < 5.0 and max(s for _, s in results) < 2.0, (took, max(s for _, s in results))
 
 
 def test_the_tarpit_slows_only_so_many_at_once():
