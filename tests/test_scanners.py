@@ -25,9 +25,9 @@ from tests.support.scanners import (
     ClamdInstance,
     ScannerError,
     SpamdInstance,
-    free_port,
     scanners_available,
 )
+from tests.support.process import free_port
 
 MB = 1024 * 1024
 BIG = 50 * MB          # max_bytes when the size limit is not what is tested

@@ -44,23 +44,12 @@ here, or None.
 
 from __future__ import annotations
 
-import atexit
 import os
 import pwd
-import shutil
-import signal
 import socket
-import stat
-import subprocess
-import tempfile
-import threading
-import time
 from pathlib import Path
-from typing import Self
 
-from tests.support.stores import _descendants, _which, free_port    # shared with the store harnesses
-
-HOST = "127.0.0.1"
+from tests.support.process import HOST, ServerProcess
 INSTALL_HINT = "(.ci/run installs it)"
 
 CLAMD = "/usr/sbin/clamd"
@@ -131,104 +120,33 @@ def scanners_available(kind: str) -> str | None:
 
 # -- common machinery ---------------------------------------------------------
 
-
-
-def _searchable_by_all(path: Path) -> bool:
-    for p in [path, *path.parents]:
-        try:
-            if not os.stat(p).st_mode & stat.S_IXOTH:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _make_root(prefix: str, owner: pwd.struct_passwd | None) -> Path:
-    """A fresh temp dir, short enough for a unix socket path in it, and
-    reachable by ``owner`` (who then owns it)."""
-    base = Path(tempfile.gettempdir())
-    if len(str(base)) > 60 or (owner is not None and not _searchable_by_all(base)):
-        base = Path("/tmp")
-    root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    if owner is not None:
-        os.chown(root, owner.pw_uid, owner.pw_gid)
-    return root
-
-
-
-
-def _gone(pid: int) -> bool:
-    """No such process, or a zombie (its sockets are closed)."""
-    try:
-        stat_text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat_text.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def _wait_gone(pids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-_LIVE: set[_ScannerInstance] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-@atexit.register
-def _kill_all() -> None:
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    for inst in live:
-        try:
-            inst.kill()
-        finally:
-            inst._cleanup()
-
-
 class ScannerError(RuntimeError):
     """A scanner that would not start."""
 
 
-class _ScannerInstance:
-    """One scanner process in its own session (process group), with a temp dir."""
+class _ScannerInstance(ServerProcess):
+    """A scanner listening on a unix socket in its temp dir and on a TCP
+    port (tests/support/process.py has the lifecycle)."""
 
     kind = "scanner"
-    host = HOST
-    ready_timeout = 30.0
+    error = ScannerError
 
     def __init__(self, run_as: pwd.struct_passwd | None = None) -> None:
         reason = scanners_available(self.kind)
         if reason:
             raise ScannerError(reason)
-        self.run_as = run_as
-        self.root = _make_root(f"smtpfw-{self.kind}-", run_as)
-        self.port = free_port()
+        super().__init__(run_as)
         self.socket_path = self.root / f"{self.kind}.sock"
-        self.logfile = self.root / f"{self.kind}.log"
-        self.proc: subprocess.Popen | None = None
-        self.startup_seconds: float | None = None     # of the last start
-        self._prepared = False
-        self._removed = False
-        with _LIVE_LOCK:
-            _LIVE.add(self)
 
     # -- to be provided by each kind
-    def _prepare(self) -> None:
-        """Config files (once, before the first start)."""
-
-    def _command(self) -> list[str]:
-        raise NotImplementedError
-
     def _ping(self, sock: socket.socket) -> bool:
         raise NotImplementedError
 
-    # -- shared
     @property
     def address(self) -> str:
         raise NotImplementedError
 
+    # -- shared
     @property
     def tcp_address(self) -> str:
         return f"{HOST}:{self.port}"
@@ -237,35 +155,19 @@ class _ScannerInstance:
     def unix_address(self) -> str:
         return f"unix:{self.socket_path}"
 
-    @property
-    def log(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log[-chars:]
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def _fail(self, what: str) -> ScannerError:
-        return ScannerError(f"{self.kind} on {HOST}:{self.port} ({self.root}): {what}\n"
-                            f"--- tail of {self.logfile.name} ---\n{self.log_tail()}")
-
     def _popen_kw(self) -> dict:
-        kw: dict = {}
+        env = {**os.environ, "HOME": str(self.root), "TMPDIR": str(self.root)}
+        kw: dict = {"env": env}
         if self.run_as is not None:
+            env.update(USER=self.run_as.pw_name, LOGNAME=self.run_as.pw_name)
             kw.update(user=self.run_as.pw_uid, group=self.run_as.pw_gid, extra_groups=[])
         return kw
 
-    def _env(self) -> dict[str, str]:
-        env = {**os.environ, "HOME": str(self.root), "TMPDIR": str(self.root)}
-        if self.run_as is not None:
-            env.update(USER=self.run_as.pw_name, LOGNAME=self.run_as.pw_name)
-        return env
+    def _before_start(self) -> None:
+        self.socket_path.unlink(missing_ok=True)     # a socket file left by a killed server
+
+    def _ready(self) -> bool:
+        return self.ping()
 
     def ping(self, timeout: float = 1.0) -> bool:
         """Both the TCP port and the unix socket answer PING."""
@@ -279,115 +181,6 @@ class _ScannerInstance:
                 return self._ping(s)
         except OSError:
             return False
-
-    def start(self) -> Self:
-        if self.running:
-            return self
-        if self._removed:
-            raise ScannerError(f"{self.kind}: stopped for good (its temp dir is gone); make a new instance")
-        try:
-            if not self._prepared:
-                self._prepare()
-                self._prepared = True
-            # a socket file left by a killed server: the new one binds afresh
-            self.socket_path.unlink(missing_ok=True)
-            argv = self._command()
-            setpriv = _which("setpriv")
-            if setpriv and threading.current_thread() is threading.main_thread():
-                argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-            began = time.monotonic()
-            with open(self.logfile, "ab") as log:
-                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True, cwd=self.root, env=self._env(),
-                                             **self._popen_kw())
-            deadline = began + self.ready_timeout
-            while not self.ping():
-                if self.proc.poll() is not None:
-                    raise self._fail(f"the server exited (status {self.proc.returncode}) before answering")
-                if time.monotonic() > deadline:
-                    raise self._fail(f"not answering PING after {self.ready_timeout:.0f} s")
-                time.sleep(0.05)
-            self.startup_seconds = time.monotonic() - began
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _signal_group(self, sig: int) -> None:
-        """``sig`` to the server's process group and every descendant (one
-        that called setsid() is out of the group)."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        for pid in _descendants(self.proc.pid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def pause(self) -> None:
-        """SIGSTOP the server (and its children): connections are accepted by
-        the kernel but nothing answers."""
-        assert self.running, f"{self.kind} is not running"
-        self._signal_group(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None, f"{self.kind} was never started"
-        self._signal_group(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL the server mid-run; ``start`` brings it back (same port)."""
-        if self.proc is None:
-            return
-        # the descendants first: once the server is reaped they are orphans
-        # (re-parented to init) and no longer found under its pid
-        pids = _descendants(self.proc.pid)
-        self._signal_group(signal.SIGKILL)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        # and until every child is gone too: spamd's children hold the
-        # listening sockets, and one still dying would accept a connection
-        _wait_gone(pids, 10)
-
-    def stop(self) -> None:
-        """Shut down (SIGTERM, else SIGKILL after 10 s) and remove the temp dir."""
-        try:
-            if self.running:
-                assert self.proc is not None
-                self._signal_group(signal.SIGCONT)
-                self._signal_group(signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
-            self.kill()   # stragglers too
-        finally:
-            self._cleanup()
-
-    def _cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        self._removed = True
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {HOST}:{self.port} {'running' if self.running else 'stopped'}>"
 
 
 def _recv_until(sock: socket.socket, end: bytes, limit: int = 4096) -> bytes:

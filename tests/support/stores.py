@@ -33,37 +33,18 @@ The command-line clients (psql, mariadb, ldapadd) run as the caller.
 
 from __future__ import annotations
 
-import atexit
 import os
 import pwd
-import shutil
 import signal
-import socket
-import stat
 import subprocess
-import tempfile
-import threading
-import time
 from pathlib import Path
-from typing import Self
 
-HOST = "127.0.0.1"
-READY_TIMEOUT = 30.0
+from tests.support.process import HOST, ServerProcess, which as _which
+
 INSTALL_HINT = "(.ci/run installs it)"
 
 
 # -- where the programs are ---------------------------------------------------
-
-def _which(*names: str, dirs: tuple[str, ...] = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")) -> str | None:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-        for d in dirs:
-            if os.access(f"{d}/{name}", os.X_OK):
-                return f"{d}/{name}"
-    return None
-
 
 def _pg_bindir() -> Path | None:
     """The newest /usr/lib/postgresql/N/bin with initdb and postgres."""
@@ -146,138 +127,21 @@ def stores_available(kind: str) -> str | None:
 
 # -- common machinery ---------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _searchable_by_all(path: Path) -> bool:
-    """Every directory from / down to ``path`` is o+x (another user can reach into it)."""
-    for p in [path, *path.parents]:
-        try:
-            if not os.stat(p).st_mode & stat.S_IXOTH:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _make_root(prefix: str, owner: pwd.struct_passwd | None) -> Path:
-    """A fresh temp dir; short enough for a unix socket path in it, and
-    reachable by ``owner`` (who then owns it)."""
-    base = Path(tempfile.gettempdir())
-    if len(str(base)) > 60 or (owner is not None and not _searchable_by_all(base)):
-        base = Path("/tmp")
-    root = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    if owner is not None:
-        os.chown(root, owner.pw_uid, owner.pw_gid)
-    return root
-
-
-_LIVE: set[_ServerInstance] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-@atexit.register
-def _kill_all() -> None:
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    for inst in live:
-        try:
-            inst.kill()
-        finally:
-            inst._cleanup()
-
-
-def _descendants(root: int) -> list[int]:
-    """The pids of ``root``'s children, their children, ... (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat_text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat_text.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in parents.get(todo.pop(), ()):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 class StoreError(RuntimeError):
     """A server that would not start, or a client command that failed."""
 
 
-class _ServerInstance:
-    """One server process in its own session (process group), with a temp dir."""
+class _ServerInstance(ServerProcess):
+    """A store server (tests/support/process.py has the lifecycle)."""
 
-    kind = "server"
-    host = HOST
+    error = StoreError
 
     def __init__(self, extra: tuple[str, ...], run_as: pwd.struct_passwd | None = None) -> None:
         reason = stores_available(self.kind)
         if reason:
             raise StoreError(reason)
-        self.run_as = run_as
-        self.root = _make_root(f"smtpfw-{self.kind}-", run_as)
-        self.port = free_port()
+        super().__init__(run_as)
         self.extra = list(extra)
-        self.proc: subprocess.Popen | None = None
-        self.logfile = self.root / f"{self.kind}.log"
-        self._prepared = False
-        self._removed = False
-        with _LIVE_LOCK:
-            _LIVE.add(self)
-
-    # -- to be provided by each kind
-    def _prepare(self) -> None:
-        """Make the data dir (once, before the first start)."""
-
-    def _command(self) -> list[str]:
-        raise NotImplementedError
-
-    def _ready(self) -> bool:
-        """The server answers a real request."""
-        raise NotImplementedError
-
-    def _after_first_start(self) -> None:
-        """Users, databases... (once, after the first start)."""
-
-    def _terminate_signal(self) -> int:
-        return signal.SIGTERM
-
-    # -- shared
-    @property
-    def log(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log[-chars:]
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def _fail(self, what: str) -> StoreError:
-        return StoreError(f"{self.kind} on {HOST}:{self.port} ({self.root}): {what}\n"
-                          f"--- tail of {self.logfile.name} ---\n{self.log_tail()}")
-
-    def _popen_kw(self) -> dict:
-        kw: dict = {}
-        if self.run_as is not None:
-            kw.update(user=self.run_as.pw_uid, group=self.run_as.pw_gid, extra_groups=[],
-                      env={**os.environ, "HOME": str(self.root), "USER": self.run_as.pw_name,
-                           "LOGNAME": self.run_as.pw_name})
-        return kw
 
     def _run(self, argv: list[str], what: str, input: str | None = None, as_server: bool = False,
              timeout: float = 60) -> subprocess.CompletedProcess:
@@ -291,108 +155,6 @@ class _ServerInstance:
             raise self._fail(f"{what} failed (exit {proc.returncode}): {argv}\n"
                              f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}")
         return proc
-
-    def start(self) -> Self:
-        if self.running:
-            return self
-        if self._removed:
-            raise StoreError(f"{self.kind}: stopped for good (its temp dir is gone); make a new instance")
-        try:
-            if not self._prepared:
-                self._prepare()
-            argv = self._command()
-            # the server dies with us (only when the main thread starts it: the
-            # parent-death signal follows the thread that forked)
-            setpriv = _which("setpriv")
-            if setpriv and threading.current_thread() is threading.main_thread():
-                argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-            with open(self.logfile, "ab") as log:
-                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True, cwd=self.root, **self._popen_kw())
-            deadline = time.monotonic() + READY_TIMEOUT
-            while not self._ready():
-                if self.proc.poll() is not None:
-                    raise self._fail(f"the server exited (status {self.proc.returncode}) before answering")
-                if time.monotonic() > deadline:
-                    raise self._fail(f"not answering after {READY_TIMEOUT:.0f} s")
-                time.sleep(0.05)
-            if not self._prepared:
-                self._after_first_start()
-                self._prepared = True
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _signal_group(self, sig: int) -> None:
-        """``sig`` to the server's process group and every descendant:
-        PostgreSQL's backends call setsid(), so they are in groups of
-        their own and a group signal alone would leave them answering."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        for pid in _descendants(self.proc.pid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def pause(self) -> None:
-        """SIGSTOP the server (and its children): connections hang, nothing answers."""
-        assert self.running, f"{self.kind} is not running"
-        self._signal_group(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None, f"{self.kind} was never started"
-        self._signal_group(signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL the server mid-run; the data stays, so ``start`` brings it back (same port)."""
-        if self.proc is None:
-            return
-        self._signal_group(signal.SIGCONT)
-        self._signal_group(signal.SIGKILL)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        self._after_kill()
-
-    def _after_kill(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        """Shut down (gracefully, else SIGKILL after 10 s) and remove the temp dir."""
-        try:
-            if self.running:
-                assert self.proc is not None
-                self._signal_group(signal.SIGCONT)
-                self._signal_group(self._terminate_signal())
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    pass
-            self.kill()   # stragglers in the group too
-        finally:
-            self._cleanup()
-
-    def _cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        self._removed = True
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {HOST}:{self.port} {'running' if self.running else 'stopped'}>"
 
 
 # -- PostgreSQL ---------------------------------------------------------------
