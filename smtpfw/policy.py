@@ -14,6 +14,7 @@ import re
 
 from smtpfw.facts import FactSource
 from smtpfw.actions import RunPlugin
+from smtpfw.checks.mime import forget_lines
 from smtpfw.engine import NeedFacts, PluginCall, Ruleset
 from smtpfw.facts.base import provider_of
 from smtpfw.plugins import PLUGIN_FAILED, run_plugin
@@ -97,7 +98,9 @@ class Policy:
         try:
             return await self._run(stage, message, subject)
         finally:
-            state.message = None
+            if state.message is not None:
+                state.message = None
+                forget_lines()
 
     async def _run(self, stage: Stage, message: bytes | None, subject: str) -> Decision:
         rs, state = self.ruleset, self.state

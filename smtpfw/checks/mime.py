@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import functools
 from dataclasses import dataclass
 
 BODY_LIMIT = 64 * 1024
@@ -32,7 +33,8 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def header_lines(message: bytes) -> list[str]:
+@functools.lru_cache(maxsize=2)       # several rules read them of one message (a bytes object's hash is kept)
+def header_lines(message: bytes) -> tuple[str, ...]:
     """Every header field as one logical line, ``Name: value``, unfolded
     (continuation lines joined with their white space), as Postfix gives
     them to header_checks."""
@@ -43,14 +45,21 @@ def header_lines(message: bytes) -> list[str]:
             out[-1] += _text(raw)[:MAX_LINE]
         elif raw:
             out.append(_text(raw)[:MAX_LINE])
-    return out
+    return tuple(out)
 
 
-def body_lines(message: bytes, limit: int = BODY_LIMIT) -> list[str]:
+@functools.lru_cache(maxsize=2)
+def body_lines(message: bytes, limit: int = BODY_LIMIT) -> tuple[str, ...]:
     """The body's lines as sent (MIME part headers and encoded content
     included, as Postfix's body_checks sees them), the first ``limit`` bytes."""
     _head, body = _split(message)
-    return [_text(line)[:MAX_LINE] for line in body[:limit].split(b"\r\n")]
+    return tuple(_text(line)[:MAX_LINE] for line in body[:limit].split(b"\r\n"))
+
+
+def forget_lines() -> None:
+    """Drop the cached lines (and the messages they hold) once a message is decided."""
+    header_lines.cache_clear()
+    body_lines.cache_clear()
 
 
 @dataclass(frozen=True, slots=True)

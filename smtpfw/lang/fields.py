@@ -248,12 +248,12 @@ def _mime(s: SessionState) -> MimeSummary:
     return s.facts.get(_mime_key(s)) or _NO_MIME
 
 
-def _header_lines(s: SessionState) -> list[str]:
-    return header_lines(s.message) if s.message else []
+def _header_lines(s: SessionState) -> tuple[str, ...]:
+    return header_lines(s.message) if s.message else ()
 
 
-def _body_lines(s: SessionState) -> list[str]:
-    return body_lines(s.message) if s.message else []
+def _body_lines(s: SessionState) -> tuple[str, ...]:
+    return body_lines(s.message) if s.message else ()
 
 
 _NO_MIME = MimeSummary(error="not asked")
