@@ -482,3 +482,9 @@ def test_the_command_writes_a_ruleset_that_lints_clean(tmp_path):
     assert run("lint", out / "imported.rules").returncode == 0
     again = run("import", "postfix-config", fixture / "main.cf", "-o", out)
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_a_main_cf_that_cannot_be_read_is_a_clear_error(tmp_path):
+    from tests.support.cli import run
+    proc = run("import", "postfix-config", tmp_path / "nope" / "main.cf", "-o", tmp_path / "out")
+    assert proc.returncode == 2 and "main.cf" in proc.stderr and "Traceback" not in proc.stderr

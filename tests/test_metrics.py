@@ -61,3 +61,20 @@ def test_metrics_are_off_by_default(tmp_path):
     with serve_with(tmp_path, {}) as srv:
         assert session(srv.address, "root@localhost") == 250
         assert "metrics on" not in srv.text
+
+
+def test_a_bad_metrics_address_is_refused_and_a_taken_port_is_logged(tmp_path):
+    import socket
+
+    import pytest
+
+    from smtpfw.config import ConfigError, from_mapping
+    with pytest.raises(ConfigError, match="metrics.listen"):
+        from_mapping({"metrics": {"listen": "nowhere"}})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with serve_with(tmp_path, {"metrics": {"listen": f"127.0.0.1:{port}"}}) as srv:
+            srv.wait_for(rf"metrics: cannot listen on 127.0.0.1:{port}")
+            assert session(srv.address, "root@localhost") == 250          # the server runs on without it
