@@ -281,12 +281,12 @@ def _serve(experiment: str, argv: list[str]) -> int:
         from state_bench import _experiment_sqlite_inline
         _experiment_sqlite_inline()
     elif experiment == "nostore":
-        from smtpfw.state.passes import GreetPasses
+        from smtpfw.state.passes import PassCache
 
-        async def passed(self, client_ip: str) -> bool:
+        async def passed(self, key: str) -> bool:
             return True
 
-        GreetPasses.passed = passed              # type: ignore[method-assign]
+        PassCache.passed = passed              # type: ignore[method-assign]
     from smtpfw.cli import main
     return main(argv)
 

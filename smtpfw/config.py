@@ -91,6 +91,7 @@ class DnsSettings:
     session_max_lookups: int = 100       # distinct lookups one session may start
     health_interval: float = 300.0       # seconds between DNS list health checks (0 = never)
     skip_unhealthy: bool = True          # an unhealthy list's lookups answer "not listed"
+    pass_ttl: float = 0.0                # a client address no DNSBL listed is not asked again this long (0 = off)
 
 
 @dataclass(frozen=True)
@@ -429,6 +430,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
         "session_max_lookups": ("dns_session_max_lookups", _num(int)),
         "health_interval": ("dns_health_interval", _num(float)),
         "skip_unhealthy": ("dns_skip_unhealthy", _bool),
+        "pass_ttl": ("dns_pass_ttl", _num(float)),
     },
     "callout": {
         "timeout": ("callout_timeout", _num(float)),

@@ -36,6 +36,8 @@ def setup(directory: str) -> None:
         monitored=Counter("smtpfw_rule_monitored", "refusals a monitor-mode rule would have made", ["rule"]),
         dns=Counter("smtpfw_dns_lookups", "DNS lookups asked of the resolver (not cache hits)",
                     ["kind", "zone", "status"]),
+        dns_passes=Counter("smtpfw_dns_pass_cached", "DNSBL lookups answered from the pass cache (dns.pass_ttl)",
+                           ["zone"]),
         dns_seconds=Histogram("smtpfw_dns_lookup_seconds", "time a DNS lookup took", ["kind"],
                               buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)),
         deliveries=Counter("smtpfw_deliveries", "messages handed to the delivery", ["result"]),
@@ -67,6 +69,12 @@ def dns_lookup(kind: str, zone: str, status: str, seconds: float) -> None:
     if ENABLED:
         _m["dns"].labels(kind, zone, status).inc()
         _m["dns_seconds"].labels(kind).observe(seconds)
+
+
+def dns_pass_cached(zone: str) -> None:
+    """A DNSBL lookup answered "clear" from the pass cache: counted, not timed."""
+    if ENABLED:
+        _m["dns_passes"].labels(zone).inc()
 
 
 def delivery(ok: bool, seconds: float) -> None:

@@ -30,7 +30,7 @@ from smtpfw.checks.callout import CalloutSession, Verifier
 from smtpfw.canary import Canary
 from smtpfw.checks.content import ContentFacts, ContentSettings
 from smtpfw.maps.tables.source import TableFacts
-from smtpfw.state.passes import GreetPasses
+from smtpfw.state.passes import dnsbl_passes, greet_passes
 from smtpfw.maps.tables.stores import close_stores
 from smtpfw.checks.dns import DnsSession, Resolver
 from smtpfw.checks.health import public_resolvers
@@ -94,8 +94,10 @@ class Server:
         self.health_task: asyncio.Task | None = None
         self.store: Store | None = None           # opened when a ruleset tests limits or greylisting
         self._open_store(ruleset)
-        self.greet_passes = (GreetPasses(self.store, config.smtp_greet_pass_ttl, fail_open=config.state.fail == "open")
+        self.greet_passes = (greet_passes(self.store, config.smtp_greet_pass_ttl, fail_open=config.state.fail == "open")
                              if self.greet_pass_cache and self.store is not None else None)
+        if config.dns_pass_ttl > 0 and self.store is not None:
+            self.resolver.passes = dnsbl_passes(self.store, config.dns_pass_ttl)
         self.delivery = make_delivery(config)
         self.users = secrets.users
         self.recorder = (Recorder(config.recording_path, config.recording_rotate, config.recording_max_bytes)
@@ -136,8 +138,8 @@ class Server:
 
     def _open_store(self, ruleset: Ruleset) -> None:
         """The state store, the first time a ruleset needs one (limits,
-        greylisting) or the pregreet pass cache does; it stays open across reloads."""
-        if self.store is not None or not (ruleset.stateful or self.greet_pass_cache):
+        greylisting) or a pass cache (pregreet, DNSBL) does; it stays open across reloads."""
+        if self.store is not None or not (ruleset.stateful or self.greet_pass_cache or self.config.dns_pass_ttl > 0):
             return
         s = self.config.state
         self.store = open_store(s.store, timeout=s.timeout, failures=s.failures, cooldown=s.cooldown,

@@ -288,13 +288,13 @@ def test_the_pass_cache_remembers_locally_and_fails_open(tmp_path):
     import asyncio
 
     from smtpfw.state import open_store
-    from smtpfw.state.passes import GreetPasses
+    from smtpfw.state.passes import PassCache
 
     async def main():
         store = open_store(str(tmp_path / "state.db"), timeout=1.0)
         now = [1000.0]
-        one = GreetPasses(store, 60, clock=lambda: now[0])
-        other = GreetPasses(store, 60, clock=lambda: now[0])          # another worker, same store
+        one = PassCache(store, 60, clock=lambda: now[0])
+        other = PassCache(store, 60, clock=lambda: now[0])          # another worker, same store
         assert not await one.passed("192.0.2.1")
         await one.remember("192.0.2.1")
         reads = one.store_reads
@@ -305,8 +305,8 @@ def test_the_pass_cache_remembers_locally_and_fails_open(tmp_path):
         now[0] += 31                                                           # 61 s after the pass
         assert not await one.passed("192.0.2.1") and not await other.passed("192.0.2.1")
         await store.close()
-        closed = GreetPasses(store, 60, clock=lambda: now[0], fail_open=False)
-        opened = GreetPasses(store, 60, clock=lambda: now[0])
+        closed = PassCache(store, 60, clock=lambda: now[0], fail_open=False)
+        opened = PassCache(store, 60, clock=lambda: now[0])
         # a store that cannot answer: state.fail decides
         assert await opened.passed("192.0.2.9") is True
         assert await closed.passed("192.0.2.9") is False

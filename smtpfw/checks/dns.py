@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import dns.asyncresolver
 import dns.exception
@@ -31,8 +31,11 @@ import dns.reversename
 
 from smtpfw import metrics
 
-from .dnsresult import DnsAnswer, Lookup, LookupKind, failed
+from .dnsresult import PASS_CACHED, DnsAnswer, Lookup, LookupKind, failed
 from .health import HealthBoard
+
+if TYPE_CHECKING:
+    from smtpfw.state.passes import PassCache
 
 log = logging.getLogger("smtpfw.dns")
 
@@ -91,6 +94,9 @@ class Resolver:
         self._inflight: dict[Lookup, asyncio.Task[DnsAnswer]] = {}
         self._wanted: dict[Lookup, int] = {}      # sessions still waiting for an in-flight lookup
         self.health = HealthBoard()               # DNS lists found unhealthy are skipped (checks/health.py)
+        # DNSBL passes (dns.pass_ttl): a "clear" answer remembered in the state
+        # store, for all workers and nodes, longer than the DNS answer's own TTL.
+        self.passes: PassCache | None = None
         self._logged: dict[tuple[str, str], float] = {}
 
     # -- public -------------------------------------------------------------
@@ -101,7 +107,16 @@ class Resolver:
         return [str(getattr(ns, "address", ns)) for ns in self._res.nameservers]
 
     def cached(self, lookup: Lookup) -> DnsAnswer | None:
-        """The cached answer, if fresh; synchronous so hot paths need no task."""
+        """The cached answer, if fresh, or a pass this worker knows of;
+        synchronous so hot paths need no task."""
+        answer = self._cached(lookup)
+        if answer is None and self.passes is not None and lookup.kind is LookupKind.DNSBL \
+                and self.passes.seen(_pass_key(lookup)):
+            metrics.dns_pass_cached(lookup.zone)
+            return PASS_CACHED
+        return answer
+
+    def _cached(self, lookup: Lookup) -> DnsAnswer | None:
         entry = self._cache.get(lookup)
         if entry is None:
             return None
@@ -146,8 +161,12 @@ class Resolver:
         if task is not None and not task.done():
             task.cancel()
 
-    async def lookup(self, lookup: Lookup) -> DnsAnswer:
-        """Answer ``lookup``; never raises except CancelledError."""
+    async def lookup(self, lookup: Lookup, *, passes: bool = True) -> DnsAnswer:
+        """Answer ``lookup``; never raises except CancelledError.  With
+        ``passes`` false the DNSBL pass cache is not consulted (the health
+        checks must see what the list answers now)."""
+        if not passes:
+            return self._cached(lookup) or await self._run(lookup, use_passes=False)
         hit = self.cached(lookup)
         if hit is not None:
             return hit
@@ -170,7 +189,11 @@ class Resolver:
             del self._inflight[lookup]
             self._wanted.pop(lookup, None)
 
-    async def _run(self, lookup: Lookup) -> DnsAnswer:
+    async def _run(self, lookup: Lookup, *, use_passes: bool = True) -> DnsAnswer:
+        passes = self.passes if use_passes and lookup.kind is LookupKind.DNSBL else None
+        if passes is not None and await passes.passed(_pass_key(lookup)):
+            metrics.dns_pass_cached(lookup.zone)
+            return PASS_CACHED
         started = time.monotonic()
         try:
             answer, ttl = await self._resolve(lookup)
@@ -188,6 +211,8 @@ class Resolver:
             ttl = FAILURE_TTL
         self._store(lookup, answer, ttl)
         metrics.dns_lookup(lookup.kind.value, lookup.zone, answer.status, time.monotonic() - started)
+        if passes is not None and answer.status == "clear":
+            await passes.remember(_pass_key(lookup))
         return answer
 
     def _store(self, lookup: Lookup, answer: DnsAnswer, ttl: float) -> None:
@@ -460,6 +485,10 @@ class DnsSession:
 
 
 # -- helpers ----------------------------------------------------------------
+
+def _pass_key(lookup: Lookup) -> str:
+    return f"{lookup.zone}:{lookup.name}"
+
 
 def _parse_ip(text: str):
     try:

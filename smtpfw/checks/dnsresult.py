@@ -54,6 +54,7 @@ class DnsAnswer:
     names: tuple[str, ...] = ()      # PTR names
     confirmed: bool = False          # PTR name resolves back to the IP (FCrDNS)
     error: str = ""                  # why it failed (timeout, SERVFAIL, ...)
+    pass_cached: bool = False        # "clear" from the DNSBL pass cache (dns.pass_ttl): not asked
 
     @property
     def failed(self) -> bool:
@@ -71,6 +72,8 @@ class DnsAnswer:
             d["confirmed"] = True
         if self.error:
             d["error"] = self.error
+        if self.pass_cached:
+            d["pass_cached"] = True
         return d
 
     @classmethod
@@ -82,7 +85,11 @@ class DnsAnswer:
             tuple(d.get("names", ())),
             bool(d.get("confirmed", False)),
             d.get("error", ""),
+            bool(d.get("pass_cached", False)),
         )
+
+
+PASS_CACHED = DnsAnswer("clear", pass_cached=True)
 
 
 def failed(error: str) -> DnsAnswer:

@@ -2122,9 +2122,9 @@ class _Translator:
 
 
 _POSTSCREEN = {
-    "postscreen_dnsbl_ttl": "postscreen's cache of passed clients: smtpfw looks every connection up again",
-    "postscreen_dnsbl_min_ttl": "postscreen's cache of passed clients: smtpfw looks every connection up again",
-    "postscreen_dnsbl_max_ttl": "postscreen's cache of passed clients: smtpfw looks every connection up again",
+    "postscreen_dnsbl_ttl": "the DNSBL pass cache: smtpfw's dns.pass_ttl (config file; off by default)",
+    "postscreen_dnsbl_min_ttl": "the DNSBL pass cache: smtpfw's dns.pass_ttl (config file) is one fixed time",
+    "postscreen_dnsbl_max_ttl": "the DNSBL pass cache: smtpfw's dns.pass_ttl (config file) is one fixed time",
     "postscreen_greet_ttl": "the pass cache of the pregreet test: smtpfw's smtp.greet_pass_ttl (config file)",
     "postscreen_greet_wait": "the pregreet wait: smtpfw's smtp.greet_wait (config file), which must be > 0 for "
                              "client.pregreet to be measured",

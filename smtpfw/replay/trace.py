@@ -30,6 +30,8 @@ def describe_answer(answer: DnsAnswer) -> str:
         out += f' "{answer.txt}"'
     if answer.error:
         out += f": {answer.error}"
+    if answer.pass_cached:
+        out += " (from the DNSBL pass cache, not asked)"
     return out
 
 
