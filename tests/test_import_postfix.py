@@ -161,6 +161,28 @@ def test_restriction_names():
     assert restriction("something else") == "postfix:reject"
 
 
+def test_a_listing_in_the_sites_own_rbl_reply_words_is_recorded():
+    """rbl_reply_maps lets a site word the reply; a text that names the
+    entity before "blocked using ZONE" is still that list's refusal, and
+    the listing is recorded (Postfix 3.7, tests/test_postfix_roundtrip.py)."""
+    lines = [
+        "Nov 30 17:35:06 mx postfix/smtpd[22234]: connect from unknown[127.0.0.1]",
+        "Nov 30 17:35:06 mx postfix/smtpd[22234]: NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 550 5.7.1 "
+        "<bob@example.net>: Sender address rejected: domain x@SPAM.Example blocked using dbl.test; Domain "
+        "spam.example is listed in dbl.test; from=<x@SPAM.Example> to=<bob@example.net> proto=ESMTP "
+        "helo=<mx.good.example>",
+        "Nov 30 17:35:06 mx postfix/smtpd[22234]: disconnect from unknown[127.0.0.1] ehlo=1 mail=1 rcpt=0/1 "
+        "quit=1 commands=3/4",
+    ]
+    records, _report = import_lines(lines, 2026)
+    assert [e[3] for e in envelope(records[0])[2:]] == ["postfix:reject_rhsbl_sender dbl.test"]
+    assert {"lookup": {"kind": "rhsbl", "name": "spam.example", "zone": "dbl.test"},
+            "answer": {"status": "listed"}} in dns_of(records[0])
+    assert restriction("Client host rejected: 192.0.2.1 is blocked using zen.example.org") == \
+        "postfix:reject_rbl_client zen.example.org"
+    assert restriction("Sender address rejected: blocked using our rules") == "postfix:check_sender_access"
+
+
 def test_cli_writes_jsonl_and_gz_and_reports_on_stderr(tmp_path):
     out = tmp_path / "sessions.jsonl"
     run = smtpfw("import", "postfix", MAILLOG, "-o", out, "--year", "2024")

@@ -488,3 +488,38 @@ def test_a_main_cf_that_cannot_be_read_is_a_clear_error(tmp_path):
     from tests.support.cli import run
     proc = run("import", "postfix-config", tmp_path / "nope" / "main.cf", "-o", tmp_path / "out")
     assert proc.returncode == 2 and "main.cf" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rbl_reply_maps_and_exact_domain_access_maps(tmp_path):
+    """rbl_reply_maps gives a list's reply (code and text, $rbl_* as
+    fields); without smtpd_access_maps in parent_domain_matches_subdomains
+    a `domain` key of an access map is that domain only (address lookups),
+    and host-name lookups of such a map are reported as approximated."""
+    main_cf, mapdir = write_main_cf(tmp_path, (
+        "compatibility_level = 3.6\n"
+        "relay_domains = example.net\n"
+        "parent_domain_matches_subdomains = debug_peer_list, mynetworks\n"
+        "rbl_reply_maps = texthash:/etc/postfix/rbl_reply\n"
+        "smtpd_recipient_restrictions = check_sender_access texthash:/etc/postfix/senders,\n"
+        "    check_helo_access texthash:/etc/postfix/senders, reject_rhsbl_sender dbl.test,\n"
+        "    reject_rbl_client bl.test, reject_unauth_destination\n"),
+        {"rbl_reply": "dbl.test 550 5.7.1 Sender $sender refused: $rbl_domain says ${rbl_reason?$rbl_reason}\n",
+         "senders": "spammer.example 550 5.7.1 go away\n.sub.bad.example 550 5.7.1 subdomains only\n"})
+    result = import_main_cf(main_cf, map_dir=mapdir)
+    out = tmp_path / "out"
+    result.write(str(out))
+    assert (out / "maps" / "senders_exact").read_text().splitlines() == [
+        "@spammer.example 550 5.7.1 go away", ".sub.bad.example 550 5.7.1 subdomains only"]
+    text = (out / "imported.rules").read_text()
+    assert 'reject 550 5.7.1 "Sender {sender} refused: dbl.test says {rhsbl.txt}"' in text
+    assert '"Service unavailable; Client host [{client.ip}] blocked using bl.test; {dnsbl.txt}"' in text
+    notes = " ".join(r.note for r in result.report)
+    assert "matches that name only; smtpfw maps match helo's parent domains too" in notes
+    assert "is written as its text" in notes                       # the site's ${rbl_reason?...}
+    assert run_ruleset_tests(out / "imported.rules", """\
+dns dbl.test spam.example = listed 127.0.0.2 "listed for spam"
+client 192.0.2.9 ehlo mx.good.example from a@spammer.example rcpt u@example.net -> reject at rcpt code 550
+client 192.0.2.9 ehlo mx.good.example from a@mx.spammer.example rcpt u@example.net -> accept
+client 192.0.2.9 ehlo mx.good.example from a@x.sub.bad.example rcpt u@example.net -> reject at rcpt code 550
+client 192.0.2.9 ehlo mx.good.example from a@spam.example rcpt u@example.net -> reject at rcpt code 550
+""") == 4

@@ -1533,14 +1533,17 @@ class _Translator:
         z, cs = self.zone(kind, domain, codes or None)
         if fld == "client.rdns":
             self.needs_ptr = True
-        action = _reply_action(code, "5.7.1", f"Service unavailable; {klass} [{what}] blocked using {domain}")
+        if name == "reject_rhsbl_sender":
+            what = "{sender}"                    # Postfix's $rbl_what is the whole address
+        reply, reply_note = self.rbl_reply(domain, code, klass, what, kind)
+        action = _reply_action(*reply)
         rid, why = self.emit(ctx.block, lab, action, ctx.guard + extra + [f"{fld} listed in {z}{cs}"],
                              refusal=True, monitor=monitor)
         if rid is None:
             return Status.NOT_TRANSLATED, why or ""
         filt = f", answers {codes}" if codes else ""
-        status = Status.TRANSLATED
-        note = f"rule [{rid}]: {fld} listed in zone {z} ({domain}{filt})"
+        status = Status.APPROXIMATED if reply_note.startswith("approximated") else Status.TRANSLATED
+        note = f"rule [{rid}]: {fld} listed in zone {z} ({domain}{filt})" + (f"; {reply_note}" if reply_note else "")
         if not codes and public_zone(domain) is not None:
             note += "; Postfix counts any answer, smtpfw the list's documented codes (see the zone)"
             status = Status.APPROXIMATED
@@ -1574,6 +1577,16 @@ class _Translator:
         lookups = [fld]
         notes = list(t.notes)
         status = Status.TRANSLATED
+        if t.kind == "access" and not self.access_maps_match_parents() and self._bare_domain_keys(t):
+            if fld in ("sender", "rcpt"):
+                t = self._exact_copy(t)
+                notes.append(f"smtpd_access_maps is not in parent_domain_matches_subdomains, so a `domain` key "
+                             f"matches that domain only: its keys are written `@domain` in {self.decl_files[t.name]}")
+            else:
+                status = Status.APPROXIMATED
+                notes.append(f"smtpd_access_maps is not in parent_domain_matches_subdomains, so for Postfix a "
+                             f"`domain` key matches that name only; smtpfw maps match {fld}'s parent domains too "
+                             "(write the keys as full names, or `.domain` for subdomains)")
         if name == "check_client_access" and (t.name_keys or t.kind in ("regexp", "pcre")):
             lookups = ["client.rdns", "client.ip"]
             notes.append("Postfix looks up the client's verified name, then its address: two rules")
@@ -1620,6 +1633,90 @@ class _Translator:
                         + " and ".join(lookups) + "; an OK ends only this list: the map's other answers act, "
                         "and the later rules of the list apply only when it did not permit"
                         + ("; " + "; ".join(notes) if notes else ""))
+
+    def rbl_reply(self, zone: str, code: str, klass: str, what: str, kind: str) -> tuple[tuple[str, str, str], str]:
+        """(code, enhanced, text) of a DNS list refusal: the zone's template in
+        rbl_reply_maps, else default_rbl_reply, with Postfix's $rbl_* names as
+        smtpfw fields; and a note (empty when exact, "approximated: ..." when not)."""
+        template, note = self.p.get_raw("default_rbl_reply") or _DEFAULT_RBL_REPLY, ""
+        self.p.read.add("default_rbl_reply")
+        if self.p.is_set("rbl_reply_maps"):
+            self.p.read.add("rbl_reply_maps")
+            found = self._rbl_reply_maps().get(zone.lower())
+            if found is not None:
+                template, note = found, "its reply from rbl_reply_maps"
+        txt = "{dnsbl.txt}" if kind == "dnsbl" else "{rhsbl.txt}"
+        names = {"rbl_code": code, "rbl_domain": zone, "rbl_class": klass, "rbl_what": what, "rbl_reason": txt,
+                 "rbl_txt": txt, "client_address": "{client.ip}", "client_name": "{client.rdns}",
+                 "reverse_client_name": "{client.rdns}", "helo_name": "{helo}", "sender": "{sender}",
+                 "recipient": "{rcpt}", "recipient_domain": "{rcpt.domain}", "sender_domain": "{sender.domain}"}
+        unknown: list[str] = []
+
+        def name_of(m: re.Match) -> str:
+            var, cond, inner = m.group(1) or m.group(2) or m.group(3), m.group(4), m.group(5)
+            if cond is not None:                 # ${name?text}: smtpfw has no conditionals
+                if template != _DEFAULT_RBL_REPLY:
+                    unknown.append(f"${{{var}?...}} is written as its text, as if {var} were set")
+                return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda n: names.get(n.group(1) or n.group(2), ""), inner)
+            if var not in names:
+                unknown.append(f"${var} has no smtpfw field: left out")
+                return ""
+            return names[var]
+        text = re.sub(r"\$(\w+)|\$\((\w+)\)|\$\{(\w+)(?:(\?)([^}]*))?\}", name_of, template)
+        m = re.match(r"^\s*([45]\d\d)(?:\s+([45]\.\d{1,3}\.\d{1,3}))?\s*(.*)$", text)
+        if m is None:
+            return (code, "5.7.1", text.strip()), f"approximated: the reply `{template}` has no reply code; {code} used"
+        if unknown:
+            note = "approximated: " + "; ".join([note] + unknown if note else unknown)
+        return (m.group(1), m.group(2) or "5.7.1", m.group(3)), note
+
+    def _rbl_reply_maps(self) -> dict[str, str]:
+        """rbl_reply_maps: zone -> reply template, from the tables' source files."""
+        out: dict[str, str] = {}
+        for spec in split_list(self.p.get("rbl_reply_maps")):
+            kind, _, path = spec.removeprefix("proxy:").partition(":")
+            found = self.find(path) if kind.lower() in _INDEXED else None
+            if found is None:
+                continue
+            with open(found, encoding="utf-8", errors="replace") as f:
+                for key, value in _access_pairs(f.read()):
+                    out.setdefault(key.lower(), value)
+        return out
+
+    def access_maps_match_parents(self) -> bool:
+        """Postfix's parent_domain_matches_subdomains names smtpd_access_maps
+        (its default): a `domain` key of an access map covers subdomains."""
+        return "smtpd_access_maps" in split_list(self.p.get("parent_domain_matches_subdomains"))
+
+    def _bare_domain_keys(self, t: _Table) -> bool:
+        rel = self.decl_files.get(t.name)
+        return rel is not None and any(_is_name_key(k) and not k.startswith(".")
+                                       for k, _v in _access_pairs(self.files.get(rel, "")))
+
+    def _exact_copy(self, t: _Table) -> _Table:
+        """A copy of access map ``t`` for address lookups in which a bare
+        `domain` key is `@domain` (that domain only, as Postfix without
+        smtpd_access_maps in parent_domain_matches_subdomains); made once."""
+        key = t.spec + " (exact domains)"
+        if key in self.tables and self.tables[key] is not None:
+            return self.tables[key]  # type: ignore[return-value]
+        rel = self.decl_files[t.name]
+        lines = []
+        for line in self.files[rel].split("\n"):
+            s = line.strip()
+            k = s.split(None, 1)[0] if s else ""
+            if s and not s.startswith("#") and not line[:1].isspace() and _is_name_key(k) and not k.startswith("."):
+                line = line.replace(k, "@" + k, 1)
+            lines.append(line)
+        name = self.fresh(t.name + "_exact")
+        stem, dot, ext = os.path.basename(rel).partition(".")
+        new_rel = self.add_file(f"{stem}_exact{dot}{ext}", "\n".join(lines))
+        self.decl_files[name] = new_rel
+        self.declare(name, f"map {name} = file {_q(new_rel)}", f"{t.spec}, its domain keys as @domain (exact)")
+        exact = _Table(name, t.kind, t.spec, value_problems=t.value_problems, name_keys=t.name_keys,
+                       notes=list(t.notes), degraded=t.degraded)
+        self.tables[key] = exact
+        return exact
 
     def _pattern_problems(self, t: _Table, fields: list[str]) -> list[str]:
         """Patterns of a regexp/pcre map that can never match the field it is
@@ -2022,9 +2119,14 @@ class _Translator:
                 return Status.TRANSLATED, "built in: smtpfw answers MAIL before HELO/EHLO with 503 5.5.1"
             return Status.APPROXIMATED, "smtpfw always requires HELO/EHLO before MAIL (503 5.5.1)"
         if name == "parent_domain_matches_subdomains":
+            if self.access_maps_match_parents():
+                return Status.TRANSLATED, ("read for relay_domains (a domain there also covers its subdomains "
+                                           "only when relay_domains is in this list) and access maps (smtpfw "
+                                           "access maps match parent domains, as with smtpd_access_maps)")
             return Status.TRANSLATED, ("read for relay_domains (a domain there also covers its subdomains only "
-                                       "when relay_domains is in this list); smtpfw access maps always match "
-                                       "parent domains, as with smtpd_access_maps")
+                                       "when relay_domains is in this list) and access maps: without "
+                                       "smtpd_access_maps, a `domain` key is that domain only (address lookups "
+                                       "use a copy of the map with `@domain` keys; name lookups are reported)")
         if name == "smtpd_forbid_bare_newline":
             v = self.p.get(name).strip().lower()
             if v in ("yes", "reject"):
@@ -2248,6 +2350,9 @@ def _int(text: str, default: int) -> int:
         return int(text.strip())
     except ValueError:
         return default
+
+
+_DEFAULT_RBL_REPLY = "$rbl_code Service unavailable; $rbl_class [$rbl_what] blocked using $rbl_domain${rbl_reason?; $rbl_reason}"
 
 
 def _reply_action(code: str, enhanced: str, text: str) -> str:

@@ -23,7 +23,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from smtpfw.recording import RecordError, check_record
@@ -31,6 +31,11 @@ from smtpfw.replay.records import ReplayBug, iter_records, replay_failure
 from smtpfw.replay.session import (KINDS, REFUSING, EventResult, Replayer, ReplayResult, Verdict, recorded_events,
                                    same_as_recorded, verdict_of)
 from smtpfw.verdict import Outcome, Stage
+
+# Records imported from another system's log carry that system's verdicts, its rule
+# names (postfix:reject_rbl_client ...) never an smtpfw rule id: such a session is
+# compared by outcome (refusal kind, stage, reply code), not by which rule refused.
+FOREIGN_RULESETS = frozenset({"postfix"})
 
 NEWLY_REJECTED, NEWLY_ACCEPTED, CHANGED = "newly_rejected", "newly_accepted", "changed"
 CATEGORIES = (NEWLY_REJECTED, NEWLY_ACCEPTED, CHANGED)
@@ -73,6 +78,7 @@ class Report:
     scores: dict = field(default_factory=dict)         # score name -> Counter(total -> sessions)
     refused: dict = field(default_factory=dict)        # "client", "sender", "sender domain" -> Counter
     skipped: int = 0                                   # records older than ``since`` (smtpfw stats --days)
+    foreign: Counter = field(default_factory=Counter)  # sessions compared by outcome, by the system they came from
     elapsed: float = 0.0
 
     @property
@@ -90,7 +96,8 @@ class Report:
             "rules": self.rules,
             "ruleset": self.ruleset_version,
             "baseline": {"kind": "ruleset", "rules": self.baseline, "ruleset": self.baseline_version}
-            if self.baseline else {"kind": "recorded"},
+            if self.baseline else {"kind": "recorded",
+                                   **({"compared_by_outcome": dict(self.foreign)} if self.foreign else {})},
             "files": self.files,
             "sessions": self.sessions,
             "verdicts": {k: self.verdicts.get(k, 0) for k in KINDS},
@@ -165,11 +172,12 @@ def _example(result: ReplayResult, base: Verdict, new: Verdict, what: str) -> di
     }
 
 
-def _first_difference(base_events: list, new_events: list) -> tuple[str, str]:
-    """(group key, description) of the first command decided otherwise."""
+def _first_difference(base_events: list, new_events: list,
+                      same: Callable[..., tuple] = lambda e: e.key()) -> tuple[str, str]:
+    """(group key, description) of the first command decided otherwise (``same``: what is compared)."""
     for b, n in zip(base_events, new_events):
-        kb, kn = b.key(), n.key()
-        if kb != kn:
+        if same(b) != same(n):
+            kb, kn = b.key(), n.key()
             change = f"{_describe_key(kb)} -> {_describe_key(kn)}"
             subject = f" {n.subject}" if n.subject else ""
             return f"{n.cmd}: {change}", f"{n.cmd}{subject}: {change}"
@@ -235,10 +243,14 @@ class DryRun:
         for rule_id, _d in result.monitored:
             rep.monitored[rule_id] += 1
         # compare
+        foreign = self.base_replayer is None and record.get("ruleset") in FOREIGN_RULESETS
+        if foreign:
+            rep.foreign[record["ruleset"]] += 1
         if compared is None:
             return result
         base_connect, base_events = compared
-        if new.key() != base.key():
+        same: Callable[[Verdict | EventResult], tuple] = _outcome_key if foreign else _rule_key
+        if same(new) != same(base):
             if base.kind not in REFUSING and new.kind in REFUSING:
                 cat, v = NEWLY_REJECTED, new
             elif base.kind in REFUSING and new.kind not in REFUSING:
@@ -253,9 +265,9 @@ class DryRun:
                 key = f"{base.describe()} -> {new.describe()}"
                 rule, detail = new.rule or base.rule, "verdict changed"
             self._note(cat, key, rule, detail, result, base, new, "")
-        elif result.connect.key() != base_connect.key() or any(
-                b.key() != n.key() for b, n in zip(base_events, result.events)):
-            key, what = _first_difference([base_connect] + list(base_events), [result.connect] + result.events)
+        elif same(result.connect) != same(base_connect) or any(
+                same(b) != same(n) for b, n in zip(base_events, result.events)):
+            key, what = _first_difference([base_connect] + list(base_events), [result.connect] + result.events, same)
             self._note(CHANGED, key, None, "same verdict, a command decided otherwise", result, base, new, what)
         return result
 
@@ -296,6 +308,9 @@ def format_text(rep: Report) -> str:
     w(f"dry-run of {rep.rules} (ruleset {rep.ruleset_version}) over {rep.sessions:,} session"
       f"{'s' if rep.sessions != 1 else ''} from {len(rep.files)} file{'s' if len(rep.files) != 1 else ''}")
     w(f"compared with {against}")
+    for system, count in sorted(rep.foreign.items()):
+        w(f"  {count:,} session{'s' if count != 1 else ''} came from a {system} log: compared by verdict, stage "
+          f"and reply code, not by which rule decided ({system}'s rule names are not smtpfw's)")
     w("")
     w(f"{'verdicts':<16}{'now':>10}{'before':>10}")
     for k in KINDS:
@@ -519,8 +534,19 @@ def _locate(message: str) -> str:
     return f"{path}:{line}:" + message[m.end():]
 
 
+def _rule_key(v: Verdict | EventResult) -> tuple:
+    return v.key()
+
+
+def _outcome_key(v: Verdict | EventResult) -> tuple:
+    """``key()`` without the rule: (kind, stage, code) of a verdict, (outcome, code) of a decision."""
+    k = v.key()
+    return (k[0], k[1], k[3]) if isinstance(v, Verdict) else (k[0], k[2]) if len(k) == 3 else k
+
+
 def merge(into: Report, part: Report, examples: int) -> None:
     into.sessions += part.sessions
+    into.foreign.update(part.foreign)
     into.verdicts.update(part.verdicts)
     into.base_verdicts.update(part.base_verdicts)
     into.hits.update(part.hits)

@@ -122,12 +122,20 @@ _IDLE = 600.0
 # postscreen hands a client to smtpd at once; the smtpd "connect from" follows within seconds.
 _HANDOFF = 300.0
 # What a Postfix reject text says about the restriction that made it.
+_ZONE = r"((?:[A-Za-z0-9_-]+\.)+[A-Za-z0-9_-]+)"
+_BLOCKED_REPLY = re.compile(rf"(?P<what>Client host|Sender address|Helo command|Recipient address)\b.*?"
+                            rf"\bblocked using (?P<zone>(?:[A-Za-z0-9_-]+\.)+[A-Za-z0-9_-]+)")
 _RESTRICTIONS = [
     (re.compile(r"Client host \[[^\]]*\] blocked using (\S+?)[;,]?(?: |$)"), "reject_rbl_client {0}"),
     (re.compile(r"Reverse client host \[[^\]]*\] blocked using (\S+?)[;,]?(?: |$)"), "reject_rhsbl_reverse_client {0}"),
     (re.compile(r"Sender address \[[^\]]*\] blocked using (\S+?)[;,]?(?: |$)"), "reject_rhsbl_sender {0}"),
     (re.compile(r"Helo command \[[^\]]*\] blocked using (\S+?)[;,]?(?: |$)"), "reject_rhsbl_helo {0}"),
     (re.compile(r"Recipient address \[[^\]]*\] blocked using (\S+?)[;,]?(?: |$)"), "reject_rhsbl_recipient {0}"),
+    # a text of rbl_reply_maps (any wording that names the entity before "blocked using ZONE")
+    (re.compile(rf"Client host\b.*?\bblocked using {_ZONE}"), "reject_rbl_client {0}"),
+    (re.compile(rf"Sender address\b.*?\bblocked using {_ZONE}"), "reject_rhsbl_sender {0}"),
+    (re.compile(rf"Helo command\b.*?\bblocked using {_ZONE}"), "reject_rhsbl_helo {0}"),
+    (re.compile(rf"Recipient address\b.*?\bblocked using {_ZONE}"), "reject_rhsbl_recipient {0}"),
     (re.compile(r"Relay access denied"), "reject_unauth_destination"),
     (re.compile(r"Sender address rejected: Domain not found"), "reject_unknown_sender_domain"),
     (re.compile(r"Recipient address rejected: Domain not found"), "reject_unknown_recipient_domain"),
@@ -574,6 +582,8 @@ class PostfixImporter:
 
     def _note_listing(self, s: Session, text: str, values: dict) -> None:
         m = _BLOCKED.search(text)
+        if not m and self._note_reply_listing(s, text, values):
+            return
         if not m:
             if "Sender address rejected: Domain not found" in text and values.get("from"):
                 domain = values["from"].rpartition("@")[2].lower()
@@ -588,6 +598,27 @@ class PostfixImporter:
         answer = s.listings.setdefault(key, {"status": "listed"})
         if m.group("txt") and "txt" not in answer:
             answer["txt"] = m.group("txt").strip()
+
+    @staticmethod
+    def _note_reply_listing(s: Session, text: str, values: dict) -> bool:
+        """A listing in a reject text of rbl_reply_maps, worded by the site
+        ("Sender address rejected: domain D blocked using Z"): the entity is
+        the one the text names, its value taken from the line."""
+        m = _BLOCKED_REPLY.search(text)
+        if not m:
+            return False
+        what, zone = m.group("what"), m.group("zone")
+        if what == "Client host":
+            key = ("dnsbl", s.ip, zone) if s.ip else None
+        else:
+            value = {"Sender address": values.get("from"), "Helo command": values.get("helo"),
+                     "Recipient address": values.get("to")}[what] or ""
+            domain = value.rpartition("@")[2].lower().rstrip(".")
+            key = ("rhsbl", domain, zone) if domain else None
+        if key is None:
+            return False
+        s.listings.setdefault(key, {"status": "listed"})
+        return True
 
     def _close(self, s: Session) -> None:
         self.done.append(s)

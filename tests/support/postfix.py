@@ -51,6 +51,12 @@ _QUEUE_DIRS = ("active", "bounce", "corrupt", "defer", "deferred", "flush", "hol
                "trace", "private")
 
 
+def in_namespace(resolv: Path, argv: list[str]) -> list[str]:
+    """``argv`` in a private mount namespace whose /etc/resolv.conf is ``resolv``."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv), *argv]
+
+
 def postfix_available() -> str | None:
     """Why Postfix cannot run here, or None."""
     if not (POSTFIX_LIBEXEC / "master").exists():
@@ -104,11 +110,16 @@ def prepare_instance(root: Path, port: int, settings: dict[str, str]) -> Path:
 
 
 class PostfixInstance:
-    def __init__(self, settings: dict[str, str]):
+    """``resolv``: a resolv.conf for Postfix alone (its master runs in a
+    mount namespace where it is /etc/resolv.conf), for a DNS server on a
+    loopback address's port 53."""
+
+    def __init__(self, settings: dict[str, str], resolv: Path | None = None):
         self.root = Path(tempfile.mkdtemp(prefix="smtpfw-postfix-"))
         self.root.chmod(0o755)
         self.port = free_port()
         self.settings = settings
+        self.resolv = resolv
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -118,7 +129,8 @@ class PostfixInstance:
 
     def __enter__(self) -> "PostfixInstance":
         conf = prepare_instance(self.root, self.port, self.settings)
-        self.proc = subprocess.Popen([str(POSTFIX_LIBEXEC / "master"), "-d", "-c", str(conf)],
+        argv = [str(POSTFIX_LIBEXEC / "master"), "-d", "-c", str(conf)]
+        self.proc = subprocess.Popen(in_namespace(self.resolv, argv) if self.resolv else argv,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
         def listening():
