@@ -285,6 +285,32 @@ def cmd_import_postfix_config(args) -> int:
     return EXIT_OK
 
 
+@_guarded("workbench", config_errors=True)
+def cmd_workbench(args) -> int:
+    from smtpfw.commands.workbench import workbench_setup
+
+    setup = workbench_setup(rules=args.rules, config=args.config, recordings=args.recordings, listen=args.listen,
+                            pid_file=args.pid_file, server_log=args.server_log)
+    try:
+        from smtpfw.workbench.app import run
+        from smtpfw.workbench.bridge import Settings
+        from smtpfw.workbench.security import new_token
+    except ImportError as err:
+        print(f"smtpfw workbench: {err.name or err} is not installed: pip install 'smtpfw[workbench]'",
+              file=sys.stderr)
+        return EXIT_ERROR
+    settings = Settings(rules=setup.rules, config=setup.config, recordings=setup.recordings,
+                        pid_file=setup.pid_file, server_log=setup.server_log, nameservers=setup.nameservers)
+    token = setup.token or new_token()
+
+    def announce(url: str) -> None:
+        print(f"smtpfw workbench: editing {setup.rules}; open {url}", file=sys.stderr, flush=True)
+
+    run(settings, token, setup.host, setup.port, announce)
+    return EXIT_OK
+
+
 _HANDLERS = {"serve": cmd_serve, "policy": cmd_serve, "milter": cmd_serve, "lint": cmd_lint, "passwd": cmd_passwd,
              "docs": cmd_docs, "dry-run": cmd_dry_run, "stats": cmd_stats, "trace": cmd_trace, "test": cmd_test,
-             "import postfix": cmd_import_postfix, "import postfix-config": cmd_import_postfix_config}
+             "import postfix": cmd_import_postfix, "import postfix-config": cmd_import_postfix_config,
+             "workbench": cmd_workbench}

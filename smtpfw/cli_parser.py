@@ -52,6 +52,7 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     _trace(sub)
     _test(sub)
     _import(sub, handlers["import postfix"], handlers["import postfix-config"])
+    _workbench(sub)
     for name, p in sub.choices.items():
         if name in handlers:
             p.set_defaults(func=handlers[name])
@@ -210,3 +211,21 @@ def _import(sub, postfix_handler, config_handler) -> None:
     c.add_argument("--force", action="store_true", help="overwrite files in the output folder")
     c.set_defaults(func=config_handler)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _workbench(sub) -> None:
+    p = sub.add_parser(
+        "workbench", help="edit, lint, test, dry-run and trace rules in the browser",
+        description="A local web application for editing the ruleset (docs/workbench.md): lint as you type, "
+                    "the ruleset's tests, a dry-run diff against recorded sessions, traces, then save and "
+                    "reload the running server. Needs the [workbench] extra (pip install 'smtpfw[workbench]').")
+    _add_config_args(p)
+    p.add_argument("--recordings", metavar="DIR",
+                   help="recorded sessions for the dry-run diff and traces (default: the config's recording.path)")
+    p.add_argument("--listen", metavar="HOST:PORT", default=None,
+                   help="address to serve on (default 127.0.0.1:8025); every request needs the token in the "
+                        "URL printed at start")
+    p.add_argument("--pid-file", metavar="FILE",
+                   help="the running server's pid file, to send it SIGHUP (default: the config's server.pid_file)")
+    p.add_argument("--server-log", metavar="FILE",
+                   help="the running server's log, to see whether it took the new version after a reload")

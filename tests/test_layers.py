@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Top to bottom.  A module is in the layer of the longest prefix naming it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("cli", ("smtpfw.cli", "smtpfw.cli_parser", "smtpfw.__main__")),
+    ("cli", ("smtpfw.cli", "smtpfw.cli_parser", "smtpfw.__main__", "smtpfw.workbench")),
     ("commands", ("smtpfw.commands",)),
     ("services", ("smtpfw.settings", "smtpfw.lint", "smtpfw.lint_output", "smtpfw.docs", "smtpfw.server",
                   "smtpfw.replay.dryrun", "smtpfw.replay.trace", "smtpfw.replay.rulestests",
