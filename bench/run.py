@@ -468,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="smtpfw end-to-end benchmark (issue 8).")
     p.add_argument("--quick", action="store_true", help="smoke run: fewer messages, 1 repetition (< 2 min)")
     p.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
-    p.add_argument("--workloads", default="a,b,c", help="which of a,b,c (default all)")
+    p.add_argument("--workloads", default="a,b,c",
+                   help="which of a,b,c (default all), and g: big lists and maps (bench/lists_bench.py)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="smtpfw workers (default: CPUs)")
     p.add_argument("--out", default=str(BENCH / "results"), help="folder for latest.json and latest.md")
     p.add_argument("--zones", default=str(ROOT.parent / "shared" / "zones"), help="rbldnsd zone files")
@@ -478,7 +479,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     reps = args.reps or (1 if args.quick else 3)
-    workloads = [WORKLOADS[w.strip()] for w in args.workloads.split(",") if w.strip()]
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if "g" in names:
+        import lists_bench
+        names.remove("g")
+        rc = lists_bench.main(["--out", args.out] + (["--entries", "100000", "--messages", "1000"] if args.quick
+                                                     else []) + (["--no-install"] if args.no_install else []))
+        if rc or not names:
+            return rc
+    workloads = [WORKLOADS[w] for w in names]
     zones = sorted(str(z) for z in Path(args.zones).glob("*") if z.is_file())
     if not zones:
         log(f"no zone files in {args.zones} (use --zones)")

@@ -115,22 +115,25 @@ def cmd_serve(args) -> int:
     (one JSON object per line with --log-format json), errors included."""
     from smtpfw import logformat
     from smtpfw.lang.compiler import compile_ruleset
-    from smtpfw.server import serve
+    from smtpfw import service
+    from smtpfw.server import serve, shared_lists
 
     cfg, rules = load_settings(args.config, args.rules)
     cfg = _serve_config(args, cfg)
     logformat.setup(cfg.logging.format, cfg.logging.level, sys.stderr)
-    ruleset, diags = compile_ruleset(rules)
-    for d in diags:
-        log.log(logging.ERROR if d.level is Severity.ERROR else logging.WARNING, "%s", _diagnostic_line(d))
-    if ruleset is None:
-        log.error("%s: the ruleset has errors; not starting", rules)
-        return EXIT_ERROR
-    try:
-        return serve(cfg, ruleset, rules)
-    except ConfigError as err:
-        log.error("not starting: %s", err)
-        return EXIT_ERROR
+    with shared_lists(cfg):
+        ruleset, diags = compile_ruleset(rules)
+        for d in diags:
+            log.log(logging.ERROR if d.level is Severity.ERROR else logging.WARNING, "%s", _diagnostic_line(d))
+        if ruleset is None:
+            log.error("%s: the ruleset has errors; not starting", rules)
+            return EXIT_ERROR
+        service.release_memory()            # before the workers fork: what the compile dropped
+        try:
+            return serve(cfg, ruleset, rules)
+        except ConfigError as err:
+            log.error("not starting: %s", err)
+            return EXIT_ERROR
 
 
 def _diagnostic_line(d) -> str:
@@ -285,6 +288,44 @@ def cmd_import_postfix_config(args) -> int:
     return EXIT_OK
 
 
+def _write_import(result, output: str, force: bool) -> int:
+    from smtpfw.commands.errors import CommandError
+
+    try:
+        written = result.write(output, overwrite=force)
+    except FileExistsError as err:
+        raise CommandError(f"{err}: use --force to overwrite") from None
+    except OSError as err:
+        raise CommandError(f"{getattr(err, 'filename', '') or output}: {err.strerror or err}") from None
+    sys.stdout.write(result.report_text())
+    print(f"smtpfw import: wrote {', '.join(written)}; check it with `smtpfw lint {written[0]}`", file=sys.stderr)
+    return EXIT_OK
+
+
+@_guarded("import", config_errors=True)
+def cmd_import_postfwd_config(args) -> int:
+    from smtpfw.commands.errors import CommandError
+    from smtpfw.importers import import_postfwd_cf
+
+    try:
+        result = import_postfwd_cf(args.postfwd_cf)
+    except OSError as err:
+        raise CommandError(f"{getattr(err, 'filename', '') or args.postfwd_cf}: {err.strerror or err}") from None
+    return _write_import(result, args.output, args.force)
+
+
+@_guarded("import", config_errors=True)
+def cmd_import_qpsmtpd_config(args) -> int:
+    from smtpfw.commands.errors import CommandError
+    from smtpfw.importers import import_qpsmtpd_config
+
+    try:
+        result = import_qpsmtpd_config(args.config_dir)
+    except OSError as err:
+        raise CommandError(f"{getattr(err, 'filename', '') or args.config_dir}: {err.strerror or err}") from None
+    return _write_import(result, args.output, args.force)
+
+
 @_guarded("workbench", config_errors=True)
 def cmd_workbench(args) -> int:
     from smtpfw.commands.workbench import workbench_setup
@@ -313,4 +354,5 @@ def cmd_workbench(args) -> int:
 _HANDLERS = {"serve": cmd_serve, "policy": cmd_serve, "milter": cmd_serve, "lint": cmd_lint, "passwd": cmd_passwd,
              "docs": cmd_docs, "dry-run": cmd_dry_run, "stats": cmd_stats, "trace": cmd_trace, "test": cmd_test,
              "import postfix": cmd_import_postfix, "import postfix-config": cmd_import_postfix_config,
+             "import postfwd-config": cmd_import_postfwd_config, "import qpsmtpd-config": cmd_import_qpsmtpd_config,
              "workbench": cmd_workbench}

@@ -13,6 +13,8 @@ forwards signals and replaces a worker that dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 from smtpfw import metrics, paths, replies, service
 from smtpfw.auth import AuthThrottle, Users
+from smtpfw.checks import packed
 from smtpfw.checks.callout import CalloutSession, Verifier
 from smtpfw.canary import Canary
 from smtpfw.checks.content import ContentFacts, ContentSettings
@@ -256,6 +259,7 @@ class Server:
             return diags
         self.ruleset = ruleset
         self.reloads += 1
+        service.release_memory()
         log.info("%s: rules reloaded from %s: version %s", _role(), self.rules_path, ruleset.version)
         if self.canary is not None:
             self.canary.load()
@@ -519,6 +523,24 @@ def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def shared_lists(cfg: Config):
+    """Big lists packed into files of a folder of this run, which every
+    worker maps (checks/packed.py): the supervisor's at start, each
+    worker's after a reload with the same content.  Readable by
+    server.user; removed when the server stops."""
+    directory = tempfile.mkdtemp(prefix="smtpfw-lists-")
+    os.chmod(directory, 0o755)
+    if cfg.server.user and os.geteuid() == 0:
+        shutil.chown(directory, cfg.server.user, cfg.server.group or None)
+    packed.share_in(directory)
+    try:
+        yield directory
+    finally:
+        packed.share_in(None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _start_metrics(cfg: Config) -> str:
     """metrics.listen set: every process counts into a directory of its own
     (made after the privilege drop, so the workers can write it)."""
@@ -566,6 +588,12 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int, secrets: Secrets
 
     _ROLE[0] = "supervisor"
     current = [ruleset.version]         # the version the workers run, as far as the supervisor knows
+    # What exists now (the rules, their lists, every module) is never freed
+    # before the workers end: out of the collector's sight, the workers do not
+    # write to its pages (the collector's bookkeeping would copy them into
+    # each worker), so the pages stay shared.
+    gc.collect()
+    gc.freeze()
 
     def spawn() -> None:
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -666,9 +694,13 @@ def _fork_metrics_endpoint(cfg: Config) -> int:
 def _reload_compiles(rules_path: str, current: list) -> bool:
     """SIGHUP in the supervisor: check the rules once here, so a broken
     ruleset is refused (and logged) once, not once per worker."""
+    packed.begin()
     ruleset, diags = compile_ruleset(rules_path)
     if ruleset is None:
         log_refused_reload(rules_path, current[0], diags)
         return False
     current[0] = ruleset.version
+    packed.prune()          # the lists of older versions: workers that still map them keep their pages
+    del ruleset
+    service.release_memory()
     return True

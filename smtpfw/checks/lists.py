@@ -17,6 +17,7 @@ number.
 from __future__ import annotations
 
 import ipaddress
+import operator
 import os
 import re
 import socket
@@ -24,9 +25,10 @@ import stat
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
 from typing import Callable
 
+from smtpfw.checks.packed import membership, pack_ints, pack_strings
 from smtpfw.diagnostics import Diagnostic, Span, nearest_file
 from smtpfw.lang.fields import ADDRESS, BOOL, DOMAIN, INT, IP, LIST, STRING
 from smtpfw.lang.invisible import describe, is_invisible
@@ -123,6 +125,16 @@ class FileEntries(Sequence):
 MAX_LIST_BYTES = 64 * 1024 * 1024   # ~2.5 million entries; bigger lists belong in a DNS zone
 
 
+def _clean(body: str) -> bool:
+    """``body`` (a file without its last line break) has one entry a line
+    and nothing to strip: no comment, no blank line or edge white space, no
+    line break but "\\n" (so ``split`` splits as ``splitlines``)."""
+    return (body.isascii() and bool(body) and "#" not in body and "\n\n" not in body
+            and body[0] not in " \t\n" and body[-1] not in " \t"
+            and " \n" not in body and "\n " not in body and "\t\n" not in body and "\n\t" not in body
+            and not any(ch in body for ch in "\r\v\f\x1c\x1d\x1e"))
+
+
 def read_list_file(path: str, shown_name: str) -> tuple[FileEntries | None, list[Diagnostic]]:
     """Entries of a list file: one a line, `#` comments, blank lines ignored.
     A byte-order mark (Notepad writes one) is not part of the first entry."""
@@ -130,6 +142,10 @@ def read_list_file(path: str, shown_name: str) -> tuple[FileEntries | None, list
     if raw is None:
         return None, [Diagnostic("E301", problem)]
     text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    body = text[:-1] if text.endswith("\n") else text
+    if _clean(body):            # the usual big list: one entry a line and nothing else
+        lines = body.split("\n")
+        return FileEntries(shown_name, lines, range(1, len(lines) + 1), lines), []
     lines = text.splitlines()
     contents = [line.strip() if "#" not in line else line.split("#", 1)[0].strip() for line in lines]
     texts = list(filter(None, contents))
@@ -185,8 +201,9 @@ class CidrTable:
         for net in networks:
             table, bits = (v4, 32) if net.version == 4 else (v6, 128)
             table.setdefault(net.prefixlen, set()).add(int(net.network_address) >> (bits - net.prefixlen))
-        self._v4 = sorted(v4.items(), key=lambda kv: -len(kv[1]))
-        self._v6 = sorted(v6.items(), key=lambda kv: -len(kv[1]))
+        # (prefix length, membership test of its network numbers), the biggest first
+        self._v4 = [(plen, membership(pack_ints(keys))) for plen, keys in sorted(v4.items(), key=lambda kv: -len(kv[1]))]
+        self._v6 = [(plen, membership(pack_ints(keys))) for plen, keys in sorted(v6.items(), key=lambda kv: -len(kv[1]))]
 
     def __contains__(self, ip) -> bool:
         if isinstance(ip, str):
@@ -198,8 +215,8 @@ class CidrTable:
             ip = ip.ipv4_mapped
         value = int(ip)
         if ip.version == 4:
-            return any((value >> (32 - plen)) in nets for plen, nets in self._v4)
-        return any((value >> (128 - plen)) in nets for plen, nets in self._v6)
+            return any(has(value >> (32 - plen)) for plen, has in self._v4)
+        return any(has(value >> (128 - plen)) for plen, has in self._v6)
 
 
 def _suffixes(domain: str):
@@ -243,12 +260,16 @@ def _plain_ipv4_table(texts: list[str]) -> CidrTable | None:
 _BAD_ADDRESS_DOMAIN = re.compile(rf"@(?!{_VALID_TO_EOL})([^\n]*)")     # with one "@" a line
 
 
+def _any_blank(joined: str) -> bool:
+    return " " in joined or "\t" in joined
+
+
 def _plain_address_sets(lowered: list[str], joined: str | None) -> tuple[set[str], set[str]] | None:
     """(addresses, domains) for distinct valid ``user@domain`` / ``@domain``
     entries without <> or trailing dots, or None when there is anything else."""
     if (joined is None or not _plain(joined, "<") or joined.endswith(".") or ".\n" in joined
             or "*" in joined or "?" in joined
-            or joined.count("@") != len(lowered) or not all("@" in t for t in lowered)):
+            or joined.count("@") != len(lowered) or not all(map(operator.contains, lowered, repeat("@")))):
         return None             # (so each entry has exactly one "@")
     if not all(valid_domain(d) for d in _BAD_ADDRESS_DOMAIN.findall(joined)):
         return None
@@ -396,7 +417,7 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
     string and set operations."""
     diags: list[Diagnostic] = []
     texts = entries.texts if isinstance(entries, FileEntries) else [e.text for e in entries]
-    if ftype in (IP, DOMAIN, ADDRESS) and any(" " in t or "\t" in t for t in texts):
+    if ftype in (IP, DOMAIN, ADDRESS) and _any_blank("\n".join(texts)):
         # qpsmtpd's badmailfrom and friends: `entry  reason...`; the reason is for people
         texts = [t.split(None, 1)[0] if t.strip() else t for t in texts]
     seen: dict = {}
@@ -458,11 +479,12 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
         names = set(lowered) if joined is not None and _plain(joined, "*.") else None
         if names is not None and len(names) == len(lowered) and _all_domains(joined):
             # the everyday list: plain valid names, no duplicates
+            has = membership(pack_strings(names))
             if not within:
-                return names.__contains__, diags
+                return has, diags
 
-            def within_match(value, names=names) -> bool:
-                return value in names or any(s in names for s in _suffixes(value))
+            def within_match(value, has=has) -> bool:
+                return has(value) or any(map(has, _suffixes(value)))
             return within_match, diags
         exact: set[str] = set()
         below: set[str] = set()     # subdomains of these
@@ -487,13 +509,12 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
                 below.add(name)
             else:
                 exact.add(name)
+        is_exact, is_below = membership(pack_strings(exact)), membership(pack_strings(below))
         if not below:
-            return exact.__contains__, diags
+            return is_exact, diags
 
-        def domain_match(value, exact=exact, below=below) -> bool:
-            if value in exact:
-                return True
-            return any(s in below for s in _suffixes(value))
+        def domain_match(value, is_exact=is_exact, is_below=is_below) -> bool:
+            return is_exact(value) or any(map(is_below, _suffixes(value)))
         return domain_match, diags
 
     if ftype == ADDRESS:
@@ -504,11 +525,13 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
         else:
             addresses, domains = set(), set()
             _address_entries(lowered, addresses, domains, seen, bad, dup, pattern)
+        is_address, is_domain, any_domain = membership(pack_strings(addresses)), membership(pack_strings(domains)), \
+            bool(domains)
 
-        def address_match(value, addresses=addresses, domains=domains) -> bool:
-            if value in addresses:
+        def address_match(value, is_address=is_address, is_domain=is_domain, any_domain=any_domain) -> bool:
+            if is_address(value):
                 return True
-            return bool(domains) and value.rpartition("@")[2] in domains
+            return any_domain and is_domain(value.rpartition("@")[2])
         return address_match, diags
 
     if ftype == INT:
@@ -524,7 +547,7 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
                 dup(i, first)
                 continue
             numbers.add(n)
-        return numbers.__contains__, diags
+        return membership(pack_ints(numbers)) if numbers else numbers.__contains__, diags
 
     if ftype in (STRING, BOOL, LIST):
         lowered: set[str] = set()
@@ -534,6 +557,6 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
                 dup(i, first)
                 continue
             lowered.add(text.lower())
-        return (lambda v, texts=lowered: str(v).lower() in texts), diags
+        return (lambda v, has=membership(pack_strings(lowered)): has(str(v).lower())), diags
 
     return None, diags

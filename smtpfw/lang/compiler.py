@@ -8,6 +8,7 @@ once, so evaluating a session does no parsing and no file I/O.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import ipaddress
 import os
@@ -251,7 +252,6 @@ class _Compiler:
         self.used_zones: set[str] = set()
         self.zones_used: set = set()            # (LookupKind, zone) the rules look up: health-checked
         self.used_plugins: set[str] = set()
-        self.version_parts: list[bytes] = []
         self.list_files: list[str] = []
         self.maps: dict[str, object | None] = {}              # name -> loaded map (smtpfw.maps)
         self.tables: dict[str, Table] = {}                     # the maps in a database or directory, by name
@@ -303,9 +303,8 @@ class _Compiler:
                     seen.add(r.rule_id)
                     rules.append(r)
         hooks = {stage: tuple(r for r in rules if r.stage is stage and r.klass is None) for stage in Stage}
-        for path in self.prog.files:
-            self.version_parts.insert(0, self.prog.sources[path].encode("utf-8", "replace"))
-        version = hashlib.sha256(b"\0".join(self.version_parts)).hexdigest()[:12]
+        version = self._version()
+        self.list_entries = {}          # a million-line list's texts are not kept once it is a matcher
         return Ruleset(
             version=version,
             hooks=hooks,
@@ -1248,10 +1247,22 @@ class _Compiler:
         """A list or map file the ruleset read: reload watches it, and its
         bytes are part of the ruleset's version."""
         self.list_files.append(path)
-        try:
-            self.version_parts.append(Path(path).read_bytes())
-        except OSError:
-            pass
+
+    def _version(self) -> str:
+        """The ruleset's version: a hash of its rule files (the last read
+        first) and then the list and map files, "\\0" between them; the files
+        are read again here, one at a time, rather than kept in memory."""
+        digest = hashlib.sha256()
+        parts = [self.prog.sources[path].encode("utf-8", "replace") for path in reversed(self.prog.files)]
+        first = True
+        for part in itertools.chain(parts, map(_file_bytes, self.list_files)):
+            if part is None:
+                continue
+            if not first:
+                digest.update(b"\0")
+            digest.update(part)
+            first = False
+        return digest.hexdigest()[:12]
 
     def _pattern(self, spec: FieldSpec, node: ast.Pattern):
         if spec.type in (BOOL, INT):
@@ -1403,6 +1414,13 @@ def glob_regex(pattern: str) -> str:
 
 def _constant_text(text: str) -> Callable[[SessionState], str]:
     return lambda s: text
+
+
+def _file_bytes(path: str) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
 
 
 def _within_any(value: str, domains: set[str]) -> bool:
