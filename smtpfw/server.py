@@ -507,6 +507,9 @@ def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
 
     As root: read the secrets, bind the listeners, write the pid file;
     then, with server.user, give root up before anything else happens."""
+    # SIGTERM/SIGHUP from here on are held until the handlers exist (_serve):
+    # a stop sent while the server is still starting must not kill it mid-way.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     secrets = load_secrets(cfg)
     sockets = bind_sockets(cfg)
     if cfg.server.pid_file:

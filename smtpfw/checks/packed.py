@@ -33,10 +33,24 @@ from array import array
 from bisect import bisect_left
 from typing import Callable, Iterable
 
-try:                        # the `fast` extra: sorts a million keys in 60 ms rather than 550
-    import numpy
-except ImportError:         # pragma: no cover - depends on the installation
-    numpy = None
+_numpy: list = []           # [module or None] once looked for (the `fast` extra)
+
+
+def _load_numpy():
+    """numpy if installed: it sorts a million keys in 60 ms rather than 550.
+    Imported only when a big list is packed, and without OpenBLAS's thread
+    pool: a thread that exists before the server blocks SIGTERM would take
+    that signal and die of it (a process-directed signal goes to any thread
+    that does not block it)."""
+    if not _numpy:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        try:
+            import numpy
+        except ImportError:     # pragma: no cover - depends on the installation
+            numpy = None
+        _numpy.append(numpy)
+    return _numpy[0]
 
 MIN_PACKED = 65536          # smaller sets stay Python sets: a probe cheaper, 90 bytes an entry dearer
 _INT64_MAX = 2 ** 63 - 1
@@ -144,6 +158,7 @@ def pack_ints(values: set[int]) -> set[int] | PackedSet:
 
 def _sorted_keys(keys: Iterable[int], count: int) -> array:
     """``keys`` sorted, as an int64 array."""
+    numpy = _load_numpy()
     if numpy is not None:
         packed = numpy.fromiter(keys, dtype=numpy.int64, count=count)
         packed.sort()
