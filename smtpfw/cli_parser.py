@@ -51,7 +51,8 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
     _stats(sub)
     _trace(sub)
     _test(sub)
-    _import(sub, handlers["import postfix"], handlers["import postfix-config"])
+    _import(sub, handlers["import postfix"], handlers["import postfix-config"],
+            handlers.get("import postfwd-config"), handlers.get("import qpsmtpd-config"))
     _workbench(sub)
     for name, p in sub.choices.items():
         if name in handlers:
@@ -186,7 +187,7 @@ def _test(sub) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="list every test")
 
 
-def _import(sub, postfix_handler, config_handler) -> None:
+def _import(sub, postfix_handler, config_handler, postfwd_handler=None, qpsmtpd_handler=None) -> None:
     p = sub.add_parser("import", help="turn mail logs into recorded sessions, or a Postfix main.cf into rules",
                        description="Turn mail server logs into smtpfw session records (format v1) for dry-run, "
                                    "or a Postfix configuration into an smtpfw ruleset.")
@@ -210,6 +211,25 @@ def _import(sub, postfix_handler, config_handler) -> None:
                                                    "then beside main.cf)")
     c.add_argument("--force", action="store_true", help="overwrite files in the output folder")
     c.set_defaults(func=config_handler)
+    w = isub.add_parser("postfwd-config", help="a postfwd ruleset, as an smtpfw ruleset",
+                        description="Translate a postfwd ruleset (its rules, macros, DNS lists, set() counters, "
+                                    "rate limits) into a ruleset that lints clean, and report every rule, item and "
+                                    "action: translated, approximated, or why not.")
+    w.add_argument("postfwd_cf", metavar="POSTFWD_CF", help="the postfwd ruleset to read (postfwd -f FILE)")
+    w.add_argument("-o", "--output", metavar="DIR", required=True,
+                   help="folder for imported.rules and its maps/ (created; existing files are kept unless --force)")
+    w.add_argument("--force", action="store_true", help="overwrite files in the output folder")
+    w.set_defaults(func=postfwd_handler)
+    k = isub.add_parser("qpsmtpd-config", help="a qpsmtpd config/ folder (plugins and their lists), as a ruleset",
+                        description="Translate a qpsmtpd configuration folder (config/plugins in order, with the "
+                                    "list files the plugins read: badhelo, badmailfrom, badrcptto, rcpthosts, "
+                                    "relayclients, dnsbl_zones ...) into a ruleset that lints clean, and report "
+                                    "every plugin, argument and file: translated, approximated, or why not.")
+    k.add_argument("config_dir", metavar="CONFIG_DIR", help="qpsmtpd's config folder (the one holding `plugins`)")
+    k.add_argument("-o", "--output", metavar="DIR", required=True,
+                   help="folder for imported.rules and its maps/ (created; existing files are kept unless --force)")
+    k.add_argument("--force", action="store_true", help="overwrite files in the output folder")
+    k.set_defaults(func=qpsmtpd_handler)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 

@@ -585,3 +585,16 @@ def test_result_rejects_unknown_scanners_and_statuses():
         ScanResult("clamd", "spam")
     with pytest.raises(ValueError, match="unknown spamd status 'infected'"):
         ScanResult("spamd", "infected")
+
+
+def test_a_ruleset_testing_scans_runs_where_no_scanner_can(tmp_path):
+    """`smtpfw test` (and replay) has no scanner to ask: the scan is an
+    error, which rules see as no verdict, not a crash ("unknown scanner ''")."""
+    from tests.support.cli import run
+    (tmp_path / "s.rules").write_text('on data:\n    [spam] reject 550 5.7.1 "spam" if spam.score >= 5\n'
+                                      '    [virus] reject 554 5.7.1 "virus" if virus = "infected"\n'
+                                      'on rcpt:\n    accept if rcpt.domain = "example.net"\n')
+    (tmp_path / "s.tests").write_text("client 192.0.2.1 ehlo mx.example.org from a@example.org "
+                                      "rcpt u@example.net -> accept\n")
+    proc = run("test", tmp_path / "s.rules")
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -103,7 +103,8 @@ _LENGTH = struct.Struct(">I")
 class ScanResult:
     """What a scanner said about a message.
 
-    ``scanner``: "clamd" or "spamd".  ``status``: for clamd "clean" or
+    ``scanner``: "clamd" or "spamd" ("" for a scan nothing could run: an
+    "error").  ``status``: for clamd "clean" or
     "infected" (``virus`` is the name clamd reported, e.g.
     "Eicar-Test-Signature"), for spamd "spam" or "ham" (``score`` and
     ``required`` are spamd's score and its required score, ``tests`` the
@@ -121,7 +122,8 @@ class ScanResult:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        allowed = STATUSES.get(self.scanner)
+        # scanner "" is a scan no source could run (replay, `smtpfw test`): an error, of whichever scanner
+        allowed = STATUSES.get(self.scanner) if self.scanner else frozenset({"error"})
         if allowed is None:
             raise ValueError(f"unknown scanner {self.scanner!r} (one of {', '.join(SCANNERS)})")
         if self.status not in allowed:
