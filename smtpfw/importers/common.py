@@ -14,7 +14,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from smtpfw.importers.postfix_conf import _RESERVED, ImportResult, ReportLine, Status, _q
+from smtpfw.importers.postfix_conf import _RESERVED, ImportResult, ReportLine, Status, _q, add_map_file
 
 __all__ = ["HOOKS", "ImportResult", "ReportLine", "RulesetBuilder", "SourceReportLine", "Status", "and_", "hook_of",
            "ident", "list_item", "not_", "or_", "q", "read_config", "FALSE", "TRUE"]
@@ -80,12 +80,14 @@ TRUE = "\x00true"
 FALSE = "\x00false"
 
 
-def _top_level_or(expr: str) -> bool:
+def _top_level(text: str, word: str):
+    """Where ``word`` (" or ", " and ") stands in ``text`` outside quotes
+    and parentheses."""
     depth = 0
     i = 0
     in_str = False
-    while i < len(expr):
-        ch = expr[i]
+    while i < len(text):
+        ch = text[i]
         if in_str:
             if ch == "\\":
                 i += 2
@@ -98,10 +100,13 @@ def _top_level_or(expr: str) -> bool:
             depth += 1
         elif ch == ")":
             depth -= 1
-        elif depth == 0 and expr.startswith(" or ", i):
-            return True
+        elif depth == 0 and text.startswith(word, i):
+            yield i
         i += 1
-    return False
+
+
+def _top_level_or(expr: str) -> bool:
+    return next(_top_level(expr, " or "), None) is not None
 
 
 def paren(expr: str) -> str:
@@ -205,28 +210,10 @@ def wrap(text: str, indent: str = "        ", width: int = 110) -> str:
     if len(text) <= width:
         return text
     parts: list[str] = []
-    depth = 0
-    in_str = False
     start = 0
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if in_str:
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif depth == 0 and text.startswith(" and ", i):
-            parts.append(text[start:i])
-            start = i + 1
-        i += 1
+    for i in _top_level(text, " and "):
+        parts.append(text[start:i])
+        start = i + 1
     parts.append(text[start:])
     return ("\n" + indent).join(parts)
 
@@ -285,14 +272,7 @@ class RulesetBuilder:
         self.decls += [f"# {c}" for c in (comment or "").split("\n") if c] + [text]
 
     def add_file(self, base: str, content: str) -> str:
-        rel = f"maps/{base}"
-        n = 2
-        while rel in self.files:
-            stem, dot, ext = base.partition(".")
-            rel = f"maps/{stem}_{n}{dot}{ext}"
-            n += 1
-        self.files[rel] = content
-        return rel
+        return add_map_file(self.files, base, content)
 
     def comment(self, hook: str, text: str) -> None:
         self.blocks[hook].append(text if text.startswith("#") else f"# {text}")

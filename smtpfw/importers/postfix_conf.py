@@ -680,14 +680,7 @@ class _Translator:
         self.decl_order.append(name)
 
     def add_file(self, base: str, content: str) -> str:
-        rel = f"maps/{base}"
-        n = 2
-        while rel in self.files:
-            stem, dot, ext = base.partition(".")
-            rel = f"maps/{stem}_{n}{dot}{ext}"
-            n += 1
-        self.files[rel] = content
-        return rel
+        return add_map_file(self.files, base, content)
 
     # -- rules ---------------------------------------------------------------
 
@@ -2443,6 +2436,19 @@ def _is_name_key(key: str) -> bool:
     if not k or "@" in k or k == "<>":
         return False
     return not (_is_ip_or_net(k) or re.fullmatch(r"[0-9.]+|[0-9a-f:]+", k))
+
+
+def add_map_file(files: dict[str, str], base: str, content: str) -> str:
+    """``content`` as ``maps/BASE`` in ``files`` (``maps/STEM_2.EXT``, ... when
+    that name is taken); its relative name."""
+    rel = f"maps/{base}"
+    n = 2
+    while rel in files:
+        stem, dot, ext = base.partition(".")
+        rel = f"maps/{stem}_{n}{dot}{ext}"
+        n += 1
+    files[rel] = content
+    return rel
 
 
 def _access_pairs(text: str) -> list[tuple[str, str]]:
