@@ -530,10 +530,9 @@ def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
 def shared_lists(cfg: Config):
     """Big lists packed into files of a folder of this run, which every
     worker maps (checks/packed.py): the supervisor's at start, each
-    worker's after a reload with the same content.  Readable by
-    server.user; removed when the server stops."""
-    directory = tempfile.mkdtemp(prefix="smtpfw-lists-")
-    os.chmod(directory, 0o755)
+    worker's after a reload with the same content.  The folder is
+    server.user's alone (mode 0700); removed when the server stops."""
+    directory = tempfile.mkdtemp(prefix="smtpfw-lists-")       # 0700: the lists are nobody else's to read
     if cfg.server.user and os.geteuid() == 0:
         shutil.chown(directory, cfg.server.user, cfg.server.group or None)
     packed.share_in(directory)
@@ -608,7 +607,8 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int, secrets: Secrets
             code = 0
             try:
                 _use_uvloop()
-                asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets, secrets=secrets))
+                rules = ruleset if current[0] == ruleset.version else _respawn_rules(ruleset, rules_path)
+                asyncio.run(_run_worker(cfg, rules, rules_path, sockets, secrets=secrets))
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
@@ -692,6 +692,18 @@ def _fork_metrics_endpoint(cfg: Config) -> int:
             logging.shutdown()
             os._exit(0)
     return pid
+
+
+def _respawn_rules(started_with: Ruleset, rules_path: str) -> Ruleset:
+    """The rules for a worker started after a reload (its predecessor
+    died): the file as it is now, as the running workers reloaded it, not
+    the ruleset the supervisor started with."""
+    ruleset, diags = compile_ruleset(rules_path)
+    if ruleset is None:
+        log_refused_reload(rules_path, started_with.version, diags)
+        return started_with
+    log.info("%s: rules %s, version %s (as reloaded)", _role(), rules_path, ruleset.version)
+    return ruleset
 
 
 def _reload_compiles(rules_path: str, current: list) -> bool:

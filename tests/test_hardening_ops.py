@@ -4,6 +4,7 @@ before serving; against a real `smtpfw serve` process on a loopback port."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import smtplib
@@ -206,3 +207,33 @@ def test_unresolvable_forward_target_warns_but_starts(tmp_path):
         assert srv.stop() == 0
 
 
+
+
+def test_a_worker_started_after_a_reload_runs_the_reloaded_rules(tmp_path):
+    """A worker that dies is replaced; the new one must not fall back to the
+    rules the supervisor started with when the others run reloaded ones."""
+    import smtplib
+    rules = tmp_path / "r.rules"
+    rules.write_text('on rcpt:\n    [gate] reject 554 5.7.1 "closed" if rcpt.domain = "a.example"\n')
+    srv = Serve("--listen", "127.0.0.1:0", "--workers", "2", "--maildir", str(tmp_path / "md"),
+                "--rules", str(rules))
+    try:
+        srv.wait_for("listening")
+        rules.write_text('on rcpt:\n    [gate] reject 554 5.7.1 "closed" if rcpt.domain = "b.example"\n')
+        srv.signal(signal.SIGHUP)
+        wait_until(lambda: srv.text.count("rules reloaded") == 2, what="two workers reloading")
+        with open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children") as fh:
+            workers = [int(p) for p in fh.read().split()]
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: srv.text.count("starting a new one") == 2, 15, what="two new workers")
+        wait_until(lambda: srv.text.count("(as reloaded)") == 2, 15, what="the new workers' rules")
+        host, port = srv.address
+        for _ in range(6):
+            with smtplib.SMTP(host, port, timeout=10) as s:
+                s.ehlo("client.example")
+                s.mail("x@example.org")
+                assert s.rcpt("u@a.example")[0] == 250          # the old rule is gone everywhere
+                assert s.rcpt("u@b.example")[0] == 554
+    finally:
+        srv.stop()

@@ -255,6 +255,30 @@ def test_file_lists_are_read_and_a_missing_one_is_reported(tmp_path):
     assert lint_clean(result, tmp_path / "out") == []
 
 
+def test_empty_values_match_what_postfwd_gives_when_there_is_none(tmp_path):
+    """postfwd's sasl_username is "" for a client that did not authenticate,
+    sender_domain "" for the null sender: `==` with nothing matches them."""
+    path = write_cf(tmp_path, (
+        "id=A1; sasl_username==; recipient_domain!=localhost; action=REJECT authenticate first\n"
+        "id=A2; sender_domain==; action=REJECT no null sender here\n"
+        "id=A3; sasl_username!=alice; recipient_domain==alice.example; action=REJECT alice only\n"))
+    result = import_postfwd_cf(path)
+    assert lint_clean(result, tmp_path / "out") == []
+    run_ruleset_tests(tmp_path / "out" / "imported.rules",
+        "client 203.0.113.9 ehlo a.example from x@example.net rcpt u@elsewhere.example -> reject at rcpt by A1\n"
+        "client 203.0.113.9 ehlo a.example from <> rcpt u@localhost -> reject at rcpt by A2\n"
+        "client 203.0.113.9 ehlo a.example from x@example.net rcpt u@alice.example -> reject at rcpt by A1\n"
+        "client 203.0.113.9 ehlo a.example from x@example.net rcpt u@localhost -> accept\n")
+
+
+def test_a_list_that_names_itself_is_reported_not_followed(tmp_path):
+    path = write_cf(tmp_path, "id=L1; client_address==file:loop.txt; action=REJECT listed\n",
+                    {"loop.txt": "192.0.2.1\nfile:loop.txt\n"})
+    result = import_postfwd_cf(path)
+    assert "client.ip" in result.ruleset_text and "192.0.2.1" in result.ruleset_text
+    assert any("a loop" in r.note for r in result.report)
+
+
 # ---- the command, and a real server ---------------------------------------------------------
 
 def test_the_command_writes_a_ruleset_that_lints_clean(tmp_path):

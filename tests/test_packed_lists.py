@@ -139,3 +139,18 @@ def test_two_workers_map_the_same_list_file_and_a_reload_moves_both(tmp_path):
         assert _refused(srv.address, "n7.bad.example") and not _refused(srv.address, "h7.bad.example")
     assert not os.path.exists(folder)                                        # removed when the server stops
     assert re.search(r"version", srv.text)
+
+
+@pytest.mark.parametrize("text", ["a.example\nb.example\n\n", "a.example\nb.example\n\n\n", "\na.example\nb.example\n",
+                                  "a.example\x1f\nb.example\n", "a.example\r\nb.example\r\n", " a.example\nb.example"])
+def test_a_list_file_with_blank_lines_or_odd_white_space_reads_as_before(tmp_path, text):
+    """The fast path for clean files must give what the line-by-line path gives."""
+    from smtpfw.checks.lists import read_list_file
+    path = tmp_path / "l"
+    path.write_text(text)
+    entries, diags = read_list_file(str(path), "l")
+    assert not diags and entries is not None
+    assert entries.texts == ["a.example", "b.example"]
+    assert [e.text for e in entries] == ["a.example", "b.example"]
+    match, diags = build_matcher(entries, "domain", within=False)
+    assert not diags and match("b.example")

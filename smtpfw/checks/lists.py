@@ -130,9 +130,9 @@ def _clean(body: str) -> bool:
     and nothing to strip: no comment, no blank line or edge white space, no
     line break but "\\n" (so ``split`` splits as ``splitlines``)."""
     return (body.isascii() and bool(body) and "#" not in body and "\n\n" not in body
-            and body[0] not in " \t\n" and body[-1] not in " \t"
+            and body[0] not in " \t\n" and body[-1] not in " \t\n"
             and " \n" not in body and "\n " not in body and "\t\n" not in body and "\n\t" not in body
-            and not any(ch in body for ch in "\r\v\f\x1c\x1d\x1e"))
+            and not any(ch in body for ch in "\r\v\f\x1c\x1d\x1e\x1f"))
 
 
 def read_list_file(path: str, shown_name: str) -> tuple[FileEntries | None, list[Diagnostic]]:

@@ -26,6 +26,7 @@ and small lists (below ``MIN_PACKED``) stay ordinary sets.
 from __future__ import annotations
 
 import hashlib
+import logging
 import mmap
 import os
 import tempfile
@@ -55,7 +56,9 @@ def _load_numpy():
 MIN_PACKED = 65536          # smaller sets stay Python sets: a probe cheaper, 90 bytes an entry dearer
 _INT64_MAX = 2 ** 63 - 1
 
+log = logging.getLogger("smtpfw.lists")
 _shared_dir: list[str | None] = [None]       # where packed arrays are written and mapped from
+_warned: list[bool] = [False]
 _in_use: set[str] = set()                    # files the last compile mapped (since ``begin``)
 
 
@@ -142,8 +145,10 @@ def membership(values) -> Callable[[object], bool]:
 
 
 def pack_strings(values: set[str]) -> set[str] | PackedSet:
-    """``values`` packed, or as they are when small."""
-    if len(values) < MIN_PACKED:
+    """``values`` packed, or as they are when small, or when PYTHONHASHSEED
+    fixes the hash secret (then anyone can compute the keys and look for a
+    string that collides with a listed one: a set compares the strings)."""
+    if len(values) < MIN_PACKED or os.environ.get("PYTHONHASHSEED", "random") != "random":
         return values
     return _packed(_sorted_keys(map(hash, values), len(values)), strings=True)
 
@@ -177,26 +182,36 @@ def _packed(keys: array, strings: bool) -> PackedSet:
     if not os.path.exists(name):            # another worker may have written it: same content
         try:
             fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        except OSError:
-            return PackedSet(keys, strings)   # cannot share: it still works, in memory
+        except OSError as err:
+            return _unshared(keys, strings, err)   # it still works, in this process's memory
         try:
             with os.fdopen(fd, "wb") as fh:
                 os.fchmod(fh.fileno(), 0o644)  # workers read it after giving root up
                 fh.write(data)
             os.replace(tmp, name)
-        except OSError:
+        except OSError as err:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-            return PackedSet(keys, strings)
+            return _unshared(keys, strings, err)
     try:
         with open(name, "rb") as fh:
             mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):
-        return PackedSet(keys, strings)
+    except (OSError, ValueError) as err:
+        return _unshared(keys, strings, err)
     if len(mapped) != len(data):              # not what this process packed: do not trust it
         mapped.close()
         return PackedSet(keys, strings)
     _in_use.add(name)
     return PackedSet(memoryview(mapped).cast("q"), strings, mapped)
+
+
+def _unshared(keys: array, strings: bool, err: Exception) -> PackedSet:
+    """The set in this process's memory: it works, but each worker that
+    builds it holds a copy.  Said once a process."""
+    if not _warned[0]:
+        _warned[0] = True
+        log.warning("big lists are not shared between workers (each keeps its own copy): %s in %s: %s",
+                    type(err).__name__, _shared_dir[0], getattr(err, "strerror", None) or err)
+    return PackedSet(keys, strings)

@@ -303,11 +303,21 @@ def _make_rule(index: int, line: int, parts: list[tuple[int, str, str | None]], 
     return rule
 
 
+_MAX_FILE_DEPTH = 8         # file: lists named inside file: lists
+
+
 def _file_items(key: str, op: str, kind: str, path: str, item: Item, base: str,
-                notes: list[tuple[Item | None, Status, str]]) -> list[Item]:
+                notes: list[tuple[Item | None, Status, str]], reading: frozenset[str] = frozenset()) -> list[Item]:
+    """The values of a `file:` (or table) list; ``reading``: the lists that
+    name this one, so a list that names itself is reported, not followed."""
     candidates = [path] if os.path.isabs(path) else [os.path.join(base, path)]
     candidates.append(os.path.join(base, os.path.basename(path)))
     found = next((c for c in candidates if os.path.isfile(c)), None)
+    if found is not None and (os.path.realpath(found) in reading or len(reading) >= _MAX_FILE_DEPTH):
+        notes.append((item, Status.NOT_TRANSLATED,
+                      f"{kind}:{path} is named by a list it names itself (a loop), or lists are nested more than "
+                      f"{_MAX_FILE_DEPTH} deep: not read again"))
+        return []
     if found is None:
         notes.append((item, Status.NOT_TRANSLATED,
                       f"{kind}:{path} was not found (looked for {', '.join(dict.fromkeys(candidates))}): postfwd "
@@ -324,7 +334,8 @@ def _file_items(key: str, op: str, kind: str, path: str, item: Item, base: str,
             s = s.strip()
             fm = _FILE.match(s)
             if fm:
-                out += _file_items(key, op, fm.group(1).lower(), fm.group(2), item, base, notes)
+                out += _file_items(key, op, fm.group(1).lower(), fm.group(2), item, base, notes,
+                                   reading | {os.path.realpath(found)})
                 continue
             out.append(Item(key, op, s, item.line, item.written, item.macro, f"{kind}:{path} line {number}"))
     if kind in ("lfile", "ltable"):
@@ -531,7 +542,7 @@ class _Translator:
         elif op in ("==", "!="):
             expr = f"{attr.field} {'=' if op == '==' else '!='} {q(value)}"
             same = attr.special_value.lower() == value.lower()
-            static = attr.special_value != "" and (same if op == "==" else not same)
+            static = same if op == "==" else not same     # what postfwd decides in the special case
         else:
             raise _Untranslatable(Status.NOT_TRANSLATED, f"a numeric comparison ({op}) of a text attribute")
         if not attr.special:
