@@ -103,11 +103,32 @@ def test_the_token_in_the_url_becomes_a_strict_http_only_cookie(wb):
     status, _, headers = request(wb, "GET", f"/?token={TOKEN}", token=None)
     assert status == 303 and headers["Location"] == "/"
     cookie = headers["Set-Cookie"]
-    assert f"smtpfw_workbench={TOKEN}" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    status, page, headers = request(wb, "GET", "/", token=None, headers={"Cookie": f"smtpfw_workbench={TOKEN}"})
+    assert f"smtpfw_workbench_{wb}={TOKEN}" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    status, page, headers = request(wb, "GET", "/", token=None, headers={"Cookie": f"smtpfw_workbench_{wb}={TOKEN}"})
     assert status == 200 and '<script src="/static/app.js">' in page
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     assert headers["X-Frame-Options"] == "DENY" and headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_the_cookie_of_another_port_is_not_this_workbenchs(wb):
+    """Browsers send a host's cookies to every port: the token's cookie is
+    named for the port, so a cookie set by (or for) another port is no token here."""
+    status, _, _ = request(wb, "GET", "/api/state", token=None, headers={"Cookie": f"smtpfw_workbench={TOKEN}"})
+    assert status == 401
+    status, _, _ = request(wb, "GET", "/api/state", token=None,
+                           headers={"Cookie": f"smtpfw_workbench_{wb + 1}={TOKEN}"})
+    assert status == 401
+
+
+def test_malformed_requests_get_a_400_with_the_reason(wb):
+    for body in ({"files": {"lists": "x"}}, {"files": {"a": "x", "a/b": "y"}}, {"files": {"site.rules/b": "x"}}):
+        status, answer, _ = post(wb, "/api/preview", body)
+        assert status == 400 and answer["error"], (body, status, answer)
+    status, answer, _ = post(wb, "/api/trace", {"form": "not an object"})
+    assert status == 400 and "form" in answer["error"]
+    for name in ("smtpfw.yaml", ".hidden", "tls/key.pem"):
+        status, answer, _ = post(wb, "/api/save", {"files": {name: "x"}})
+        assert status == 400 and "not hidden files, configuration or keys" in answer["error"], (name, answer)
 
 
 def test_a_loopback_workbench_answers_only_its_own_host_names(folder):
@@ -131,7 +152,7 @@ def test_a_loopback_workbench_answers_only_its_own_host_names(folder):
     ({"Content-Type": "application/x-www-form-urlencoded"}, "JSON"),
 ], ids=["origin", "sec-fetch-site", "no-csrf-header", "form-post"])
 def test_a_cross_site_post_is_refused(wb, folder, headers, why):
-    cookie = {"Cookie": f"smtpfw_workbench={TOKEN}"}
+    cookie = {"Cookie": f"smtpfw_workbench_{wb}={TOKEN}"}
     status, body, _ = post(wb, "/api/save", {"files": {"site.rules": GOOD}}, token=None, headers={**cookie, **headers})
     assert status == 403 and why in body["error"]
     assert (folder / "rules" / "site.rules").read_text() == RULES
@@ -209,6 +230,22 @@ def test_save_refuses_a_ruleset_that_does_not_compile_and_a_stale_base(wb, folde
     assert (folder / "rules" / "site.rules").read_text() == RULES
     status, body, _ = post(wb, "/api/preview", {"files": {"site.rules": GOOD}})
     assert status == 200 and body["compiles"] and "+    reject if sender.domain" in body["diffs"][0]["diff"]
+
+
+def test_two_saves_from_the_same_base_at_once_cannot_both_win(wb, folder):
+    """The check for a change on disk and the writes are one step: of two
+    saves made from the same text at the same moment, one is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+    from smtpfw.workbench.files import digest
+    base = {"site.rules": digest((folder / "rules" / "site.rules").read_text())}
+    edits = [GOOD, GOOD.replace("spam.example", "junk.example")]
+    for _ in range(5):
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda text: post(wb, "/api/save", {"files": {"site.rules": text},
+                                                                           "bases": base})[0], edits))
+        assert sorted(results) == [200, 409], results
+        (folder / "rules" / "site.rules").write_text(RULES)          # back to the base, for the next round
+        base = {"site.rules": digest(RULES)}
 
 
 def test_the_command_refuses_a_missing_ruleset_and_a_short_token(tmp_path):

@@ -33,6 +33,7 @@ import difflib
 import functools
 import os
 import socket
+import threading
 from importlib import resources
 
 from aiohttp import web
@@ -57,6 +58,7 @@ class Workbench:
         self.ws = Workspace.open(settings.rules)
         self.dryruns = DryRuns()
         self.reloader = Reloader(settings.pid_file, settings.server_log)
+        self._saving = threading.Lock()
 
     # -- helpers
     async def _run(self, fn, *args, **kw):
@@ -209,6 +211,12 @@ class Workbench:
         return web.json_response(await self._run(self._save, edits, bases if isinstance(bases, dict) else {}))
 
     def _save(self, edits: dict[str, str], bases: dict) -> dict:
+        with self._saving:          # the check for changes on disk and the writes, one save at a time
+            return self._save_now(edits, bases)
+
+    def _save_now(self, edits: dict[str, str], bases: dict) -> dict:
+        for name in edits:
+            self.ws.check_writable(name)
         preview = self._preview(edits)
         if not preview["compiles"]:
             raise _error(422, "the edited ruleset does not compile: nothing was saved", errors=preview["errors"])

@@ -218,12 +218,16 @@ def test_line(ws: Workspace, edits: dict[str, str], record: dict) -> dict:
 
 # ---- trace -------------------------------------------------------------------------------
 
-def spec_of_form(form: dict) -> SessionSpec:
+def spec_of_form(form: object) -> SessionSpec:
     """The trace form (ip, helo, sender, rcpts) as `smtpfw trace`'s flags:
     an empty sender is no MAIL at all, `<>` the null sender."""
+    if not isinstance(form, dict):
+        raise CommandError("`form` is an object: ip, helo, sender, rcpts")
     rcpts = form.get("rcpts") or []
     if isinstance(rcpts, str):
         rcpts = [r for r in re.split(r"[\s,]+", rcpts) if r]
+    elif not isinstance(rcpts, list):
+        raise CommandError("`rcpts` is a list of addresses")
     sender = str(form.get("sender") or "").strip()
     return SessionSpec(ip=str(form.get("ip") or "").strip() or None, helo=str(form.get("helo") or "").strip() or None,
                        sender=sender or None, rcpts=[str(r) for r in rcpts])

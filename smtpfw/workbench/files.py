@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 MAX_FILE_BYTES = 4 * 1024 * 1024      # a file the editor opens or saves
 MAX_NAME = 512
+NOT_WRITTEN = (".yaml", ".yml", ".pem", ".key", ".crt", ".db", ".sqlite")   # the server's config, keys, state
 
 
 class PathRefused(ValueError):
@@ -89,6 +90,8 @@ class Workspace:
             st = os.stat(path)
         except FileNotFoundError:
             return ""
+        except NotADirectoryError:
+            raise PathRefused(f"{name}: a folder of this path is a file") from None
         if not stat.S_ISREG(st.st_mode):
             raise PathRefused(f"{name}: not a regular file")
         if st.st_size > MAX_FILE_BYTES:
@@ -100,24 +103,40 @@ class Workspace:
         """Replace a workspace file whole (a temp file renamed over it: the
         server's reload never sees half a file)."""
         path = self.resolve(name)
+        self.check_writable(name)
         if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
             raise PathRefused(f"{name}: larger than {MAX_FILE_BYTES // 2**20} MiB")
         folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        mode = None
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise PathRefused(f"{name}: a folder of this path is a file") from None
+        old = None
         with contextlib.suppress(OSError):
-            mode = stat.S_IMODE(os.stat(path).st_mode)
+            old = os.stat(path)
         fd, tmp = tempfile.mkstemp(prefix=".wb-", dir=folder)
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 fh.write(text)
-            if mode is not None:
-                os.chmod(tmp, mode)
+            # a replaced file keeps its mode and, for root, its owner; a new one is 0644 (as a list
+            # written by hand): the server reading it as server.user must be able to
+            os.chmod(tmp, stat.S_IMODE(old.st_mode) if old is not None else 0o644)
+            if old is not None and os.geteuid() == 0:
+                os.chown(tmp, old.st_uid, old.st_gid)
             os.replace(tmp, os.path.realpath(path) if os.path.islink(path) else path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    @staticmethod
+    def check_writable(name: str) -> None:
+        """PathRefused for what the workbench never writes: hidden files,
+        the server's configuration, keys and state beside the rules."""
+        base = os.path.basename(name)
+        if base.startswith(".") or base.lower().endswith(NOT_WRITTEN):
+            raise PathRefused(f"{name}: the workbench saves rules, tests, lists and maps, not hidden files, "
+                              "configuration or keys")
 
     def check_edits(self, edits: object) -> dict[str, str]:
         """``{name: text}`` from a request, every name resolved (PathRefused otherwise)."""

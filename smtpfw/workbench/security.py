@@ -24,7 +24,10 @@ import secrets
 
 from aiohttp import web
 
-COOKIE = "smtpfw_workbench"
+from smtpfw.commands.errors import CommandError
+from smtpfw.workbench.files import PathRefused
+
+COOKIE = "smtpfw_workbench"      # + "_PORT": browsers send a cookie to every port of a host
 CSRF_HEADER = "X-Smtpfw-Workbench"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -61,7 +64,12 @@ def refused(status: int, message: str) -> web.Response:
 def middleware(token: str, hosts: set[str] | None):
     @web.middleware
     async def guard(request: web.Request, handler):
-        response = await _check(request, handler, token, hosts)
+        try:
+            response = await _check(request, handler, token, hosts)
+        except (PathRefused, CommandError) as err:       # a request the workbench cannot do: say why
+            response = refused(400, str(err))
+        except RecursionError:
+            response = refused(400, "the request is nested too deeply")
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -74,13 +82,14 @@ def middleware(token: str, hosts: set[str] | None):
 async def _check(request: web.Request, handler, token: str, hosts: set[str] | None) -> web.StreamResponse:
     if hosts is not None and request.host not in hosts:
         return refused(421, f"this workbench does not answer for host {request.host!r}")
-    given = request.cookies.get(COOKIE) or _bearer(request)
+    cookie = cookie_name(request)
+    given = request.cookies.get(cookie) or _bearer(request)
     query_token = request.query.get("token")
     if query_token is not None and request.method == "GET" and request.path == "/":
         if not hmac.compare_digest(query_token.encode(), token.encode()):
             return refused(403, "wrong token: use the URL `smtpfw workbench` printed")
         response = web.HTTPSeeOther("/")          # the token leaves the address bar and the history
-        response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+        response.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
         return response
     if given is None or not hmac.compare_digest(given.encode(), token.encode()):
         return refused(401, "a token is needed: open the URL `smtpfw workbench` printed (it ends in ?token=...)")
@@ -89,6 +98,16 @@ async def _check(request: web.Request, handler, token: str, hosts: set[str] | No
         if problem:
             return refused(403, problem)
     return await handler(request)
+
+
+def cookie_name(request: web.Request) -> str:
+    """The token's cookie, named for this workbench's port: a browser sends
+    a host's cookies to all its ports, and SameSite counts them one site, so
+    another program on another port of 127.0.0.1 must not find it under
+    the name it knows (nor a second workbench overwrite it)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    port = sockname[1] if isinstance(sockname, tuple) and len(sockname) > 1 else request.url.port
+    return f"{COOKIE}_{port}"
 
 
 def _bearer(request: web.Request) -> str | None:
