@@ -268,7 +268,8 @@ def test_reload_reads_the_servers_answer_from_its_log(tmp_path):
     log = tmp_path / "server.log"
     log.write_text("smtpfw listening on 127.0.0.1:2525, rules site.rules (version aaaaaaaaaaaa), maildir, 1 worker(s)\n")
     stand_in = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, "
-                                 "signal.SIG_IGN); print('up', flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+                                 "signal.SIG_IGN); print('up', flush=True); time.sleep(30)", "smtpfw-stand-in"],
+                                stdout=subprocess.PIPE)
     try:
         assert stand_in.stdout.readline() == b"up\n"
         (tmp_path / "pid").write_text(f"{stand_in.pid}\n")
@@ -292,5 +293,14 @@ def test_reload_reads_the_servers_answer_from_its_log(tmp_path):
         stand_in.send_signal(signal.SIGTERM)
         stand_in.wait(10)
     (tmp_path / "pid").write_text("99999999\n")
-    with pytest.raises(Exception, match="no process 99999999"):
+    with pytest.raises(Exception, match="99999999 .* is not an smtpfw server"):
         Reloader(str(tmp_path / "pid"), str(log)).signal("bbbbbbbbbbbb")
+    other = subprocess.Popen(["sleep", "30"])             # a stale pid file naming someone else's process
+    try:
+        (tmp_path / "pid").write_text(f"{other.pid}\n")
+        with pytest.raises(Exception, match="is not an smtpfw server"):
+            Reloader(str(tmp_path / "pid"), str(log)).signal("bbbbbbbbbbbb")
+        assert other.poll() is None                       # not signalled
+    finally:
+        other.kill()
+        other.wait(10)

@@ -61,6 +61,9 @@ class Reloader:
                               f"{getattr(err, 'strerror', None) or err}") from None
         if pid <= 1:
             raise ReloadError(f"{self.pid_file} does not hold a server's pid")
+        if not _is_smtpfw(pid):
+            raise ReloadError(f"process {pid} (from {self.pid_file}) is not an smtpfw server: the pid file is "
+                              "stale (is the server running?); nothing was signalled")
         return pid
 
     def signal(self, expected: str) -> dict:
@@ -128,3 +131,17 @@ class Reloader:
         except OSError:
             return []
         return data.decode("utf-8", "replace").splitlines()
+
+
+def _is_smtpfw(pid: int) -> bool:
+    """Whether process ``pid`` runs smtpfw (its command line names it): a
+    stale pid file may name a process that has nothing to do with it.
+    Where /proc cannot say (not Linux), it is taken to be."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read(4096).split(b"\0")
+    except FileNotFoundError:
+        return False                    # no such process: os.kill would say so too
+    except OSError:
+        return True
+    return any(b"smtpfw" in arg for arg in argv)
