@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: fewer messages, 1 repetition (< 2 min)")
     p.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     p.add_argument("--workloads", default="a,b,c",
-                   help="which of a,b,c (default all), and g: big lists and maps (bench/lists_bench.py)")
+                   help="which of a,b,c (default all), and d: STARTTLS (bench/tls_bench.py), e: slow DNS "
+                        "(bench/slowdns_bench.py), g: big lists and maps (bench/lists_bench.py)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="smtpfw workers (default: CPUs)")
     p.add_argument("--out", default=str(BENCH / "results"), help="folder for latest.json and latest.md")
     p.add_argument("--zones", default=str(ROOT.parent / "shared" / "zones"), help="rbldnsd zone files")
@@ -487,6 +488,16 @@ def main(argv: list[str] | None = None) -> int:
                                                      else []) + (["--no-install"] if args.no_install else []))
         if rc or not names:
             return rc
+    for name, module in (("d", "tls_bench"), ("e", "slowdns_bench")):     # issue 21: STARTTLS, slow DNS
+        if name in names:
+            names.remove(name)
+            rc = importlib.import_module(module).main(
+                ["--out", args.out] + (["--quick"] if args.quick else []) + (["--reps", str(args.reps)] if args.reps
+                                                                            else [])
+                + ["--workers", str(args.workers)]
+                + (["--no-install"] if args.no_install else []))
+            if rc or not names:
+                return rc
     workloads = [WORKLOADS[w] for w in names]
     zones = sorted(str(z) for z in Path(args.zones).glob("*") if z.is_file())
     if not zones:

@@ -50,6 +50,7 @@ from smtpfw.state import Greylisting, Store, open_store
 from smtpfw.state.facts import StateFacts
 
 log = logging.getLogger("smtpfw.server")
+LISTEN_BACKLOG = 1024          # connections the kernel queues for accept(): a burst of clients waits, not refused
 
 
 def make_delivery(cfg: Config):
@@ -231,10 +232,12 @@ class Server:
         for listener in self.config.listen:
             factory = self.protocol_factory(listener)
             if sockets and listener in sockets:
-                srv = await self.loop.create_server(factory, sock=sockets[listener])
+                # the socket listens with LISTEN_BACKLOG already; without backlog= here the loop
+                # calls listen() again with its default of 100, and a burst of clients is refused
+                srv = await self.loop.create_server(factory, sock=sockets[listener], backlog=LISTEN_BACKLOG)
             else:
                 srv = await self.loop.create_server(factory, listener.host, listener.port,
-                                                    reuse_address=True, backlog=1024)
+                                                    reuse_address=True, backlog=LISTEN_BACKLOG)
             self.listeners.append(srv)
         if self.config.dns_health_interval > 0:
             self.health_task = self.loop.create_task(self._check_dns_lists())
@@ -480,7 +483,7 @@ def _bind(listener: Listener) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((listener.host, listener.port))
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except OSError as err:
         sock.close()

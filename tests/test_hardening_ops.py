@@ -10,6 +10,7 @@ import signal
 import smtplib
 import socket
 import threading
+import time
 
 import pytest
 
@@ -237,3 +238,34 @@ def test_a_worker_started_after_a_reload_runs_the_reloaded_rules(tmp_path):
                 assert s.rcpt("u@b.example")[0] == 554
     finally:
         srv.stop()
+
+
+def test_workers_listen_with_the_full_backlog(tmp_path):
+    """The workers' loops must not shrink the listen queue to asyncio's
+    default of 100 (a burst of 200 clients then sees refused SYNs and
+    seconds of TCP retries)."""
+    import shutil
+    import subprocess
+    if not shutil.which("ss"):
+        pytest.fail("ss (iproute2) is needed to read the listen backlog")
+    srv = Serve("--listen", "127.0.0.1:0", "--workers", "2", "--maildir", str(tmp_path / "md"))
+    try:
+        srv.wait_for("listening")
+        host, port = srv.address
+        def workers() -> int:
+            with open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children") as fh:
+                return len(fh.read().split())
+        wait_until(lambda: workers() == 2, 10, "two workers")
+        for _ in range(4):                  # the workers are serving: their loops have called listen()
+            with smtplib.SMTP(host, port, timeout=10) as s:
+                assert s.noop()[0] == 250
+        time.sleep(0.5)
+        assert _backlogs(port) == {1024}
+    finally:
+        srv.stop()
+
+
+def _backlogs(port: int) -> set[int]:
+    import subprocess
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return {int(line.split()[2]) for line in out.splitlines() if line.strip()}
