@@ -488,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      else []) + (["--no-install"] if args.no_install else []))
         if rc or not names:
             return rc
-    for name, module in (("d", "tls_bench"), ("e", "slowdns_bench")):     # issue 21: STARTTLS, slow DNS
+    # issue 21: STARTTLS, slow DNS, stateful rules (bench/state_bench.py: rate limit + greylist pass, SQLite and
+    # Redis with two smtpfw processes, beside the stateless run)
+    for name, module in (("d", "tls_bench"), ("e", "slowdns_bench"), ("f", "state_bench")):
         if name in names:
             names.remove(name)
             rc = importlib.import_module(module).main(
