@@ -53,7 +53,7 @@ def _load_numpy():
         _numpy.append(numpy)
     return _numpy[0]
 
-MIN_PACKED = 65536          # smaller sets stay Python sets: a probe cheaper, 90 bytes an entry dearer
+MIN_PACKED = 2 ** 18        # smaller sets stay Python sets: a probe cheaper, 90 bytes an entry dearer
 _INT64_MAX = 2 ** 63 - 1
 
 log = logging.getLogger("smtpfw.lists")
