@@ -73,6 +73,7 @@ BENCH = ROOT / "bench"
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 from tests.support.postfix import POSTFIX_LIBEXEC, in_namespace, postfix_available, prepare_instance  # noqa: E402
+from tests.support.postfwd import Postfwd  # noqa: E402
 from tests.support.reference import base_settings, postfix_native, read_list  # noqa: E402
 
 SENDER, RECIPIENT, HELO = "from@example.org", "to@example.net", "loadgen.example.org"
@@ -191,79 +192,6 @@ class PostfixServer:
                 except ProcessLookupError:
                     pass
             self._log.close()
-
-
-class Postfwd:
-    """postfwd2 on a loopback port.  postfwd2 has no foreground mode (its
-    --nodaemon reads requests from stdin): it daemonizes (setsid) and writes
-    its pid file; we read the pid from there and stop its process group."""
-
-    def __init__(self, tmp: Path, config: Path, port: int, resolv: Path, args: list[str]):
-        self.name = "postfwd"
-        self.dir = tmp / "postfwd"
-        self.dir.mkdir()
-        shutil.chown(self.dir, "postfw", "postfw")
-        self.pid_file = self.dir / "master.pid"
-        self.log_path = tmp / "postfwd.log"
-        self.pid = 0
-        self.pgid = 0
-        self.argv = in_namespace(resolv, [
-            "/usr/sbin/postfwd2", "--file", str(config), "--interface", "127.0.0.1", "--port", str(port),
-            "--user", "postfw", "--group", "postfw", "--pidfile", str(self.pid_file),
-            "--cache_socket", f"unix::{self.dir / 'cache.sock'}", *args])
-
-    def start(self) -> None:
-        with open(self.log_path, "wb") as out:
-            proc = subprocess.run(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  timeout=60, start_new_session=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"postfwd2 exited with {proc.returncode}: "
-                               f"{self.log_path.read_text(errors='replace')[-2000:]}")
-        deadline = time.monotonic() + 15
-        while not self.pid:
-            try:
-                self.pid = int(self.pid_file.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("postfwd2 wrote no pid file") from None
-                time.sleep(0.05)
-        self.pgid = os.getpgid(self.pid)
-
-    def check(self) -> None:
-        if self.pid and not os.path.exists(f"/proc/{self.pid}"):
-            raise RuntimeError(f"postfwd2 (pid {self.pid}) is gone; see {self.log_path}")
-
-    def stop(self) -> None:
-        if not self.pid:
-            return
-        if self.pgid == self.pid and self.pgid != os.getpgrp():     # its own group (daemonize's setsid)
-            for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(self.pgid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + wait
-                while _group_alive(self.pgid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if not _group_alive(self.pgid):
-                    break
-        else:
-            for pid in procstat.tree(self.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        self.pid = 0
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (not zombie) process is in process group ``pgid``."""
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            fields = procstat._stat_fields(int(name))
-            if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
 
 
 def install_postfwd(allowed: bool) -> str:

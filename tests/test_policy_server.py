@@ -12,35 +12,13 @@ import pytest
 from smtpfw.config import Listener
 from smtpfw.recording import read_records
 from tests.support.cli import wait_until
+from tests.support.policy import PolicyClient
 from tests.support.postfix import PostfixInstance, postfix_available
 from tests.support.server import REPO, running_server
 from tests.support.reference import SESSION_IDS, SESSIONS, check_rcpts_behind_postfix
 
 REFERENCE = REPO / "rules" / "reference.rules"
 POLICY = (Listener("127.0.0.1", 0, "policy", kind="policy"),)
-
-
-class PolicyClient:
-    """What Postfix's smtpd sends: name=value lines and an empty line."""
-
-    def __init__(self, address):
-        self.sock = socket.create_connection(address, timeout=10)
-        self.buf = b""
-
-    def ask(self, **attrs) -> str:
-        attrs.setdefault("request", "smtpd_access_policy")
-        self.sock.sendall("".join(f"{k}={v}\n" for k, v in attrs.items()).encode() + b"\n")
-        while b"\n\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError(f"closed; got {self.buf!r}")
-            self.buf += chunk
-        reply, _, self.buf = self.buf.partition(b"\n\n")
-        assert reply.startswith(b"action="), reply
-        return reply[len(b"action="):].decode()
-
-    def close(self):
-        self.sock.close()
 
 
 def rcpt_request(client="127.0.0.1", port=40000, helo="mx.good.example", sender="alice@good.example",
@@ -153,3 +131,22 @@ def test_smtpfw_policy_command(tmp_path):
         c.close()
     finally:
         srv.stop()
+
+
+def test_a_login_after_the_first_request_of_a_session_counts(tmp_path):
+    """Postfix asks at CONNECT (smtpd_client_restrictions) before the client
+    logs in, then at RCPT with sasl_username: the session is authenticated
+    from then on."""
+    rules = tmp_path / "auth.rules"
+    rules.write_text('on rcpt:\n    [need-auth] reject 554 5.7.1 "log in first" if not auth\n'
+                     '    [alice] reject 554 5.7.1 "not alice" if auth.user != "alice"\n')
+    with running_server(str(rules), listen=POLICY) as srv:
+        c = PolicyClient(srv.address)
+        connect = {**rcpt_request(instance="i1", state="CONNECT"), "sasl_username": ""}
+        assert c.ask(**connect) == "DUNNO"
+        assert c.ask(**{**rcpt_request(instance="i1"), "sasl_username": "alice"}) == "DUNNO"
+        assert c.ask(**{**rcpt_request(instance="i2"), "sasl_username": "alice"}) == "DUNNO"
+        c.close()
+        c = PolicyClient(srv.address)
+        assert c.ask(**{**rcpt_request(instance="i3"), "sasl_username": ""}).startswith("554 5.7.1 log in first")
+        c.close()

@@ -542,7 +542,10 @@ class _Translator:
         elif op in ("==", "!="):
             expr = f"{attr.field} {'=' if op == '==' else '!='} {q(value)}"
             same = attr.special_value.lower() == value.lower()
-            static = same if op == "==" else not same     # what postfwd decides in the special case
+            # postfwd drops an attribute whose value is empty from the request, and an item
+            # about an attribute the request lacks does not match, `!=` included (checked
+            # against postfwd2 itself: tests/test_import_postfwd.py)
+            static = attr.special_value != "" and (same if op == "==" else not same)
         else:
             raise _Untranslatable(Status.NOT_TRANSLATED, f"a numeric comparison ({op}) of a text attribute")
         if not attr.special:

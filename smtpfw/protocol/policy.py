@@ -122,6 +122,9 @@ class PolicySession:
                 return step
         if self.connect_refusal is not None:
             return self.connect_refusal
+        user = attrs.get("sasl_username", "")
+        if user and user != st.auth_user:   # AUTH came after the session's first request (a CONNECT or HELO check)
+            st.auth_user, st.auth = user, True
         if state == "CONNECT":
             return _NOTHING
         helo = attrs.get("helo_name", "")
