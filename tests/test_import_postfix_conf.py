@@ -16,7 +16,6 @@ Every imported ruleset must lint clean: no error, and each warning explained by 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -32,7 +31,7 @@ from smtpfw.importers import (
 )
 from smtpfw.importers.postfix_conf import _ARG, split_list
 from smtpfw.lint import lint_file
-from smtpfw.replay.rulestests import format_suite, run_suites
+from tests.support.importers import manifest, run_ruleset_tests
 
 DATA = Path(__file__).resolve().parent / "data" / "postfix-conf"
 UPDATE = os.environ.get("SMTPFW_UPDATE_GOLDEN") == "1"
@@ -47,9 +46,6 @@ def run_import(name: str) -> ImportResult:
     return import_main_cf(str(base / "main.cf"), map_dir=str(base / "maps"))
 
 
-def manifest(files: dict[str, str]) -> str:
-    return "".join(f"{rel}  {len(text.splitlines())} lines  sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}\n"
-                   for rel, text in sorted(files.items()))
 
 
 def lint_import(result: ImportResult, where: Path) -> tuple[list, str]:
@@ -83,15 +79,6 @@ def write_main_cf(tmp_path: Path, text: str, maps: dict[str, str] | None = None)
     return str(tmp_path / "etc" / "main.cf"), str(mapdir)
 
 
-def run_ruleset_tests(rules: Path, tests: str) -> int:
-    """Run `smtpfw test` expectations against an imported ruleset; the number
-    of cases run (a failure fails the test, with smtpfw's own account of it)."""
-    path = rules.with_suffix(".tests")
-    path.write_text(tests, encoding="utf-8")
-    (suite,) = run_suites([(str(rules), str(path))], []).suites
-    assert suite.loaded, suite.ruleset_diags or suite.read_error
-    assert not suite.found and suite.passed == len(suite.outcomes), format_suite(suite)
-    return len(suite.outcomes)
 
 
 def lines_for(result: ImportResult, parameter: str) -> list[ReportLine]:

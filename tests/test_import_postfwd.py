@@ -14,7 +14,6 @@ Regenerate them after an intended change with
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import smtplib
@@ -23,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from smtpfw.importers import ImportResult, Status, import_postfwd_cf, parse_postfwd
-from smtpfw.lint import lint_file
-from smtpfw.replay.rulestests import format_suite, run_suites
+from tests.support.importers import lint_clean, manifest, run_ruleset_tests
 
 DATA = Path(__file__).resolve().parent / "data" / "postfwd-conf"
 UPDATE = os.environ.get("SMTPFW_UPDATE_GOLDEN") == "1"
@@ -35,25 +33,10 @@ def run_import(name: str) -> ImportResult:
     return import_postfwd_cf(str(DATA / name / "postfwd.cf"))
 
 
-def manifest(files: dict[str, str]) -> str:
-    return "".join(f"{rel}  {len(text.splitlines())} lines  sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}\n"
-                   for rel, text in sorted(files.items()))
 
 
-def lint_clean(result: ImportResult, where: Path) -> list[str]:
-    """The diagnostics of the written ruleset (errors and warnings alike)."""
-    result.write(str(where))
-    diags, _sources = lint_file(str(where / "imported.rules"))
-    return [f"{d.code} {d.span}: {d.message}" for d in diags if d.level.value in ("error", "warning")]
 
 
-def run_ruleset_tests(rules: Path, tests: str) -> int:
-    path = rules.with_suffix(".tests")
-    path.write_text(tests, encoding="utf-8")
-    (suite,) = run_suites([(str(rules), str(path))], []).suites
-    assert suite.loaded, suite.ruleset_diags or suite.read_error
-    assert not suite.found and suite.passed == len(suite.outcomes), format_suite(suite)
-    return len(suite.outcomes)
 
 
 def write_cf(tmp_path: Path, text: str, files: dict[str, str] | None = None) -> str:

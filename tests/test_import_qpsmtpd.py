@@ -14,7 +14,6 @@ Regenerate them after an intended change with
 
 from __future__ import annotations
 
-import hashlib
 import os
 import smtplib
 from pathlib import Path
@@ -23,8 +22,7 @@ import pytest
 
 from smtpfw.importers import ImportResult, Status, import_qpsmtpd_config
 from smtpfw.importers.qpsmtpd_conf import parse_plugins
-from smtpfw.lint import lint_file
-from smtpfw.replay.rulestests import format_suite, run_suites
+from tests.support.importers import lint_clean, manifest, run_ruleset_tests
 
 DATA = Path(__file__).resolve().parent / "data" / "qpsmtpd-conf"
 UPDATE = os.environ.get("SMTPFW_UPDATE_GOLDEN") == "1"
@@ -35,24 +33,10 @@ def run_import(name: str) -> ImportResult:
     return import_qpsmtpd_config(str(DATA / name / "config.sample"))
 
 
-def manifest(files: dict[str, str]) -> str:
-    return "".join(f"{rel}  {len(text.splitlines())} lines  sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}\n"
-                   for rel, text in sorted(files.items()))
 
 
-def lint_clean(result: ImportResult, where: Path) -> list[str]:
-    result.write(str(where))
-    diags, _sources = lint_file(str(where / "imported.rules"))
-    return [f"{d.code} {d.span}: {d.message}" for d in diags if d.level.value in ("error", "warning")]
 
 
-def run_ruleset_tests(rules: Path, tests: str) -> int:
-    path = rules.with_suffix(".tests")
-    path.write_text(tests, encoding="utf-8")
-    (suite,) = run_suites([(str(rules), str(path))], []).suites
-    assert suite.loaded, suite.ruleset_diags or suite.read_error
-    assert not suite.found and suite.passed == len(suite.outcomes), format_suite(suite)
-    return len(suite.outcomes)
 
 
 def write_config(where: Path, files: dict[str, str]) -> Path:

@@ -80,9 +80,9 @@ TRUE = "\x00true"
 FALSE = "\x00false"
 
 
-def _top_level(text: str, word: str):
-    """Where ``word`` (" or ", " and ") stands in ``text`` outside quotes
-    and parentheses."""
+def _depths(text: str):
+    """(position, parenthesis depth after it) of each character of
+    ``text`` outside quoted strings."""
     depth = 0
     i = 0
     in_str = False
@@ -96,13 +96,19 @@ def _top_level(text: str, word: str):
                 in_str = False
         elif ch == '"':
             in_str = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif depth == 0 and text.startswith(word, i):
-            yield i
+        else:
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+            yield i, depth
         i += 1
+
+
+def _top_level(text: str, word: str):
+    """Where ``word`` (" or ", " and ") stands in ``text`` outside quotes
+    and parentheses."""
+    return (i for i, depth in _depths(text) if depth == 0 and text.startswith(word, i))
 
 
 def _top_level_or(expr: str) -> bool:
@@ -160,25 +166,9 @@ def not_(expr: str) -> str:
 
 def _balanced(expr: str) -> bool:
     depth = 0
-    in_str = False
-    i = 0
-    while i < len(expr):
-        ch = expr[i]
-        if in_str:
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                return False
-        i += 1
+    for _i, depth in _depths(expr):
+        if depth < 0:
+            return False
     return depth == 0
 
 
