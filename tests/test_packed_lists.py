@@ -154,3 +154,20 @@ def test_a_list_file_with_blank_lines_or_odd_white_space_reads_as_before(tmp_pat
     assert [e.text for e in entries] == ["a.example", "b.example"]
     match, diags = build_matcher(entries, "domain", within=False)
     assert not diags and match("b.example")
+
+
+def test_a_folder_that_is_gone_still_gives_working_lists_and_says_so(tmp_path, caplog):
+    """The run's folder removed (a /tmp cleaner): the list is built in this
+    process's memory, answers the same, and the log says it is not shared."""
+    import logging
+    packed.share_in(str(tmp_path / "gone"))
+    monkey = packed._warned[0]
+    packed._warned[0] = False
+    try:
+        with caplog.at_level(logging.WARNING, logger="smtpfw.lists"):
+            p = packed.pack_strings({f"z{i}.example" for i in range(N)})
+        assert "z7.example" in p and "y7.example" not in p
+        assert "not shared between workers" in caplog.text
+    finally:
+        packed._warned[0] = monkey
+        packed.share_in(None)
