@@ -79,6 +79,7 @@ class Ruleset:
     stateful: bool = False                                      # rules test limits or greylisting (a state store)
     fields: dict = field(default_factory=dict)                  # specs made for this ruleset (maps, limits, time)
     tables: dict = field(default_factory=dict)                  # name -> database/directory map (smtpfw.maps.tables)
+    decided_late: frozenset = frozenset()                       # early hooks answered before decided (smtpfw.lang.deferral)
     _groups: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # set in __post_init__
 
     @property

@@ -89,6 +89,15 @@ class Policy:
         self.delayed_stage: Stage | None = None
         self.asked: list = []
 
+    def prefetch(self, stage: Stage) -> None:
+        """Start the facts ``stage`` will need, from the state as it is now
+        (a hook decided later asks for them again: nothing is asked twice)."""
+        rs, facts = self.ruleset, self.facts
+        if facts is not None:
+            for table in (rs.fact_starts, rs.fact_needs):
+                if table.get(stage):
+                    facts.start(rs.fact_keys(table, stage, self.state))
+
     async def run(self, stage: Stage, message: bytes | None = None, subject: str = "") -> Decision:
         """Decide one hook.  Never raises for rule or plugin trouble."""
         rs, state = self.ruleset, self.state

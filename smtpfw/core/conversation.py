@@ -22,6 +22,7 @@ a plugin; with facts gathered up front nothing in here ever suspends.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from smtpfw import replies
@@ -32,6 +33,7 @@ from smtpfw.session import SessionState
 from smtpfw.verdict import Decision, Outcome, Stage
 
 _ACCEPT = Decision(Outcome.ACCEPT)
+_CONTINUE = Decision(Outcome.CONTINUE)
 _REFUSING = frozenset(o for o in Outcome if o.refuses)
 MAIL_OK = replies.line(*replies.render(Stage.MAIL, _ACCEPT))
 RCPT_OK = replies.line(*replies.render(Stage.RCPT, _ACCEPT))
@@ -61,11 +63,18 @@ class Limits:
 class Conversation:
     def __init__(self, ruleset, state: SessionState, facts, limits: Limits = Limits(), *,
                  hostname: str = "smtpfw", greeting: str = "", trace: list | None = None, notify=None,
-                 record: bool = True, sequence: bool = True):
+                 record: bool = True, sequence: bool = True, decide_late: bool = False):
         """``record``: keep events for the session record, bounded by
         ``limits.max_events`` (replay, which reads a record, keeps none).
         ``sequence``: enforce the command sequence (HELO before MAIL...);
-        off where the MTA in front does that (the policy front end)."""
+        off where the MTA in front does that (the policy front end).
+        ``decide_late``: answer the hooks the ruleset lets be decided late
+        (``Ruleset.decided_late``, smtpfw.lang.deferral) at once and decide
+        them in the background, in order, before the next command that
+        needs them; the front end then calls ``settle`` before RSET and
+        STARTTLS and at the end of the session.  Only the SMTP front end
+        asks for it: replay decides every hook at its command, which the
+        late decision cannot be told apart from."""
         self.state = state
         self.limits = limits
         self.record = record
@@ -79,6 +88,9 @@ class Conversation:
         self.transactions = 0
         self.unrecognized = 0
         self._pending: tuple | None = None       # (size, headers, data and queue decisions) of a message
+        self._late = ruleset.decided_late if decide_late else frozenset()
+        self._deciding: asyncio.Task | None = None   # the hooks answered but not decided yet, in order
+        self._deciding_stages: set[Stage] = set()
 
     # ---- what every command may end in -------------------------------------
 
@@ -129,9 +141,54 @@ class Conversation:
             st.trim_history(self.limits.max_events)
         self.policy.forget_transaction()
 
+    # ---- hooks decided after their reply --------------------------------------
+
+    def _later(self, stage: Stage, subject: str = "") -> bool:
+        """Decide ``stage`` after the hooks pending, in the background, if
+        the ruleset lets it be and only earlier hooks are pending; False
+        (nothing started) if it must be decided now."""
+        if stage not in self._late or any(s.order >= stage.order for s in self._deciding_stages):
+            return False
+        before, policy = self._deciding, self.policy
+        policy.prefetch(stage)                 # its DNS lookups start now, with the state of this command
+
+        async def decide() -> None:
+            if before is not None:
+                await before
+            await policy.run(stage, subject=subject)
+        self._deciding = asyncio.get_running_loop().create_task(decide())
+        self._deciding_stages.add(stage)
+        return True
+
+    @property
+    def deciding(self) -> bool:
+        """Hooks were answered and are not decided yet."""
+        return self._deciding is not None
+
+    async def settle(self) -> None:
+        """Decide the hooks that were answered before they were decided."""
+        task = self._deciding
+        if task is not None:
+            try:
+                await task
+            finally:
+                if self._deciding is task:     # still "deciding" while it waits: a lost connection lets it finish
+                    self._deciding = None
+                    self._deciding_stages.clear()
+
+    def abandon(self) -> None:
+        """The session is gone: hooks still being decided are not needed."""
+        task, self._deciding = self._deciding, None
+        self._deciding_stages.clear()
+        if task is not None:
+            task.cancel()
+
     # ---- the commands -------------------------------------------------------
 
     async def connect(self) -> Step:
+        if self._later(Stage.CONNECT):
+            self.state.connect_reply = f"220 {self.hostname}"
+            return Step(self.greeting, decision=_CONTINUE, stage=Stage.CONNECT)
         decision = await self.policy.run(Stage.CONNECT)
         if decision.outcome in _REFUSING:
             reply = replies.for_decision(Stage.CONNECT, decision)
@@ -146,9 +203,15 @@ class Conversation:
         if over is not None:
             return over
         st = self.state
+        if self._deciding_stages - {Stage.CONNECT}:
+            await self.settle()                # a held HELO or MAIL refusal ends with what it was about
         self.new_transaction()
         st.set_helo(name, esmtp)
-        decision = await self.policy.run(Stage.HELO, subject=name)
+        if self._later(Stage.HELO, name):
+            decision = _CONTINUE
+        else:
+            await self.settle()
+            decision = await self.policy.run(Stage.HELO, subject=name)
         if decision.outcome in _REFUSING:
             st.set_helo("", False)
             step = self._refused(Stage.HELO, decision)
@@ -178,7 +241,11 @@ class Conversation:
         if self.transactions > self.limits.max_transactions:
             return Step(replies.TOO_MANY_TRANSACTIONS, close=True, reached=False, note="too many transactions")
         st.set_sender(address, params)
-        decision = await self.policy.run(Stage.MAIL, subject=address)
+        if self._later(Stage.MAIL, address):
+            decision = _CONTINUE
+        else:
+            await self.settle()
+            decision = await self.policy.run(Stage.MAIL, subject=address)
         if decision.outcome in _REFUSING:
             st.reset_transaction()
             step = self._refused(Stage.MAIL, decision)
@@ -201,6 +268,7 @@ class Conversation:
             # Not an error (a pipelining client sends them all before it
             # sees a reply), but work that moves no mail.
             return self.junk_command() or Step(replies.TOO_MANY_RCPTS, reached=False, note="too many recipients")
+        await self.settle()
         st.set_rcpt(address)
         decision = await self.policy.run(Stage.RCPT, subject=address)
         if decision.outcome in _REFUSING:
@@ -250,6 +318,7 @@ class Conversation:
         refusal ends the transaction; an acceptance asks the front end to
         deliver (``Step.deliver``) and report back with ``delivered``."""
         st = self.state
+        await self.settle()
         st.message_size = size
         st.headers = headers
         data = await self.policy.run(Stage.DATA, body)

@@ -26,6 +26,7 @@ from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean, has_errors
 from smtpfw.engine import CompiledRule, Ruleset
 from smtpfw.lang import ast
 from smtpfw.actions import AddCount, ApplyMap, UseClass
+from smtpfw.lang.deferral import decided_late
 from smtpfw.lang.access_values import AccessValues
 from smtpfw.lang.fields import (ADDRESS, BOOL, DOMAIN, EXTRA_PLACEHOLDERS, FIELDS, FORMS, INT, IP, LIST, ORDERED,
                                 SCORE_PREFIX, STRING, FieldSpec, fold, lazy_answer, lookup_field)
@@ -319,6 +320,7 @@ class _Compiler:
             stateful=self.stateful,
             fields=dict(self.made_fields),
             tables=dict(self.tables),
+            decided_late=decided_late(hooks, options, self.stateful, self.plugin_objects),
         )
 
     def _options(self) -> dict[str, object]:

@@ -104,6 +104,8 @@ class FirewallSMTP(Stream):
             # off half-way could leave it delivered without a record, or
             # half-delivered).  The reply goes nowhere; run() finishes.
             return
+        if self.conv is not None and self.conv.deciding and self.task is not None:
+            return    # hooks answered before they were decided: run() decides them for the log, then finishes
         if self.task is not None:
             self.task.cancel()
         self._finish()
@@ -196,6 +198,8 @@ class FirewallSMTP(Stream):
         if self.admitted:
             srv.release(self.client_key)
         self._free_message()
+        if self.conv is not None:
+            self.conv.abandon()
         if self.facts is not None:
             self.facts.close()
         self.state.trim_history(self.cfg.recording_max_events)
@@ -207,9 +211,12 @@ class FirewallSMTP(Stream):
 
     async def run(self) -> None:
         try:
-            await self._session()
-        except ConnectionError:
-            pass      # the client went away (EOF inside an over-long line, say)
+            try:
+                await self._session()
+            except ConnectionError:
+                pass      # the client went away (EOF inside an over-long line, say)
+            if self.conv is not None:
+                await self.conv.settle()       # hooks answered but not decided yet: decided for the log
         except Exception:
             log.exception("session %s: internal error", self.state.session_id)
         finally:
@@ -245,7 +252,8 @@ class FirewallSMTP(Stream):
         self.facts = self.server.session_facts()
         self.conv = Conversation(self.ruleset, st, self.facts, Limits.from_config(self.cfg),
                                  hostname=self.hostname,
-                                 greeting=f"220 {self.hostname} {self.cfg.smtp_banner}", notify=self._notify)
+                                 greeting=f"220 {self.hostname} {self.cfg.smtp_banner}", notify=self._notify,
+                                 decide_late=True)
         greet_wait = self.listener.greet_wait
         if greet_wait is None:
             greet_wait = self.cfg.smtp_greet_wait
@@ -617,6 +625,7 @@ class FirewallSMTP(Stream):
             self.held = 0
 
     async def cmd_rset(self, arg: str) -> None:
+        await self.conv.settle()
         await self._do(self.conv.rset())
 
     async def cmd_noop(self, arg: str) -> None:
@@ -643,6 +652,7 @@ class FirewallSMTP(Stream):
             return
         await self.push("220 2.0.0 Ready to start TLS")
         if await self._start_tls():
+            await self.conv.settle()           # the hooks before it were about the HELO it forgets
             self.conv.tls_started()
 
     async def _start_tls(self) -> bool:
