@@ -35,9 +35,9 @@ measured in turn (the order rotated between repetitions):
   suggests, put in place by this script's wrapper (not smtpfw's code; see
   "experiments" below): ``sqlite+inline`` (SQLite on the event loop's
   thread, no thread pool), ``sqlite+batch`` (that, and one transaction per
-  turn of the loop), ``redis-2p+lean`` (a pipelined RESP client instead of
-  redis-py), ``sqlite+null`` (no back end at all: the rule layer's own
-  cost).
+  turn of the loop), ``redis-2p+redispy`` (redis-py's client instead of
+  smtpfw's own pipelined one: the client as it was), ``sqlite+null`` (no
+  back end at all: the rule layer's own cost).
 
 Workloads (bench/run.py's, one message per connection, one recipient):
 a) 5,000 x 2 KB over 20 sessions, b) 5,000 x 2 KB over 100 sessions,
@@ -132,8 +132,8 @@ def _serve(control_dir: str, experiment: str, argv: list[str]) -> int:
         _experiment_null_backend()
     elif experiment == "batch":
         _experiment_sqlite_batch()
-    elif experiment == "lean":
-        _experiment_redis_lean()
+    elif experiment == "redispy":
+        _experiment_redis_py()
 
     samples: dict[str, list[float]] = collections.defaultdict(list)
     original_call = Store._call
@@ -191,7 +191,7 @@ def _serve(control_dir: str, experiment: str, argv: list[str]) -> int:
 # ---- experiments: what the profile suggests, tried without changing smtpfw ----------
 #
 # Not smtpfw's code: replacements put in place by the wrapper above for the
-# setups whose names end in "+inline", "+batch", "+lean", "+null" (--experiments), to measure
+# setups whose names end in "+inline", "+batch", "+redispy", "+null" (--experiments), to measure
 # the changes proposed in docs/state.md ("Performance") before anyone makes
 # them.
 
@@ -323,113 +323,16 @@ def _experiment_sqlite_batch() -> None:
     SqliteBackend._run = _run                    # type: ignore[method-assign]
 
 
-class _LeanRedis(asyncio.Protocol):
-    """One connection per process, every session's commands pipelined on it
-    (replies come back in order), RESP2 parsed by hand: the client redis-py
-    is not, for the two script calls a session makes."""
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.transport: asyncio.Transport | None = None
-        self.waiting: collections.deque = collections.deque()
-        self.buf = bytearray()
-        self.connecting: asyncio.Future | None = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-        while self.waiting:
-            f = self.waiting.popleft()
-            if not f.done():
-                f.set_exception(ConnectionError("redis connection lost"))
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            parsed = self._parse(0)
-            if parsed is None:
-                return
-            value, end = parsed
-            del self.buf[:end]
-            f = self.waiting.popleft()
-            if not f.done():
-                f.set_exception(value) if isinstance(value, Exception) else f.set_result(value)
-
-    def _parse(self, pos: int):
-        nl = self.buf.find(b"\r\n", pos)
-        if nl < 0:
-            return None
-        kind, line, pos = self.buf[pos], bytes(self.buf[pos + 1:nl]), nl + 2
-        if kind == 43:                                   # +
-            return line.decode(), pos
-        if kind == 45:                                   # -
-            return RuntimeError(line.decode()), pos
-        if kind == 58:                                   # :
-            return int(line), pos
-        if kind == 36:                                   # $
-            n = int(line)
-            if n < 0:
-                return None, pos
-            if len(self.buf) < pos + n + 2:
-                return None
-            return bytes(self.buf[pos:pos + n]).decode(), pos + n + 2
-        if kind == 42:                                   # *
-            items = []
-            for _ in range(max(int(line), 0)):
-                parsed = self._parse(pos)
-                if parsed is None:
-                    return None
-                items.append(parsed[0])
-                pos = parsed[1]
-            return items, pos
-        raise RuntimeError(f"unexpected reply type {chr(kind)!r}")
-
-    async def call(self, *args) -> object:
-        if self.transport is None:
-            if self.connecting is None or self.connecting.done():
-                self.connecting = asyncio.ensure_future(
-                    asyncio.get_running_loop().create_connection(lambda: self, self.host, self.port))
-            await asyncio.shield(self.connecting)
-        parts = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        f = asyncio.get_running_loop().create_future()
-        self.waiting.append(f)
-        self.transport.write(b"".join(parts))
-        return await f
-
-
-def _experiment_redis_lean() -> None:
-    """RedisBackend's scripts sent through _LeanRedis (EVALSHA, EVAL on
-    NOSCRIPT) instead of redis-py's pooled client."""
-    import hashlib
-    from urllib.parse import urlparse
-
+def _experiment_redis_py() -> None:
+    """RedisBackend on redis-py's pooled client (``pipelined=False``), as
+    smtpfw was before its own pipelined client (smtpfw/state/resp.py): the
+    same scripts and keys, a client that costs more CPU per operation."""
     from smtpfw.state import redis as mod
 
     original_init = mod.RedisBackend.__init__
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", **options) -> None:
-        original_init(self, url, **options)
-        u = urlparse(url)
-        lean = _LeanRedis(u.hostname or "127.0.0.1", u.port or 6379)
-
-        def script(text: str):
-            sha = hashlib.sha1(text.encode()).hexdigest()
-
-            async def run(keys=(), args=()):
-                try:
-                    return await lean.call("EVALSHA", sha, len(keys), *keys, *args)
-                except RuntimeError as err:
-                    if "NOSCRIPT" not in str(err):
-                        raise
-                    return await lean.call("EVAL", text, len(keys), *keys, *args)
-            return run
-        self._hit, self._greylist = script(mod.HIT), script(mod.GREYLIST)
-        self._acquire, self._set, self._incr = script(mod.ACQUIRE), script(mod.SET), script(mod.INCR)
+        original_init(self, url, **{**options, "pipelined": False})
 
     mod.RedisBackend.__init__ = __init__         # type: ignore[method-assign]
 
@@ -448,12 +351,12 @@ WORKLOADS = {
 }
 QUICK_MESSAGES = {"a": 2000, "b": 2000, "c": 300}
 SETUPS = ("stateless", "sqlite", "stateless-2p", "redis-2p", "redis")
-EXPERIMENTS = ("sqlite+inline", "sqlite+batch", "redis-2p+lean", "sqlite+null")
+EXPERIMENTS = ("sqlite+inline", "sqlite+batch", "redis-2p+redispy", "sqlite+null")
 QUICK_SETUPS = ("stateless", "sqlite", "stateless-2p", "redis-2p")
 BASELINE = {"sqlite": "stateless", "redis": "stateless", "redis-2p": "stateless",
             "stateless-2p": "stateless", "sqlite+inline": "stateless", "sqlite+batch": "stateless",
-            "redis-2p+lean": "stateless", "sqlite+null": "stateless"}
-SAME_TOPOLOGY = {"redis-2p": "stateless-2p", "redis-2p+lean": "stateless-2p"}
+            "redis-2p+redispy": "stateless", "sqlite+null": "stateless"}
+SAME_TOPOLOGY = {"redis-2p": "stateless-2p", "redis-2p+redispy": "stateless-2p"}
 STATEFUL = ("sqlite", "redis-2p", "redis", *EXPERIMENTS)
 DESCRIBE = {
     "stateless": "reference rules, 1 process × {w} workers",
@@ -464,7 +367,7 @@ DESCRIBE = {
     "sqlite+inline": "as sqlite, EXPERIMENT: SQLite on the loop's thread",
     "sqlite+batch": "as sqlite, EXPERIMENT: on the loop's thread, one transaction per loop turn",
     "sqlite+null": "as sqlite, EXPERIMENT: no back end (answers at once): smtpfw's own part",
-    "redis-2p+lean": "as redis-2p, EXPERIMENT: pipelined RESP client",
+    "redis-2p+redispy": "as redis-2p, EXPERIMENT: redis-py's client (as before smtpfw's own)",
 }
 
 
@@ -580,7 +483,7 @@ class Setup:
     processes: int
     workers: int                                 # per process
     store: str | None                            # None: stateless
-    experiment: str = "-"                        # "-", "inline" or "lean" (see _serve)
+    experiment: str = "-"                        # "-" or what follows "+" in the setup's name (see _serve)
     servers: list[Service] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
     control: Path | None = None

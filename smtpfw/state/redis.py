@@ -1,6 +1,18 @@
 """The state store on Redis or Valkey, shared by every smtpfw node.
 
-redis-py's asyncio client; every operation that reads and writes is one
+Two clients:
+
+- a single server at a ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`` URL:
+  smtpfw's own (``smtpfw.state.resp``): one connection per process, every
+  session's commands pipelined on it, RESP2 parsed by hand, the scripts by
+  EVALSHA (EVAL when the server answers NOSCRIPT);
+- redis-py's asyncio client (a pool of connections) for everything else:
+  Redis Cluster (``cluster=True``), ``rediss://`` (TLS), ``unix://``
+  sockets, URLs with query options, redis-py options passed to the
+  constructor or a client of one's own, and ``pipelined=False``.
+
+Both send the same commands and scripts on the same keys and give the same
+results.  Every operation that reads and writes is one
 Lua script (atomic on the server: nothing of another client runs between
 its read and its write), every other is one command.  Each operation
 touches keys of one hash tag (``{...}``), so it runs on a Redis Cluster
@@ -26,10 +38,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
+from smtpfw.state.resp import RespClient, supports
 from smtpfw.state.store import Bucket, Done, GreyResult, Greylisting, RateResult, SlotResult, Value, gcra, levels
 
 # Lua: numbers written as %.17g (Lua's default conversion keeps 14 digits,
@@ -150,27 +159,42 @@ class RedisBackend:
     name = "redis"
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "smtpfw", timeout: float = 0.25,
-                 connections: int = 32, cluster: bool = False, client: Any = None, **options: Any):
-        """``timeout``: the socket timeouts (connect and each command) and
-        the wait for a free connection; the ``Store``'s own timeout covers
-        the whole operation.  ``connections``: the most this process
-        opens (per node of a cluster); operations beyond wait for one."""
+                 connections: int = 32, cluster: bool = False, client: Any = None, pipelined: bool = True,
+                 **options: Any):
+        """``timeout``: smtpfw's client: the wait for a connection (TCP,
+        AUTH, SELECT), and a connection with a command unanswered for 4 ×
+        ``timeout`` (at least 1 s) is given up by the next call; redis-py:
+        the socket timeouts (connect and each command) and the wait for a
+        free connection.  The ``Store``'s own timeout covers the whole
+        operation either way.  ``connections``: redis-py's most connections
+        per process (per node of a cluster); operations beyond wait for one.
+        ``pipelined=False``, ``options`` (redis-py's) or ``client``: redis-py."""
         self.url, self.prefix, self.cluster = url, prefix, cluster
-        self._pool = None
-        if client is None:
-            common = dict(socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True,
-                          retry=Retry(NoBackoff(), 0), max_connections=connections, **options)
-            if cluster:
-                client = aioredis.RedisCluster.from_url(url, **common)
-            else:
-                self._pool = aioredis.BlockingConnectionPool.from_url(url, timeout=timeout, **common)
-                client = aioredis.Redis(connection_pool=self._pool)
+        self._pool: Any = None
+        self.pipelined = client is None and pipelined and not cluster and not options and supports(url)
+        if self.pipelined:
+            client = RespClient.from_url(url, connect_timeout=timeout, stall=max(1.0, 4 * timeout))
+            self._command = client.call
+        else:
+            if client is None:
+                client = self._redis_py(url, timeout, connections, cluster, options)
+            self._command = client.execute_command
         self.client = client
-        self._hit = client.register_script(HIT)
-        self._acquire = client.register_script(ACQUIRE)
-        self._greylist = client.register_script(GREYLIST)
-        self._set = client.register_script(SET)
-        self._incr = client.register_script(INCR)
+        script = client.script if self.pipelined else client.register_script      # both: await s(keys=, args=)
+        self._hit, self._acquire, self._greylist = script(HIT), script(ACQUIRE), script(GREYLIST)
+        self._set, self._incr = script(SET), script(INCR)
+
+    def _redis_py(self, url: str, timeout: float, connections: int, cluster: bool, options: dict) -> Any:
+        import redis.asyncio as aioredis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        common = dict(socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True,
+                      retry=Retry(NoBackoff(), 0), max_connections=connections, **options)
+        if cluster:
+            return aioredis.RedisCluster.from_url(url, **common)
+        self._pool = aioredis.BlockingConnectionPool.from_url(url, timeout=timeout, **common)
+        return aioredis.Redis(connection_pool=self._pool)
 
     def key(self, kind: str, key: str) -> str:
         return f"{self.prefix}:{kind}:{tag(key)}"
@@ -188,7 +212,7 @@ class RedisBackend:
     async def peek(self, key: str, buckets: Sequence[Bucket], now: float) -> RateResult:
         if not buckets:
             return RateResult(True, ())
-        raw = await self.client.hmget(self.key("r", key), [b.name for b in buckets])
+        raw = await self._command("HMGET", self.key("r", key), *(b.name for b in buckets))
         tats = [float(x) if x is not None else 0.0 for x in raw]
         allowed, _new, _counts, retry = gcra(buckets, tats, 1, now)
         return RateResult(allowed, levels(buckets, tats, now), retry, tuple(b.limit for b in buckets))
@@ -200,10 +224,10 @@ class RedisBackend:
         return SlotResult(bool(int(out[0])), int(out[1]))
 
     async def release(self, key: str, holder: str) -> Done:
-        return Done(bool(await self.client.zrem(self.key("c", key), holder)))
+        return Done(bool(await self._command("ZREM", self.key("c", key), holder)))
 
     async def holders(self, key: str, now: float) -> int:
-        return int(await self.client.zcount(self.key("c", key), f"({now!r}", "+inf"))
+        return int(await self._command("ZCOUNT", self.key("c", key), f"({now!r}", "+inf"))
 
     # ---- greylisting --------------------------------------------------------
 
@@ -218,7 +242,7 @@ class RedisBackend:
     # ---- key-value ----------------------------------------------------------
 
     async def get(self, key: str, now: float) -> Value:
-        value, expires = await self.client.hmget(self.key("k", key), ["v", "e"])
+        value, expires = await self._command("HMGET", self.key("k", key), "v", "e")
         if value is None or expires is None or float(expires) <= now:
             return Value(None)
         return Value(value)
@@ -232,14 +256,17 @@ class RedisBackend:
         return Value(float(text))
 
     async def delete(self, key: str) -> Done:
-        return Done(bool(await self.client.delete(self.key("k", key))))
+        return Done(bool(await self._command("DEL", self.key("k", key))))
 
     # ---- the service --------------------------------------------------------
 
     async def ping(self) -> None:
-        await self.client.ping()
+        await self._command("PING")
 
     async def close(self) -> None:
+        if self.pipelined:
+            await self.client.close()
+            return
         close = getattr(self.client, "aclose", None) or self.client.close
         await close()
         if self._pool is not None:
