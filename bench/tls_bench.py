@@ -45,7 +45,6 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -60,9 +59,10 @@ sys.path.insert(0, str(ROOT))
 
 import procstat  # noqa: E402
 import run as benchrun  # noqa: E402
-from policy_bench import PostfixServer, port_free, tree_cpu  # noqa: E402
+from peers import HARAKA_CACHE, Haraka, TlsPostfix, find_haraka, haraka_version  # noqa: E402
+from policy_bench import port_free, tree_cpu  # noqa: E402
 
-from tests.support.postfix import POSTFIX_LIBEXEC, in_namespace, postfix_available, prepare_instance  # noqa: E402
+from tests.support.postfix import postfix_available  # noqa: E402
 from tests.support.reference import base_settings, postfix_native  # noqa: E402
 
 log = benchrun.log
@@ -72,7 +72,6 @@ SESSIONS = (20, 100)
 CERTS = ("ecdsa", "rsa")
 SERVERS = ("smtpfw", "baseline", "postfix", "haraka")
 PEERS = ("postfix", "haraka")
-HARAKA_CACHE = Path("/var/tmp/smtpfw-bench-haraka")     # npm install Haraka, once, outside the checkout
 RATIO_TARGET = 3.0            # smtpfw >= 3 x the best peer (issue 21)
 CPU_TARGET_MS = 0.8           # smtpfw CPU per TLS session
 LABELS = {"smtpfw": "smtpfw (reference policy)", "baseline": "bare aiosmtpd + STARTTLS",
@@ -110,112 +109,6 @@ def make_certs(tmp: Path) -> dict[str, tuple[Path, Path]]:
             f.chmod(0o644)       # a throw-away test key in a temp dir; every server can read it
         out[name] = (cert, key)
     return out
-
-
-def find_haraka(tmp: Path, given: str | None, install: bool) -> tuple[Path | None, str]:
-    """The haraka executable and how it was found, or (None, why not)."""
-    if given:
-        exe = Path(given) / "node_modules" / ".bin" / "haraka"
-        return (exe, f"given ({given})") if exe.exists() else (None, f"no {exe}")
-    d = HARAKA_CACHE
-    exe = d / "node_modules" / ".bin" / "haraka"
-    if exe.exists():
-        return exe, f"npm install Haraka, cached in {d}"
-    if not install:
-        return None, "not installed (--no-install)"
-    if not shutil.which("npm"):
-        return None, "npm is not installed"
-    d.mkdir(parents=True, exist_ok=True)
-    log("installing Haraka with npm (npm install Haraka) ...")
-    try:
-        subprocess.run(["npm", "init", "-y"], cwd=d, capture_output=True, timeout=60)
-        proc = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "Haraka"], cwd=d, capture_output=True,
-                              text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        return None, "npm install Haraka took more than 15 minutes"
-    if proc.returncode != 0 or not exe.exists():
-        return None, f"npm install Haraka failed: {proc.stderr.strip()[-300:]}"
-    return exe, f"npm install Haraka into {d}"
-
-
-def haraka_version(exe: Path) -> str:
-    try:
-        pkg = exe.resolve().parent.parent / "package.json"
-        return json.loads(pkg.read_text())["version"]
-    except (OSError, ValueError, KeyError):
-        return "unknown"
-
-
-# ---- servers -------------------------------------------------------------------------
-
-class TlsPostfix(PostfixServer):
-    """PostfixServer with tlsmgr in master.cf (smtpd asks it for TLS session
-    ticket keys and randomness)."""
-
-    def start(self) -> None:
-        conf = prepare_instance(self.root, self.port, self.settings)
-        with open(conf / "master.cf", "a") as fh:
-            fh.write("tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(in_namespace(self.resolv, [str(POSTFIX_LIBEXEC / "master"), "-d",
-                                                                "-c", str(conf)]),
-                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-
-
-class Haraka:
-    """Haraka (cluster of ``nodes`` workers) in a folder of its own, in the
-    benchmark's mount namespace (for its resolv.conf); stopped with killpg."""
-
-    def __init__(self, exe: Path, tmp: Path, name: str, cert: Path, key: Path, sink_port: int, resolv: Path,
-                 nodes: int):
-        self.name = name
-        self.port = benchrun.free_port()
-        self.dir = tmp / name
-        self.log_path = tmp / f"{name}.log"
-        cfg = self.dir / "config"
-        subprocess.run([str(exe), "-i", str(self.dir)], check=True, capture_output=True, timeout=120)
-        (cfg / "plugins").write_text("tls\ndns-list\nrcpt_to.in_host_list\nqueue/smtp_forward\n")
-        (cfg / "smtp.ini").write_text(f"listen=127.0.0.1:{self.port}\nnodes={nodes}\n")
-        (cfg / "me").write_text("haraka.bench.test\n")
-        (cfg / "log.ini").write_text("[main]\nlevel=notice\ntimestamps=false\n")
-        (cfg / "host_list").write_text("example.net\n")
-        shutil.copy(cert, cfg / "tls_cert.pem")
-        shutil.copy(key, cfg / "tls_key.pem")
-        (cfg / "tls.ini").write_text("key=tls_key.pem\ncert=tls_cert.pem\n")
-        (cfg / "dns-list.ini").write_text("[main]\nperiodic_checks=0\nsearch=first\nzones=bl.test\n\n"
-                                          "[bl.test]\nipv6=false\nreject=true\n")
-        (cfg / "smtp_forward.ini").write_text(f"host=127.0.0.1\nport={sink_port}\nenable_tls=false\n"
-                                              "max_connections=200\n")
-        self.argv = in_namespace(resolv, [str(exe), "-c", str(self.dir)])
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.dir)
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: "
-                               f"{self.log_path.read_text(errors='replace')[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGTERM)
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(10)
-                except ProcessLookupError:
-                    pass
-            self._log.close()
 
 
 # ---- one measured run ---------------------------------------------------------------
