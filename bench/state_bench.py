@@ -33,11 +33,10 @@ measured in turn (the order rotated between repetitions):
   ``--workers`` workers (SQLite and Redis side by side; not in --quick);
 - with ``--experiments``, setups that run smtpfw with a change the profile
   suggests, put in place by this script's wrapper (not smtpfw's code; see
-  "experiments" below): ``sqlite+inline`` (SQLite on the event loop's
-  thread, no thread pool), ``sqlite+batch`` (that, and one transaction per
-  turn of the loop), ``redis-2p+redispy`` (redis-py's client instead of
-  smtpfw's own pipelined one: the client as it was), ``sqlite+null`` (no
-  back end at all: the rule layer's own cost).
+  "experiments" below): ``sqlite+inline`` (smtpfw's SQLite store without
+  its group commit: each write its own transaction), ``redis-2p+redispy``
+  (redis-py's client instead of smtpfw's own pipelined one: the client as
+  it was), ``sqlite+null`` (no back end at all: the rule layer's own cost).
 
 Workloads (bench/run.py's, one message per connection, one recipient):
 a) 5,000 x 2 KB over 20 sessions, b) 5,000 x 2 KB over 100 sessions,
@@ -130,8 +129,6 @@ def _serve(control_dir: str, experiment: str, argv: list[str]) -> int:
         _experiment_sqlite_inline()
     elif experiment == "null":
         _experiment_null_backend()
-    elif experiment == "batch":
-        _experiment_sqlite_batch()
     elif experiment == "redispy":
         _experiment_redis_py()
 
@@ -191,38 +188,25 @@ def _serve(control_dir: str, experiment: str, argv: list[str]) -> int:
 # ---- experiments: what the profile suggests, tried without changing smtpfw ----------
 #
 # Not smtpfw's code: replacements put in place by the wrapper above for the
-# setups whose names end in "+inline", "+batch", "+redispy", "+null" (--experiments), to measure
+# setups whose names end in "+inline", "+redispy", "+null" (--experiments), to measure
 # the changes proposed in docs/state.md ("Performance") before anyone makes
 # them.
 
 def _experiment_sqlite_inline() -> None:
-    """SQLite operations on the event loop's thread instead of the thread
-    pool: each is one short transaction (~50 µs, no fsync in WAL mode with
-    synchronous=NORMAL but at a checkpoint); the write lock is tried without
-    waiting (the connection's timeout is 0) and a busy database is waited
-    for with asyncio.sleep, not a sleeping thread.  The hand-off to a pool
-    thread and back (futures, the loop's wake-up, the GIL) cost 3-5 times
-    the work itself."""
-    import random
-    import sqlite3
-
+    """smtpfw's SQLite store without its group commit (``group_commit=False``):
+    each write its own ``BEGIN IMMEDIATE`` ... ``COMMIT`` on the event loop's
+    thread, what this experiment measured before smtpfw ran SQLite there
+    (docs/state.md, "Performance").  Reads are never grouped, so for
+    bench/bot_bench.py's pass-cache+inline (a read) this is smtpfw as it is."""
     from smtpfw.state.sqlite import SqliteBackend
 
-    async def _run(self, fn, *args):
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 0.0001
-        while True:
-            try:
-                return fn(*args)
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) and "busy" not in str(err):
-                    raise
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(pause * (0.5 + random.random()))
-                pause = min(pause * 2, 0.002)
+    original = SqliteBackend.__init__
 
-    SqliteBackend._run = _run                    # type: ignore[method-assign]
+    def __init__(self, *args, **kwargs):
+        kwargs["group_commit"] = False
+        original(self, *args, **kwargs)
+
+    SqliteBackend.__init__ = __init__            # type: ignore[method-assign]
 
 
 def _experiment_null_backend() -> None:
@@ -242,85 +226,6 @@ def _experiment_null_backend() -> None:
 
     SqliteBackend.hit = hit                      # type: ignore[method-assign]
     SqliteBackend.greylist = greylist            # type: ignore[method-assign]
-
-
-def _experiment_sqlite_batch() -> None:
-    """As "inline", and the operations asked within one turn of the event
-    loop share one transaction (group commit): one BEGIN IMMEDIATE ...
-    COMMIT for all of them, each operation in a SAVEPOINT of its own (a
-    failing one is rolled back alone), every result given after the
-    COMMIT.  Each operation stays atomic; what is saved is the
-    transaction's fixed cost (the lock, the WAL frame and index update at
-    COMMIT), which is most of a small operation's."""
-    import random
-    import sqlite3
-
-    from smtpfw.state.sqlite import SqliteBackend
-
-    original_immediate = SqliteBackend._immediate
-
-    def _immediate(self, conn, body):
-        if not getattr(self, "_batching", False):
-            return original_immediate(self, conn, body)
-        conn.execute("SAVEPOINT op")
-        try:
-            result = body(conn)
-        except BaseException:
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-            raise
-        conn.execute("RELEASE op")
-        return result
-
-    def _flush(self, loop, deadline: float, pause: float) -> None:
-        queue = self._batch
-        if not queue:
-            return
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as err:
-            if ("locked" in str(err) or "busy" in str(err)) and time.monotonic() < deadline:
-                loop.call_later(pause * (0.5 + random.random()), _flush, self, loop, deadline, min(pause * 2, 0.002))
-                return
-            self._batch = []
-            for _fn, _args, fut in queue:
-                if not fut.done():
-                    fut.set_exception(err)
-            return
-        self._batch = []
-        self._batching = True
-        done = []
-        try:
-            for fn, args, fut in queue:
-                try:
-                    done.append((fut, fn(*args), None))
-                except Exception as err:  # noqa: BLE001 - given to that operation's caller
-                    done.append((fut, None, err))
-            conn.execute("COMMIT")
-        except sqlite3.Error as err:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            done = [(fut, None, err) for _fn, _args, fut in queue]
-        finally:
-            self._batching = False
-        for fut, value, err in done:
-            if not fut.done():
-                fut.set_exception(err) if err is not None else fut.set_result(value)
-
-    async def _run(self, fn, *args):
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        queue = self.__dict__.setdefault("_batch", [])
-        queue.append((fn, args, fut))
-        if len(queue) == 1:
-            loop.call_soon(_flush, self, loop, time.monotonic() + self.busy_timeout, 0.0001)
-        return await fut
-
-    SqliteBackend._immediate = _immediate        # type: ignore[method-assign]
-    SqliteBackend._run = _run                    # type: ignore[method-assign]
 
 
 def _experiment_redis_py() -> None:
@@ -351,10 +256,10 @@ WORKLOADS = {
 }
 QUICK_MESSAGES = {"a": 2000, "b": 2000, "c": 300}
 SETUPS = ("stateless", "sqlite", "stateless-2p", "redis-2p", "redis")
-EXPERIMENTS = ("sqlite+inline", "sqlite+batch", "redis-2p+redispy", "sqlite+null")
+EXPERIMENTS = ("sqlite+inline", "redis-2p+redispy", "sqlite+null")
 QUICK_SETUPS = ("stateless", "sqlite", "stateless-2p", "redis-2p")
 BASELINE = {"sqlite": "stateless", "redis": "stateless", "redis-2p": "stateless",
-            "stateless-2p": "stateless", "sqlite+inline": "stateless", "sqlite+batch": "stateless",
+            "stateless-2p": "stateless", "sqlite+inline": "stateless",
             "redis-2p+redispy": "stateless", "sqlite+null": "stateless"}
 SAME_TOPOLOGY = {"redis-2p": "stateless-2p", "redis-2p+redispy": "stateless-2p"}
 STATEFUL = ("sqlite", "redis-2p", "redis", *EXPERIMENTS)
@@ -364,8 +269,7 @@ DESCRIBE = {
     "stateless-2p": "reference rules, 2 processes × {h} worker(s), load split",
     "redis-2p": "+ rate limit + greylisting, Redis shared by 2 processes × {h} worker(s), load split",
     "redis": "+ rate limit + greylisting, Redis, 1 process × {w} workers",
-    "sqlite+inline": "as sqlite, EXPERIMENT: SQLite on the loop's thread",
-    "sqlite+batch": "as sqlite, EXPERIMENT: on the loop's thread, one transaction per loop turn",
+    "sqlite+inline": "as sqlite, EXPERIMENT: no group commit (each write its own transaction)",
     "sqlite+null": "as sqlite, EXPERIMENT: no back end (answers at once): smtpfw's own part",
     "redis-2p+redispy": "as redis-2p, EXPERIMENT: redis-py's client (as before smtpfw's own)",
 }
