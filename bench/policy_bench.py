@@ -17,24 +17,32 @@ One run starts, all on loopback and all stopped at the end (even on errors):
 - postfwd2 (Debian's ``postfwd`` package, installed with apt-get if missing)
   with the reference policy in its own syntax, generated from
   ../shared/policy;
-- four instances of the same Postfix (Debian's package; ``master -d`` with
-  its own config, queue and log in a temporary folder), identical but for
-  ``smtpd_recipient_restrictions``:
+- with configuration null, the null policy service;
+- one instance of the same Postfix per configuration (Debian's package;
+  ``master -d`` with its own config, queue and log in a temporary folder),
+  identical but for ``smtpd_recipient_restrictions``:
 
   plain    ``reject_unauth_destination`` only: no policy at all;
   native   the reference policy in Postfix's own restrictions
            (reject_rbl_client, check_*_access texthash/regexp tables,
            reject_rhsbl_sender, relay_domains + reject_unauth_destination);
   smtpfw   ``check_policy_service inet:127.0.0.1:PORT`` -> smtpfw;
-  postfwd  ``check_policy_service inet:127.0.0.1:PORT`` -> postfwd.
+  postfwd  ``check_policy_service inet:127.0.0.1:PORT`` -> postfwd;
+  null     ``check_policy_service inet:127.0.0.1:PORT`` -> the null policy
+           service (bench/null_policy.c, compiled with cc at run time, or
+           bench/null_policy.py on uvloop without a compiler): every
+           request answered ``action=DUNNO`` at once, unread.  What asking
+           any policy service costs Postfix at the least (not run unless
+           named in --configs).
 
   Each relays what it accepts to smtp-sink (relayhost = [127.0.0.1]:SINK,
   relay_domains = the rcpthosts list, smtp_dns_support_level = disabled).
 
 Before measuring, the reference sessions of tests/test_reference_policy.py
 that can come from loopback addresses (127.0.0.1, and 127.0.0.2/.5, which
-bl.test lists) are sent to every Postfix that has a policy, and each RCPT
-reply's code must be the reference's: the three express the same policy.
+bl.test lists) are sent to every Postfix that has a policy (not null, which
+refuses nothing), and each RCPT reply's code must be the reference's: they
+express the same policy.
 
 Load: Postfix's ``smtp-source`` (one message per connection, one recipient;
 HELO, sender and recipient pass the policy), each configuration in turn,
@@ -44,7 +52,7 @@ and CPU ms per message, from the start of the load until the sink has every
 message, of Postfix's process tree (master and all its children, including
 children that exited: master's cutime/cstime), of the policy service's tree
 (smtpfw's supervisor and workers; postfwd's master, cache and policy
-children) and of the DNS server.  Results: bench/results/latest.policy.json
+children; the null service's one process) and of the DNS server.  Results: bench/results/latest.policy.json
 and latest.policy.md (--out to change).
 """
 
@@ -78,13 +86,15 @@ from tests.support.reference import base_settings, postfix_native, read_list  # 
 
 SENDER, RECIPIENT, HELO = "from@example.org", "to@example.net", "loadgen.example.org"
 TARGET = 0.9                  # Postfix + smtpfw policy >= 0.9 x Postfix alone (issue 16)
-CONFIGS = ("plain", "native", "smtpfw", "postfwd", "smtpfw-b")
+CONFIGS = ("plain", "native", "smtpfw", "postfwd", "smtpfw-b", "null")
+POLICY_SERVICES = ("smtpfw", "postfwd", "smtpfw-b", "null")
 LABELS = {
     "plain": "Postfix alone, no policy",
     "native": "Postfix alone, reference policy in Postfix restrictions",
     "smtpfw": "Postfix + smtpfw policy (rules/reference.rules)",
     "postfwd": "Postfix + postfwd2 (reference policy)",
     "smtpfw-b": "Postfix + smtpfw policy, build B (--smtpfw-b-cmd)",
+    "null": "Postfix + null policy service (DUNNO to every request)",
 }
 log = benchrun.log
 
@@ -256,6 +266,21 @@ def postfwd_config(tmp: Path, policy: Path) -> Path:
     return path
 
 
+def null_policy_argv(tmp: Path, port: int) -> tuple[list[str], str]:
+    """How to run the null policy service: bench/null_policy.c compiled with
+    cc -O2, else bench/null_policy.py (uvloop if installed); what it is."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc:
+        exe = tmp / "null_policy"
+        proc = subprocess.run([cc, "-O2", "-o", str(exe), str(BENCH / "null_policy.c")], capture_output=True,
+                              text=True)
+        if proc.returncode == 0:
+            return [str(exe), "127.0.0.1", str(port)], f"bench/null_policy.c ({Path(cc).name} -O2)"
+        log(f"cc could not build bench/null_policy.c, using bench/null_policy.py: {proc.stderr[-300:]}")
+    return ([sys.executable, str(BENCH / "null_policy.py"), "127.0.0.1", str(port)],
+            "bench/null_policy.py (no C compiler)")
+
+
 # ---- verdicts -------------------------------------------------------------------
 
 def check_verdicts(port: int) -> list[str]:
@@ -348,27 +373,34 @@ def summarize(runs: list[dict], configs: list[str]) -> dict:
         out[name]["failed_runs"] = len(rows) - len(good)
         for base in ("native", "plain"):
             if base in configs and name != base:
-                ratios, delivered, cpu = [], [], []
+                ratios, delivered, cpu, pf_extra = [], [], [], []
                 for r in good:
                     b = next((x for x in runs if x["config"] == base and x["rep"] == r["rep"] and x["ok"]), None)
                     if b:
                         ratios.append(r["accepted_per_s"] / b["accepted_per_s"])
                         delivered.append(r["delivered_per_s"] / b["delivered_per_s"])
                         cpu.append(b["total_cpu_ms_per_msg"] / r["total_cpu_ms_per_msg"])
+                        pf_extra.append(r["postfix_cpu_ms_per_msg"] - b["postfix_cpu_ms_per_msg"])
                 out[name][f"ratio_to_{base}"] = benchrun.stat(ratios)
                 out[name][f"delivered_ratio_to_{base}"] = benchrun.stat(delivered)
                 out[name][f"cpu_ratio_to_{base}"] = benchrun.stat(cpu)
+                out[name][f"postfix_cpu_extra_to_{base}"] = benchrun.stat(pf_extra)
     return out
 
 
 def targets(summary: dict) -> list[dict]:
+    """The target's rows for smtpfw; for the null policy service the same
+    comparison, for reference (what no policy service can do better than)."""
     rows = []
-    if "smtpfw" in summary:
+    for name, who in (("smtpfw", "Postfix + smtpfw policy"),
+                      ("null", "for reference, not the target: Postfix + null policy service")):
+        if name not in summary:
+            continue
         for base, what in (("native", "Postfix alone with the reference policy in its own restrictions"),
                            ("plain", "Postfix alone with no policy")):
-            r = summary["smtpfw"].get(f"ratio_to_{base}", {}).get("median")
+            r = summary[name].get(f"ratio_to_{base}", {}).get("median")
             if r is not None:
-                rows.append({"target": f"Postfix + smtpfw policy >= {TARGET} x {what} (msg/s)",
+                rows.append({"target": f"{who} >= {TARGET} x {what} (msg/s)",
                              "value": round(r, 2), "met": r >= TARGET})
     return rows
 
@@ -391,7 +423,8 @@ def markdown(result: dict) -> str:
         "- Every Postfix relays to smtp-sink (relayhost [127.0.0.1]:SINK). msg/s = messages / smtp-source's wall "
         "time; delivered/s = until smtp-sink counted them all. CPU ms/msg from the start of the load until the "
         "sink had every message: Postfix = master and all its children (exited ones included); policy = "
-        "smtpfw's supervisor and workers, or postfwd2's master, cache and policy children; DNS = the "
+        "smtpfw's supervisor and workers, postfwd2's master, cache and policy children, or the null "
+        "service's process; DNS = the "
         "loopback DNS server (smtpd caches DNSBL answers per process, smtpfw and postfwd per process too). "
         "CPU ratio = Postfix alone's total CPU per message / this configuration's, in the same repetition: "
         "what the msg/s ratio comes to when the machine's cores are the limit, and less disturbed by other "
@@ -403,6 +436,9 @@ def markdown(result: dict) -> str:
     ]
     if cfg.get("smtpfw_b_cmd"):
         lines.append(f"- smtpfw-b: `{cfg['smtpfw_b_cmd']} serve`, the same configuration")
+    if cfg.get("null_policy", "not used") != "not used":
+        lines.append(f"- null: {cfg['null_policy']}, one process answering `action=DUNNO` to every request "
+                     "unread; Postfix configured as for smtpfw")
     lines.append("")
     for n in cfg.get("notes", []):
         lines += [f"**Note:** {n}", ""]
@@ -421,12 +457,22 @@ def markdown(result: dict) -> str:
             f"| {r_native} | {r_plain} "
             f"| {_fmt(s.get('delivered_ratio_to_native', {}), 2) if name != 'native' else '1'} "
             f"| {_fmt(s['postfix_cpu_ms_per_msg'], 2)} "
-            f"| {_fmt(s['policy_cpu_ms_per_msg'], 2) if name in ('smtpfw', 'postfwd', 'smtpfw-b') else '-'} "
+            f"| {_fmt(s['policy_cpu_ms_per_msg'], 2) if name in POLICY_SERVICES else '-'} "
             f"| {_fmt(s['total_cpu_ms_per_msg'], 2)} "
             f"| {_fmt(s.get('cpu_ratio_to_native', {}), 2) if name != 'native' else '1'} "
             f"| {_fmt(s['dns_cpu_ms_per_msg'], 2)} "
             f"| {_fmt(s['others_cpu_pct'])} |")
+    extra = [(name, base, s[f"postfix_cpu_extra_to_{base}"]) for name, s in result["summary"].items()
+             for base in ("plain", "native") if name in POLICY_SERVICES and f"postfix_cpu_extra_to_{base}" in s]
+    if extra:
+        lines += ["", "Postfix's own CPU per message with a policy service, minus that of Postfix alone in the "
+                  "same repetition (smtpd's side of asking: the policy client, its writes, reads and wake-ups):",
+                  ""]
+        for name, base, st in extra:
+            lines.append(f"- {LABELS[name]}: {_fmt(st, 2)} ms/msg over {LABELS[base].lower()}")
     lines += ["", "## Verdicts", ""]
+    if not result["verdicts"]:
+        lines.append("- none checked: no configuration with a policy that refuses ran")
     for name, bad in result["verdicts"].items():
         lines.append(f"- {LABELS[name]}: " + ("every loopback reference session gets the reference's codes"
                                                 if not bad else f"**{len(bad)} mismatch(es)**: " + "; ".join(bad)))
@@ -462,7 +508,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="postfwd2 options besides file, port, user and sockets (default: the ARGS of Debian's "
                         "/etc/default/postfwd)")
     p.add_argument("--smtpfw-cmd", default=f"{sys.executable} -m smtpfw",
-                   help="how to run smtpfw (default: this Python's -m smtpfw); e.g. another build's")
+                   help="how to run smtpfw (default: this Python's -m smtpfw); e.g. another build's: "
+                        "'env PYTHONPATH=/tmp/other python -P -m smtpfw' (split on spaces; it runs in the "
+                        "repository's folder, which -m would put first on sys.path without -P)")
     p.add_argument("--smtpfw-b-cmd", help="a second smtpfw build to compare in the same run (adds the "
                                           "configuration smtpfw-b)")
     p.add_argument("--out", default=str(BENCH / "results"), help="folder for latest.policy.json and .md")
@@ -495,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     notes: list[str] = []
     postfwd_how = install_postfwd(not args.no_install) if "postfwd" in configs else "not used"
+    null_how = "not used"
     try:
         import uvloop  # noqa: F401
         event_loop = "uvloop"
@@ -549,6 +598,14 @@ def main(argv: list[str] | None = None) -> int:
             wait_port(port, fw)
             policy_pids[name] = fw.pid
             log(f"{name} policy on :{port} ({args.workers} workers, {cmd}): ping -> {policy_ask(port)}")
+        if "null" in configs:
+            port = policy_ports["null"] = benchrun.free_port()
+            argv_null, null_how = null_policy_argv(tmp, port)
+            nul = benchrun.Service("null", argv_null, tmp)
+            stoppers.append(nul)
+            wait_port(port, nul)
+            policy_pids["null"] = nul.pid
+            log(f"null policy service on :{port} ({null_how}): ping -> {policy_ask(port)}")
         if "postfwd" in configs:
             port = policy_ports["postfwd"] = benchrun.free_port()
             pw = Postfwd(tmp, postfwd_config(tmp, policy), port, resolv, args.postfwd_args.split())
@@ -578,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
             + f"; sink :{sink_port}; dns {args.dns_host}:53; load: smtp-source")
 
         for name, pf in postfixes.items():
-            if name != "plain":
+            if name not in ("plain", "null"):           # null refuses nothing: only the relay check
                 verdicts[name] = check_verdicts(pf.port)
                 log(f"verdicts {name}: " + ("all as the reference" if not verdicts[name]
                                             else f"{len(verdicts[name])} mismatches: {verdicts[name]}"))
@@ -634,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions,
         "config": {"workers": args.workers, "reps": reps, "messages": messages, "sessions": args.sessions,
                    "size": args.size, "event_loop": event_loop, "postfwd_args": args.postfwd_args.split(),
-                   "postfwd": postfwd_how, "postfix_tools": how, "smtpfw_cmd": args.smtpfw_cmd,
+                   "postfwd": postfwd_how, "null_policy": null_how,
+                   "postfix_tools": how, "smtpfw_cmd": args.smtpfw_cmd,
                    "smtpfw_b_cmd": args.smtpfw_b_cmd, "notes": notes},
         "summary": summary,
         "targets": targets(summary),

@@ -6,10 +6,12 @@ inline (tests/test_reference_policy.py)."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
 from smtpfw.config import Listener
+from smtpfw.protocol import policy
 from smtpfw.recording import read_records
 from tests.support.cli import wait_until
 from tests.support.policy import PolicyClient
@@ -95,6 +97,70 @@ def test_malformed_requests_close_the_connection_and_nothing_else(policy_server,
     assert c.ask(**rcpt_request()) == "DUNNO"
     c.close()
     assert "Traceback" not in caplog.text and "internal error" not in caplog.text
+
+
+def _request_bytes(eol: bytes = b"\n", **attrs) -> bytes:
+    attrs = {"request": "smtpd_access_policy", **rcpt_request(), **attrs}
+    return b"".join(f"{k}={v}".encode() + eol for k, v in attrs.items()) + eol
+
+
+def _answer(s: socket.socket) -> bytes:
+    buf = b""
+    while b"\n\n" not in buf:
+        chunk = s.recv(4096)
+        assert chunk, f"closed after {buf!r}"
+        buf += chunk
+    return buf
+
+
+@pytest.mark.parametrize("how", ["in pieces", "CR LF", "empty lines first", "two at once"])
+def test_requests_not_in_one_piece_are_read_line_by_line(policy_server, how):
+    """Postfix sends a request in one write; anything else is read too."""
+    with socket.create_connection(policy_server.address, timeout=10) as s:
+        if how == "in pieces":
+            req = _request_bytes()
+            for part in (req[:10], req[10:200], req[200:-1], req[-1:]):
+                s.sendall(part)
+                time.sleep(0.05)
+        elif how == "CR LF":
+            s.sendall(_request_bytes(b"\r\n"))
+        elif how == "empty lines first":
+            s.sendall(b"\n\n" + _request_bytes())
+        else:
+            s.sendall(_request_bytes(client_port=42001) + _request_bytes(client_port=42002,
+                                                                           recipient="bob@other.example"))
+        answer = _answer(s)
+        if how == "two at once":
+            while answer.count(b"\n\n") < 2:
+                answer += _answer(s)
+            assert answer == b"action=DUNNO\n\naction=554 5.7.1 Relay access denied\n\n"
+        else:
+            assert answer == b"action=DUNNO\n\n"
+        s.sendall(_request_bytes(recipient="bob@other.example"))   # and the connection goes on
+        assert _answer(s) == b"action=554 5.7.1 Relay access denied\n\n"
+
+
+def test_a_request_that_does_not_end_in_time_closes_the_connection(policy_server, monkeypatch, caplog):
+    monkeypatch.setattr(policy, "REQUEST_TIMEOUT", 0.3)
+    with socket.create_connection(policy_server.address, timeout=10) as s:
+        s.sendall(_request_bytes()[:100])
+        assert s.recv(100) == b""
+    wait_until(lambda: "did not end within" in caplog.text, 5, "the warning")
+
+
+def test_an_idle_connection_is_closed_and_a_busy_one_is_not(policy_server, monkeypatch, tmp_path):
+    monkeypatch.setattr(policy, "IDLE_TIMEOUT", 0.5)
+    with socket.create_connection(policy_server.address, timeout=10) as s:
+        started = time.monotonic()
+        for i in range(6):                                  # a request every 0.2 s for 1.2 s: kept
+            s.sendall(_request_bytes(client_port=43000 + i))
+            assert _answer(s) == b"action=DUNNO\n\n"
+            time.sleep(0.2)
+        assert time.monotonic() - started > 1.0
+        assert s.recv(100) == b""                           # then idle: closed
+    # the last session was logged and recorded when the connection closed
+    rec = tmp_path / "rec"
+    wait_until(lambda: sum(len(f.read_text().splitlines()) for f in rec.glob("*.jsonl")) == 6, 5, "six records")
 
 
 # ---- a real Postfix asking smtpfw ----------------------------------------------------

@@ -44,7 +44,7 @@ log = logging.getLogger("smtpfw.policy")
 
 LINE_LIMIT = 8192              # Postfix's attribute lines are far shorter
 MAX_ATTRIBUTES = 100
-REQUEST_TIMEOUT = 60.0         # a request must end this long after it starts
+REQUEST_TIMEOUT = 60.0         # a request must end this long after its first byte came
 IDLE_TIMEOUT = 600.0           # Postfix keeps an idle policy connection for up to max_idle (100 s)
 UNLIMITED = Limits(max_errors=1 << 30, max_junk_commands=1 << 30, max_transactions=1 << 30,
                    max_unrecognized_commands=1 << 30, max_recipients=1 << 30)
@@ -186,57 +186,111 @@ def _int(text: str | None) -> int:
 
 
 class PolicyConnection(MtaConnection):
-    """One connection from a Postfix smtpd process."""
+    """One connection from a Postfix smtpd process.
+
+    A request as Postfix sends it (one write, a few hundred bytes) is
+    usually in the buffer whole when it is read: it is then taken and parsed
+    in one piece.  Anything else (a request that arrives in parts, empty
+    lines before it, CR LF line ends, a long one) is read line by line.
+
+    Time limits cost one timer per connection, not one per request: while
+    the connection waits it has a deadline (IDLE_TIMEOUT for the next
+    request, REQUEST_TIMEOUT for the rest of one that began), a request only
+    moves it, and the timer, when it fires early, sets itself again for the
+    deadline.  At the deadline the connection is closed."""
 
     def __init__(self, server, listener):
         super().__init__(server, listener)
         self.session: PolicySession | None = None
+        self.peer = "?"
+        self._waiting = ""                 # "" (answering), "idle" or "request"
+        self._deadline = 0.0               # loop time by which what is awaited must come
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     async def run(self) -> None:
-        peer = (self.transport.get_extra_info("peername") or ("?",))[0]
+        self.peer = (self.transport.get_extra_info("peername") or ("?",))[0]
         try:
             while True:
-                try:
-                    attrs = await asyncio.wait_for(self._request(), IDLE_TIMEOUT)
-                except asyncio.TimeoutError:
-                    return
+                attrs = await self._request()
                 if attrs is None:
                     return
                 action = await self._decide(attrs)
-                self.write(f"action={_one_line(action)}\n\n".encode("utf-8", "replace"))
+                self.write(_DUNNO if action == "DUNNO" else
+                           f"action={_one_line(action)}\n\n".encode("utf-8", "replace"))
                 await self.drain()
         except BadRequest as err:
-            log.warning("policy client %s: %s; closing the connection", peer, err)
+            log.warning("policy client %s: %s; closing the connection", self.peer, err)
         except ConnectionError:
             pass
         except Exception:
-            log.exception("policy client %s: internal error", peer)
+            log.exception("policy client %s: internal error", self.peer)
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._end_session()
             self.server.sessions.discard(self)
             self.close()
 
+    # ---- time limits ---------------------------------------------------------
+
+    def _wait(self, why: str, seconds: float) -> None:
+        """From now on the connection waits for at most ``seconds``."""
+        self._waiting = why
+        self._deadline = deadline = self.loop.time() + seconds
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._watch)
+
+    def _watch(self) -> None:
+        self._timer = None
+        if not self._waiting:
+            return                             # answering: set again when it next waits
+        if self.loop.time() < self._deadline:  # it waited since, and not that long yet
+            self._timer_at = self._deadline
+            self._timer = self.loop.call_at(self._deadline, self._watch)
+            return
+        if self._waiting == "request":
+            log.warning("policy client %s: a request that did not end within %.0f s; closing the connection",
+                        self.peer, REQUEST_TIMEOUT)
+        self.close()                           # the connection's end cancels run(), which ends the session
+
+    # ---- requests ------------------------------------------------------------
+
     async def _request(self) -> dict[str, str] | None:
-        """The next request's attributes; None at a clean EOF.  Waiting for
-        a request is bounded by run(); once one has begun it must end within
-        REQUEST_TIMEOUT (one deadline per request, not a timer per line:
-        Postfix sends some 30 lines a request)."""
+        """The next request's attributes; None at a clean EOF."""
+        if not self.buffer:
+            self._wait("idle", IDLE_TIMEOUT)
+            while not self.buffer:
+                if not await self.more():
+                    return None
+        buffer = self.buffer
+        end = buffer.find(b"\n\n")
+        if 0 < end < LINE_LIMIT and buffer[0] != 10:      # whole, no empty line first, no line too long
+            block = buffer[:end]
+            if b"\r" not in block:
+                del buffer[:end + 2]
+                self.consumed()
+                self._waiting = ""
+                return _parse(block)
+        return await self._request_by_line()
+
+    async def _request_by_line(self) -> dict[str, str] | None:
+        """A request read line by line, within REQUEST_TIMEOUT."""
+        self._wait("request", REQUEST_TIMEOUT)
         attrs: dict[str, str] = {}
-        line = await self._line(attrs)
-        if line is None:
-            return None
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                while line is not None:
-                    if not line:
-                        if attrs:
-                            return attrs
-                    else:
-                        self._attribute(attrs, line)
-                    line = await self._line(attrs)
-        except TimeoutError:
-            raise BadRequest(f"a request that did not end within {REQUEST_TIMEOUT:.0f} s") from None
-        return None
+        while True:
+            line = await self._line(attrs)
+            if line is None:
+                return None
+            if line:
+                self._attribute(attrs, line)
+            elif attrs:
+                self._waiting = ""
+                return attrs
 
     async def _line(self, attrs: dict[str, str]) -> bytes | None:
         """One line without its end; None at EOF between requests."""
@@ -277,6 +331,31 @@ class PolicyConnection(MtaConnection):
         if self.session is not None:
             session, self.session = self.session, None
             session.finish()
+
+
+_DUNNO = b"action=DUNNO\n\n"
+# What Postfix 3.x sends (SMTPD_POLICY_README): names known to be well formed.
+_POSTFIX_NAMES = frozenset((
+    "request", "protocol_state", "protocol_name", "helo_name", "queue_id", "sender", "recipient",
+    "recipient_count", "client_address", "client_name", "reverse_client_name", "instance", "sasl_method",
+    "sasl_username", "sasl_sender", "size", "ccert_subject", "ccert_issuer", "ccert_fingerprint",
+    "ccert_pubkey_fingerprint", "encryption_protocol", "encryption_cipher", "encryption_keysize",
+    "etrn_domain", "stress", "client_port", "policy_context", "server_address", "server_port",
+    "compatibility_level", "mail_version"))
+
+
+def _parse(block: bytearray) -> dict[str, str]:
+    """A whole request (its lines, LF-separated, without the empty line that
+    ends it) as its attributes; what _attribute checks line by line."""
+    attrs: dict[str, str] = {}
+    for line in block.decode("utf-8", "replace").split("\n"):
+        name, eq, value = line.partition("=")
+        if not eq or (name not in _POSTFIX_NAMES and not name.replace("_", "").isalnum()):
+            raise BadRequest(f"not a name=value line: {line.encode('utf-8', 'replace')[:60]!r}")
+        attrs[name] = value
+    if len(attrs) > MAX_ATTRIBUTES:
+        raise BadRequest(f"more than {MAX_ATTRIBUTES} attributes in one request")
+    return attrs
 
 
 def _one_line(text: str) -> str:
