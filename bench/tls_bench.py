@@ -34,6 +34,17 @@ cores) and ratios to the best peer (Postfix, Haraka) and to bare aiosmtpd.
     python bench/tls_bench.py            # 3 repetitions (about 6 minutes)
     python bench/tls_bench.py --quick    # 500 messages, 1 repetition (< 2 minutes)
 
+An A/B of two smtpfw builds or TLS settings, interleaved in one run (the
+order rotates per repetition; the B / A ratios are taken per repetition):
+
+    python bench/tls_bench.py --servers smtpfw --reps 7 --messages 2000 --sessions 100 \
+        --smtpfw-b-cmd "env PYTHONPATH=/tmp/old python -P -m smtpfw"      # another build
+    python bench/tls_bench.py --servers smtpfw --smtpfw-b-tls session_tickets=0   # another setting
+    python bench/tls_bench.py --servers smtpfw --smtpfw-b-plain        # B without STARTTLS: what TLS costs
+
+(/tmp/old: a copy of smtpfw/ with links to grammar/, rules/, config/ and
+docs/ beside it, as in the checkout.)
+
 Also ``python bench/run.py --workloads d``.  Results:
 bench/results/tls-latest.{json,md} (not committed).
 """
@@ -70,12 +81,13 @@ SENDER, RECIPIENT, HELO = "from@example.org", "to@example.net", "loadgen.example
 SIZE = 2048
 SESSIONS = (20, 100)
 CERTS = ("ecdsa", "rsa")
-SERVERS = ("smtpfw", "baseline", "postfix", "haraka")
+SERVERS = ("smtpfw", "smtpfw-b", "baseline", "postfix", "haraka")
 PEERS = ("postfix", "haraka")
 RATIO_TARGET = 3.0            # smtpfw >= 3 x the best peer (issue 21)
 CPU_TARGET_MS = 0.8           # smtpfw CPU per TLS session
-LABELS = {"smtpfw": "smtpfw (reference policy)", "baseline": "bare aiosmtpd + STARTTLS",
-          "postfix": "Postfix (reference policy)", "haraka": "Haraka (tls, dns-list, in_host_list)"}
+LABELS = {"smtpfw": "smtpfw (reference policy)", "smtpfw-b": "smtpfw B (reference policy)",
+          "baseline": "bare aiosmtpd + STARTTLS", "postfix": "Postfix (reference policy)",
+          "haraka": "Haraka (tls, dns-list, in_host_list)"}
 
 
 # ---- tools ---------------------------------------------------------------------------
@@ -114,15 +126,16 @@ def make_certs(tmp: Path) -> dict[str, tuple[Path, Path]]:
 # ---- one measured run ---------------------------------------------------------------
 
 def measure(server: str, cert: str, srv, port: int, tlsgen: Path, sessions: int, messages: int,
-            sink: benchrun.SinkCounter | None, helpers: list[int]) -> dict:
+            sink: benchrun.SinkCounter | None, helpers: list[int], plain: bool = False) -> dict:
     """One tlsgen run against ``port``; ``sink`` when the server relays to it
-    (the run then ends when the sink has every message)."""
+    (the run then ends when the sink has every message); ``plain``: no
+    STARTTLS (tlsgen -P)."""
     sink0 = sink.count if sink else 0
     cpu0 = tree_cpu(srv.pid)
     help0 = sum(tree_cpu(p) for p in helpers)
     busy0, total0 = procstat.machine_cpu()
     argv = [str(tlsgen), "-s", str(sessions), "-m", str(messages), "-l", str(SIZE), "-M", HELO,
-            "-f", SENDER, "-t", RECIPIENT, "-T", "1.3", f"127.0.0.1:{port}"]
+            "-f", SENDER, "-t", RECIPIENT, "-T", "1.3", *(["-P"] if plain else []), f"127.0.0.1:{port}"]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -178,7 +191,7 @@ METRICS = ("accepted_per_s", "delivered_per_s", "server_cpu_ms_per_msg", "server
 def summarize(runs: list[dict], servers: list[str]) -> dict:
     out: dict = {}
     for cert in CERTS:
-        for sessions in SESSIONS:
+        for sessions in sorted({r["sessions"] for r in runs}):
             key = f"{cert}-{sessions}"
             rows = [r for r in runs if r["cert"] == cert and r["sessions"] == sessions]
             if not rows:
@@ -204,6 +217,17 @@ def summarize(runs: list[dict], servers: list[str]) -> dict:
                     base.append(fw["accepted_per_s"] / b["accepted_per_s"])
             entry["ratio_to_best_peer"] = benchrun.stat(best)
             entry["ratio_to_baseline"] = benchrun.stat(base)
+            # the A/B: smtpfw B / smtpfw A, per repetition (both measured in it, one after the other)
+            ab_rate, ab_cpu = [], []
+            for rep in sorted({r["rep"] for r in rows}):
+                a = next((r for r in rows if r["rep"] == rep and r["server"] == "smtpfw" and r["ok"]), None)
+                b = next((r for r in rows if r["rep"] == rep and r["server"] == "smtpfw-b" and r["ok"]), None)
+                if a and b:
+                    ab_rate.append(b["accepted_per_s"] / a["accepted_per_s"])
+                    ab_cpu.append(b["server_cpu_ms_per_msg"] / a["server_cpu_ms_per_msg"])
+            if ab_rate:
+                entry["b_over_a"] = {"accepted_per_s": benchrun.stat(ab_rate),
+                                     "server_cpu_ms_per_msg": benchrun.stat(ab_cpu)}
             peer_medians = {p: entry[p]["accepted_per_s"]["median"] for p in PEERS
                             if p in entry and entry[p].get("accepted_per_s")}
             entry["best_peer"] = max(peer_medians, key=peer_medians.get) if peer_medians else None
@@ -263,6 +287,18 @@ def markdown(result: dict) -> str:
                 f"| {benchrun._fmt(s.get('delivered_per_s', {}))} | {benchrun._fmt(s['server_cpu_ms_per_msg'], 2)} "
                 f"| {benchrun._fmt(s['loadgen_cpu_ms_per_msg'], 2)} | {benchrun._fmt(s['loadgen_cpu_pct'])} "
                 f"| {benchrun._fmt(s['machine_busy_pct'])} | {benchrun._fmt(s['others_cpu_pct'])} | {ratio} |")
+    ab = {k: e["b_over_a"] for k, e in result["summary"].items() if "b_over_a" in e}
+    if ab:
+        lines += ["", "## A/B: smtpfw B / smtpfw A, per repetition, median (min–max)", "",
+                  f"- A: `{cfg.get('smtpfw_cmd')}`" + (f", tls: {cfg['smtpfw_tls']}" if cfg.get("smtpfw_tls") else ""),
+                  f"- B: `{cfg.get('smtpfw_b_cmd') or cfg.get('smtpfw_cmd')}`"
+                  + (f", tls: {cfg['smtpfw_b_tls']}" if cfg.get("smtpfw_b_tls") else "")
+                  + (", driven without STARTTLS (tlsgen -P)" if cfg.get("smtpfw_b_plain") else ""), "",
+                  "| cert, sessions | msg/s B / A | CPU ms/msg B / A |", "|---|---|---|"]
+        for key, e in ab.items():
+            cert, sessions = key.split("-")
+            lines.append(f"| {cert.upper()}, {sessions} | {benchrun._fmt(e['accepted_per_s'], 3)} "
+                         f"| {benchrun._fmt(e['server_cpu_ms_per_msg'], 3)} |")
     lines += ["", "## Targets (issue 21, workload d)", "", "| target | measured | met |", "|---|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |")
@@ -282,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="500 messages, 1 repetition (< 2 minutes)")
     p.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     p.add_argument("--messages", type=int, help="messages a run (default 3000, --quick 500)")
-    p.add_argument("--servers", default=",".join(SERVERS), help="which of " + ",".join(SERVERS))
+    p.add_argument("--servers", default="smtpfw,baseline,postfix,haraka", help="which of " + ",".join(SERVERS)
+                   + " (smtpfw-b: the second smtpfw of an A/B, see --smtpfw-b-cmd)")
     p.add_argument("--certs", default=",".join(CERTS), help="ecdsa,rsa")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="smtpfw workers and Haraka nodes")
     p.add_argument("--haraka", help=f"a folder where `npm install Haraka` was run (default: {HARAKA_CACHE}, "
@@ -290,10 +327,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dns-host", default="127.0.21.53", help="loopback address for the DNS server on port 53")
     p.add_argument("--out", default=str(BENCH / "results"), help="folder for tls-latest.json and .md")
     p.add_argument("--no-install", action="store_true", help="no apt-get / npm install")
+    p.add_argument("--sessions", default=",".join(map(str, SESSIONS)), help="concurrent sessions, e.g. 20,100")
+    p.add_argument("--smtpfw-cmd", default=f"{sys.executable} -m smtpfw",
+                   help="how to run smtpfw (default: this Python's -m smtpfw)")
+    p.add_argument("--smtpfw-tls", default="", help="more tls settings for smtpfw, KEY=VALUE,... "
+                                                    "(e.g. session_tickets=0)")
+    p.add_argument("--smtpfw-b-cmd", help="a second smtpfw (server smtpfw-b) measured in the same run; e.g. another "
+                                          "build: \"env PYTHONPATH=DIR python -P -m smtpfw\"")
+    p.add_argument("--smtpfw-b-tls", help="more tls settings for smtpfw-b (adds smtpfw-b; its command is "
+                                          "--smtpfw-b-cmd, else --smtpfw-cmd)")
+    p.add_argument("--smtpfw-b-plain", action="store_true", help="drive smtpfw-b without STARTTLS (tlsgen -P; "
+                                                                 "adds smtpfw-b): what the TLS costs")
     args = p.parse_args(argv)
     reps = args.reps or (1 if args.quick else 3)
     messages = args.messages or (500 if args.quick else 3000)
     servers = [s for s in args.servers.split(",") if s]
+    if (args.smtpfw_b_cmd or args.smtpfw_b_tls is not None or args.smtpfw_b_plain) and "smtpfw-b" not in servers:
+        servers.insert(servers.index("smtpfw") + 1 if "smtpfw" in servers else 0, "smtpfw-b")
+    session_counts = [int(n) for n in args.sessions.split(",") if n]
     certs = [c for c in args.certs.split(",") if c]
     notes: list[str] = []
 
@@ -350,21 +401,26 @@ def main(argv: list[str] | None = None) -> int:
             live: dict[str, tuple] = {}      # name -> (server, port, sink counter or None)
             started: list = []
             try:
-                if "smtpfw" in servers:
+                for name, cmd, extra in (("smtpfw", args.smtpfw_cmd, args.smtpfw_tls),
+                                         ("smtpfw-b", args.smtpfw_b_cmd or args.smtpfw_cmd, args.smtpfw_b_tls or "")):
+                    if name not in servers:
+                        continue
                     port = benchrun.free_port()
-                    cfg = tmp / f"smtpfw-{cert}.yaml"
+                    cfg = tmp / f"{name}-{cert}.yaml"
+                    tls_extra = "".join(f"  {kv.partition('=')[0].strip()}: {kv.partition('=')[2].strip()}\n"
+                                        for kv in extra.split(",") if kv.strip())
                     cfg.write_text(
                         f"listen: 127.0.0.1:{port}\nhostname: smtpfw.bench.test\n"
                         f"server:\n  workers: {args.workers}\n"
                         f"delivery:\n  mode: forward\n  forward: 127.0.0.1:{sink_port}\n"
                         "limits:\n  max_connections_per_ip: 10000\n  max_connections: 10000\n"
                         f"dns:\n  nameservers: [\"{args.dns_host}:53\"]\n"
-                        f"tls:\n  cert: {cert_file}\n  key: {key_file}\n")
-                    fw = benchrun.Service(f"smtpfw-{cert}", [sys.executable, "-m", "smtpfw", "serve", "--config",
+                        f"tls:\n  cert: {cert_file}\n  key: {key_file}\n{tls_extra}")
+                    fw = benchrun.Service(f"{name}-{cert}", [*cmd.split(), "serve", "--config",
                                                              str(cfg), "--rules", str(ROOT / "rules/reference.rules")],
                                           tmp)
                     started.append(fw)
-                    live["smtpfw"] = (fw, port, counter)
+                    live[name] = (fw, port, counter)
                 if "baseline" in servers:
                     port = benchrun.free_port()
                     base = benchrun.Service(f"baseline-{cert}", [
@@ -399,11 +455,12 @@ def main(argv: list[str] | None = None) -> int:
                 for name, (srv, port, sk) in live.items():
                     t0 = time.monotonic()
                     while time.monotonic() - t0 < (1.0 if args.quick else 3.0):
-                        r = measure(name, cert, srv, port, tlsgen, 100, 300, sk, helpers)
+                        r = measure(name, cert, srv, port, tlsgen, 100, 300, sk, helpers,
+                                    plain=name == "smtpfw-b" and args.smtpfw_b_plain)
                         if not r["ok"]:
                             raise RuntimeError(f"warm-up of {name} ({cert}) failed: {r.get('error')}")
                 for rep in range(reps):
-                    for sessions in SESSIONS:
+                    for sessions in session_counts:
                         order = list(live)
                         order = order[rep % len(order):] + order[:rep % len(order)]
                         for name in order:
@@ -411,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                             for s in [*stoppers, *started]:
                                 s.check()
                             time.sleep(0.5)
-                            r = measure(name, cert, srv, port, tlsgen, sessions, messages, sk, helpers)
+                            r = measure(name, cert, srv, port, tlsgen, sessions, messages, sk, helpers,
+                                        plain=name == "smtpfw-b" and args.smtpfw_b_plain)
                             r["rep"] = rep + 1
                             runs.append(r)
                             log(f"  {cert} rep {rep + 1} s={sessions:3} {name:8} {r['accepted_per_s']:7.1f} msg/s, "
@@ -439,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": benchrun.machine(),
         "versions": versions,
         "config": {"workers": args.workers, "reps": reps, "quick": args.quick, "messages": messages,
-                   "sessions": list(SESSIONS), "certs": certs, "servers": servers, "tlsgen": "../shared/tools/tlsgen.c",
+                   "sessions": session_counts, "certs": certs, "servers": servers, "tlsgen": "../shared/tools/tlsgen.c",
+                   "smtpfw_cmd": args.smtpfw_cmd, "smtpfw_tls": args.smtpfw_tls, "smtpfw_b_cmd": args.smtpfw_b_cmd,
+                   "smtpfw_b_tls": args.smtpfw_b_tls, "smtpfw_b_plain": args.smtpfw_b_plain,
                    "haraka": haraka_how if haraka_exe else f"not measured ({haraka_how})", "notes": notes},
         "summary": summary,
         "targets": targets(summary),

@@ -145,6 +145,7 @@ class TlsSettings:
     cert: str = ""
     key: str = ""
     handshake_timeout: float = 30.0      # a STARTTLS handshake that takes longer ends the session
+    session_tickets: int = 1             # TLS 1.3 session tickets after each handshake, for resumption (0 = none)
 
 
 @dataclass(frozen=True)
@@ -473,7 +474,8 @@ SCHEMA: dict[str, dict[str, tuple[str, object]]] = {
     "logging": {"format": ("log_format", _choice("kv", "json")),
                 "level": ("log_level", _choice("debug", "info", "warning", "error"))},
     "tls": {"cert": ("tls_cert", _str), "key": ("tls_key", _str),
-            "handshake_timeout": ("tls_handshake_timeout", _num(float))},
+            "handshake_timeout": ("tls_handshake_timeout", _num(float)),
+            "session_tickets": ("tls_session_tickets", _num(int))},
     "auth": {"users_file": ("auth_users_file", _str), "allow_plaintext": ("auth_allow_plaintext", _bool),
              "max_failures": ("auth_max_failures", _num(int)),
              "failure_window": ("auth_failure_window", _num(float))},

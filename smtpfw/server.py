@@ -364,6 +364,11 @@ def _tls_context(cfg: Config) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as err:
         raise ConfigError(f"tls.cert/tls.key: cannot load {cfg.tls_cert}"
                           f"{' / ' + cfg.tls_key if cfg.tls_key else ''}: {getattr(err, 'strerror', None) or err}") from None
+    # One TLS 1.3 ticket, not OpenSSL's two: each costs a ticket encryption
+    # and a record after every full handshake, and one is enough to resume
+    # (docs/performance.md, workload d).  0 turns resumption off.
+    ctx.num_tickets = cfg.tls_session_tickets
+    ctx.options |= ssl.OP_NO_RENEGOTIATION    # TLS 1.2: no renegotiation (OpenSSL 3 refuses a client's already)
     return ctx
 
 

@@ -7,6 +7,12 @@ plaintext that was sent ahead of the handshake (RFC 3207 5), and nothing
 reaches into another library's private attributes.  Flow control both
 ways: reading pauses while the buffer is full, writing waits while the
 client does not read.
+
+Writes: a reply written while more input is already buffered (a pipelined
+command group, RFC 2920) is held and leaves with the replies that follow
+it, in one write (one TLS record under STARTTLS): at the latest when the
+session waits for input, closes, starts TLS or the event loop turns once.
+A reply written with nothing buffered leaves at once.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class Stream(asyncio.Protocol):
         self._data_waiter: asyncio.Future | None = None
         self._drain_waiter: asyncio.Future | None = None
         self._writing_paused = False
+        self._held: list[bytes] = []         # replies held while pipelined input is buffered
+        self._flush_soon: asyncio.Handle | None = None
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -64,6 +72,7 @@ class Stream(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.lost = self.eof = True
         self.transport = None
+        self._held.clear()
         self._wake_reader()
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
@@ -86,7 +95,10 @@ class Stream(asyncio.Protocol):
             waiter.set_result(None)
 
     async def more(self) -> bool:
-        """Wait until more input arrives; False at EOF."""
+        """Wait until more input arrives; False at EOF.  Held replies leave
+        first: the client may be waiting for them."""
+        if self._held:
+            self.flush()
         if self.eof:
             return False
         if self._reading_paused and self.transport is not None:
@@ -142,8 +154,28 @@ class Stream(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        if transport is None or transport.is_closing():
+            return
+        if self.buffer:
+            # Pipelined input is waiting: hold this reply for the ones that follow.
+            self._held.append(data)
+            if self._flush_soon is None:
+                self._flush_soon = self.loop.call_soon(self.flush)
+        elif self._held:
+            self._held.append(data)
+            self.flush()
+        else:
             transport.write(data)
+
+    def flush(self) -> None:
+        """Send the held replies now, in one write."""
+        if self._flush_soon is not None:
+            self._flush_soon.cancel()
+            self._flush_soon = None
+        held, self._held = self._held, []
+        transport = self.transport
+        if held and transport is not None and not transport.is_closing():
+            transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     async def drain(self) -> None:
         """Wait while the client does not read what we wrote."""
@@ -154,20 +186,27 @@ class Stream(asyncio.Protocol):
             await self._drain_waiter
 
     def close(self) -> None:
+        if self._held:
+            self.flush()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
+        self._held.clear()
         if self.transport is not None:
             self.transport.abort()
 
     def write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if self.transport is None:
+            return 0
+        return self.transport.get_write_buffer_size() + sum(map(len, self._held))
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float | None) -> None:
         """The TLS handshake (server side) on this connection; raises if it
         fails or takes longer than ``timeout``.  Input sent before it is
         dropped, as RFC 3207 5 asks."""
+        if self._held:
+            self.flush()                      # the "220 Ready" goes in plain text
         self.discard_input()
         transport = await self.loop.start_tls(self.transport, self, context, server_side=True,
                                               ssl_handshake_timeout=timeout)
