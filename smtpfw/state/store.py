@@ -317,7 +317,10 @@ class Deadlines:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self, seconds: float) -> object:
-        task = asyncio.current_task()
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:                        # no running loop (a coroutine driven by hand)
+            task = None
         if task is None:                            # not in a task: nothing to cancel (never the case live)
             return None
         loop = task.get_loop()
