@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import time
 
 _NAMED = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
 KV_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
@@ -59,6 +60,16 @@ class KvFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(KV_FORMAT)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """The default format, its second made once per second (every
+        session logs a line; strftime for each is a measurable part of it)."""
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape(record.message)
@@ -91,5 +102,10 @@ def setup(fmt: str, level: str, stream) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    # What no format here shows is not collected (the logging HOWTO's
+    # "Optimization"): where each call was made, thread and process names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     logging.captureWarnings(True)       # Python's warnings too: in json mode every line is JSON
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's own chatter

@@ -1,6 +1,7 @@
 """Session records: one JSON object per SMTP session (JSON Lines on disk).
 
-The same record feeds the per-session log line, the recording and dry-run.
+The record feeds the recording and dry-run; the per-session log line says
+the same things, made from the session itself (every session is logged).
 Format version 2 (docs/recording.md):
 
     {"v": 2, "id", "time", "duration", "ruleset",
@@ -35,8 +36,10 @@ import threading
 from typing import Iterator
 
 from smtpfw import facts
+from smtpfw.core.events import Data, Helo, Mail, Rcpt
 from smtpfw.logformat import LogLine, kv_value
 from smtpfw.session import SessionState
+from smtpfw.verdict import Decision
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)   # 1: DNS answers under "dns"; 2: every fact under "facts"
@@ -62,7 +65,7 @@ def session_record(state: SessionState, ruleset_version: str, duration: float) -
         "auth": state.auth,
         "auth_user": state.auth_user,
         "connect": {"reply": state.connect_reply,
-                    "decision": _first_decision(state, "connect")},
+                    "decision": connect.to_json() if (connect := _first_decision(state, "connect")) else None},
         "events": [e.to_json() for e in state.events],
         "facts": facts.encode(state.facts),
         "tags": sorted(state.tags),
@@ -95,10 +98,10 @@ def scores_json(state: SessionState) -> dict:
     return out
 
 
-def _first_decision(state: SessionState, stage: str):
+def _first_decision(state: SessionState, stage: str) -> Decision | None:
     for st, decision, _ in state.decisions:
         if st.value == stage:
-            return decision.to_json()
+            return decision
     return None
 
 
@@ -140,10 +143,13 @@ def read_records(path: str) -> Iterator[dict]:
             yield check_record(data, f"{path}:{number}")
 
 
-def log_line(record: dict, fmt: str) -> LogLine:
+def log_line(state: SessionState, ruleset_version: str, duration: float, fmt: str) -> LogLine:
     """The one structured line per session (its fields ride along for the
-    json log format; docs/recording.md#the-session-log-line)."""
-    fields = _log_fields(record)
+    json log format; docs/recording.md#the-session-log-line).  Made from the
+    session itself, not from its record: every session is logged, few are
+    recorded, and the record (every event and fact as JSON) costs more than
+    the line."""
+    fields = _log_fields(state, ruleset_version, duration)
     if fmt == "json":
         return LogLine(json.dumps(fields, separators=(",", ":")), fields)
     parts = []
@@ -156,35 +162,46 @@ def log_line(record: dict, fmt: str) -> LogLine:
     return LogLine(" ".join(parts), fields)
 
 
-def _log_fields(record: dict) -> dict:
-    events = record["events"]
-    helo = next((e["arg"] for e in events if e["cmd"] in ("helo", "ehlo")), "")
-    senders = [e["addr"] for e in events if e["cmd"] == "mail"]
-    rcpts = [f"{e['addr']}:{(e.get('reply') or '')[:3]}" for e in events if e["cmd"] == "rcpt"]
+_COMMAND = {Rcpt: "rcpt", Mail: "mail", Data: "data"}
+
+
+def _log_fields(state: SessionState, ruleset_version: str, duration: float) -> dict:
+    helo, senders, rcpts, size, data_reply, decided = "", [], [], None, None, []
+    connect = _first_decision(state, "connect")
+    if connect is not None and connect.rule_id:
+        decided.append(f"connect:{connect.rule_id}")
+    for event in state.events:
+        kind = type(event)
+        if kind is Rcpt:
+            rcpts.append(f"{event.address}:{(event.reply or '')[:3]}")
+        elif kind is Mail:
+            senders.append(event.address)
+        elif kind is Helo:
+            helo = helo or event.name
+        elif kind is Data:
+            size, data_reply = event.size, event.reply
+        else:
+            continue
+        if event.decision.rule_id:
+            decided.append(f"{_COMMAND.get(kind) or ('ehlo' if event.esmtp else 'helo')}:{event.decision.rule_id}")
     if len(rcpts) > LOG_RCPTS:          # one line per session stays a line (the record has them all)
         rcpts[LOG_RCPTS:] = [f"+{len(rcpts) - LOG_RCPTS} more"]
-    data = [e for e in events if e["cmd"] == "data"]
-    decided = [(e["cmd"], e["decision"]["rule"]) for e in events
-               if e.get("decision") and e["decision"].get("rule")]
-    if record["connect"].get("decision") and record["connect"]["decision"].get("rule"):
-        decided.insert(0, ("connect", record["connect"]["decision"]["rule"]))
-    refusal = record.get("refusal") or ""
-    reply = ((data[-1].get("reply") if data else None) or refusal
-             or record.get("final_reply") or record["connect"]["reply"])
+    refusal = state.refusal or ""
+    reply = data_reply or refusal or state.final_reply or state.connect_reply
     return {
-        "session": record["id"],
-        "client": record["client"]["ip"],
+        "session": state.session_id,
+        "client": state.client_ip,
         "helo": helo,
         "from": (senders[-1] or "<>") if senders else None,
         "rcpts": rcpts,
-        "size": data[-1]["size"] if data else None,
+        "size": size,
         "reply": reply,
         "refusal": refusal if refusal != reply else None,
-        "decided_by": [f"{stage}:{rule}" for stage, rule in decided],
-        "would": [f"{m['rule']}:{m['decision']['outcome']}" for m in record.get("monitored", ())],
-        "scores": [f"{name}={s['total']}" for name, s in (record.get("scores") or {}).items()],
-        "ruleset": record["ruleset"],
-        "duration_ms": round(record["duration"] * 1000, 1),
+        "decided_by": decided,
+        "would": [f"{rule}:{d.outcome.value}" for rule, d in state.monitored],
+        "scores": [f"{name}={total}" for name, total in sorted(state.scores.items())],
+        "ruleset": ruleset_version,
+        "duration_ms": round(duration * 1000, 1),
     }
 
 

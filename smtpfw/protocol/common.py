@@ -65,13 +65,14 @@ class MtaConnection(Stream):
 
 def log_and_record(server, state: SessionState, ruleset_version: str, duration: float) -> None:
     """The session's log line, and its record when recording is on."""
-    record = session_record(state, ruleset_version, duration)
     metrics.session_done(state)
-    if server.canary is not None:
-        server.canary.judge(record)
     try:
-        session_log.info(log_line(record, server.config.log_format))
-        if server.recorder is not None:
-            server.recorder.write(record)
+        session_log.info(log_line(state, ruleset_version, duration, server.config.log_format))
+        if server.recorder is not None or server.canary is not None:
+            record = session_record(state, ruleset_version, duration)
+            if server.canary is not None:
+                server.canary.judge(record)
+            if server.recorder is not None:
+                server.recorder.write(record)
     except Exception:
         log.exception("could not log or record session %s", state.session_id)
