@@ -603,6 +603,27 @@ class SqliteBackend:
         lane.scheduled = False
         lane.pause = PAUSE_MIN
         done: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        if len(ops) == 1:                   # alone in its transaction: no savepoint needed to fail alone
+            body, args, fut, _deadline = ops[0]
+            try:
+                value = body(conn, *args)
+                conn.execute("COMMIT")
+            except BaseException as err:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if not isinstance(err, Exception):
+                    raise
+                value, error = None, err
+            else:
+                self.group_commits += 1
+                self.grouped += 1
+                error = None
+            if not fut.done():
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(value)
+            return
         try:
             for body, args, fut, _deadline in ops:
                 conn.execute("SAVEPOINT op")
