@@ -31,6 +31,7 @@ import dns.reversename
 
 from smtpfw import metrics
 
+from .dnsclient import Negative, QueryFailed, UdpClient
 from .dnsresult import PASS_CACHED, DnsAnswer, Lookup, LookupKind, failed
 from .health import HealthBoard
 
@@ -84,7 +85,8 @@ class Resolver:
         res.timeout = timeout / max(1, len(res.nameservers))
         res.cache = None          # we cache final answers ourselves
         res.search = []
-        self._res = res
+        self._res = res           # what resolv.conf says; the queries go through self._udp
+        self._udp = UdpClient([_address_port(ns, res.port) for ns in res.nameservers], res.timeout)
         self.timeout = timeout
         self.cache_size = cache_size
         self.min_ttl = min_ttl
@@ -245,34 +247,28 @@ class Resolver:
         Raises _Failure for timeouts, SERVFAIL, REFUSED, network errors.
         """
         try:
-            ans = await self._res.resolve(qname, rdtype, raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN as e:
-            resp = e.responses().get(qname) if hasattr(e, "responses") else None
-            return "nxdomain", None, self._neg_ttl(resp)
-        except dns.resolver.LifetimeTimeout:
-            raise _Failure("timeout") from None
-        except dns.exception.Timeout:
-            raise _Failure("timeout") from None
-        except dns.resolver.NoNameservers as e:
-            raise _Failure(_nameserver_error(e)) from None
-        except dns.resolver.YXDOMAIN:
-            raise _Failure("YXDOMAIN") from None
+            response = await self._udp.query(qname, rdtype)
+        except QueryFailed as e:
+            raise _Failure(str(e)) from None
+        if isinstance(response, Negative):
+            return ("nxdomain" if response.rcode == dns.rcode.NXDOMAIN else "nodata"), None, \
+                self._negative_ttl(response.soa)
+        rcode = response.rcode()
+        if rcode == dns.rcode.NXDOMAIN:
+            return "nxdomain", None, self._negative_ttl(_soa_of(response))
+        if rcode == dns.rcode.YXDOMAIN:
+            raise _Failure("YXDOMAIN")
+        try:
+            chain = response.resolve_chaining()          # the answer, through any CNAMEs
         except dns.exception.DNSException as e:
             raise _Failure(_short_error(e)) from None
-        except OSError as e:
-            raise _Failure(_short_error(e)) from None
-        if ans.rrset is None:
-            return "nodata", None, self._neg_ttl(ans.response)
-        return "ok", ans.rrset, ans.rrset.ttl
+        if chain.answer is None:
+            return "nodata", None, self._negative_ttl(_soa_of(response))
+        return "ok", chain.answer, chain.answer.ttl
 
-    def _neg_ttl(self, response: dns.message.Message | None) -> float:
-        """negative_ttl, lowered to the zone's SOA minimum when it says so."""
-        ttl = self.negative_ttl
-        if response is not None:
-            for rrset in response.authority:
-                if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
-                    ttl = min(ttl, rrset.ttl, rrset[0].minimum)
-        return ttl
+    def _negative_ttl(self, soa: tuple[int, int] | None) -> float:
+        """negative_ttl, lowered to the zone's SOA (its TTL and MINIMUM) when it says so."""
+        return self.negative_ttl if soa is None else min(self.negative_ttl, *soa)
 
     async def _resolve(self, lookup: Lookup) -> tuple[DnsAnswer, float]:
         kind = lookup.kind
@@ -535,18 +531,19 @@ def _make_name(name: str, zone: str = "") -> dns.name.Name:
         raise _Failure("invalid domain") from None
 
 
-def _nameserver_error(e: dns.resolver.NoNameservers) -> str:
-    errors = e.kwargs.get("errors") or []
-    for _server, _tcp, _port, err, response in errors:
-        if response is not None:
-            return dns.rcode.to_text(response.rcode())
-        if isinstance(err, str):
-            return err
-        if isinstance(err, dns.exception.Timeout):
-            return "timeout"
-        if err is not None:
-            return _short_error(err)
-    return "no nameservers"
+def _soa_of(response: dns.message.Message) -> tuple[int, int] | None:
+    """The (TTL, MINIMUM) of the SOA in an answer's authority section."""
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return rrset.ttl, rrset[0].minimum
+    return None
+
+
+def _address_port(nameserver, default_port: int) -> tuple[str, int]:
+    """A dnspython nameserver (an address, or a Do53Nameserver) as (address, port)."""
+    if isinstance(nameserver, str):
+        return nameserver, default_port
+    return str(nameserver.address), int(getattr(nameserver, "port", default_port))
 
 
 def _short_error(e: BaseException) -> str:

@@ -605,6 +605,7 @@ class SqliteBackend:
         done: list[tuple[asyncio.Future, Any, BaseException | None]] = []
         if len(ops) == 1:                   # alone in its transaction: no savepoint needed to fail alone
             body, args, fut, _deadline = ops[0]
+            failure: Exception | None = None
             try:
                 value = body(conn, *args)
                 conn.execute("COMMIT")
@@ -613,14 +614,13 @@ class SqliteBackend:
                     conn.execute("ROLLBACK")
                 if not isinstance(err, Exception):
                     raise
-                value, error = None, err
+                value, failure = None, err
             else:
                 self.group_commits += 1
                 self.grouped += 1
-                error = None
             if not fut.done():
-                if error is not None:
-                    fut.set_exception(error)
+                if failure is not None:
+                    fut.set_exception(failure)
                 else:
                     fut.set_result(value)
             return

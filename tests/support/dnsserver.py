@@ -269,6 +269,11 @@ class DnsServer:
         self.mode = mode
         self.fixed_a = fixed_a
         self.queries = 0
+        self.udp_clients: set = set()        # the (address, port) every UDP query came from
+        # forge: before each UDP answer, two forged ones that a client must
+        # ignore (another query ID; the right ID with another question), both
+        # saying "listed"
+        self.forge = False
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -490,6 +495,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
+        self.server.udp_clients.add(addr)
         task = asyncio.get_running_loop().create_task(self._reply(data, addr))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -497,7 +503,25 @@ class _Udp(asyncio.DatagramProtocol):
     async def _reply(self, data: bytes, addr) -> None:
         wire = await self.server._respond(data, None)
         if wire is not None and self.transport is not None and not self.transport.is_closing():
+            if self.server.forge:
+                for forged in _forgeries(data):
+                    self.transport.sendto(forged, addr)
             self.transport.sendto(wire, addr)
+
+
+def _forgeries(wire: bytes) -> list[bytes]:
+    """Two answers "listed, 127.0.0.2" to the query ``wire`` that are not
+    its answer: one with another ID, one with its ID and another question."""
+    query = dns.message.from_wire(wire)
+    q = query.question[0]
+    wrong_id = dns.message.make_response(query)
+    wrong_id.id = query.id ^ 0x5A5A
+    wrong_id.answer.append(dns.rrset.from_text(q.name, 60, IN, A, "127.0.0.2"))
+    other = dns.message.make_query(dns.name.from_text("forged.example"), A)
+    other.id = query.id
+    wrong_question = dns.message.make_response(other)
+    wrong_question.answer.append(dns.rrset.from_text("forged.example.", 60, IN, A, "127.0.0.2"))
+    return [wrong_id.to_wire(), wrong_question.to_wire()]
 
 
 def main(argv: list[str] | None = None) -> int:
