@@ -8,8 +8,10 @@ workers.  Measured per run, all on 127.0.0.1:
 - load: from the process start until the port greets (Python start,
   compiling the rules, reading and packing every list);
 - PSS and RSS of the whole process tree (supervisor and workers) after the
-  start, after a load of messages, and after a reload (SIGHUP, every
-  worker compiles again; the lists unchanged);
+  start, after a load of messages, and after a reload (SIGHUP: with 2
+  workers the supervisor compiles and forks new workers, with 1 the
+  process compiles in place; the lists unchanged); "reload s" runs until
+  every worker on the new rules has said so;
 - msg/s of that load (smtp-source when Postfix's tools are there, as in
   bench/run.py, else bench/pysource.py), every session passing every rule;
 - the same with the reference policy alone, for the per-process baseline.

@@ -129,8 +129,9 @@ def cmd_serve(args) -> int:
             log.error("%s: the ruleset has errors; not starting", rules)
             return EXIT_ERROR
         service.release_memory()            # before the workers fork: what the compile dropped
+        handed, ruleset = [ruleset], None   # the server's alone from here: a reload lets it go
         try:
-            return serve(cfg, ruleset, rules)
+            return serve(cfg, handed, rules)
         except ConfigError as err:
             log.error("not starting: %s", err)
             return EXIT_ERROR

@@ -6,8 +6,12 @@ the DNS resolver and its cache, the delivery back end, the recorder, and
 the connection counters behind the per-IP and total limits.
 
 With ``workers > 1`` the parent binds the listening sockets once and forks
-the workers, which all accept on them (uvicorn's model); the parent only
-forwards signals and replaces a worker that dies.
+the workers, which all accept on them (uvicorn's model); the parent
+forwards signals and replaces a worker that dies.  On SIGHUP the parent
+compiles the rules once and, if they compile, forks fresh workers holding
+them and tells the old ones to finish their sessions and exit (Postfix's
+way): the workers' pages stay shared with the parent after a reload as at
+the start, and the listening sockets, open in the parent, never close.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 
 from smtpfw import metrics, paths, replies, service
 from smtpfw.auth import AuthThrottle, Users
-from smtpfw.checks import packed
+from smtpfw.checks import lists, packed
 from smtpfw.checks.callout import CalloutSession, Verifier
 from smtpfw.canary import Canary
 from smtpfw.checks.content import ContentFacts, ContentSettings
@@ -136,20 +140,15 @@ class Server:
     @property
     def greet_pass_cache(self) -> bool:
         """Clients that passed the pregreet test are remembered (in the state store)."""
-        cfg = self.config
-        waits = [cfg.smtp_greet_wait] + [l.greet_wait for l in cfg.listen if l.greet_wait is not None]
-        return max(waits) > 0 and cfg.smtp_greet_pass_ttl > 0
+        return _greet_pass_cache(self.config)
 
     def _open_store(self, ruleset: Ruleset) -> None:
         """The state store, the first time a ruleset needs one (limits,
         greylisting) or a pass cache (pregreet, DNSBL) does; it stays open across reloads."""
-        if self.store is not None or not (ruleset.stateful or self.greet_pass_cache or self.config.dns_pass_ttl > 0):
+        if self.store is not None or not _needs_store(self.config, ruleset):
             return
-        s = self.config.state
-        self.store = open_store(s.store, timeout=s.timeout, failures=s.failures, cooldown=s.cooldown,
-                                greylisting=Greylisting(s.greylist_delay, s.greylist_lifetime, s.greylist_keep,
-                                                        s.greylist_allow_after))
-        log.info("%s: state store %s (fail %s)", _role(), s.store, s.fail)
+        self.store = _open_configured_store(self.config)
+        log.info("%s: state store %s (fail %s)", _role(), self.config.state.store, self.config.state.fail)
 
     # ---- limits -------------------------------------------------------------
 
@@ -255,9 +254,7 @@ class Server:
         try:
             self._open_store(ruleset)
         except Exception as err:  # noqa: BLE001 -- a store that cannot open keeps the running rules
-            diags = [Diagnostic(Code.E001_IO_ERROR, f"cannot open the state store {self.config.state.store} "
-                                f"the new rules need: {err}", None,
-                                help="check state.store in the config (a writable path, or redis://...)")]
+            diags = _store_refusal(self.config.state.store, err)
             log_refused_reload(self.rules_path, self.ruleset.version, diags)
             return diags
         self.ruleset = ruleset
@@ -340,6 +337,28 @@ class Server:
             self.canary.close()
 
 
+def _greet_pass_cache(cfg: Config) -> bool:
+    waits = [cfg.smtp_greet_wait] + [l.greet_wait for l in cfg.listen if l.greet_wait is not None]
+    return max(waits) > 0 and cfg.smtp_greet_pass_ttl > 0
+
+
+def _needs_store(cfg: Config, ruleset: Ruleset) -> bool:
+    """A server running ``ruleset`` opens the state store."""
+    return ruleset.stateful or _greet_pass_cache(cfg) or cfg.dns_pass_ttl > 0
+
+
+def _open_configured_store(cfg: Config) -> Store:
+    s = cfg.state
+    return open_store(s.store, timeout=s.timeout, failures=s.failures, cooldown=s.cooldown,
+                      greylisting=Greylisting(s.greylist_delay, s.greylist_lifetime, s.greylist_keep,
+                                              s.greylist_allow_after))
+
+
+def _store_refusal(store: str, err: object) -> list[Diagnostic]:
+    return [Diagnostic(Code.E001_IO_ERROR, f"cannot open the state store {store} the new rules need: {err}", None,
+                       help="check state.store in the config (a writable path, or redis://...)")]
+
+
 def client_network(ip: str, cfg: Config) -> str | None:
     """``ip``'s network at the configured per-client prefix, as text; None
     when it lies in an exempt network."""
@@ -419,6 +438,13 @@ def log_refused_reload(rules_path: str, keeping: str, diags: list[Diagnostic]) -
 # ---- running it -------------------------------------------------------------
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# supervisor -> a worker after a reload: the new workers accept now; finish
+# your sessions and exit
+RETIRE = signal.SIGUSR2
+# how long a replaced worker waits for its sessions to end before stopping
+# them as SIGTERM does (each SMTP command has its own timeout; a policy or
+# milter connection lasts as long as the MTA keeps it)
+RETIRE_WAIT = 3600.0
 
 
 def _use_uvloop() -> None:
@@ -433,24 +459,55 @@ async def _run_worker(cfg: Config, ruleset: Ruleset, rules_path: str,
                       sockets: dict | None, ready=None, secrets: Secrets | None = None) -> None:
     loop = asyncio.get_running_loop()
     server = Server(cfg, ruleset, rules_path, loop, secrets)
+    del ruleset                 # the server's alone: a reload in this process lets it go
     await server.start(sockets)
     watcher = asyncio.ensure_future(server.watch()) if cfg.reload_on_change else None
     stop = asyncio.Event()
+    retire = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reloading(server.reload) if ready is _NOTIFY else server.reload)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)    # held since start: delivered now
+    if ready is not _NOTIFY:            # a supervisor's worker: replaced after a reload
+        loop.add_signal_handler(RETIRE, retire.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS + (RETIRE,))    # held since start: delivered now
     if ready is _NOTIFY:
         service.notify("READY=1")
     elif ready is not None:
         ready(server)
-    await stop.wait()
+    either = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(retire.wait())]
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if watcher is not None:
+        watcher.cancel()
+    if not stop.is_set():
+        await _retire(server, stop)
+    for waiter in either:
+        waiter.cancel()
     if ready is _NOTIFY:
         service.notify("STOPPING=1")
     log.info("shutting down: %d sessions in flight, grace %.0fs", len(server.sessions), cfg.shutdown_grace)
-    if watcher is not None:
-        watcher.cancel()
     await server.stop()
+
+
+async def _retire(server: Server, stop: asyncio.Event) -> None:
+    """A worker whose rules a reload replaced: stop accepting (the new
+    workers accept on the same sockets, which stay open in the supervisor),
+    let every session end on its own, then stop.  A stop (SIGTERM) or
+    RETIRE_WAIT without the sessions ending leaves the rest to ``stop``'s
+    grace and its 421."""
+    for srv in server.listeners:
+        srv.close()
+    # A connection the loop has taken from the socket but not yet started
+    # (its protocol's connection_made) is served as any other: ``accepting``
+    # stays true until ``stop`` (it would answer 421); a moment for those to
+    # start and count in ``sessions``.
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), 0.2)
+    log.info("%s: replaced by workers with the reloaded rules; not accepting, %d session(s) to finish",
+             _role(), len(server.sessions))
+    deadline = time.monotonic() + max(RETIRE_WAIT, server.config.shutdown_grace)
+    while server.sessions and not stop.is_set() and time.monotonic() < deadline:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
 
 
 def _warn_public_resolvers(cfg: Config, ruleset: Ruleset) -> None:
@@ -510,11 +567,17 @@ def _reloading(reload):
     return run
 
 
-def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
+def serve(cfg: Config, ruleset: Ruleset | list[Ruleset], rules_path: str) -> int:
     """Run until SIGTERM/SIGINT.  Returns the process exit code.
+
+    ``ruleset`` may come in a list of one, which this empties: the caller
+    then holds no reference of its own, and a reload lets the first rules go.
 
     As root: read the secrets, bind the listeners, write the pid file;
     then, with server.user, give root up before anything else happens."""
+    held = ruleset if isinstance(ruleset, list) else [ruleset]
+    del ruleset
+    lists.end_prefetch()            # the compile is done: any child it forked has ended
     # SIGTERM/SIGHUP from here on are held until the handlers exist (_serve):
     # a stop sent while the server is still starting must not kill it mid-way.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -528,7 +591,7 @@ def serve(cfg: Config, ruleset: Ruleset, rules_path: str) -> int:
     preflight(cfg)
     metrics_dir = _start_metrics(cfg) if cfg.metrics.listen else None
     try:
-        return _serve(cfg, ruleset, rules_path, secrets, sockets)
+        return _serve(cfg, held, rules_path, secrets, sockets)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -544,9 +607,12 @@ def shared_lists(cfg: Config):
     if cfg.server.user and os.geteuid() == 0:
         shutil.chown(directory, cfg.server.user, cfg.server.group or None)
     packed.share_in(directory)
+    lists.build_in_parallel(True)           # this process compiles before any thread exists
     try:
         yield directory
     finally:
+        lists.end_prefetch()
+        lists.build_in_parallel(False)
         packed.share_in(None)
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -570,7 +636,7 @@ def _metrics_endpoint(cfg: Config) -> None:
     log.info("metrics on http://%s:%d/metrics", host, server.server_port)
 
 
-def _serve(cfg: Config, ruleset: Ruleset, rules_path: str, secrets: Secrets, sockets: dict) -> int:
+def _serve(cfg: Config, held: list[Ruleset], rules_path: str, secrets: Secrets, sockets: dict) -> int:
     # From here until a process has its handlers, SIGTERM/SIGHUP are held,
     # not lost and not fatal: a reload sent right after the "listening" line
     # must not kill a worker that is still starting.
@@ -580,43 +646,63 @@ def _serve(cfg: Config, ruleset: Ruleset, rules_path: str, secrets: Secrets, soc
               else f"Maildir {os.path.abspath(cfg.maildir)}")
     workers = cfg.worker_count
     log.info("smtpfw listening on %s, rules %s (version %s), %s, %d worker(s)",
-             where, rules_path, ruleset.version, target, workers)
-    _warn_public_resolvers(cfg, ruleset)
+             where, rules_path, held[0].version, target, workers)
+    _warn_public_resolvers(cfg, held[0])
     if workers <= 1:
+        lists.build_in_parallel(False)      # a reload here compiles in a process with threads: no fork
         if metrics.ENABLED:
             _metrics_endpoint(cfg)
         _use_uvloop()
-        asyncio.run(_run_worker(cfg, ruleset, rules_path, sockets, _NOTIFY, secrets))
+        asyncio.run(_run_worker(cfg, held.pop(), rules_path, sockets, _NOTIFY, secrets))
         return 0
-    return _supervise(cfg, ruleset, rules_path, sockets, workers, secrets)
+    return _supervise(cfg, held, rules_path, sockets, workers, secrets)
 
 
-def _supervise(cfg, ruleset, rules_path, sockets, workers: int, secrets: Secrets) -> int:
-    children: dict[int, float] = {}     # pid -> start time
-    stopping = False
-    quick_deaths = 0                    # workers that died right after starting, in a row
-
-    _ROLE[0] = "supervisor"
-    current = [ruleset.version]         # the version the workers run, as far as the supervisor knows
-    # What exists now (the rules, their lists, every module) is never freed
-    # before the workers end: out of the collector's sight, the workers do not
-    # write to its pages (the collector's bookkeeping would copy them into
-    # each worker), so the pages stay shared.
+def _share_with_workers(unfreeze: bool = False) -> None:
+    """What exists now (the rules, their lists, every module) is never freed
+    before the workers forked next end: out of the collector's sight, the
+    workers do not write to its pages (the collector's bookkeeping would
+    copy them into each worker), so the pages stay shared.  After a reload
+    (``unfreeze``) the rules the supervisor let go are collected first, and
+    the heap they leave is given back."""
+    if unfreeze:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
+    if unfreeze:
+        service.release_memory()
 
-    def spawn() -> None:
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+
+def _supervise(cfg: Config, held: list[Ruleset], rules_path: str, sockets: dict, workers: int,
+               secrets: Secrets) -> int:
+    """Fork the workers and keep them: replace one that dies (on the rules
+    of now), replace them all on SIGHUP, forward SIGTERM/SIGINT.
+    ``held[0]`` is the ruleset the current workers run, and the
+    supervisor's only reference to it."""
+    children: dict[int, float] = {}     # current workers: pid -> start time
+    retiring: set[int] = set()          # workers of older rules, finishing their sessions (RETIRE)
+    stopping = False
+    reloaded = False                    # a reload has replaced the rules the server started with
+    quick_deaths = 0                    # workers that died right after starting, in a row
+    blocked = _SIGNALS + (RETIRE,)
+
+    _ROLE[0] = "supervisor"
+    _share_with_workers()
+
+    def spawn(announce: str | None = None) -> int:
+        """A worker on ``held[0]``; ``announce``: the line it logs once it accepts."""
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         pid = os.fork()
         if pid == 0:
             _ROLE[0] = "worker"
+            lists.build_in_parallel(False)  # a worker that reloads by itself (reload_on_change) forks nothing
             for sig in _SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             code = 0
             try:
                 _use_uvloop()
-                rules = ruleset if current[0] == ruleset.version else _respawn_rules(ruleset, rules_path)
-                asyncio.run(_run_worker(cfg, rules, rules_path, sockets, secrets=secrets))
+                ready = (lambda _server: log.info("%s: %s", _role(), announce)) if announce else None
+                asyncio.run(_run_worker(cfg, held.pop(), rules_path, sockets, ready, secrets))
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
@@ -624,33 +710,66 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int, secrets: Secrets
                 logging.shutdown()
                 os._exit(code)
         children[pid] = time.monotonic()
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return pid
 
-    def forward(sig, _frame) -> None:
-        nonlocal stopping
-        if sig in (signal.SIGTERM, signal.SIGINT):
-            stopping = True
-            service.notify("STOPPING=1")
-        if sig == signal.SIGHUP:
-            service.notify("RELOADING=1")
-            compiles = _reload_compiles(rules_path, current)
-            service.notify("READY=1")
-            if not compiles:
-                return
-        for pid in list(children):
+    def signal_all(sig) -> None:
+        for pid in [*children, *retiring]:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
+    def reload() -> None:
+        """SIGHUP: compile once here; if the rules compile, fork workers that
+        hold them and retire the old ones (a refused reload leaves them be)."""
+        nonlocal reloaded
+        service.notify("RELOADING=1")
+        try:
+            ruleset = _reload_compiles(cfg, rules_path, held[0])
+            if ruleset is None:
+                return
+            held[0] = ruleset               # the old rules go with the old workers
+            del ruleset
+            reloaded = True
+            _share_with_workers(unfreeze=True)
+            old = list(children)
+            for pid in old:
+                del children[pid]
+                retiring.add(pid)
+            new = [spawn(f"rules reloaded from {rules_path}: version {held[0].version}") for _ in range(workers)]
+            log.info("%s: rules %s, version %s: workers %s replace %s, which finish their sessions",
+                     _role(), rules_path, held[0].version, ", ".join(map(str, new)), ", ".join(map(str, old)))
+            for pid in old:
+                try:
+                    os.kill(pid, RETIRE)
+                except ProcessLookupError:
+                    pass
+        finally:
+            service.notify("READY=1")
+
+    def on_signal(sig, _frame) -> None:
+        nonlocal stopping
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)     # one at a time: a reload takes seconds
+        try:
+            if sig == signal.SIGHUP:
+                if not stopping:
+                    reload()
+                return
+            stopping = True
+            service.notify("STOPPING=1")
+            signal_all(sig)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
     endpoint = _fork_metrics_endpoint(cfg) if metrics.ENABLED else None
     for _ in range(workers):
         spawn()
     for sig in _SIGNALS:
-        signal.signal(sig, forward)
+        signal.signal(sig, on_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     service.notify("READY=1")
-    while children:
+    while children or retiring:
         try:
             pid, status = os.wait()
         except ChildProcessError:
@@ -659,20 +778,24 @@ def _supervise(cfg, ruleset, rules_path, sockets, workers: int, secrets: Secrets
             continue
         if pid == endpoint:
             continue
-        started = children.pop(pid, time.monotonic())
         metrics.process_gone(pid)
-        if stopping:
+        if pid in retiring:
+            retiring.discard(pid)
+            log.info("%s: worker %d of the rules before the reload has finished (status %d)", _role(), pid, status)
+            continue
+        started = children.pop(pid, None)
+        if started is None or stopping:
             continue
         quick_deaths = quick_deaths + 1 if time.monotonic() - started < 5 else 0
         if quick_deaths >= 5:
             log.error("workers keep failing at start; giving up")
-            forward(signal.SIGTERM, None)
-            for other in list(children):
+            on_signal(signal.SIGTERM, None)
+            for other in [*children, *retiring]:
                 os.waitpid(other, 0)
             return 1
         log.error("worker %d exited (status %d); starting a new one", pid, status)
         time.sleep(0.5)
-        spawn()
+        spawn(f"rules {rules_path}, version {held[0].version} (as reloaded)" if reloaded else None)
     if endpoint is not None:
         try:
             os.kill(endpoint, signal.SIGTERM)
@@ -702,28 +825,46 @@ def _fork_metrics_endpoint(cfg: Config) -> int:
     return pid
 
 
-def _respawn_rules(started_with: Ruleset, rules_path: str) -> Ruleset:
-    """The rules for a worker started after a reload (its predecessor
-    died): the file as it is now, as the running workers reloaded it, not
-    the ruleset the supervisor started with."""
-    ruleset, diags = compile_ruleset(rules_path)
+def _reload_compiles(cfg: Config, rules_path: str, running: Ruleset) -> Ruleset | None:
+    """SIGHUP in the supervisor: the rules, compiled once here, or None
+    (refused and logged once, not once per worker) when they do not compile
+    or need a state store that cannot be opened."""
+    packed.begin()
+    try:
+        ruleset, diags = compile_ruleset(rules_path)
+    finally:
+        lists.end_prefetch()
     if ruleset is None:
-        log_refused_reload(rules_path, started_with.version, diags)
-        return started_with
-    log.info("%s: rules %s, version %s (as reloaded)", _role(), rules_path, ruleset.version)
+        log_refused_reload(rules_path, running.version, diags)
+        return None
+    if _needs_store(cfg, ruleset) and not _needs_store(cfg, running):
+        problem = _probe_store(cfg)
+        if problem is not None:
+            log_refused_reload(rules_path, running.version, _store_refusal(cfg.state.store, problem))
+            return None
+    packed.prune()          # the lists of older versions: workers that still map them keep their pages
     return ruleset
 
 
-def _reload_compiles(rules_path: str, current: list) -> bool:
-    """SIGHUP in the supervisor: check the rules once here, so a broken
-    ruleset is refused (and logged) once, not once per worker."""
-    packed.begin()
-    ruleset, diags = compile_ruleset(rules_path)
-    if ruleset is None:
-        log_refused_reload(rules_path, current[0], diags)
-        return False
-    current[0] = ruleset.version
-    packed.prune()          # the lists of older versions: workers that still map them keep their pages
-    del ruleset
-    service.release_memory()
-    return True
+def _probe_store(cfg: Config) -> str | None:
+    """Why the state store cannot be opened, or None: tried in a child
+    process, since a store may start a thread, and a thread must not exist
+    in the supervisor when it forks."""
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rd)
+        code = 0
+        try:
+            _open_configured_store(cfg)
+        except BaseException as err:  # noqa: BLE001 -- reported to the supervisor
+            os.write(wr, str(err).encode("utf-8", "replace")[:2000] or type(err).__name__.encode())
+            code = 1
+        os._exit(code)
+    os.close(wr)
+    with os.fdopen(rd, "rb") as fh:
+        said = fh.read()
+    _pid, status = os.waitpid(pid, 0)
+    if status == 0:
+        return None
+    return said.decode("utf-8", "replace") or f"status {status}"

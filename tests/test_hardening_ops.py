@@ -223,6 +223,7 @@ def test_a_worker_started_after_a_reload_runs_the_reloaded_rules(tmp_path):
         rules.write_text('on rcpt:\n    [gate] reject 554 5.7.1 "closed" if rcpt.domain = "b.example"\n')
         srv.signal(signal.SIGHUP)
         wait_until(lambda: srv.text.count("rules reloaded") == 2, what="two workers reloading")
+        wait_until(lambda: srv.text.count("before the reload has finished") == 2, what="the old workers gone")
         with open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children") as fh:
             workers = [int(p) for p in fh.read().split()]
         for pid in workers:

@@ -130,10 +130,13 @@ def test_two_workers_map_the_same_list_file_and_a_reload_moves_both(tmp_path):
         big.write_text("".join(f"n{i}.bad.example\n" for i in range(N)))
         os.kill(srv.proc.pid, signal.SIGHUP)
         wait_until(lambda: srv.text.count("rules reloaded") >= 2, 30, "both workers reloaded")
-        wait_until(lambda: all(_mapped_lists(w) and _mapped_lists(w) != first[w] for w in workers), 10,
-                   "workers mapping the new list")
-        after = {w: _mapped_lists(w) for w in workers}
+        # new workers, forked by the supervisor with the new rules; the old ones have gone
+        wait_until(lambda: len(_children(srv.proc.pid)) == 2 and not set(_children(srv.proc.pid)) & set(workers),
+                   10, "the old workers replaced")
+        after = {w: _mapped_lists(w) for w in _children(srv.proc.pid)}
+        assert all(m and m != first[workers[0]] for m in after.values()), after
         assert len({frozenset(m) for m in after.values()}) == 1, after
+        assert _mapped_lists(srv.proc.pid) == next(iter(after.values()))    # the supervisor holds the new rules
         folder = os.path.dirname(next(iter(next(iter(after.values())))))
         assert sorted(os.listdir(folder)) == sorted(os.path.basename(p) for p in next(iter(after.values())))
         assert _refused(srv.address, "n7.bad.example") and not _refused(srv.address, "h7.bad.example")

@@ -16,10 +16,13 @@ number.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
+import json
 import operator
 import os
 import re
+import signal
 import socket
 import stat
 from array import array
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from typing import Callable
 
+from smtpfw.checks import packed
 from smtpfw.checks.packed import membership, pack_ints, pack_strings
 from smtpfw.diagnostics import Diagnostic, Span, nearest_file
 from smtpfw.lang.fields import ADDRESS, BOOL, DOMAIN, INT, IP, LIST, STRING
@@ -93,33 +97,55 @@ class Entry:
 class FileEntries(Sequence):
     """A list file's entries.  Only the texts are kept per entry; an ``Entry``
     with its ``Span`` is made when asked for (a diagnostic), so a
-    million-line list does not cost a million Entry and Span objects."""
+    million-line list does not cost a million Entry and Span objects.  A
+    list another process has already built (``prefetch``) keeps its bytes
+    and is split into texts only if they are asked for."""
 
-    __slots__ = ("texts", "_numbers", "_lines", "_file")
+    __slots__ = ("_texts", "_numbers", "_lines", "_file", "_raw", "_count", "built")
 
     @property
     def file(self) -> str:
         return self._file
 
     def __init__(self, file: str, lines: list[str], numbers, texts: list[str]):
-        self.texts = texts          # stripped, comment-free, non-empty
+        self._texts: list[str] | None = texts       # stripped, comment-free, non-empty
         self._numbers = numbers     # 1-based line number of each text
         self._lines = lines
         self._file = file
+        self._raw: bytes | None = None
+        self._count = len(texts)
+        self.built: dict | None = None              # what another process built of it (``prefetch``)
+
+    @classmethod
+    def unsplit(cls, file: str, raw: bytes, count: int, built: dict) -> FileEntries:
+        """The entries of a clean file (one a line, nothing to strip: ``_clean``), not split yet."""
+        entries = cls(file, [], range(0), [])
+        entries._texts, entries._raw, entries._count, entries.built = None, raw, count, built
+        return entries
+
+    @property
+    def texts(self) -> list[str]:
+        if self._texts is None:
+            assert self._raw is not None
+            text = self._raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
+            lines = (text[:-1] if text.endswith("\n") else text).split("\n")
+            self._texts, self._lines, self._numbers, self._raw = lines, lines, range(1, len(lines) + 1), None
+        return self._texts
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return self._count
 
     def __getitem__(self, index):
+        texts = self.texts
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self.texts)))]
-        content = self.texts[index]
+            return [self[i] for i in range(*index.indices(len(texts)))]
+        content = texts[index]
         number = self._numbers[index]
         col = self._lines[number - 1].index(content[0]) + 1
         return Entry(content, Span(self._file, number, col, number, col + len(content)))
 
     def __iter__(self):
-        return (self[i] for i in range(len(self.texts)))
+        return (self[i] for i in range(self._count))
 
 
 MAX_LIST_BYTES = 64 * 1024 * 1024   # ~2.5 million entries; bigger lists belong in a DNS zone
@@ -138,9 +164,13 @@ def _clean(body: str) -> bool:
 def read_list_file(path: str, shown_name: str) -> tuple[FileEntries | None, list[Diagnostic]]:
     """Entries of a list file: one a line, `#` comments, blank lines ignored.
     A byte-order mark (Notepad writes one) is not part of the first entry."""
-    raw, problem = _read_capped(path, shown_name)
+    seen: list = []
+    raw, problem = _read_capped(path, shown_name, seen)
     if raw is None:
         return None, [Diagnostic("E301", problem)]
+    built = _prefetched(path)
+    if built is not None and built.get("clean") and built.get("identity") == seen[0]:
+        return FileEntries.unsplit(shown_name, raw, built["count"], built), []     # the same bytes, read and checked
     text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
     body = text[:-1] if text.endswith("\n") else text
     if _clean(body):            # the usual big list: one entry a line and nothing else
@@ -162,14 +192,18 @@ def read_list_text(path: str) -> str | None:
     return None if raw is None else raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
 
 
-def _read_capped(path: str, shown_name: str) -> tuple[bytes | None, str]:
+def _read_capped(path: str, shown_name: str, seen: list | None = None) -> tuple[bytes | None, str]:
     """The bytes of a regular file of at most MAX_LIST_BYTES, or None and why
-    not: /dev/zero, a FIFO or a stray log must not hang or exhaust memory."""
+    not: /dev/zero, a FIFO or a stray log must not hang or exhaust memory.
+    ``seen`` gets the file's identity (device, inode, size, times)."""
     try:
         with open(path, "rb", opener=_open_nonblocking) as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
                 return None, f"list file {shown_name} is not a regular file"
             raw = fh.read(MAX_LIST_BYTES + 1)
+            if seen is not None:
+                seen.append([st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
     except OSError as err:
         return None, f"cannot read list file {shown_name}: {err.strerror or err}{_nearest_note(path, shown_name)}"
     if len(raw) > MAX_LIST_BYTES:
@@ -194,7 +228,7 @@ class CidrTable:
 
     __slots__ = ("_v4", "_v6")
 
-    def __init__(self, networks=(), *, keys: tuple[dict, dict] | None = None):
+    def __init__(self, networks=(), *, keys: tuple[dict, dict] | None = None, addresses=None):
         v4: dict[int, set[int]]
         v6: dict[int, set[int]]
         v4, v6 = keys if keys is not None else ({}, {})
@@ -204,6 +238,8 @@ class CidrTable:
         # (prefix length, membership test of its network numbers), the biggest first
         self._v4 = [(plen, membership(pack_ints(keys))) for plen, keys in sorted(v4.items(), key=lambda kv: -len(kv[1]))]
         self._v6 = [(plen, membership(pack_ints(keys))) for plen, keys in sorted(v6.items(), key=lambda kv: -len(kv[1]))]
+        if addresses is not None:           # IPv4 addresses (/32s), packed already
+            self._v4 = [(32, membership(addresses))]
 
     def __contains__(self, ip) -> bool:
         if isinstance(ip, str):
@@ -391,6 +427,10 @@ def _ip_prefix(text: str) -> str | None:
 
 def build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object], bool] | None, list[Diagnostic]]:
     """A membership test for values of ``ftype``, and what is wrong with the entries."""
+    if isinstance(entries, FileEntries) and entries.built is not None:
+        prebuilt = _prebuilt_matcher(entries.built, ftype, within)
+        if prebuilt is not None:
+            return prebuilt, []
     matcher, diags = _build_matcher(entries, ftype, within)
     return matcher, _unless_not_a_list(entries, ftype, diags)
 
@@ -479,13 +519,7 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
         names = set(lowered) if joined is not None and _plain(joined, "*.") else None
         if names is not None and len(names) == len(lowered) and _all_domains(joined):
             # the everyday list: plain valid names, no duplicates
-            has = membership(pack_strings(names))
-            if not within:
-                return has, diags
-
-            def within_match(value, has=has) -> bool:
-                return has(value) or any(map(has, _suffixes(value)))
-            return within_match, diags
+            return _domain_matcher(membership(pack_strings(names)), within), diags
         exact: set[str] = set()
         below: set[str] = set()     # subdomains of these
         match = _DOMAIN_RE.match
@@ -525,14 +559,8 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
         else:
             addresses, domains = set(), set()
             _address_entries(lowered, addresses, domains, seen, bad, dup, pattern)
-        is_address, is_domain, any_domain = membership(pack_strings(addresses)), membership(pack_strings(domains)), \
-            bool(domains)
-
-        def address_match(value, is_address=is_address, is_domain=is_domain, any_domain=any_domain) -> bool:
-            if is_address(value):
-                return True
-            return any_domain and is_domain(value.rpartition("@")[2])
-        return address_match, diags
+        return _address_matcher(membership(pack_strings(addresses)), membership(pack_strings(domains)),
+                                bool(domains)), diags
 
     if ftype == INT:
         numbers: set[int] = set()
@@ -560,3 +588,265 @@ def _build_matcher(entries, ftype: str, within: bool) -> tuple[Callable[[object]
         return (lambda v, has=membership(pack_strings(lowered)): has(str(v).lower())), diags
 
     return None, diags
+
+
+def _domain_matcher(has: Callable[[object], bool], within: bool) -> Callable[[object], bool]:
+    """The test of a list of plain domain names: ``has``, or with ``within`` has or a parent has."""
+    if not within:
+        return has
+
+    def within_match(value, has=has) -> bool:
+        return has(value) or any(map(has, _suffixes(value)))
+    return within_match
+
+
+def _address_matcher(is_address, is_domain, any_domain: bool) -> Callable[[object], bool]:
+    def address_match(value, is_address=is_address, is_domain=is_domain, any_domain=any_domain) -> bool:
+        if is_address(value):
+            return True
+        return any_domain and is_domain(value.rpartition("@")[2])
+    return address_match
+
+
+# ---- big lists built in parallel --------------------------------------------
+#
+# The server's compile (at start, and the supervisor's on a reload) hands
+# every big list file to child processes first (``prefetch``), forked from
+# it, one list at a time, as many at once as there are CPUs: a child reads
+# the file, checks that every line is a clean entry of the kind it looks like
+# (domains, addresses, IPv4 addresses: the checks of the one-pass paths of
+# ``_build_matcher``), computes the sorted keys and writes them as a packed
+# file of the shared folder (checks/packed.py; a child inherits the hash()
+# secret, so its keys are the parent's).  The compile, when it reaches the
+# list, maps that file instead of building it, if the file is still the one
+# the child read and the field is of that kind.  Anything else (a comment, a
+# bad line, a duplicate, another kind, a small list) is built here as
+# before, with the same diagnostics: the children only ever take the path
+# on which there is nothing to report.
+
+_parallel: list[bool] = [False]
+
+
+def build_in_parallel(on: bool) -> None:
+    """Let ``prefetch`` fork (the server's process, before any thread exists)."""
+    _parallel[0] = on
+
+
+class _Prefetch:
+    def __init__(self, jobs: list[str], pids: list[int], results: int):
+        self.index = {path: i for i, path in enumerate(jobs)}
+        self.pids = pids
+        self.results: dict[int, dict | None] = {}
+        self._fd: int | None = results
+        self._buffer = b""
+
+    def result(self, path: str) -> dict | None:
+        i = self.index.get(path)
+        if i is None:
+            return None
+        while i not in self.results and self._fd is not None:
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                self._close()
+                break
+            self._buffer += chunk
+            *lines, self._buffer = self._buffer.split(b"\n")
+            for line in lines:
+                try:
+                    job, result = json.loads(line)
+                    self.results[int(job)] = result if isinstance(result, dict) else None
+                except (ValueError, TypeError):
+                    continue
+        return self.results.get(i)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def end(self) -> None:
+        self._close()
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)        # done already, unless the compile did not need its list
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.pids = []
+
+
+_running: list[_Prefetch | None] = [None]
+
+
+def prefetch(paths: list[str]) -> None:
+    """Start building the big lists among ``paths`` (list files a compile
+    is about to read) in child processes; ``read_list_file`` and
+    ``build_matcher`` take what they built.  Only where ``build_in_parallel``
+    allows it, lists are shared (packed.share_in) and there is more than one CPU."""
+    end_prefetch()
+    cpus = os.cpu_count() or 1
+    if not _parallel[0] or packed._shared_dir[0] is None or cpus < 2 or not packed.packable(packed.MIN_PACKED):
+        return
+    jobs: list[str] = []
+    for path in dict.fromkeys(paths):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        # at least MIN_PACKED lines of at least two bytes ("x\n"): smaller ones are not packed
+        if stat.S_ISREG(st.st_mode) and 2 * packed.MIN_PACKED <= st.st_size <= MAX_LIST_BYTES:
+            jobs.append(path)
+    jobs = jobs[:255]
+    if not jobs:
+        return
+    packed._load_numpy()                        # once, here, for every child
+    job_r, job_w = os.pipe()
+    os.write(job_w, bytes(range(len(jobs))))    # each child takes the next job, one byte each
+    out_r, out_w = os.pipe()
+    pids = []
+    for _ in range(min(cpus, len(jobs))):
+        pid = os.fork()
+        if pid == 0:                            # pragma: no cover - a child; it ends in os._exit
+            _prefetch_child(jobs, job_r, job_w, out_r, out_w)
+        pids.append(pid)
+    for fd in (job_r, job_w, out_w):
+        os.close(fd)
+    _running[0] = _Prefetch(jobs, pids, out_r)
+
+
+def end_prefetch() -> None:
+    """Stop the children of ``prefetch`` (and forget what they built)."""
+    running, _running[0] = _running[0], None
+    if running is not None:
+        running.end()
+
+
+def _prefetched(path: str) -> dict | None:
+    running = _running[0]
+    return running.result(path) if running is not None else None
+
+
+def _prefetch_child(jobs: list[str], job_r: int, job_w: int, out_r: int, out_w: int) -> None:
+    code = 0
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.close(job_w)
+        os.close(out_r)
+        gc.disable()                            # a million strings to make, none to collect
+        while True:
+            job = os.read(job_r, 1)
+            if not job:
+                break
+            try:
+                result: dict | None = _analyse(jobs[job[0]])
+            except Exception:  # noqa: BLE001 -- the compile then builds it itself
+                result = None
+            os.write(out_w, json.dumps([job[0], result]).encode() + b"\n")   # < PIPE_BUF: one write
+    except BaseException:  # noqa: BLE001
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _analyse(path: str) -> dict | None:
+    """In a child of ``prefetch``: the file's identity, whether it is clean,
+    and when it is a big list of one kind with nothing to report, the packed
+    file of its keys."""
+    seen: list = []
+    raw, _ = _read_capped(path, path, seen)
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    del raw
+    body = text[:-1] if text.endswith("\n") else text
+    if not _clean(body):
+        return {"identity": seen[0], "clean": False}
+    count = body.count("\n") + 1
+    out: dict = {"identity": seen[0], "clean": True, "count": count}
+    if not packed.packable(count) or _any_blank(body):
+        return out
+    lines = body.split("\n")
+    if "@" in body:
+        kind, keys = "address", _address_keys(body, lines)
+    elif _ipv4_value(lines[0]) is not None:
+        kind, keys = "ip", _ipv4_keys(body, lines)
+    else:
+        kind, keys = "domain", _domain_keys(body, lines)
+    if keys is None or len(keys) != count or any_repeated(keys):
+        return out
+    out.update(kind=kind, keys=packed.write_keys(keys.tobytes()), n=count)
+    return out
+
+
+def any_repeated(keys) -> bool:
+    """Whether sorted ``keys`` hold a value twice (a duplicate entry, or two
+    strings of one hash: the compile then builds the list itself and says)."""
+    numpy = packed._load_numpy()
+    if numpy is not None:
+        a = numpy.frombuffer(keys, dtype=numpy.int64)
+        return bool((a[1:] == a[:-1]).any())
+    return any(map(operator.eq, keys, keys[1:]))
+
+
+def _lowered_lines(body: str, lines: list[str]) -> tuple[str, list[str]]:
+    low = body.lower()          # ASCII (a clean body): lower() of each line = lower() of them all
+    return low, (lines if low == body else low.split("\n"))
+
+
+def _domain_keys(body: str, lines: list[str]):
+    """The keys of a list of plain valid domain names (``_build_matcher``'s
+    one-pass DOMAIN path), None if it is anything else."""
+    low, lowered = _lowered_lines(body, lines)
+    if low.endswith(".") or ".\n" in low or not _plain(low, "*.") or not _all_domains(low):
+        return None
+    return packed.sorted_keys(map(hash, lowered), len(lowered))
+
+
+def _address_keys(body: str, lines: list[str]):
+    """The keys of a list of valid ``user@domain`` addresses
+    (``_plain_address_sets`` without `@domain` entries), None if anything else."""
+    low, lowered = _lowered_lines(body, lines)
+    if (not _plain(low, "<@") or low.endswith(".") or ".\n" in low or "*" in low or "?" in low
+            or low.count("@") != len(lowered) or not all(map(operator.contains, lowered, repeat("@")))):
+        return None
+    if not all(valid_domain(d) for d in _BAD_ADDRESS_DOMAIN.findall(low)):
+        return None
+    return packed.sorted_keys(map(hash, lowered), len(lowered))
+
+
+def _ipv4_value(text: str) -> int | None:
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, ValueError):
+        return None
+
+
+def _ipv4_keys(body: str, lines: list[str]):
+    """The keys of a list of IPv4 addresses (``_plain_ipv4_table`` without networks)."""
+    if "/" in body:
+        return None
+    pton, af_inet, from_bytes = socket.inet_pton, socket.AF_INET, int.from_bytes
+    try:
+        return packed.sorted_keys((from_bytes(pton(af_inet, t), "big") for t in lines), len(lines))
+    except (OSError, ValueError):
+        return None
+
+
+def _prebuilt_matcher(built: dict, ftype: str, within: bool) -> Callable[[object], bool] | None:
+    """The matcher ``_build_matcher`` would make, from the keys a child of
+    ``prefetch`` packed; None when they are not for this kind of field."""
+    kind = built.get("kind")
+    if (kind, ftype) not in (("domain", DOMAIN), ("address", ADDRESS), ("ip", IP)):
+        return None
+    keys = packed.mapped_set(built["keys"], built["n"], strings=kind != "ip")
+    if keys is None:
+        return None
+    if kind == "domain":
+        return _domain_matcher(membership(keys), within)
+    if kind == "address":
+        return _address_matcher(membership(keys), set().__contains__, False)
+    return CidrTable(addresses=keys).__contains__

@@ -112,7 +112,7 @@ class PackedSet:
         span = (2 ** 64 - 1) if strings else keys[n - 1] - keys[0]
         shift = max(0, span.bit_length() - bits)
         parts = (span >> shift) + 1
-        index = array("l", (bisect_left(keys, base + (b << shift)) for b in range(parts)))
+        index = _index(keys, base, shift, parts)
         index.append(n)
         self.contains = _contains(keys, index, base, shift, parts, str if strings else int)
 
@@ -121,6 +121,18 @@ class PackedSet:
 
     def __contains__(self, value) -> bool:
         return self.contains(value)
+
+
+def _index(keys, base: int, shift: int, parts: int) -> array:
+    """Where each part of the key range starts in ``keys``: 65,536 binary
+    searches, in one numpy call when numpy is there."""
+    numpy = _numpy[0] if _numpy else None
+    if numpy is not None and parts > 1:
+        bounds = [base + (b << shift) for b in range(parts)]
+        if bounds[-1] <= _INT64_MAX and bounds[0] >= -2 ** 63:
+            found = numpy.searchsorted(numpy.frombuffer(keys, dtype=numpy.int64), numpy.array(bounds, dtype=numpy.int64))
+            return array("l", found.tolist())
+    return array("l", (bisect_left(keys, base + (b << shift)) for b in range(parts)))
 
 
 def _contains(keys, index, base: int, shift: int, parts: int, kind: type) -> Callable[[object], bool]:
@@ -148,7 +160,7 @@ def pack_strings(values: set[str]) -> set[str] | PackedSet:
     """``values`` packed, or as they are when small, or when PYTHONHASHSEED
     fixes the hash secret (then anyone can compute the keys and look for a
     string that collides with a listed one: a set compares the strings)."""
-    if len(values) < MIN_PACKED or os.environ.get("PYTHONHASHSEED", "random") != "random":
+    if not packable(len(values)):
         return values
     return _packed(_sorted_keys(map(hash, values), len(values)), strings=True)
 
@@ -178,33 +190,76 @@ def _packed(keys: array, strings: bool) -> PackedSet:
     if directory is None:
         return PackedSet(keys, strings)
     data = keys.tobytes()
-    name = os.path.join(directory, hashlib.blake2b(data, digest_size=16).hexdigest() + ".keys")
-    if not os.path.exists(name):            # another worker may have written it: same content
-        try:
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        except OSError as err:
-            return _unshared(keys, strings, err)   # it still works, in this process's memory
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), 0o644)  # workers read it after giving root up
-                fh.write(data)
-            os.replace(tmp, name)
-        except OSError as err:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            return _unshared(keys, strings, err)
     try:
-        with open(name, "rb") as fh:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        name = write_keys(data)
+    except OSError as err:
+        return _unshared(keys, strings, err)   # it still works, in this process's memory
+    try:
+        mapped = _map(name, len(data))
     except (OSError, ValueError) as err:
         return _unshared(keys, strings, err)
-    if len(mapped) != len(data):              # not what this process packed: do not trust it
-        mapped.close()
+    if mapped is None:                        # not what this process packed: do not trust it
         return PackedSet(keys, strings)
-    _in_use.add(name)
     return PackedSet(memoryview(mapped).cast("q"), strings, mapped)
+
+
+def write_keys(data: bytes) -> str:
+    """Sorted int64 keys (their bytes) as a file of the shared folder, named
+    by its content; its path.  OSError when it cannot be written."""
+    directory = _shared_dir[0]
+    if directory is None:
+        raise OSError("no folder for shared lists")
+    name = os.path.join(directory, hashlib.blake2b(data, digest_size=16).hexdigest() + ".keys")
+    if os.path.exists(name):            # another process may have written it: same content
+        return name
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # workers read it after giving root up
+            fh.write(data)
+        os.replace(tmp, name)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return name
+
+
+def _map(name: str, size: int) -> mmap.mmap | None:
+    """The file ``name`` mapped, None when it is not ``size`` bytes."""
+    with open(name, "rb") as fh:
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    if len(mapped) != size:
+        mapped.close()
+        return None
+    _in_use.add(name)
+    return mapped
+
+
+def mapped_set(name: str, count: int, strings: bool) -> PackedSet | None:
+    """The set of the ``count`` sorted keys another process wrote to ``name``
+    (``write_keys``), or None when it cannot be mapped as that."""
+    if count < 1 or os.path.dirname(name) != _shared_dir[0]:
+        return None
+    try:
+        mapped = _map(name, count * 8)
+    except (OSError, ValueError):
+        return None
+    if mapped is None:
+        return None
+    return PackedSet(memoryview(mapped).cast("q"), strings, mapped)
+
+
+def packable(count: int) -> bool:
+    """Whether ``pack_strings`` packs a set of ``count`` strings."""
+    return count >= MIN_PACKED and os.environ.get("PYTHONHASHSEED", "random") == "random"
+
+
+def sorted_keys(keys: Iterable[int], count: int) -> array:
+    """``keys`` sorted, as an int64 array."""
+    return _sorted_keys(keys, count)
 
 
 def _unshared(keys: array, strings: bool, err: Exception) -> PackedSet:

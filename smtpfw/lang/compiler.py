@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from smtpfw.checks.dnsresult import Lookup, LookupKind
 from smtpfw.actions import action_for
-from smtpfw.checks.lists import Entry, build_matcher, read_list_file
+from smtpfw.checks.lists import Entry, build_matcher, prefetch, read_list_file
 from smtpfw.diagnostics import Code, Diagnostic, Span, did_you_mean, has_errors
 from smtpfw.engine import CompiledRule, Ruleset
 from smtpfw.lang import ast
@@ -275,6 +275,8 @@ class _Compiler:
     # ---- top level ----------------------------------------------------------
 
     def compile(self) -> Ruleset:
+        # the big list files start building in other processes (the server's compile only)
+        prefetch([os.path.join(base, d.file) for d, base in self.prog.lists.values() if d.items is None and d.file])
         options = self._options()
         self.options = options
         self._plugins()
