@@ -109,3 +109,20 @@ def test_the_negative_reader_never_raises_on_garbage():
         got = negative(cut, qlen)
         assert got is None or isinstance(got, Negative)
     assert negative(struct.pack(">HHHHHH", 1, 0x8183, 1, 0, 0, 0), 0) is not None   # no SOA: still negative
+
+
+def test_many_queries_at_once_to_a_slow_server_are_all_answered():
+    """400 queries in flight, answered together after 50 ms: spread over
+    sockets whose buffers hold them, none lost to a timeout."""
+    with DnsServer([ZONES / "bl.test"], delay=0.05) as slow:
+        r = Resolver([slow.address], timeout=2.0, cache_size=0)
+
+        async def go():
+            started = asyncio.get_running_loop().time()
+            answers = await asyncio.gather(*(r.lookup(dnsbl(f"198.51.{i >> 8}.{i & 255}")) for i in range(400)))
+            return answers, asyncio.get_running_loop().time() - started
+
+        answers, took = asyncio.run(go())
+        ports = {port for _host, port in slow.udp_clients}
+    assert [a.status for a in answers] == ["clear"] * 400
+    assert took < 1.5 and len(ports) >= 400 // dnsclient.SOCKET_INFLIGHT

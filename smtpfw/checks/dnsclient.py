@@ -13,7 +13,9 @@ of the timeout; a SERVFAIL, REFUSED or unreadable answer moves on to the
 next server; a truncated answer is asked again over TCP (dnspython's own
 ``asyncquery.tcp``).
 
-A socket serves the queries that overlap: it is closed when none is
+A socket serves the queries that overlap, ``SOCKET_INFLIGHT`` at most (a
+slow server's answers arrive together, and a socket's buffer holds only so
+many: more queries in flight take more sockets); it is closed when none is
 waiting on it (so none outlives its use, or its event loop), and a busy one
 is replaced after ``SOCKET_QUERIES`` queries or ``SOCKET_SECONDS`` seconds.
 Under load that is a socket per few hundred queries instead of one each.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import struct
 import time
 
@@ -39,6 +42,8 @@ import dns.rcode
 
 SOCKET_QUERIES = 200            # queries a socket carries before it is replaced (a new source port)
 SOCKET_SECONDS = 30.0           # ... or this long
+SOCKET_INFLIGHT = 64            # queries waiting on one socket at most (their answers may come at once)
+RECEIVE_BUFFER = 1 << 20        # asked for each socket (the system may give less: net.core.rmem_max)
 _RD = 0x0100                    # recursion desired, as dnspython's resolver asks
 _IN = 1
 _ids = random.SystemRandom()
@@ -106,7 +111,7 @@ class UdpClient:
     def __init__(self, servers: list[tuple[str, int]], timeout: float):
         self.servers = servers
         self.timeout = timeout                      # per server
-        self._sockets: dict[tuple[str, int], _Socket] = {}
+        self._sockets: dict[tuple[str, int], list[_Socket]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def query(self, qname: dns.name.Name, rdtype: int) -> dns.message.Message | Negative:
@@ -161,26 +166,33 @@ class UdpClient:
         return negative(data, len(question)) or _Parsed(dns.message.from_wire(data))
 
     async def _socket(self, loop: asyncio.AbstractEventLoop, server: tuple[str, int]) -> _Socket:
+        """A socket to ``server`` with room for one more query: one already
+        open, or a new one (the socket buffer holds only so many answers
+        that arrive together, so each socket carries at most SOCKET_INFLIGHT)."""
         if loop is not self._loop:                  # a new event loop (tests, a replay): new sockets
             self._sockets, self._loop = {}, loop
-        sock = self._sockets.get(server)
-        if sock is not None and not sock.closed and not sock.worn():
-            return sock
-        if sock is not None:
-            sock.retire()
+        pool = self._sockets.setdefault(server, [])
+        for sock in pool:
+            if not sock.closed and len(sock.pending) < SOCKET_INFLIGHT:
+                if not sock.worn():
+                    return sock
+                sock.retire()
+        pool[:] = [sock for sock in pool if not sock.closed]
         _transport, new = await loop.create_datagram_endpoint(_Socket, remote_addr=server)
-        sock = self._sockets.get(server)
-        if sock is not None and not sock.closed and not sock.worn():   # another query made one meanwhile
-            new.retire()
-            return sock
-        self._sockets[server] = new
+        try:
+            new.transport.get_extra_info("socket").setsockopt(  # type: ignore[union-attr]
+                socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except (OSError, AttributeError):
+            pass                                    # the system's default and limit stand
+        pool.append(new)
         return new
 
     def close(self) -> None:
-        for sock in self._sockets.values():
-            sock.retire()
-            if sock.transport is not None:
-                sock.transport.close()
+        for pool in self._sockets.values():
+            for sock in pool:
+                sock.retire()
+                if sock.transport is not None:
+                    sock.transport.close()
         self._sockets = {}
 
 

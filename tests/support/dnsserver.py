@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import os
 import re
+import socket
 import struct
 import sys
 import threading
@@ -324,6 +325,10 @@ class DnsServer:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _Udp(self), local_addr=(self.host, self.port))
             port = transport.get_extra_info("sockname")[1]
+            try:   # a resolver's buffer (unbound: so-rcvbuf 4m), so bursts of queries are not dropped here
+                transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            except OSError:
+                pass
             try:
                 self._tcp = await asyncio.start_server(self._tcp_client, self.host, port)
             except OSError as e:
