@@ -62,6 +62,7 @@ import re
 import socket
 from collections import deque
 
+from smtpfw import linescan
 from smtpfw.delivery.message import DeliveryResult, Message
 
 log = logging.getLogger("smtpfw.delivery.forward")
@@ -94,7 +95,7 @@ def dot_stuff(data: bytes) -> bytes:
     a downstream that accepts bare LF see an early end of data (SMTP
     smuggling); for well-formed CRLF data this is the standard stuffing.
     """
-    out = data.replace(b"\n.", b"\n..")
+    out = data.replace(b"\n.", b"\n..") if linescan.has_dot_line(data) else data
     if out[:1] == b".":
         out = b"." + out
     if out and not out.endswith(b"\r\n"):
