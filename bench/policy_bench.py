@@ -435,7 +435,8 @@ def markdown(result: dict) -> str:
         f"`{' '.join(cfg['postfwd_args'])}`",
     ]
     if cfg.get("smtpfw_b_cmd"):
-        lines.append(f"- smtpfw-b: `{cfg['smtpfw_b_cmd']} serve`, the same configuration")
+        lines.append(f"- smtpfw-b: `{cfg['smtpfw_b_cmd']} serve`, the same configuration"
+                     + (f" but `--workers {cfg['b_workers']}`" if cfg.get("b_workers") else ""))
     if cfg.get("null_policy", "not used") != "not used":
         lines.append(f"- null: {cfg['null_policy']}, one process answering `action=DUNNO` to every request "
                      "unread; Postfix configured as for smtpfw")
@@ -513,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
                         "repository's folder, which -m would put first on sys.path without -P)")
     p.add_argument("--smtpfw-b-cmd", help="a second smtpfw build to compare in the same run (adds the "
                                           "configuration smtpfw-b)")
+    p.add_argument("--smtpfw-b-workers", type=int, help="workers of build B (default: --workers; with "
+                                                        "--smtpfw-b-cmd the same build, to compare worker counts)")
     p.add_argument("--out", default=str(BENCH / "results"), help="folder for latest.policy.json and .md")
     p.add_argument("--no-install", action="store_true", help="do not apt-get install postfwd")
     p.add_argument("--keep", action="store_true", help="leave everything running until Enter (profiling)")
@@ -585,11 +588,12 @@ def main(argv: list[str] | None = None) -> int:
             if name not in configs:
                 continue
             port = policy_ports[name] = benchrun.free_port()
+            workers = args.smtpfw_b_workers if name == "smtpfw-b" and args.smtpfw_b_workers else args.workers
             cfg = tmp / f"{name}.yaml"
             cfg.write_text(
                 f"listen:\n  - {{address: \"127.0.0.1:{port}\", name: policy, kind: policy}}\n"
                 "hostname: smtpfw.bench.test\n"
-                f"server:\n  workers: {args.workers}\n"
+                f"server:\n  workers: {workers}\n"
                 f"delivery:\n  mode: maildir\n  maildir: {tmp / 'maildir'}\n"
                 f"dns:\n  nameservers: [\"{args.dns_host}:53\"]\n")
             fw = benchrun.Service(name, [*cmd.split(), "serve", "--config", str(cfg),
@@ -597,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             stoppers.append(fw)
             wait_port(port, fw)
             policy_pids[name] = fw.pid
-            log(f"{name} policy on :{port} ({args.workers} workers, {cmd}): ping -> {policy_ask(port)}")
+            log(f"{name} policy on :{port} ({workers} workers, {cmd}): ping -> {policy_ask(port)}")
         if "null" in configs:
             port = policy_ports["null"] = benchrun.free_port()
             argv_null, null_how = null_policy_argv(tmp, port)
@@ -693,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
                    "size": args.size, "event_loop": event_loop, "postfwd_args": args.postfwd_args.split(),
                    "postfwd": postfwd_how, "null_policy": null_how,
                    "postfix_tools": how, "smtpfw_cmd": args.smtpfw_cmd,
-                   "smtpfw_b_cmd": args.smtpfw_b_cmd, "notes": notes},
+                   "smtpfw_b_cmd": args.smtpfw_b_cmd, "b_workers": args.smtpfw_b_workers, "notes": notes},
         "summary": summary,
         "targets": targets(summary),
         "verdicts": verdicts,
