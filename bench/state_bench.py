@@ -49,8 +49,9 @@ smtpfw starts, through the state-store API on the same location
 (``Store.greylist`` twice with a delay of 0: "new", then "pass"), so every
 measured session finds a passed triplet while smtpfw runs with the default
 ``greylist_delay`` of 300 s.  ``greylist_allow_after: 0`` keeps the
-auto-allowlist off: every session takes the triplet's "pass" path (a
-read and two writes) rather than the allowlisted client's shortcut.  One
+auto-allowlist off: every session takes the triplet's "pass" path (two
+reads in one write transaction; the triplet's expiry is written again once
+an hour, GREY_REFRESH) rather than the allowlisted client's shortcut.  One
 probe session per server (smtplib) must get 250 at RCPT before the
 warm-up load.
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from smtpfw.state import Bucket, Greylisting, Store, open_store
+from smtpfw.state.store import GREY_REFRESH
 from tests.support.redis import RedisClusterInstances, RedisInstance, redis_available
 
 T0 = 1_790_000_000.0          # a fixed "now": tests move it by hand
@@ -275,9 +276,12 @@ def test_greylisting_delay_pass_and_expiry(backend):
             assert early.verdict == "wait" and early.retry_after == pytest.approx(1)
             assert (await store.greylist(t, now=T0 + 300, client="192.0.2.0/24")).verdict == "pass"
             assert (await store.greylist(t, now=T0 + 301, client="192.0.2.0/24")).verdict == "pass"
-            # a passed triplet is kept for `keep` after its last pass, then forgotten
-            assert (await store.greylist(t, now=T0 + 301 + 35 * 86400 - 1, client="192.0.2.0/24")).verdict == "pass"
-            assert (await store.greylist(t, now=T0 + 302 + 2 * 35 * 86400, client="192.0.2.0/24")).verdict == "new"
+            # a passed triplet is kept for `keep` after its last pass (its expiry
+            # written again when it would move by over an hour), then forgotten
+            last = T0 + 300 + 7200
+            assert (await store.greylist(t, now=last, client="192.0.2.0/24")).verdict == "pass"
+            assert (await store.greylist(t, now=last + 35 * 86400 - 1, client="192.0.2.0/24")).verdict == "pass"
+            assert (await store.greylist(t, now=last + 1 + 2 * 35 * 86400, client="192.0.2.0/24")).verdict == "new"
             # a pending triplet whose retry never came within `lifetime` starts over
             u = "192.0.2.0/24|carol@example.org|bob@example.net"
             assert (await store.greylist(u, now=T0, client="192.0.2.0/24")).verdict == "new"
@@ -312,6 +316,27 @@ def test_greylisting_auto_allowlist(backend):
             late = await store.greylist(f"{client}|later@example.org|r@example.net", now=now + 36 * 86400,
                                         client=client)
             assert late.verdict == "new"
+        finally:
+            await store.close()
+    run(go())
+
+
+def test_a_pass_within_the_hour_writes_nothing(backend):
+    """GREY_REFRESH: a passed triplet's expiry moves only when it would move
+    by more than an hour, and with the auto-allowlist off no pass count is
+    kept (nothing reads it)."""
+    async def go():
+        keep = 35 * 86400
+        store = backend.store(greylisting=Greylisting(delay=0, keep=keep, allow_after=0))
+        try:
+            t, client = "192.0.2.0/24|a@example.org|b@example.net", "192.0.2.0/24"
+            assert (await store.greylist(t, now=T0, client=client)).verdict == "new"
+            first = await store.greylist(t, now=T0 + 1, client=client)
+            again = await store.greylist(t, now=T0 + 1 + GREY_REFRESH - 60, client=client)
+            assert first.verdict == again.verdict == "pass" and first.passes == again.passes == 0
+            # kept `keep` after the pass that wrote, not after the later one
+            gone = await store.greylist(t, now=T0 + 1 + keep + 30, client=client)
+            assert gone.verdict == "new"
         finally:
             await store.close()
     run(go())

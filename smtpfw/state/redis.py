@@ -39,7 +39,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from smtpfw.state.resp import RespClient, supports
-from smtpfw.state.store import Bucket, Done, GreyResult, Greylisting, RateResult, SlotResult, Value, gcra, levels
+from smtpfw.state.store import (GREY_REFRESH, Bucket, Done, GreyResult, Greylisting, RateResult, SlotResult, Value,
+                                 gcra, levels)
 
 # Lua: numbers written as %.17g (Lua's default conversion keeps 14 digits,
 # a tenth of a millisecond for epoch seconds); TTLs a second past the
@@ -98,14 +99,16 @@ return {1, held}
 
 GREYLIST = _LUA_COMMON + """
 local now, delay, lifetime, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local allow_after, has_client = tonumber(ARGV[5]), ARGV[6] == '1'
+local allow_after, has_client, refresh = tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
 local passes = 0
 if has_client then
   local c = redis.call('HMGET', KEYS[2], 'passes', 'expires')
   if c[1] and tonumber(c[2]) > now then passes = tonumber(c[1]) end
   if allow_after > 0 and passes >= allow_after then
-    redis.call('HSET', KEYS[2], 'expires', fmt(now + keep))
-    redis.call('PEXPIRE', KEYS[2], ttl_ms(keep))
+    if now + keep - tonumber(c[2]) > refresh then
+      redis.call('HSET', KEYS[2], 'expires', fmt(now + keep))
+      redis.call('PEXPIRE', KEYS[2], ttl_ms(keep))
+    end
     return {'pass', '0', 1, passes}
   end
 end
@@ -119,9 +122,11 @@ local first = tonumber(t[1])
 if t[2] ~= '1' and now - first < delay then
   return {'wait', fmt(first + delay - now), 0, passes}
 end
-redis.call('HSET', KEYS[1], 'last', fmt(now), 'passed', '1', 'expires', fmt(now + keep))
-redis.call('PEXPIRE', KEYS[1], ttl_ms(keep))
-if has_client then
+if t[2] ~= '1' or now + keep - tonumber(t[3]) > refresh then
+  redis.call('HSET', KEYS[1], 'last', fmt(now), 'passed', '1', 'expires', fmt(now + keep))
+  redis.call('PEXPIRE', KEYS[1], ttl_ms(keep))
+end
+if has_client and allow_after > 0 then
   passes = passes + 1
   redis.call('HSET', KEYS[2], 'passes', passes, 'expires', fmt(now + keep))
   redis.call('PEXPIRE', KEYS[2], ttl_ms(keep))
@@ -235,7 +240,7 @@ class RedisBackend:
         group = tag(client or triplet)
         keys = [f"{self.prefix}:g:{group}:{triplet}", f"{self.prefix}:gc:{group}"]
         args = [repr(float(now)), repr(float(g.delay)), repr(float(g.lifetime)), repr(float(g.keep)),
-                g.allow_after, "1" if client else "0"]
+                g.allow_after, "1" if client else "0", repr(GREY_REFRESH)]
         verdict, retry, allowlisted, passes = await self._greylist(keys=keys, args=args)
         return GreyResult(verdict, float(retry), bool(int(allowlisted)), int(passes))
 

@@ -88,7 +88,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from smtpfw.state.store import Bucket, Done, GreyResult, Greylisting, RateResult, SlotResult, Value, gcra, levels
+from smtpfw.state.store import (GREY_REFRESH, Bucket, Done, GreyResult, Greylisting, RateResult, SlotResult, Value,
+                                 gcra, levels)
 
 log = logging.getLogger("smtpfw.state")
 
@@ -120,6 +121,11 @@ _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 T = TypeVar("T")
 Body = Callable[..., Any]               # body(conn, *args): the statements of one operation
+
+
+def _stale(expires: float, wanted: float) -> bool:
+    """Whether an entry's expiry is worth writing again (GREY_REFRESH)."""
+    return wanted - expires > GREY_REFRESH
 
 
 class StoreClosed(RuntimeError):
@@ -680,7 +686,8 @@ class SqliteBackend:
         tats = cls._tats(c, key, buckets, now)
         allowed, new, counts, retry = gcra(buckets, tats, cost, now, force)
         if allowed or force:
-            c.executemany("INSERT OR REPLACE INTO rate (key, bucket, tat, expires) VALUES (?, ?, ?, ?)",
+            c.executemany("INSERT INTO rate (key, bucket, tat, expires) VALUES (?, ?, ?, ?) ON CONFLICT (key, bucket) "
+                          "DO UPDATE SET tat = excluded.tat, expires = excluded.expires",
                           [(key, b.name, t, t) for b, t in zip(buckets, new)])
         return RateResult(allowed, counts, retry, tuple(b.limit for b in buckets))
 
@@ -736,23 +743,27 @@ class SqliteBackend:
     def _greylist(c: sqlite3.Connection, triplet: str, client: str, g: Greylisting, now: float) -> GreyResult:
         passes = 0
         if client:
-            row = c.execute("SELECT passes FROM greyclient WHERE key = ? AND expires > ?", (client, now)).fetchone()
+            row = c.execute("SELECT passes, expires FROM greyclient WHERE key = ? AND expires > ?",
+                            (client, now)).fetchone()
             passes = row[0] if row else 0
             if g.allow_after and passes >= g.allow_after:
-                c.execute("UPDATE greyclient SET expires = ? WHERE key = ?", (now + g.keep, client))
+                if _stale(row[1], now + g.keep):
+                    c.execute("UPDATE greyclient SET expires = ? WHERE key = ?", (now + g.keep, client))
                 return GreyResult("pass", 0.0, True, passes)
-        row = c.execute("SELECT first, passed FROM grey WHERE key = ? AND expires > ?", (triplet, now)).fetchone()
+        row = c.execute("SELECT first, passed, expires FROM grey WHERE key = ? AND expires > ?", (triplet, now)).fetchone()
         if row is None:
             c.execute("INSERT OR REPLACE INTO grey (key, first, last, passed, expires) VALUES (?, ?, ?, 0, ?)",
                       (triplet, now, now, now + g.lifetime))
             return GreyResult("new", g.delay, False, passes)
-        first, passed = row
+        first, passed, expires = row
         if not passed and now - first < g.delay:
             return GreyResult("wait", first + g.delay - now, False, passes)
-        c.execute("UPDATE grey SET last = ?, passed = 1, expires = ? WHERE key = ?", (now, now + g.keep, triplet))
-        if client:
+        if not passed or _stale(expires, now + g.keep):
+            c.execute("UPDATE grey SET last = ?, passed = 1, expires = ? WHERE key = ?", (now, now + g.keep, triplet))
+        if client and g.allow_after:        # the pass count is the auto-allowlist's: kept only when it is on
             passes += 1
-            c.execute("INSERT OR REPLACE INTO greyclient (key, passes, expires) VALUES (?, ?, ?)",
+            c.execute("INSERT INTO greyclient (key, passes, expires) VALUES (?, ?, ?) ON CONFLICT (key) "
+                      "DO UPDATE SET passes = excluded.passes, expires = excluded.expires",
                       (client, passes, now + g.keep))
         return GreyResult("pass", 0.0, False, passes)
 

@@ -154,6 +154,13 @@ class Done:
         return self.ok
 
 
+# A passed triplet's (or an allowlisted client's) expiry is written again
+# only when it would move by more than this: a write on every pass was most
+# of a pass's cost, and an entry kept 35 days is kept as long, give or take
+# an hour.
+GREY_REFRESH = 3600.0
+
+
 @dataclass(frozen=True, slots=True)
 class Greylisting:
     """Greylisting settings (postgrey's names in brackets).
@@ -524,5 +531,5 @@ def ceil_ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-__all__ = ["Backend", "Breaker", "Bucket", "Deadlines", "Done", "GreyResult", "GreyVerdict", "Greylisting", "OpStats",
+__all__ = ["GREY_REFRESH", "Backend", "Breaker", "Bucket", "Deadlines", "Done", "GreyResult", "GreyVerdict", "Greylisting", "OpStats",
            "RateResult", "SlotResult", "Store", "Value", "gcra", "levels"]
