@@ -496,6 +496,13 @@ async def _retire(server: Server, stop: asyncio.Event) -> None:
     grace and its 421."""
     for srv in server.listeners:
         srv.close()
+    # A connection that carries many sessions (Postfix's policy client keeps
+    # one open for up to max_ttl) ends at its next idle moment, so the MTA
+    # reconnects to a new worker instead of asking the old rules for minutes.
+    for conn in list(server.sessions):
+        retire = getattr(conn, "retire", None)
+        if retire is not None:
+            retire()
     # A connection the loop has taken from the socket but not yet started
     # (its protocol's connection_made) is served as any other: ``accepting``
     # stays true until ``stop`` (it would answer 421); a moment for those to

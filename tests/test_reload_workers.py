@@ -187,3 +187,34 @@ def test_a_reload_whose_rules_need_a_store_that_cannot_open_keeps_the_old_worker
         assert "cannot open the state store" in line
         assert _children(srv.proc.pid) == before
         assert srv.rcpt_code("a.example") == 554 and srv.rcpt_code("b.example") == 250
+
+
+def test_a_policy_connection_kept_open_by_postfix_moves_to_the_new_rules(tmp_path):
+    """Postfix keeps its policy connection open for minutes: a reload closes
+    it at its next idle moment (after the answer under way), and the
+    client's next connection is answered by the new rules."""
+    from tests.support.policy import PolicyClient
+
+    rules = tmp_path / "r.rules"
+    rules.write_text(GATE.format("a.example"))
+    srv = Serve("--listen", "127.0.0.1:0", "--workers", "2", "--rules", str(rules),
+                "--maildir", str(tmp_path / "md"), command="policy")
+    request = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
+               "client_address": "192.0.2.7", "client_port": "40001", "helo_name": "mx.example",
+               "sender": "x@example.org", "instance": "i1"}
+    try:
+        wait_until(lambda: len(_children(srv.proc.pid)) == 2, 10, "two workers")
+        kept = PolicyClient(srv.address)
+        assert kept.ask(**request, recipient="u@a.example").startswith("554 5.7.1 closed")
+        rules.write_text(GATE.format("b.example"))
+        srv.signal(signal.SIGHUP)
+        wait_until(lambda: srv.text.count("rules reloaded") == 2, 20, "two new workers")
+        kept.sock.settimeout(10)
+        assert kept.sock.recv(100) == b""                  # closed by the old worker, idle
+        kept.close()
+        again = PolicyClient(srv.address)                   # Postfix reconnects: the new rules
+        assert again.ask(**request, recipient="u@a.example") == "DUNNO"
+        assert again.ask(**{**request, "instance": "i2"}, recipient="u@b.example").startswith("554 5.7.1 closed")
+        again.close()
+    finally:
+        srv.stop()

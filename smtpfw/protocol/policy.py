@@ -207,6 +207,17 @@ class PolicyConnection(MtaConnection):
         self._deadline = 0.0               # loop time by which what is awaited must come
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self.retiring = False
+
+    def retire(self) -> None:
+        """This worker's rules were replaced by a reload: close now if no
+        request is under way, else after its answer.  Postfix's policy
+        client opens a new connection for its next request (to a worker
+        with the new rules); the session a new connection meets is rebuilt
+        from the request, which carries the client, HELO and sender."""
+        self.retiring = True
+        if self._waiting == "idle" and not self.buffer:
+            self.close()
 
     async def run(self) -> None:
         self.peer = (self.transport.get_extra_info("peername") or ("?",))[0]
@@ -219,6 +230,8 @@ class PolicyConnection(MtaConnection):
                 self.write(_DUNNO if action == "DUNNO" else
                            f"action={_one_line(action)}\n\n".encode("utf-8", "replace"))
                 await self.drain()
+                if self.retiring and not self.buffer:
+                    return                     # answered; Postfix asks its next question on a new connection
         except BadRequest as err:
             log.warning("policy client %s: %s; closing the connection", self.peer, err)
         except ConnectionError:
