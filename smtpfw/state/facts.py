@@ -15,6 +15,7 @@ replay, so a dry-run of stateful rules is deterministic.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable
@@ -80,6 +81,12 @@ class CounterKey:
     @property
     def store_key(self) -> str:
         return counter_store_key(self.name, self.key)
+
+
+@functools.lru_cache(maxsize=256)
+def _buckets(spec: tuple[tuple[int, float], ...]) -> tuple[Bucket, ...]:
+    """A limit's buckets, made once per ruleset's limit, not per hit."""
+    return tuple(Bucket(limit, window) for limit, window in spec)
 
 
 def counter_store_key(name: str, key: str) -> str:
@@ -248,7 +255,7 @@ class StateFacts:
                 self.held.setdefault(key.store_key, key)
                 out[key] = self._slot(slot, key)
             else:
-                buckets = [Bucket(limit, window) for limit, window in key.buckets]
+                buckets = _buckets(key.buckets)
                 out[key] = self._rate(await self.store.hit(key.store_key, buckets, key.cost, now=now), key)
         return out
 
@@ -258,7 +265,7 @@ class StateFacts:
         for key in keys:
             answer = answers.get(key)
             if isinstance(key, RateKey) and isinstance(answer, RateAnswer) and answer.counted:
-                buckets = [Bucket(limit, window) for limit, window in key.buckets]
+                buckets = _buckets(key.buckets)
                 await self.store.hit(key.store_key, buckets, -key.cost, now=now, force=True)
             elif isinstance(key, SlotKey) and self.release and self.held.get(key.store_key) == key:
                 # only the hook run that took the slot gives it back: a later

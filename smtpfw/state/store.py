@@ -378,6 +378,11 @@ class Deadlines:
 T = TypeVar("T")
 
 
+def _no_rate(buckets: tuple[Bucket, ...], why: str) -> RateResult:
+    """A rate limit's answer when the store could not be asked (fail-open)."""
+    return RateResult(True, (0.0,) * len(buckets), 0.0, tuple(b.limit for b in buckets), False, why)
+
+
 class Store:
     """The state store of one process: shared by its sessions, safe to use
     from many tasks at once on the event loop it was first used on."""
@@ -398,9 +403,15 @@ class Store:
     def name(self) -> str:
         return self.backend.name
 
+    def _stats(self, op: str) -> OpStats:
+        stats = self.stats.get(op)
+        if stats is None:
+            stats = self.stats[op] = OpStats()
+        return stats
+
     async def _call(self, op: str, make: Callable[[], Awaitable[T]], unavailable: Callable[[str], T]) -> T:
         if not self.breaker.admit():
-            self.stats.setdefault(op, OpStats()).shed += 1
+            self._stats(op).shed += 1
             return unavailable(f"state store ({self.name}) unavailable: circuit open after "
                                f"{self.breaker.consecutive} failures ({self.last_error})")
         start = time.perf_counter()
@@ -419,7 +430,7 @@ class Store:
             why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         finally:
             self._deadlines.done(watch)
-            self.stats.setdefault(op, OpStats()).add(time.perf_counter() - start, failed)
+            self._stats(op).add(time.perf_counter() - start, failed)
             if not failed:
                 self.breaker.success()
         was = self.breaker.opened
@@ -445,17 +456,15 @@ class Store:
         them (``allowed``); a refused hit counts nothing, unless ``force``
         (then it is counted anyway and the buckets may overflow)."""
         buckets = tuple(buckets)
-        limits = tuple(b.limit for b in buckets)
         return await self._call("hit", lambda: self.backend.hit(key, buckets, cost, now, force),
-                                lambda why: RateResult(True, (0.0,) * len(buckets), 0.0, limits, False, why))
+                                lambda why: _no_rate(buckets, why))
 
     async def peek(self, key: str, buckets: Sequence[Bucket], *, now: float) -> RateResult:
         """The buckets' levels now, counting nothing; ``allowed``: one more
         unit would fit."""
         buckets = tuple(buckets)
-        limits = tuple(b.limit for b in buckets)
         return await self._call("peek", lambda: self.backend.peek(key, buckets, now),
-                                lambda why: RateResult(True, (0.0,) * len(buckets), 0.0, limits, False, why))
+                                lambda why: _no_rate(buckets, why))
 
     # ---- concurrency -------------------------------------------------------
 
