@@ -1,7 +1,7 @@
 """The peers smtpfw is measured against: Postfix and Haraka (issue 21).
 
-Shared by bench/run.py (plain workloads a, b, c) and bench/tls_bench.py
-(workload d, STARTTLS):
+Shared by bench/run.py (plain workloads a, b, c), bench/tls_bench.py
+(workload d, STARTTLS) and bench/slowdns_bench.py (workload e, slow DNS):
 
 - ``find_haraka`` / ``haraka_version``: Haraka 3.x installed with npm into
   HARAKA_CACHE on first use (or a given folder);
@@ -10,6 +10,8 @@ Shared by bench/run.py (plain workloads a, b, c) and bench/tls_bench.py
   with ``policy`` the whole reference policy (below), without it what
   tls_bench has always run (tls, dns-list, rcpt_to.in_host_list);
 - ``TlsPostfix``: policy_bench's PostfixServer with tlsmgr;
+- ``PostscreenPostfix`` and ``postscreen_settings``: postscreen in front of
+  smtpd with bl.test as its DNSBL (workload e, bench/slowdns_bench.py);
   ``postfix_reference_settings``: the reference policy in Postfix's own
   restrictions on hash maps (postmap), smtpd_delay_reject = yes, relaying
   to the sink;
@@ -73,10 +75,11 @@ SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
+import procstat  # noqa: E402
 import run as benchrun  # noqa: E402
 from policy_bench import PostfixServer  # noqa: E402
 
-from tests.support.postfix import POSTFIX_LIBEXEC, in_namespace, prepare_instance  # noqa: E402
+from tests.support.postfix import MASTER_CF, POSTFIX_LIBEXEC, in_namespace, prepare_instance  # noqa: E402
 from tests.support.reference import SESSIONS, base_settings, postfix_native, read_list  # noqa: E402
 
 log = benchrun.log
@@ -277,6 +280,80 @@ class TlsPostfix(PostfixServer):
                                                                 "-c", str(conf)]),
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
+
+
+POSTSCREEN_MASTER = """\
+{listen} inet n - n - 1 postscreen
+smtpd     pass  -       -       n       -       -       smtpd
+dnsblog   unix  -       -       n       -       0       dnsblog
+tlsproxy  unix  -       -       n       -       0       tlsproxy
+"""
+
+
+def postscreen_settings(sessions: int) -> dict[str, str]:
+    """main.cf settings for postscreen in front of smtpd (workload e,
+    bench/slowdns_bench.py), on top of postfix_reference_settings:
+
+    - postscreen_dnsbl_sites = bl.test, postscreen_dnsbl_action = enforce
+      (a listed client gets 550 5.7.1 "Service unavailable; client [...]
+      blocked using bl.test" at RCPT from postscreen's own SMTP engine; the
+      reference says 554 at RCPT: the same verdict), threshold default (1);
+    - postscreen_greet_banner empty: no pregreet test.  With the "220-"
+      teaser, postscreen waits the whole postscreen_greet_wait (6 s) for
+      every client it has not seen, so every session of the benchmark's
+      load (each from a new address) would wait 6 s.  Without it the
+      greeting waits for the DNSBL answer only;
+    - the deep protocol tests (pipelining, non-SMTP command, bare newline)
+      stay off, their default;
+    - postscreen_access_list empty: its default, permit_mynetworks, would
+      let every loopback client through untested;
+    - smtpd (and every other service) may run ``sessions`` processes
+      (default_process_limit; 100 by default) and postscreen queues as
+      many: with 200 sessions and 100 smtpd, postscreen answers the
+      clients it cannot hand over with 421 "all server ports are busy".
+    smtpd keeps the whole reference policy, reject_rbl_client bl.test
+    included: a client postscreen passes is looked up a second time."""
+    limit = str(max(100, sessions + 20))
+    return {
+        "postscreen_access_list": "",
+        "postscreen_dnsbl_sites": "bl.test",
+        "postscreen_dnsbl_action": "enforce",
+        "postscreen_greet_banner": "",
+        "default_process_limit": limit,
+        "postscreen_pre_queue_limit": limit,
+        "postscreen_post_queue_limit": limit,
+    }
+
+
+class PostscreenPostfix(PostfixServer):
+    """PostfixServer with postscreen on the listening port and smtpd behind
+    it (``smtpd pass``), dnsblog and tlsproxy as Debian's master.cf has
+    them (chroot off)."""
+
+    def start(self) -> None:
+        conf = prepare_instance(self.root, self.port, self.settings)
+        rest = "".join(line + "\n" for line in MASTER_CF.splitlines()[1:])
+        (conf / "master.cf").write_text(POSTSCREEN_MASTER.format(listen=f"127.0.0.1:{self.port}") + rest)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(in_namespace(self.resolv, [str(POSTFIX_LIBEXEC / "master"), "-d",
+                                                                "-c", str(conf)]),
+                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def stop(self) -> None:
+        # postscreen and postlogd leave master's process group (setsid); they exit when master is
+        # gone, and any still there after 5 s is killed by its pid
+        pids = procstat.tree(self.proc.pid)[1:] if self.proc is not None and self.proc.poll() is None else []
+        super().stop()
+        deadline = time.monotonic() + 5
+        for pid in pids:
+            while procstat._stat_fields(pid) is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if procstat._stat_fields(pid) is not None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def postfix_reference_settings(tables: Path, sink_port: int, policy: Path) -> dict[str, str]:
