@@ -98,6 +98,19 @@ class Policy:
                 if table.get(stage):
                     facts.start(rs.fact_keys(table, stage, self.state))
 
+    def answered(self, stage: Stage) -> bool:
+        """Whether every fact ``stage`` waits for is at hand (none, or
+        cached): deciding it now would not wait."""
+        rs, facts = self.ruleset, self.facts
+        if facts is None or not rs.fact_needs.get(stage):
+            return True
+        known = self.state.facts
+        wanted = [k for k in rs.fact_keys(rs.fact_needs, stage, self.state) if k not in known]
+        if not wanted:
+            return True
+        answered = getattr(facts, "answered", None)     # optional (FactSource)
+        return answered is not None and answered(wanted)
+
     async def run(self, stage: Stage, message: bytes | None = None, subject: str = "") -> Decision:
         """Decide one hook.  Never raises for rule or plugin trouble."""
         rs, state = self.ruleset, self.state

@@ -81,6 +81,8 @@ class Server:
     def __init__(self, config: Config, ruleset: Ruleset, rules_path: str,
                  loop: asyncio.AbstractEventLoop | None = None, secrets: Secrets | None = None):
         self.config = config
+        self._client_keys: list = [None, {}]       # [the config they were made with, {ip: key}]
+        self._stress_at = config.stress_threshold * config.max_connections
         self.ruleset = ruleset
         self.rules_path = rules_path
         self.loop = loop or asyncio.get_event_loop()
@@ -155,8 +157,19 @@ class Server:
     def client_key(self, ip: str) -> str | None:
         """The key per-client limits count by: the client's /32 or /64 (by
         default), or None for an exempt network (Postfix exempts $mynetworks
-        from its client limits: a site's own relays are not one abusive host)."""
-        return client_network(ip, self.config)
+        from its client limits: a site's own relays are not one abusive host).
+        Remembered per address (clients come back; parsing is most of the cost)."""
+        cache = self._client_keys
+        if cache[0] is not self.config:
+            cache[:] = [self.config, {}]
+        keys = cache[1]
+        try:
+            return keys[ip]
+        except KeyError:
+            if len(keys) >= _CLIENT_KEYS:
+                keys.clear()
+            key = keys[ip] = client_network(ip, self.config)
+            return key
 
     def admit(self, key: str | None) -> str | None:
         """Count a new connection, or say why it is refused (421)."""
@@ -177,7 +190,7 @@ class Server:
     def under_stress(self) -> bool:
         """Most connection slots are taken: idle clients get a short timeout
         (Postfix's stress mode), so slow or idle clients cannot hold them."""
-        return self.connections >= self.config.stress_threshold * self.config.max_connections
+        return self.connections >= self._stress_at
 
     def may_tarpit(self, session) -> bool:
         """Whether ``session``'s replies may wait: a tarpit slows bots, but
@@ -357,6 +370,9 @@ def _open_configured_store(cfg: Config) -> Store:
 def _store_refusal(store: str, err: object) -> list[Diagnostic]:
     return [Diagnostic(Code.E001_IO_ERROR, f"cannot open the state store {store} the new rules need: {err}", None,
                        help="check state.store in the config (a writable path, or redis://...)")]
+
+
+_CLIENT_KEYS = 65536    # client addresses whose limit keys are remembered
 
 
 def client_network(ip: str, cfg: Config) -> str | None:

@@ -440,6 +440,11 @@ class DnsSession:
                 self._started += 1
                 pending[lk] = resolver.submit(lk)
 
+    def answered(self, lookups: Iterable[Lookup]) -> bool:
+        """Whether every one of ``lookups`` (started) has its answer."""
+        answers = self._answers
+        return all(lk in answers for lk in lookups)
+
     async def results(self, lookups: Iterable[Lookup]) -> dict[Lookup, DnsAnswer]:
         """Answers for ``lookups``; whatever misses the deadline is failed."""
         lookups = list(lookups)

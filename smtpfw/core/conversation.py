@@ -151,6 +151,8 @@ class Conversation:
             return False
         before, policy = self._deciding, self.policy
         policy.prefetch(stage)                 # its DNS lookups start now, with the state of this command
+        if (before is None or before.done()) and policy.answered(stage):
+            return False                       # nothing to wait for (no lookups, or cached): decided now, without a task
 
         async def decide() -> None:
             if before is not None:

@@ -38,7 +38,9 @@ class LookupFailed(Exception):
 
 class FactSource(Protocol):
     """Where ``Policy`` gets facts: ``start`` begins gathering keys early
-    (their input is known), ``results`` waits for them (budgets apply)."""
+    (their input is known), ``results`` waits for them (budgets apply).
+    A source may also have ``answered(keys) -> bool`` (the answers are at
+    hand: the SMTP front end then decides a hook at once, not in a task)."""
 
     def start(self, keys: Iterable[Any]) -> None: ...
 
@@ -96,6 +98,15 @@ class Facts:
     def start(self, keys) -> None:
         for name, group in _by_provider(keys).items():
             self._source(name).start(group)
+
+    def answered(self, keys) -> bool:
+        """Whether ``results(keys)`` would answer without waiting (a source
+        that cannot tell says no)."""
+        for name, group in _by_provider(keys).items():
+            answered = getattr(self.sources.get(name) or self.default, "answered", None)
+            if answered is None or not answered(group):
+                return False
+        return True
 
     async def results(self, keys) -> dict:
         groups = _by_provider(keys)

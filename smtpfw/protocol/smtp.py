@@ -76,7 +76,8 @@ class FirewallSMTP(Stream):
         self.handshaking = False               # inside a STARTTLS handshake
         self.held = 0                          # message bytes reserved from the server's budget
         self.in_message = False                # deciding or delivering a message read whole
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None   # fires at or before _deadline
+        self._deadline = 0.0                   # loop time the client must have said something by
         self.held_refusal: Step | None = None  # a connect refusal after a "220-" greeting, for the first command
 
     # ---- connection lifecycle ----------------------------------------------
@@ -91,8 +92,7 @@ class FirewallSMTP(Stream):
 
     def connection_lost(self, error) -> None:
         super().connection_lost(error)
-        if self._timer is not None:
-            self._timer.cancel()
+        self._stop_timeout()
         if self.in_message:
             # A message was read whole and is being decided or delivered:
             # finish that (a client that closes right after its final dot, or
@@ -107,15 +107,32 @@ class FirewallSMTP(Stream):
         self._finish()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
+        """The client has ``duration`` seconds (the idle timeout by default)
+        from now.  Every command moves the deadline; the timer is moved only
+        when the deadline comes nearer: a later one is found when the timer
+        fires (one timer a session instead of one per command)."""
         if duration is None:
             duration = self.cfg.idle_timeout
             if self.server.under_stress:
                 duration = min(duration, self.cfg.stress_idle_timeout)
+        self._deadline = deadline = self.loop.time() + duration
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._timeout_cb)
+
+    def _stop_timeout(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self.loop.call_later(duration, self._timeout_cb)
+            self._timer = None
 
     def _timeout_cb(self) -> None:
+        if self.loop.time() < self._deadline:  # moved since the timer was set
+            self._timer = self.loop.call_at(self._deadline, self._timeout_cb)
+            return
+        self._timer = None
         if self.transport is not None and not self.transport.is_closing():
             self._write_line(replies.IDLE_TIMEOUT)
             self.state.final_reply = replies.IDLE_TIMEOUT
@@ -220,8 +237,7 @@ class FirewallSMTP(Stream):
             # connection; either way it is over: close, and release its slot
             # here rather than wait for connection_lost, which asyncio does not
             # call for a connection lost inside a TLS handshake.
-            if self._timer is not None:
-                self._timer.cancel()
+            self._stop_timeout()
             self.close()
             self._finish()
 
@@ -655,8 +671,7 @@ class FirewallSMTP(Stream):
         """The TLS handshake, under its own timeout (tls.handshake_timeout).
         A handshake that fails or stalls ends the session: its connection
         slot is released by run() whatever happened on the wire."""
-        if self._timer is not None:
-            self._timer.cancel()               # the idle timer must not write into the handshake
+        self._stop_timeout()                   # the idle timer must not write into the handshake
         self.handshaking = True
         try:
             await self.start_tls(self.tls_context, self.cfg.tls_handshake_timeout or None)
