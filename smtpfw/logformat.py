@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import re
 import time
 
 _NAMED = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
@@ -35,10 +36,13 @@ def escape(text: str) -> str:
     return "".join(c if c.isprintable() else _escape_char(c) for c in text)
 
 
+_QUOTED = re.compile(r'[ "=\\]')     # characters that make a value quoted
+
+
 def kv_value(text: str) -> str:
     """A value for ``key=value``: quoted (``\\`` and ``"`` escaped) when it
     is empty or holds a space, quote, ``=``, backslash or anything unprintable."""
-    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+    if text and text.isprintable() and not _QUOTED.search(text):
         return text
     return '"' + escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 

@@ -88,28 +88,34 @@ class Policy:
         self.delayed: Decision | None = None     # smtpd_delay_reject: refusal held until RCPT
         self.delayed_stage: Stage | None = None
         self.asked: list = []
+        self._prefetched: tuple | None = None    # (stage, keys it waits for) from prefetch, for its run right after
 
-    def prefetch(self, stage: Stage) -> None:
+    def prefetch(self, stage: Stage) -> bool:
         """Start the facts ``stage`` will need, from the state as it is now
-        (a hook decided later asks for them again: nothing is asked twice)."""
-        rs, facts = self.ruleset, self.facts
-        if facts is not None:
-            for table in (rs.fact_starts, rs.fact_needs):
-                if table.get(stage):
-                    facts.start(rs.fact_keys(table, stage, self.state))
-
-    def answered(self, stage: Stage) -> bool:
-        """Whether every fact ``stage`` waits for is at hand (none, or
-        cached): deciding it now would not wait."""
-        rs, facts = self.ruleset, self.facts
-        if facts is None or not rs.fact_needs.get(stage):
+        (a hook decided later asks for them again: nothing is asked twice);
+        whether every fact it waits for is at hand already (none, or
+        cached), so that deciding it now would not wait.  Its ``run`` right
+        after, with the state unchanged, does not make the keys again."""
+        rs, facts, state = self.ruleset, self.facts, self.state
+        if facts is None:
             return True
-        known = self.state.facts
-        wanted = [k for k in rs.fact_keys(rs.fact_needs, stage, self.state) if k not in known]
+        if rs.fact_starts.get(stage):
+            facts.start(rs.fact_keys(rs.fact_starts, stage, state))
+        needs: list = rs.fact_keys(rs.fact_needs, stage, state) if rs.fact_needs.get(stage) else []
+        self._prefetched = (stage, needs)
+        if not needs:
+            return True
+        facts.start(needs)
+        known = state.facts
+        wanted = [k for k in needs if k not in known]
         if not wanted:
             return True
         answered = getattr(facts, "answered", None)     # optional (FactSource)
         return answered is not None and answered(wanted)
+
+    def forget_prefetch(self) -> None:
+        """The hook is decided later: its keys are made again then."""
+        self._prefetched = None
 
     async def run(self, stage: Stage, message: bytes | None = None, subject: str = "") -> Decision:
         """Decide one hook.  Never raises for rule or plugin trouble."""
@@ -128,8 +134,10 @@ class Policy:
         rs, state = self.ruleset, self.state
         facts = self.facts
         self.asked = []                        # lazy facts asked in this hook run (what a refusal gives back)
+        prefetched, self._prefetched = self._prefetched, None
         if facts is not None:
-            if rs.fact_starts.get(stage):
+            pre = prefetched[1] if prefetched is not None and prefetched[0] is stage else None
+            if rs.fact_starts.get(stage) and pre is None:
                 facts.start(rs.fact_keys(rs.fact_starts, stage, state))
             if rs.fact_needs.get(stage):
                 known = state.facts
@@ -137,7 +145,9 @@ class Policy:
                 # the PTR name needs the PTR answer): ask again for the keys
                 # the answers made known, a few rounds at most.
                 for _ in range(FACT_ROUNDS):
-                    wanted = [k for k in dict.fromkeys(rs.fact_keys(rs.fact_needs, stage, state)) if k not in known]
+                    keys = pre if pre is not None else rs.fact_keys(rs.fact_needs, stage, state)
+                    pre = None
+                    wanted = [k for k in dict.fromkeys(keys) if k not in known]
                     if not wanted:
                         break
                     known.update(await facts.results(wanted))

@@ -42,6 +42,7 @@ from smtpfw.maps.tables.stores import close_stores
 from smtpfw.checks.dns import DnsSession, Resolver
 from smtpfw.checks.health import public_resolvers
 from smtpfw.config import Config, ConfigError, Listener
+from smtpfw.core.conversation import Limits
 from smtpfw.delivery import ForwardDelivery, MaildirDelivery
 from smtpfw.delivery.forward import check_downstream
 from smtpfw.delivery.maildir import prepare_maildir
@@ -83,6 +84,7 @@ class Server:
         self.config = config
         self._client_keys: list = [None, {}]       # [the config they were made with, {ip: key}]
         self._stress_at = config.stress_threshold * config.max_connections
+        self.session_limits = Limits.from_config(config)     # what every SMTP session may do
         self.ruleset = ruleset
         self.rules_path = rules_path
         self.loop = loop or asyncio.get_event_loop()

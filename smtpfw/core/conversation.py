@@ -150,9 +150,10 @@ class Conversation:
         if stage not in self._late or any(s.order >= stage.order for s in self._deciding_stages):
             return False
         before, policy = self._deciding, self.policy
-        policy.prefetch(stage)                 # its DNS lookups start now, with the state of this command
-        if (before is None or before.done()) and policy.answered(stage):
+        at_hand = policy.prefetch(stage)       # its DNS lookups start now, with the state of this command
+        if at_hand and (before is None or before.done()):
             return False                       # nothing to wait for (no lookups, or cached): decided now, without a task
+        policy.forget_prefetch()               # decided later, from the state as it is then
 
         async def decide() -> None:
             if before is not None:

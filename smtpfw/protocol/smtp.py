@@ -33,7 +33,7 @@ from smtpfw.protocol.stream import LineTooLong, Stream
 from smtpfw.delivery import Message
 from smtpfw.facts import Facts
 from smtpfw.checks.authresults import strip_forged
-from smtpfw.core.conversation import Conversation, Limits
+from smtpfw.core.conversation import Conversation
 from smtpfw.core.events import Step
 from smtpfw.session import SessionState
 from smtpfw.verdict import Stage
@@ -262,7 +262,7 @@ class FirewallSMTP(Stream):
         self.admitted = True
         self._reset_timeout()                   # the stress timeout may apply now
         self.facts = self.server.session_facts()
-        self.conv = Conversation(self.ruleset, st, self.facts, Limits.from_config(self.cfg),
+        self.conv = Conversation(self.ruleset, st, self.facts, self.server.session_limits,
                                  hostname=self.hostname,
                                  greeting=f"220 {self.hostname} {self.cfg.smtp_banner}", notify=self._notify,
                                  decide_late=True)
