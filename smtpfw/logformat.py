@@ -16,6 +16,8 @@ import logging
 import re
 import time
 
+from smtpfw.pid import pid
+
 _NAMED = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
 KV_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
 
@@ -77,6 +79,8 @@ class KvFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape(record.message)
+        if record.process is None:             # not collected (setup): this process's, without a system call
+            record.process = pid()
         return super().formatMessage(record)
 
 
@@ -86,7 +90,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {"time": _dt.datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds"),
-               "pid": record.process, "logger": record.name, "level": record.levelname}
+               "pid": record.process if record.process is not None else pid(), "logger": record.name, "level": record.levelname}
         fields = getattr(record.msg, "fields", None)
         if isinstance(fields, dict) and not record.args:
             out.update(fields)
@@ -111,5 +115,6 @@ def setup(fmt: str, level: str, stream) -> None:
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
+    logging.logProcesses = False        # a getpid() system call per record: the formatters know the pid
     logging.captureWarnings(True)       # Python's warnings too: in json mode every line is JSON
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's own chatter

@@ -40,6 +40,7 @@ from smtpfw.core.events import Data, Helo, Mail, Rcpt
 from smtpfw.logformat import LogLine, kv_value
 from smtpfw.session import SessionState
 from smtpfw.verdict import Decision
+from smtpfw.pid import pid
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)   # 1: DNS answers under "dns"; 2: every fact under "facts"
@@ -223,7 +224,7 @@ class Recorder:
 
     def _target(self) -> str:
         day = _dt.date.today().strftime("%Y%m%d")
-        return os.path.join(self.directory, f"sessions-{day}-{os.getpid()}.jsonl")
+        return os.path.join(self.directory, f"sessions-{day}-{pid()}.jsonl")
 
     def write(self, record: dict) -> None:
         line = json.dumps(record, separators=(",", ":"), default=str) + "\n"

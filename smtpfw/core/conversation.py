@@ -91,6 +91,7 @@ class Conversation:
         self._late = ruleset.decided_late if decide_late else frozenset()
         self._deciding: asyncio.Task | None = None   # the hooks answered but not decided yet, in order
         self._deciding_stages: set[Stage] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- what every command may end in -------------------------------------
 
@@ -159,7 +160,10 @@ class Conversation:
             if before is not None:
                 await before
             await policy.run(stage, subject=subject)
-        self._deciding = asyncio.get_running_loop().create_task(decide())
+        loop = self._loop
+        if loop is None:                       # asked once: get_running_loop() costs a getpid() system call
+            loop = self._loop = asyncio.get_running_loop()
+        self._deciding = loop.create_task(decide())
         self._deciding_stages.add(stage)
         return True
 

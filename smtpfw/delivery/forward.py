@@ -60,6 +60,7 @@ import asyncio
 import logging
 import re
 import socket
+import time
 from collections import deque
 
 from smtpfw import linescan
@@ -185,12 +186,14 @@ class _Conn(asyncio.Protocol):
         self._eof = False
         self._waiter: asyncio.Future | None = None
         self._want = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- asyncio.Protocol ----------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = loop = asyncio.get_running_loop()
+        self.closed = loop.create_future()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -254,7 +257,7 @@ class _Conn(asyncio.Protocol):
         first) or the OSError it ended with."""
         ready = self._ready
         if len(ready) < count and self._error is None and not self._eof:
-            loop = asyncio.get_running_loop()
+            loop = self._loop or asyncio.get_running_loop()    # the latter makes a getpid() system call each time
             fut = self._waiter = loop.create_future()
             self._want = count
             timer = loop.call_later(timeout, _expire, fut)
@@ -520,7 +523,7 @@ class ForwardDelivery:
         idle = self._idle
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         limit = now - self.idle_timeout
         while idle and idle[0].last_used < limit:     # oldest first
             idle.popleft().close(quit=True)
@@ -535,7 +538,7 @@ class ForwardDelivery:
         conn.uses += 1
         keep = self.pool_size
         if keep:
-            peak, now = self._peak, asyncio.get_running_loop().time()
+            peak, now = self._peak, time.monotonic()
             if peak[2] is None:
                 peak[2] = now
             elif now - peak[2] > _PEAK_WINDOW:
@@ -545,7 +548,7 @@ class ForwardDelivery:
         if self._closed or len(self._idle) >= keep or not conn.usable():
             conn.close(quit=True)
         else:
-            conn.last_used = asyncio.get_running_loop().time()
+            conn.last_used = time.monotonic()
             self._idle.append(conn)
         while len(self._idle) > keep:           # the burst is over: back to pool_size
             self._idle.popleft().close(quit=True)

@@ -19,6 +19,7 @@ import time
 
 from smtpfw.delivery.message import DeliveryResult, Message
 from smtpfw.paths import writable_folder
+from smtpfw.pid import pid
 
 log = logging.getLogger("smtpfw.delivery.maildir")
 
@@ -60,7 +61,6 @@ class MaildirDelivery:
         self._new = os.path.join(self.path, "new")
         self._ready = False
         self._host = _safe_hostname()
-        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"MaildirDelivery({self.path!r})"
@@ -96,9 +96,7 @@ class MaildirDelivery:
     def _unique(self) -> str:
         ns = time.time_ns()
         sec, usec = divmod(ns // 1000, 1_000_000)
-        if os.getpid() != self._pid:     # forked: keep names unique
-            self._pid = os.getpid()
-        return f"{sec}.M{usec}P{self._pid}Q{next(_COUNTER)}.{self._host}"
+        return f"{sec}.M{usec}P{pid()}Q{next(_COUNTER)}.{self._host}"     # a forked worker's own pid
 
     def _deliver_sync(self, data: bytes) -> str:
         if not self._ready:

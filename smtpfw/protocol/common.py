@@ -6,10 +6,10 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
-import os
 import time
 
 from smtpfw import metrics
+from smtpfw.pid import pid
 from smtpfw.protocol.stream import Stream
 from smtpfw.recording import log_line, session_record
 from smtpfw.session import SessionState
@@ -18,13 +18,11 @@ log = logging.getLogger("smtpfw.smtp")
 session_log = logging.getLogger("smtpfw.session")
 
 _ids = itertools.count(1)
-_pid = [f"{os.getpid():x}"]           # os.getpid() is a system call; a forked worker sets its own
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, f"{os.getpid():x}"))
 
 
 def new_session_id() -> str:
     """Unique across the workers of a host: time, process id, a counter."""
-    return f"{int(time.time()):x}.{_pid[0]}.{next(_ids):x}"
+    return f"{int(time.time()):x}.{pid():x}.{next(_ids):x}"
 
 
 def plain_ip(text: str) -> str:
