@@ -79,5 +79,5 @@ def has_dot_line(data: bytes, vector: bool | None = None) -> bool:
     if not vector or numpy is None:
         return b"\n." in data
     arr = numpy.frombuffer(data, numpy.uint8)
-    lf = numpy.flatnonzero(arr[:-1] == 10)
-    return bool((arr[lf + 1] == 46).any())
+    dots = numpy.flatnonzero(arr[1:] == 46)             # dots are fewer than line ends: look behind each
+    return bool((arr[dots] == 10).any())

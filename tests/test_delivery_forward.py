@@ -56,6 +56,9 @@ def test_dot_stuff():
     assert dot_stuff(b"no newline") == b"no newline\r\n.\r\n"
     # bare LF + "." is stuffed too: no early end of data for lax servers
     assert dot_stuff(b"a\n.\r\nb\r\n") == b"a\n..\r\nb\r\n.\r\n"
+    # the front end knows whether a line starts with a dot: then nobody looks
+    assert dot_stuff(b"a\r\n.b\r\n", dot_lines=True) == b"a\r\n..b\r\n.\r\n"
+    assert dot_stuff(b"a\r\nb\r\n", dot_lines=False) == b"a\r\nb\r\n.\r\n"
 
 
 # -- success paths -------------------------------------------------------------

@@ -54,6 +54,20 @@ def test_forwarded_byte_exact(downstream):
     assert data.startswith(b"Received: from client.example")
 
 
+@pytest.mark.parametrize("dots", [True, False])
+def test_a_big_message_forwarded_byte_exact(downstream, dots):
+    """Over linescan.VECTOR_MIN, with and without lines that start with a
+    dot: the front end tells forward delivery whether to stuff dots."""
+    msg = b"Subject: big\r\n\r\n" + b"".join(
+        b"..two dots %d\r\n" % i if dots and i % 97 == 0 else b".one dot\r\n" if dots and i % 89 == 0
+        else b"x" * 70 + b"\r\n" for i in range(2000))
+    with forwarding(downstream.port) as srv:
+        refused, err = send(srv, msg=msg)
+        assert refused == {} and err is None
+    assert downstream.wait_for_messages(1)
+    assert downstream.messages[0][2].endswith(msg)
+
+
 def test_mixed_recipients_forward_only_accepted(downstream):
     with forwarding(downstream.port) as srv:
         refused, err = send(srv, ["u@example.net", "x@other.example"])

@@ -87,7 +87,7 @@ _DROPPED_PARAMS = {"SIZE", "AUTH"}   # SIZE recomputed; AUTH= meaningless here
 # Wire helpers
 
 
-def dot_stuff(data: bytes) -> bytes:
+def dot_stuff(data: bytes, dot_lines: bool | None = None) -> bytes:
     """RFC 5321 4.5.2 transparency, plus the terminating ``.CRLF``.
 
     ``data`` should end with CRLF (one is added when it does not).  Every
@@ -96,7 +96,9 @@ def dot_stuff(data: bytes) -> bytes:
     a downstream that accepts bare LF see an early end of data (SMTP
     smuggling); for well-formed CRLF data this is the standard stuffing.
     """
-    out = data.replace(b"\n.", b"\n..") if linescan.has_dot_line(data) else data
+    if dot_lines is None:                  # ``data`` has a line starting with a dot (None: look)
+        dot_lines = linescan.has_dot_line(data)
+    out = data.replace(b"\n.", b"\n..") if dot_lines else data
     if out[:1] == b".":
         out = b"." + out
     if out and not out.endswith(b"\r\n"):
@@ -374,7 +376,7 @@ class ForwardDelivery:
         bad = _check_envelope(msg)
         if bad is not None:
             return bad
-        payload = dot_stuff(msg.data)
+        payload = dot_stuff(msg.data, msg.dot_lines)
         sender = _addr(msg.sender)
         rcpts = [_addr(r) for r in msg.recipients]
         smtputf8_needed = not (sender.isascii() and all(r.isascii() for r in rcpts))

@@ -23,13 +23,17 @@ class Message:
     recipients the front end answered 250.  ``mail_options`` are the client's
     MAIL FROM parameters worth passing on (``BODY=8BITMIME``, ``SMTPUTF8``);
     a back end passes them only where it can honour them; ``SIZE`` is always
-    recomputed.
+    recomputed.  ``dot_lines``: whether a line of ``data`` starts with a
+    dot, when the front end knows it from reading the data (a back end
+    that stuffs dots then need not look: a pass over the message); None:
+    not known.
     """
 
     sender: str                       # "" for the null sender <>
     recipients: tuple[str, ...]
     data: bytes
     mail_options: tuple[str, ...] = ()
+    dot_lines: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -504,7 +504,7 @@ class FirewallSMTP(Stream):
             return
         self._reset_timeout(self.cfg.data_timeout)
         try:
-            message, problem = await self._read_data()
+            message, problem, dotted = await self._read_data()
         except BaseException:
             self._free_message()
             raise
@@ -518,7 +518,7 @@ class FirewallSMTP(Stream):
         self._reset_timeout(self.cfg.data_timeout)
         self.in_message = True
         try:
-            step = await self._accept_message(message)
+            step = await self._accept_message(message, dotted)
         finally:
             self.in_message = False
             del message
@@ -527,7 +527,9 @@ class FirewallSMTP(Stream):
                 self._reset_timeout()
         await self._do(step)
 
-    async def _accept_message(self, message: bytes) -> Step:
+    async def _accept_message(self, message: bytes, dotted: bool) -> Step:
+        """``dotted``: a line of the data as sent started with a dot (if
+        none did, none of ``message`` does: forward delivery need not look)."""
         st = self.state
         headers = parse_headers(message)
         wanted = self.cfg.recording_headers
@@ -542,7 +544,7 @@ class FirewallSMTP(Stream):
         data = self._trace_headers(queue_id) + message
         started = time.monotonic()
         result = await self.server.delivery.deliver(
-            Message(st.sender or "", tuple(st.rcpts), data, _mail_options(st.mail_params)))
+            Message(st.sender or "", tuple(st.rcpts), data, _mail_options(st.mail_params), dotted))
         metrics.delivery(result.ok, time.monotonic() - started)
         if result.ok:
             return self.conv.delivered(replies.line(250, result.enhanced or "2.0.0", f"Ok: queued as {queue_id}"))
@@ -563,8 +565,9 @@ class FirewallSMTP(Stream):
             extra = f"Authentication-Results: {st.auth_results}\r\n" + extra
         return (extra + received).encode("utf-8", "replace")
 
-    async def _read_data(self) -> tuple[bytes | None, str | None]:
-        """Read until CRLF.CRLF.  Returns (message, None) or (None, reply).
+    async def _read_data(self) -> tuple[bytes | None, str | None, bool]:
+        """Read until CRLF.CRLF.  Returns (message, None, dotted) or (None,
+        reply, dotted); ``dotted``: a line as sent started with a dot.
 
         Only CRLF "." CRLF ends the data.  Every other end-of-data look-alike
         (LF.LF, CR.CR, LF.CRLF, ...) stays inside the message, and any bare
@@ -597,22 +600,22 @@ class FirewallSMTP(Stream):
         if leftover:
             self.buffer[0:0] = leftover        # pipelined commands after the data
         if too_big or total + end > limit:
-            return None, replies.SIZE_EXCEEDED
+            return None, replies.SIZE_EXCEEDED, False
         if no_room:
             log.warning("session %s: message refused, %d bytes of message memory in use (limits.message_memory)",
                         self.state.session_id, self.server.message_bytes)
-            return None, replies.NO_MEMORY
+            return None, replies.NO_MEMORY, False
         body = bytes(memoryview(buf)[2:end + 2])     # one copy (a bytearray slice is two)
         lines = linescan.scan(buf, 1, end + 2, TEXT_LINE_LIMIT)
         if lines.bare:
-            return None, replies.BARE_LINEFEED
+            return None, replies.BARE_LINEFEED, lines.dotted
         if b"\x00" in body:
-            return None, replies.DATA_NUL
+            return None, replies.DATA_NUL, lines.dotted
         if lines.too_long:
-            return None, replies.DATA_LINE_TOO_LONG
+            return None, replies.DATA_LINE_TOO_LONG, lines.dotted
         if lines.dotted:                                 # every LF is CRLF's by now
             body = (b"\r\n" + body).replace(b"\r\n.", b"\r\n")[2:]
-        return body, None
+        return body, None, lines.dotted
 
     async def _take_input(self) -> bytes:
         """All input buffered now (waiting for some if there is none)."""
