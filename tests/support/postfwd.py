@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -75,6 +76,17 @@ class Postfwd:
                     raise RuntimeError("postfwd2 wrote no pid file") from None
                 time.sleep(0.05)
         self.pgid = os.getpgid(self.pid)
+        # The pid file is written before the policy server listens: wait for
+        # the port too (a request in between was refused once in a full run).
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                self.check()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"postfwd2 does not listen on port {self.port}; see {self.log_path}") from None
+                time.sleep(0.05)
 
     def check(self) -> None:
         if self.pid and not os.path.exists(f"/proc/{self.pid}"):
