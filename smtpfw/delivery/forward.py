@@ -71,6 +71,7 @@ log = logging.getLogger("smtpfw.delivery.forward")
 _MAX_REPLY_LINES = 200
 _PEAK_WINDOW = 2.0        # seconds over which the pool remembers peak concurrency
 _STREAM_LIMIT = 1 << 16
+_LINE_BREAK = re.compile("[\r\n\0]")      # what would end or break a command line
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 
 # MAIL parameter -> the EHLO keyword that must be advertised to pass it on.
@@ -651,10 +652,10 @@ def _check_envelope(msg: Message) -> DeliveryResult | None:
     if not msg.recipients:
         return DeliveryResult(554, "5.5.1", "no valid recipients")
     for address in (msg.sender, *msg.recipients):
-        if any(c in address for c in "\r\n\0"):
+        if _LINE_BREAK.search(address):
             return DeliveryResult(553, "5.1.3", "invalid address")
     for opt in msg.mail_options:
-        if any(c in opt for c in "\r\n\0 "):
+        if _LINE_BREAK.search(opt) or " " in opt:
             return DeliveryResult(555, "5.5.4", "invalid MAIL parameter")
     return None
 
