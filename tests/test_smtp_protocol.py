@@ -362,3 +362,13 @@ def test_every_reply_has_an_enhanced_code(client):
                     "RCPT TO:<u@localhost>", "RCPT TO:<x@far.example>", "FOO", "QUIT"):
         reply = client.cmd(command)
         assert enhanced.match(reply), (command, reply)
+
+
+def test_trace_header_text_is_cleaned_and_bounded():
+    """What a client names goes into our Received header printable and at
+    most 200 characters long, whether it needed cleaning or not."""
+    from smtpfw.protocol.smtp import _clean
+    assert _clean("mx.example.org") == "mx.example.org"
+    assert _clean("a\tb\x00c\r\nd") == "a b c  d"
+    assert _clean("x" * 300) == "x" * 200
+    assert _clean("\x01" + "y" * 300) == " " + "y" * 199

@@ -791,7 +791,10 @@ def _short(err: BaseException) -> str:
 
 
 def _clean(text: str) -> str:
-    return "".join(ch if ch.isprintable() else " " for ch in str(text))[:200]
+    text = str(text)
+    if text.isprintable():
+        return text[:200]
+    return "".join(ch if ch.isprintable() else " " for ch in text)[:200]
 
 
 def parse_headers(message: bytes, limit: int = 64 * 1024) -> dict[str, str]:
