@@ -8,7 +8,7 @@ import itertools
 import logging
 import time
 
-from smtpfw import metrics
+from smtpfw import logformat, metrics
 from smtpfw.pid import pid
 from smtpfw.protocol.stream import Stream
 from smtpfw.recording import log_line, session_record
@@ -67,7 +67,7 @@ def log_and_record(server, state: SessionState, ruleset_version: str, duration: 
     """The session's log line, and its record when recording is on."""
     metrics.session_done(state)
     try:
-        session_log.info(log_line(state, ruleset_version, duration, server.config.log_format))
+        logformat.info(session_log, log_line(state, ruleset_version, duration, server.config.log_format))
         if server.recorder is not None or server.canary is not None:
             record = session_record(state, ruleset_version, duration)
             if server.canary is not None:
