@@ -82,7 +82,7 @@ class Server:
     def __init__(self, config: Config, ruleset: Ruleset, rules_path: str,
                  loop: asyncio.AbstractEventLoop | None = None, secrets: Secrets | None = None):
         self.config = config
-        self._client_keys: list = [None, {}]       # [the config they were made with, {ip: key}]
+        self._client_keys: dict[str, str | None] = {}   # client address -> its limit key (the config is fixed)
         self._stress_at = config.stress_threshold * config.max_connections
         self.session_limits = Limits.from_config(config)     # what every SMTP session may do
         self.ruleset = ruleset
@@ -161,10 +161,7 @@ class Server:
         default), or None for an exempt network (Postfix exempts $mynetworks
         from its client limits: a site's own relays are not one abusive host).
         Remembered per address (clients come back; parsing is most of the cost)."""
-        cache = self._client_keys
-        if cache[0] is not self.config:
-            cache[:] = [self.config, {}]
-        keys = cache[1]
+        keys = self._client_keys
         try:
             return keys[ip]
         except KeyError:
