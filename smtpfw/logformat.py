@@ -128,6 +128,9 @@ def info(logger: logging.Logger, message: str) -> None:
     try:
         handler.stream.write(text + handler.terminator)
         handler.flush()
+    except Exception:  # noqa: BLE001 - as logging does: a broken log stream does not stop the session's work
+        handler.handleError(logging.makeLogRecord({"name": logger.name, "msg": message, "levelno": logging.INFO,
+                                                   "levelname": "INFO"}))
     finally:
         handler.release()
 
@@ -163,6 +166,5 @@ def setup(fmt: str, level: str, stream) -> None:
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
-    logging.logProcesses = False        # a getpid() system call per record: the formatters know the pid
     logging.captureWarnings(True)       # Python's warnings too: in json mode every line is JSON
     logging.getLogger("mail.log").setLevel(logging.WARNING)   # aiosmtpd's own chatter

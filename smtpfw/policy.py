@@ -94,24 +94,34 @@ class Policy:
         """Start the facts ``stage`` will need, from the state as it is now
         (a hook decided later asks for them again: nothing is asked twice);
         whether every fact it waits for is at hand already (none, or
-        cached), so that deciding it now would not wait.  Its ``run`` right
+        cached, in every round: a fact's key can depend on another fact's
+        answer), so that deciding it now would not wait.  Answers at hand
+        are taken into the session's facts, as ``run`` would; its run right
         after, with the state unchanged, does not make the keys again."""
         rs, facts, state = self.ruleset, self.facts, self.state
         if facts is None:
             return True
         if rs.fact_starts.get(stage):
             facts.start(rs.fact_keys(rs.fact_starts, stage, state))
-        needs: list = rs.fact_keys(rs.fact_needs, stage, state) if rs.fact_needs.get(stage) else []
-        self._prefetched = (stage, needs)
-        if not needs:
+        if not rs.fact_needs.get(stage):
+            self._prefetched = (stage, [])
             return True
-        facts.start(needs)
+        keys = rs.fact_keys(rs.fact_needs, stage, state)
+        self._prefetched = (stage, keys)
+        facts.start(keys)
         known = state.facts
-        wanted = [k for k in needs if k not in known]
-        if not wanted:
-            return True
-        answered = getattr(facts, "answered", None)     # optional (FactSource)
-        return answered is not None and answered(wanted)
+        at_hand = getattr(facts, "at_hand", None)       # optional (FactSource)
+        for _ in range(FACT_ROUNDS):
+            wanted = [k for k in dict.fromkeys(keys) if k not in known]
+            if not wanted:
+                return True
+            got = at_hand(wanted) if at_hand is not None else None
+            if got is None:
+                return False
+            known.update(got)
+            keys = rs.fact_keys(rs.fact_needs, stage, state)
+            facts.start(keys)
+        return True
 
     def forget_prefetch(self) -> None:
         """The hook is decided later: its keys are made again then."""

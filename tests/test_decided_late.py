@@ -150,3 +150,61 @@ def test_a_session_that_quits_before_rcpt_is_decided_for_the_log(tmp_path):
     assert record["scores"]["seen"]["total"] == 1                 # the connect hook ran
     assert {f["value"].get("status") for f in record["facts"]} == {"listed"}, record["facts"]
     assert len(record["facts"]) == 2                               # the DNSBL and the RHSBL answers
+
+
+def test_a_hook_whose_second_round_of_facts_is_not_at_hand_is_decided_late(tmp_path):
+    """A fact's key can depend on another fact: the RHSBL listing of the
+    client's PTR name.  With the PTR answer at hand (cached) and the RHSBL
+    one not, the connect hook must still be decided in the background, not
+    before the greeting.  (A FactSource of the conversation core's own
+    interface, answering the PTR at once and the RHSBL after 1 s.)"""
+    import asyncio
+
+    from smtpfw.checks.dnsresult import DnsAnswer, LookupKind
+    from smtpfw.core.conversation import Conversation
+    from smtpfw.session import SessionState
+
+    rules = tmp_path / "r.rules"
+    rules.write_text('option delay_reject = yes\nzone dbl = rhsbl "dbl.test"\non connect:\n'
+                     '    [x] reject 554 5.7.1 "rdns listed" if client.rdns listed in dbl\n'
+                     'on rcpt:\n    reject 554 5.7.1 "no" if rcpt.domain != "example.net"\n')
+    ruleset, diags = compile_ruleset(str(rules))
+    assert ruleset is not None, diags
+    assert Stage.CONNECT in ruleset.decided_late
+
+    def answer(key) -> DnsAnswer:
+        if key.kind is LookupKind.PTR:
+            return DnsAnswer("found", names=("host.example.org",), confirmed=True)
+        return DnsAnswer("clear")
+
+    class PtrCached:
+        asked: list = []
+
+        def start(self, keys) -> None:
+            pass
+
+        def at_hand(self, keys):
+            return {k: answer(k) for k in keys} if all(k.kind is LookupKind.PTR for k in keys) else None
+
+        async def results(self, keys):
+            self.asked.extend(keys)
+            if not all(k.kind is LookupKind.PTR for k in keys):
+                await asyncio.sleep(1.0)
+            return {k: answer(k) for k in keys}
+
+    async def go():
+        state = SessionState()
+        state.client_ip, state.session_id = "192.0.2.1", "t"
+        facts = PtrCached()
+        conv = Conversation(ruleset, state, facts, decide_late=True)
+        started = time.monotonic()
+        step = await conv.connect()
+        greeted = time.monotonic() - started
+        deciding = conv.deciding
+        await conv.settle()
+        return step.reply, greeted, deciding, [k.kind for k in facts.asked]
+
+    reply, greeted, deciding, asked = asyncio.run(go())
+    assert reply.startswith("220") and greeted < 0.5 and deciding, (reply, greeted, deciding)
+    assert LookupKind.PTR not in asked or asked.count(LookupKind.PTR) <= 1
+    assert any(kind is not LookupKind.PTR for kind in asked)      # the RHSBL lookup was waited for, later

@@ -360,3 +360,92 @@ def test_cancellation_closes_connection():
             await fwd.close()
 
         run(go())
+
+
+# -- what a downstream says, byte by byte (a scripted SMTP server on loopback) ---
+
+
+async def _scripted(answers: dict[bytes, bytes], after_data: bytes = b"250 2.0.0 queued\r\n",
+                    then: bytes = b"") -> tuple[asyncio.AbstractServer, int, list]:
+    """A downstream that answers each command by its verb from ``answers``
+    (PIPELINING off, so one command at a time), ``after_data`` after the
+    message, and then writes ``then`` unasked."""
+    sessions: list = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sessions.append(writer)
+        writer.write(b"220 scripted ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                verb = line.split(b" ", 1)[0].split(b":", 1)[0].strip().upper()
+                if verb == b"DATA":
+                    writer.write(b"354 go\r\n")
+                    while (data := await reader.readline()) not in (b".\r\n", b""):
+                        pass
+                    writer.write(after_data + then)
+                    continue
+                answer = answers.get(verb, b"250 ok\r\n")
+                if answer == b"CLOSE":
+                    writer.close()
+                    return
+                writer.write(answer)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(session, "127.0.0.1", 0, limit=1 << 20)
+    return server, server.sockets[0].getsockname()[1], sessions
+
+
+def test_a_multi_line_reply_has_its_first_line_s_code():
+    async def go():
+        server, port, _ = await _scripted({b"EHLO": b"250 scripted\r\n"},
+                                          after_data=b"550-5.7.1 rejected\r\n250 and then this\r\n")
+        async with server:
+            return await deliver_all(ForwardDelivery("127.0.0.1", port, timeout=2.0), msg(PLAIN))
+    (result,) = run(go())
+    assert result.code == 550 and result.enhanced == "5.7.1", result
+
+
+def test_an_over_long_reply_line_is_malformed_however_it_arrives():
+    async def go():
+        server, port, _ = await _scripted({b"EHLO": b"250 " + b"x" * 70000 + b"\r\n"})
+        async with server:
+            return await deliver_all(ForwardDelivery("127.0.0.1", port, timeout=2.0), msg(PLAIN))
+    (result,) = run(go())
+    assert (result.code, result.enhanced) == (451, "4.3.0") and "malformed reply" in result.text, result
+
+
+def test_a_downstream_that_closes_is_named_without_a_reason():
+    async def go():
+        server, port, _ = await _scripted({b"EHLO": b"250 scripted\r\n", b"MAIL": b"CLOSE"})
+        async with server:
+            return await deliver_all(ForwardDelivery("127.0.0.1", port, timeout=2.0), msg(PLAIN))
+    (result,) = run(go())
+    assert (result.code, result.enhanced) == (451, "4.4.2"), result
+    assert result.text.endswith("dropped the connection at MAIL"), result
+
+
+def test_a_pooled_connection_that_talks_unasked_is_not_reused():
+    """A downstream that writes to an idle pooled connection (a flood, or a
+    421 before its timeout) loses it: nothing it says is kept, and the next
+    message goes over a new connection."""
+    async def go():
+        server, port, sessions = await _scripted({b"EHLO": b"250 scripted\r\n"}, then=b"")
+        async with server:
+            fwd = ForwardDelivery("127.0.0.1", port, timeout=2.0)
+            try:
+                first = await fwd.deliver(msg(PLAIN))
+                assert fwd.idle_connections == 1
+                for _ in range(50):
+                    sessions[0].write(b"250 unasked\r\n" * 1000)
+                await asyncio.sleep(0.2)
+                dropped = sessions[0].is_closing()      # we hung up at once, not at the next message
+                second = await fwd.deliver(msg(PLAIN))
+            finally:
+                await fwd.close()
+            return first, second, len(sessions), dropped
+    first, second, connections, dropped = run(go())
+    assert first.code == 250 and second.code == 250
+    assert connections == 2 and dropped

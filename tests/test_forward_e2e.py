@@ -154,3 +154,14 @@ def test_downstream_refusing_some_recipients_delivers_to_none(downstream):
     assert err[0] == 451 and err[1].startswith("4.3.0 downstream refused some recipients (1 of 2"), err
     assert err[1].endswith("nothing delivered, try again later")
     assert downstream.messages == []
+
+
+def test_a_header_the_rules_add_with_a_leading_dot_is_stuffed(downstream):
+    """The client's data had no dot lines, but a rule added a header whose
+    name starts with a dot: the trace headers are part of what is stuffed."""
+    rules = RULES.replace("on rcpt:", 'on data:\n    add_header "X-A" "one"\n    add_header ".X-B" "two"\non rcpt:')
+    with running_server(rules_text=rules, forward_to=downstream.port) as srv:
+        refused, err = send(srv, msg=b"Subject: plain\r\n\r\nno dots\r\n")
+        assert refused == {} and err is None
+    assert downstream.wait_for_messages(1)
+    assert b"\r\n.X-B: two\r\n" in downstream.messages[0][2]

@@ -90,3 +90,17 @@ def test_the_json_format_goes_through_logging(logs):
     out = json.loads(stream.getvalue())
     assert out["session"] == "1a.2b.3" and out["logger"] == "smtpfw.session" and out["level"] == "INFO"
     assert isinstance(out["pid"], int)
+
+
+def test_a_broken_log_stream_does_not_stop_the_caller(logs, capsys):
+    """As logging does: a write that fails is reported on stderr, and the
+    session goes on to its record (log_and_record writes it after the line)."""
+    logs()
+
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    logformat.setup("kv", "info", Broken())
+    logformat.info(logging.getLogger("smtpfw.session"), LINE)
+    assert "Logging error" in capsys.readouterr().err

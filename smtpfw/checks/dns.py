@@ -440,10 +440,13 @@ class DnsSession:
                 self._started += 1
                 pending[lk] = resolver.submit(lk)
 
-    def answered(self, lookups: Iterable[Lookup]) -> bool:
-        """Whether every one of ``lookups`` (started) has its answer."""
+    def at_hand(self, lookups: Iterable[Lookup]) -> dict[Lookup, DnsAnswer] | None:
+        """The answers to ``lookups`` (started) if every one has come, else None."""
         answers = self._answers
-        return all(lk in answers for lk in lookups)
+        try:
+            return {lk: answers[lk] for lk in lookups}
+        except KeyError:
+            return None
 
     async def results(self, lookups: Iterable[Lookup]) -> dict[Lookup, DnsAnswer]:
         """Answers for ``lookups``; whatever misses the deadline is failed."""

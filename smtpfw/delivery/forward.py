@@ -184,6 +184,8 @@ class _Conn(asyncio.Protocol):
         self.closed: asyncio.Future | None = None   # done when the connection is gone
         self._buf = bytearray()
         self._lines: list[str] = []      # lines of a multi-line reply read so far
+        self._code = 0                   # the reply's code: its first line's
+        self.idle = False                # in the pool: anything the downstream says now ends it
         self._ready: deque[_Reply] = deque()
         self._error: BaseException | None = None    # the first thing wrong after the replies in _ready
         self._eof = False
@@ -199,6 +201,9 @@ class _Conn(asyncio.Protocol):
         self.closed = loop.create_future()
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:                    # unasked (a 421 before it times out, or worse): not reusable
+            self.close()
+            return
         buf = self._buf
         buf += data
         if self._error is None:
@@ -230,6 +235,9 @@ class _Conn(asyncio.Protocol):
             end = buf.find(b"\n", start)
             if end < 0:
                 break
+            if end + 1 - start > _STREAM_LIMIT:
+                self._error = _Malformed(b"<over-long line>")
+                break
             line = bytes(buf[start:end + 1])
             start = end + 1
             head, sep = line[:3], line[3:4]
@@ -237,9 +245,11 @@ class _Conn(asyncio.Protocol):
                     not lines and not 200 <= int(head) <= 599):
                 self._error = _Malformed(line)
                 break
+            if not lines:
+                self._code = int(head)
             lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace").replace("\r", " "))
             if sep != b"-":
-                self._ready.append(_Reply(int(head), lines))
+                self._ready.append(_Reply(self._code, lines))
                 self._lines = lines = []
             elif len(lines) >= _MAX_REPLY_LINES:
                 self._error = _Malformed(b"<too many reply lines>")
@@ -256,8 +266,8 @@ class _Conn(asyncio.Protocol):
 
     async def replies(self, count: int, timeout: float) -> list[_Reply]:
         """The next ``count`` replies, within ``timeout`` seconds.  Raises
-        TimeoutError, _Malformed, ConnectionError (the connection ended
-        first) or the OSError it ended with."""
+        TimeoutError, _Malformed, EOFError (the downstream closed first) or
+        the OSError the connection ended with."""
         ready = self._ready
         if len(ready) < count and self._error is None and not self._eof:
             loop = self._loop or asyncio.get_running_loop()    # the latter makes a getpid() system call each time
@@ -272,7 +282,7 @@ class _Conn(asyncio.Protocol):
         if len(ready) < count:
             if self._error is not None:
                 raise self._error
-            raise ConnectionError("connection closed")
+            raise EOFError()
         return [ready.popleft() for _ in range(count)]
 
     # ---- the connection --------------------------------------------------------
@@ -284,7 +294,7 @@ class _Conn(asyncio.Protocol):
 
     def usable(self) -> bool:
         return not (self.dead or self.transport is None or self.transport.is_closing() or self._eof
-                    or self._error is not None or self._ready or self._buf)
+                    or self._error is not None or self._ready or self._buf or self._lines)
 
     def close(self, quit: bool = False) -> None:
         if self.dead:
@@ -508,6 +518,8 @@ class ForwardDelivery:
             raise self._no_answer(stage) from None
         except _Malformed as exc:
             raise self._malformed(stage, exc.line) from None
+        except EOFError:
+            raise self._dropped(stage, None) from None
         except (ConnectionError, OSError) as exc:
             raise self._dropped(stage, exc) from None
 
@@ -532,6 +544,7 @@ class ForwardDelivery:
             idle.popleft().close(quit=True)
         while idle:
             conn = idle.pop()                          # most recent
+            conn.idle = False
             if conn.usable():
                 return conn
             conn.close()
@@ -552,6 +565,7 @@ class ForwardDelivery:
             conn.close(quit=True)
         else:
             conn.last_used = time.monotonic()
+            conn.idle = True
             self._idle.append(conn)
         while len(self._idle) > keep:           # the burst is over: back to pool_size
             self._idle.popleft().close(quit=True)

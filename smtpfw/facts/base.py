@@ -39,8 +39,9 @@ class LookupFailed(Exception):
 class FactSource(Protocol):
     """Where ``Policy`` gets facts: ``start`` begins gathering keys early
     (their input is known), ``results`` waits for them (budgets apply).
-    A source may also have ``answered(keys) -> bool`` (the answers are at
-    hand: the SMTP front end then decides a hook at once, not in a task)."""
+    A source may also have ``at_hand(keys) -> dict | None`` (the answers,
+    if they have come: the SMTP front end then decides a hook at once, not
+    in a task)."""
 
     def start(self, keys: Iterable[Any]) -> None: ...
 
@@ -99,14 +100,17 @@ class Facts:
         for name, group in _by_provider(keys).items():
             self._source(name).start(group)
 
-    def answered(self, keys) -> bool:
-        """Whether ``results(keys)`` would answer without waiting (a source
-        that cannot tell says no)."""
+    def at_hand(self, keys) -> dict | None:
+        """What ``results(keys)`` would answer, if it would not wait; else
+        None (as from a source that cannot tell)."""
+        out: dict = {}
         for name, group in _by_provider(keys).items():
-            answered = getattr(self.sources.get(name) or self.default, "answered", None)
-            if answered is None or not answered(group):
-                return False
-        return True
+            at_hand = getattr(self.sources.get(name) or self.default, "at_hand", None)
+            got = at_hand(group) if at_hand is not None else None
+            if got is None:
+                return None
+            out.update(got)
+        return out
 
     async def results(self, keys) -> dict:
         groups = _by_provider(keys)

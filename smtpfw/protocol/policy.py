@@ -262,7 +262,7 @@ class PolicyConnection(MtaConnection):
         self._timer = None
         if not self._waiting:
             return                             # answering: set again when it next waits
-        if self.loop.time() < self._deadline:  # it waited since, and not that long yet
+        if self.loop.time() + 0.01 < self._deadline:   # it waited since, and not that long yet (uvloop's timers are in whole ms)
             self._timer_at = self._deadline
             self._timer = self.loop.call_at(self._deadline, self._watch)
             return

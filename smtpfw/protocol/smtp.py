@@ -51,6 +51,7 @@ TEXT_LINE_LIMIT = 1000         # RFC 5321 4.5.3.1.6, including CRLF
 _NEEDS_ENHANCED = re.compile(r"[245]\d\d (?!\d\.\d{1,3}\.\d{1,3}\b)[^\r\n]*$")
 LINE_LIMIT = 65536     # input held for one unterminated line; the SMTP limits are checked on top
 PROXY_TIMEOUT = 10.0   # seconds a load balancer has for its PROXY header (it sends it at once)
+TIMER_SLACK = 0.01     # a timer this close to its deadline is due (uvloop's are in whole ms: no re-arming spin)
 
 
 class FirewallSMTP(Stream):
@@ -129,7 +130,7 @@ class FirewallSMTP(Stream):
             self._timer = None
 
     def _timeout_cb(self) -> None:
-        if self.loop.time() < self._deadline:  # moved since the timer was set
+        if self.loop.time() + TIMER_SLACK < self._deadline:   # moved since the timer was set
             self._timer = self.loop.call_at(self._deadline, self._timeout_cb)
             return
         self._timer = None
@@ -541,7 +542,9 @@ class FirewallSMTP(Stream):
         authserv_id = self.ruleset.options.get("authentication_results")
         if authserv_id:                          # ours are trusted downstream: a client's claiming our id goes
             message = strip_forged(message, str(authserv_id))
-        data = self._trace_headers(queue_id) + message
+        trace = self._trace_headers(queue_id)
+        data = trace + message
+        dotted = dotted or linescan.has_dot_line(trace)       # a header name the rules added may start with a dot
         started = time.monotonic()
         result = await self.server.delivery.deliver(
             Message(st.sender or "", tuple(st.rcpts), data, _mail_options(st.mail_params), dotted))
