@@ -66,6 +66,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,7 +80,7 @@ import procstat  # noqa: E402
 import run as benchrun  # noqa: E402
 from policy_bench import PostfixServer  # noqa: E402
 
-from tests.support.postfix import MASTER_CF, POSTFIX_LIBEXEC, in_namespace, prepare_instance  # noqa: E402
+from tests.support.postfix import MASTER_CF, in_namespace  # noqa: E402
 from tests.support.reference import SESSIONS, base_settings, postfix_native, read_list  # noqa: E402
 
 log = benchrun.log
@@ -87,6 +88,33 @@ HARAKA_CACHE = Path("/var/tmp/smtpfw-bench-haraka")     # npm install Haraka, on
 
 
 # ---- Haraka ------------------------------------------------------------------------
+
+PEERS = ("postfix", "haraka")
+
+
+def runnable_peers(servers: list[str], notes: list[str], haraka: str | None, install: bool,
+                   postfix_missing: str | None = None) -> tuple[list[str], Path | None, str]:
+    """``servers`` without the peers that cannot run here, each left out
+    with a note: Postfix without Debian's package (or ``postfix_missing``),
+    Haraka without npm, both without root and unshare(1) (their
+    resolv.conf is a mount namespace's).  Also Haraka's executable and how
+    it was found."""
+    from tests.support.postfix import postfix_available
+    servers = list(servers)
+    if "postfix" in servers and (why := postfix_available() or postfix_missing):
+        notes.append(f"Postfix not measured: {why}")
+        servers.remove("postfix")
+    haraka_exe, haraka_how = None, "not asked for"
+    if "haraka" in servers:
+        haraka_exe, haraka_how = find_haraka(Path(tempfile.gettempdir()), haraka, install)
+        if haraka_exe is None:
+            notes.append(f"Haraka not measured: {haraka_how}")
+            servers.remove("haraka")
+    if any(s in PEERS for s in servers) and (os.geteuid() != 0 or not shutil.which("unshare")):
+        notes.append("Postfix and Haraka not measured: they need root and unshare(1) for their resolv.conf")
+        servers = [s for s in servers if s not in PEERS]
+    return servers, haraka_exe, haraka_how
+
 
 def find_haraka(tmp: Path, given: str | None, install: bool) -> tuple[Path | None, str]:
     """The haraka executable and how it was found, or (None, why not)."""
@@ -271,15 +299,11 @@ class TlsPostfix(PostfixServer):
     """PostfixServer with tlsmgr in master.cf (smtpd asks it for TLS session
     ticket keys and randomness)."""
 
-    def start(self) -> None:
-        conf = prepare_instance(self.root, self.port, self.settings)
+    def configure(self) -> Path:
+        conf = super().configure()
         with open(conf / "master.cf", "a") as fh:
             fh.write("tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(in_namespace(self.resolv, [str(POSTFIX_LIBEXEC / "master"), "-d",
-                                                                "-c", str(conf)]),
-                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        return conf
 
 
 POSTSCREEN_MASTER = """\
@@ -330,15 +354,11 @@ class PostscreenPostfix(PostfixServer):
     it (``smtpd pass``), dnsblog and tlsproxy as Debian's master.cf has
     them (chroot off)."""
 
-    def start(self) -> None:
-        conf = prepare_instance(self.root, self.port, self.settings)
+    def configure(self) -> Path:
+        conf = super().configure()
         rest = "".join(line + "\n" for line in MASTER_CF.splitlines()[1:])
         (conf / "master.cf").write_text(POSTSCREEN_MASTER.format(listen=f"127.0.0.1:{self.port}") + rest)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(in_namespace(self.resolv, [str(POSTFIX_LIBEXEC / "master"), "-d",
-                                                                "-c", str(conf)]),
-                                     stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        return conf
 
     def stop(self) -> None:
         # postscreen and postlogd leave master's process group (setsid); they exit when master is

@@ -182,8 +182,12 @@ class PostfixServer:
         path = self.root / "maillog"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def configure(self) -> Path:
+        """The instance's configuration folder, made (a subclass adds to it)."""
+        return prepare_instance(self.root, self.port, self.settings)
+
     def start(self) -> None:
-        conf = prepare_instance(self.root, self.port, self.settings)
+        conf = self.configure()
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(in_namespace(self.resolv, [str(POSTFIX_LIBEXEC / "master"), "-d",
                                                                 "-c", str(conf)]),

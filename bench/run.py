@@ -703,24 +703,13 @@ def main(argv: list[str] | None = None) -> int:
     haraka_exe, haraka_how = None, "not asked for"
     if any(s in PEERS for s in servers):
         sys.path.insert(0, str(ROOT))
-        from tests.support.postfix import postfix_available
         import peers      # (it imports this file as the module `run`: Service, SinkCounter, free_port)
         from policy_bench import port_free
-        if "postfix" in servers and (why := postfix_available() or (None if sink_bin else "no smtp-sink")):
-            notes.append(f"Postfix not measured: {why}")
-            servers.remove("postfix")
-        if "haraka" in servers:
-            haraka_exe, haraka_how = peers.find_haraka(Path(tempfile.gettempdir()), args.haraka, not args.no_install)
-            if haraka_exe is None:
-                notes.append(f"Haraka not measured: {haraka_how}")
-                servers.remove("haraka")
-        if any(s in PEERS for s in servers):
-            if os.geteuid() != 0 or not shutil.which("unshare"):
-                notes.append("Postfix and Haraka not measured: they need root and unshare(1) for their resolv.conf")
-                servers = [s for s in servers if s not in PEERS]
-            elif not port_free(args.dns_host, 53):
-                log(f"{args.dns_host}:53 is taken; choose another loopback address with --dns-host")
-                return 2
+        servers, haraka_exe, haraka_how = peers.runnable_peers(
+            servers, notes, args.haraka, not args.no_install, None if sink_bin else "no smtp-sink")
+        if any(s in PEERS for s in servers) and not port_free(args.dns_host, 53):
+            log(f"{args.dns_host}:53 is taken; choose another loopback address with --dns-host")
+            return 2
     with_peers = any(s in PEERS for s in servers)
 
     tmp = Path(tempfile.mkdtemp(prefix="smtpfw-bench-"))

@@ -505,27 +505,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT))
         import peers
         from policy_bench import port_free
-        from tests.support.postfix import postfix_available
-        if "postfix" in servers and (why := postfix_available()):
-            notes.append(f"Postfix not measured: {why}")
-            servers.remove("postfix")
-        if "haraka" in servers:
-            haraka_exe, haraka_how = peers.find_haraka(Path(tempfile.gettempdir()), args.haraka,
-                                                       not args.no_install)
-            if haraka_exe is None:
-                notes.append(f"Haraka not measured: {haraka_how}")
-                servers.remove("haraka")
+        servers, haraka_exe, haraka_how = peers.runnable_peers(servers, notes, args.haraka, not args.no_install)
         if any(s in PEERS for s in servers):
-            if os.geteuid() != 0 or not shutil.which("unshare"):
-                notes.append("Postfix and Haraka not measured: they need root and unshare(1) for their resolv.conf")
-                servers = [s for s in servers if s not in PEERS]
-            else:
-                dns_hosts = {d: (f"{DNS_NET}.{i + 1}", 53) for i, d in enumerate(delays)}
-                taken = [h for h, port in dns_hosts.values() if not port_free(h, port)]
-                if taken:
-                    log(f"port 53 of {', '.join(taken)} is taken: stop what uses it (the peers' DNS servers are "
-                        f"{DNS_NET}.1, .2, ...)")
-                    return 2
+            dns_hosts = {d: (f"{DNS_NET}.{i + 1}", 53) for i, d in enumerate(delays)}
+            taken = [h for h, port in dns_hosts.values() if not port_free(h, port)]
+            if taken:
+                log(f"port 53 of {', '.join(taken)} is taken: stop what uses it (the peers' DNS servers are "
+                    f"{DNS_NET}.1, .2, ...)")
+                return 2
     for note in notes:
         log(note)
     policy = SHARED / "policy"
